@@ -1,0 +1,49 @@
+//! Tokenized examples to padded tensors (dynamic padding: each batch to its own longest).
+use tch::{Device, Tensor};
+
+use crate::tokenize::Encoded;
+
+/// Model inputs for one batch, on the target device.
+#[derive(Debug)]
+pub struct Batch {
+    /// `[batch, seq]` int64.
+    pub input_ids: Tensor,
+    /// `[batch, seq]` int64.
+    pub token_type_ids: Tensor,
+    /// `[batch, seq]` int64, 1 for tokens and 0 for padding; `None` when nothing is padded
+    /// (lets attention use its unmasked fast path).
+    pub attention_mask: Option<Tensor>,
+    /// Number of real (non-pad) tokens.
+    pub n_tokens: usize,
+}
+
+impl Batch {
+    /// Pads `examples` to the longest of them with `pad_id`.
+    pub fn collate(examples: &[&Encoded], pad_id: i64, device: Device) -> Batch {
+        let b = examples.len();
+        let s = examples.iter().map(|e| e.len()).max().unwrap_or(0);
+        let mut ids = vec![pad_id; b * s];
+        let mut types = vec![0i64; b * s];
+        let mut mask = vec![0i64; b * s];
+        let mut n_tokens = 0;
+        for (row, e) in examples.iter().enumerate() {
+            let off = row * s;
+            ids[off..off + e.len()].copy_from_slice(&e.input_ids);
+            types[off..off + e.len()].copy_from_slice(&e.token_type_ids);
+            mask[off..off + e.len()].fill(1);
+            n_tokens += e.len();
+        }
+        let shape = [b as i64, s as i64];
+        let t = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+        Batch {
+            input_ids: t(&ids),
+            token_type_ids: t(&types),
+            attention_mask: (n_tokens < b * s).then(|| t(&mask)),
+            n_tokens,
+        }
+    }
+
+    pub fn size(&self) -> i64 {
+        self.input_ids.size()[0]
+    }
+}

@@ -1,0 +1,57 @@
+//! `clsnorm embed`: the encoder's view of one input, as JSON.
+use anyhow::Context;
+use clap::Args;
+use clsnorm::batch::Batch;
+use clsnorm::device::set_threads;
+use clsnorm::encoder::Encoder;
+use clsnorm::tokenize::TextTokenizer;
+use serde_json::json;
+
+use super::RuntimeArgs;
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub rt: RuntimeArgs,
+    /// Truncate to this many tokens (special tokens included).
+    #[arg(long, default_value_t = 512)]
+    pub max_len: usize,
+    /// The sentence.
+    pub text: String,
+    /// Optional second sentence of a pair.
+    pub pair_text: Option<String>,
+}
+
+fn vector_json(t: &tch::Tensor) -> anyhow::Result<serde_json::Value> {
+    let v: Vec<f32> = Vec::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1))?;
+    let norm = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    Ok(json!({ "norm": norm, "values": v }))
+}
+
+pub fn run(a: EmbedArgs) -> anyhow::Result<()> {
+    set_threads(a.rt.threads)?;
+    let device = a.rt.device.resolve()?;
+    let tok = TextTokenizer::load(&a.rt.model, a.max_len)?;
+    let enc = Encoder::load(&a.rt.model, device, a.rt.allow_pickle)
+        .with_context(|| format!("loading model {}", a.rt.model.display()))?;
+    let e = tok.encode(&a.text, a.pair_text.as_deref())?;
+    let batch = Batch::collate(&[&e], tok.pad_id(), device);
+    let out = tch::no_grad(|| {
+        enc.model.forward(
+            &batch.input_ids,
+            &batch.token_type_ids,
+            batch.attention_mask.as_ref(),
+            false,
+        )
+    });
+    let report = json!({
+        "model": a.rt.model,
+        "device": format!("{device:?}"),
+        "tokens": tok.tokens(&e.input_ids),
+        "input_ids": e.input_ids,
+        "token_type_ids": e.token_type_ids,
+        "cls": vector_json(&out.cls)?,
+        "pooler_output": vector_json(&out.pooler_output)?,
+    });
+    super::print_stdout(&serde_json::to_string_pretty(&report)?)
+}

@@ -1,0 +1,75 @@
+//! Subcommands and the options they share.
+mod embed;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use clsnorm::device::DeviceChoice;
+
+/// Fine-tune BERT-family encoders with a normalized [CLS] embedding.
+#[derive(Debug, Parser)]
+#[command(name = "clsnorm", version, about)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Tokenize a sentence (or pair) and print its [CLS] state and pooler output as JSON.
+    Embed(embed::EmbedArgs),
+}
+
+/// Options every command that runs a model takes.
+#[derive(Debug, Args)]
+pub struct RuntimeArgs {
+    /// Hugging Face model directory (config.json, tokenizer, weights).
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    pub model: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+    /// libtorch CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Allow reading pytorch_model.bin, a Python pickle that can run code when loaded.
+    #[arg(long)]
+    pub allow_pickle: bool,
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse().map_err(|e: clsnorm::Error| e.to_string())
+}
+
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Embed(a) => embed::run(a),
+    }
+}
+
+/// Prints to stdout; a closed pipe (`clsnorm ... | head`) is not an error.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,262 @@
+//! BERT, mirroring Hugging Face's `modeling_bert.BertModel` module for module, with the same
+//! parameter names, so HF checkpoints load into it and it saves checkpoints HF can load.
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::config::{BertConfig, HiddenAct};
+
+fn linear(p: nn::Path, cfg: &BertConfig, inp: i64, out: i64) -> nn::Linear {
+    let c = nn::LinearConfig {
+        ws_init: nn::Init::Randn {
+            mean: 0.0,
+            stdev: cfg.initializer_range,
+        },
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
+    nn::linear(p, inp, out, c)
+}
+
+fn layer_norm(p: nn::Path, cfg: &BertConfig) -> nn::LayerNorm {
+    let c = nn::LayerNormConfig {
+        eps: cfg.layer_norm_eps,
+        ..Default::default()
+    };
+    nn::layer_norm(p, vec![cfg.hidden_size], c)
+}
+
+fn embedding(p: nn::Path, cfg: &BertConfig, n: i64) -> nn::Embedding {
+    let c = nn::EmbeddingConfig {
+        ws_init: nn::Init::Randn {
+            mean: 0.0,
+            stdev: cfg.initializer_range,
+        },
+        ..Default::default()
+    };
+    nn::embedding(p, n, cfg.hidden_size, c)
+}
+
+/// Word, position and token-type embeddings, summed, then LayerNorm and dropout.
+#[derive(Debug)]
+pub struct BertEmbeddings {
+    word_embeddings: nn::Embedding,
+    position_embeddings: nn::Embedding,
+    token_type_embeddings: nn::Embedding,
+    layer_norm: nn::LayerNorm,
+    dropout: f64,
+}
+
+impl BertEmbeddings {
+    pub fn new(p: nn::Path, cfg: &BertConfig) -> Self {
+        BertEmbeddings {
+            word_embeddings: embedding(&p / "word_embeddings", cfg, cfg.vocab_size),
+            position_embeddings: embedding(
+                &p / "position_embeddings",
+                cfg,
+                cfg.max_position_embeddings,
+            ),
+            token_type_embeddings: embedding(
+                &p / "token_type_embeddings",
+                cfg,
+                cfg.type_vocab_size,
+            ),
+            layer_norm: layer_norm(&p / "LayerNorm", cfg),
+            dropout: cfg.hidden_dropout_prob,
+        }
+    }
+
+    pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Tensor {
+        let seq_len = input_ids.size()[1];
+        let position_ids = Tensor::arange(seq_len, (Kind::Int64, input_ids.device())).unsqueeze(0);
+        let e = self.word_embeddings.forward(input_ids)
+            + self.token_type_embeddings.forward(token_type_ids)
+            + self.position_embeddings.forward(&position_ids);
+        self.layer_norm.forward(&e).dropout(self.dropout, train)
+    }
+}
+
+/// Multi-head self-attention (`attention.self`), computed with libtorch's fused
+/// `scaled_dot_product_attention`.
+#[derive(Debug)]
+pub struct BertSelfAttention {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    num_heads: i64,
+    head_dim: i64,
+    dropout: f64,
+}
+
+impl BertSelfAttention {
+    pub fn new(p: nn::Path, cfg: &BertConfig) -> Self {
+        let h = cfg.hidden_size;
+        BertSelfAttention {
+            query: linear(&p / "query", cfg, h, h),
+            key: linear(&p / "key", cfg, h, h),
+            value: linear(&p / "value", cfg, h, h),
+            num_heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+            dropout: cfg.attention_probs_dropout_prob,
+        }
+    }
+
+    /// `mask`: boolean `[batch, 1, 1, seq]`, true where a key may be attended to; `None` when
+    /// the batch has no padding.
+    pub fn forward(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        let (b, s, h) = xs
+            .size3()
+            .unwrap_or_else(|_| unreachable!("hidden states are 3-d"));
+        let heads = |t: Tensor| {
+            t.view([b, s, self.num_heads, self.head_dim])
+                .transpose(1, 2)
+        };
+        let q = heads(self.query.forward(xs));
+        let k = heads(self.key.forward(xs));
+        let v = heads(self.value.forward(xs));
+        let p = if train { self.dropout } else { 0.0 };
+        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, false, None, false);
+        ctx.transpose(1, 2).contiguous().view([b, s, h])
+    }
+}
+
+/// Dense + dropout + residual LayerNorm after attention (`attention.output`) or after the
+/// feed-forward block (`output`).
+#[derive(Debug)]
+pub struct BertResidualOutput {
+    dense: nn::Linear,
+    layer_norm: nn::LayerNorm,
+    dropout: f64,
+}
+
+impl BertResidualOutput {
+    pub fn new(p: nn::Path, cfg: &BertConfig, inp: i64) -> Self {
+        BertResidualOutput {
+            dense: linear(&p / "dense", cfg, inp, cfg.hidden_size),
+            layer_norm: layer_norm(&p / "LayerNorm", cfg),
+            dropout: cfg.hidden_dropout_prob,
+        }
+    }
+
+    pub fn forward(&self, xs: &Tensor, residual: &Tensor, train: bool) -> Tensor {
+        let ys = self.dense.forward(xs).dropout(self.dropout, train);
+        self.layer_norm.forward(&(ys + residual))
+    }
+}
+
+/// One transformer block: attention, then the feed-forward network, each post-LayerNormed.
+#[derive(Debug)]
+pub struct BertLayer {
+    attention_self: BertSelfAttention,
+    attention_output: BertResidualOutput,
+    intermediate: nn::Linear,
+    output: BertResidualOutput,
+    act: HiddenAct,
+}
+
+impl BertLayer {
+    pub fn new(p: nn::Path, cfg: &BertConfig) -> Self {
+        let att = &p / "attention";
+        BertLayer {
+            attention_self: BertSelfAttention::new(&att / "self", cfg),
+            attention_output: BertResidualOutput::new(&att / "output", cfg, cfg.hidden_size),
+            intermediate: linear(
+                &p / "intermediate" / "dense",
+                cfg,
+                cfg.hidden_size,
+                cfg.intermediate_size,
+            ),
+            output: BertResidualOutput::new(&p / "output", cfg, cfg.intermediate_size),
+            act: cfg.hidden_act,
+        }
+    }
+
+    pub fn forward(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        let att = self.attention_self.forward(xs, mask, train);
+        let att = self.attention_output.forward(&att, xs, train);
+        let inter = self.intermediate.forward(&att);
+        let inter = match self.act {
+            HiddenAct::Gelu => inter.gelu("none"),
+            HiddenAct::GeluNew => inter.gelu("tanh"),
+            HiddenAct::Relu => inter.relu(),
+        };
+        self.output.forward(&inter, &att, train)
+    }
+}
+
+/// `tanh(W h_cls + b)`, HF's pooler.
+#[derive(Debug)]
+pub struct BertPooler {
+    dense: nn::Linear,
+}
+
+impl BertPooler {
+    pub fn new(p: nn::Path, cfg: &BertConfig) -> Self {
+        BertPooler {
+            dense: linear(&p / "dense", cfg, cfg.hidden_size, cfg.hidden_size),
+        }
+    }
+
+    pub fn forward(&self, cls: &Tensor) -> Tensor {
+        self.dense.forward(cls).tanh()
+    }
+}
+
+/// What the encoder returns for a batch.
+#[derive(Debug)]
+pub struct BertOutput {
+    /// `[batch, seq, hidden]`.
+    pub last_hidden_state: Tensor,
+    /// The raw last-layer state of the first ([CLS]) token, `[batch, hidden]`.
+    pub cls: Tensor,
+    /// `tanh(W cls + b)`, `[batch, hidden]`.
+    pub pooler_output: Tensor,
+}
+
+/// The BERT encoder with pooler (HF `BertModel`).
+#[derive(Debug)]
+pub struct BertModel {
+    pub config: BertConfig,
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
+    pooler: BertPooler,
+}
+
+impl BertModel {
+    /// Creates the encoder's variables under `p` (use the root of a `VarStore` to get HF's
+    /// tensor names), randomly initialised as HF does: N(0, initializer_range) weights, zero
+    /// biases, unit LayerNorm.
+    pub fn new(p: &nn::Path, config: &BertConfig) -> Self {
+        let enc = p / "encoder" / "layer";
+        BertModel {
+            config: config.clone(),
+            embeddings: BertEmbeddings::new(p / "embeddings", config),
+            layers: (0..config.num_hidden_layers)
+                .map(|i| BertLayer::new(&enc / i, config))
+                .collect(),
+            pooler: BertPooler::new(p / "pooler", config),
+        }
+    }
+
+    /// Runs the encoder. `attention_mask` is `[batch, seq]` with 1 for real tokens and 0 for
+    /// padding, or `None` when nothing is padded. Dropout is active only when `train`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> BertOutput {
+        let mask = attention_mask.map(|m| m.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
+        let mut xs = self.embeddings.forward(input_ids, token_type_ids, train);
+        for layer in &self.layers {
+            xs = layer.forward(&xs, mask.as_ref(), train);
+        }
+        let cls = xs.select(1, 0);
+        let pooler_output = self.pooler.forward(&cls);
+        BertOutput {
+            last_hidden_state: xs,
+            cls,
+            pooler_output,
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! `config.json` of a Hugging Face BERT checkpoint, with HF's defaults for absent keys.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Activation of the feed-forward block (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HiddenAct {
+    /// Exact GELU with erf (HF `gelu`).
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// Tanh approximation (HF `gelu_new`, numerically the same as `gelu_pytorch_tanh`).
+    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh")]
+    GeluNew,
+    #[serde(rename = "relu")]
+    Relu,
+}
+
+/// The architecture hyper-parameters of a BERT encoder, as HF `BertConfig` names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    #[serde(default = "d::vocab_size")]
+    pub vocab_size: i64,
+    #[serde(default = "d::hidden_size")]
+    pub hidden_size: i64,
+    #[serde(default = "d::num_hidden_layers")]
+    pub num_hidden_layers: i64,
+    #[serde(default = "d::num_attention_heads")]
+    pub num_attention_heads: i64,
+    #[serde(default = "d::intermediate_size")]
+    pub intermediate_size: i64,
+    #[serde(default = "d::hidden_act")]
+    pub hidden_act: HiddenAct,
+    #[serde(default = "d::dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "d::dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "d::max_position_embeddings")]
+    pub max_position_embeddings: i64,
+    #[serde(default = "d::type_vocab_size")]
+    pub type_vocab_size: i64,
+    #[serde(default = "d::initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default = "d::layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: i64,
+    #[serde(default = "d::position_embedding_type")]
+    pub position_embedding_type: String,
+    #[serde(default = "d::model_type")]
+    pub model_type: String,
+    /// Keys clsnorm does not use, kept so that a saved checkpoint carries them unchanged.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// HF `BertConfig` defaults (bert-base-uncased).
+mod d {
+    use super::HiddenAct;
+    pub fn vocab_size() -> i64 {
+        30522
+    }
+    pub fn hidden_size() -> i64 {
+        768
+    }
+    pub fn num_hidden_layers() -> i64 {
+        12
+    }
+    pub fn num_attention_heads() -> i64 {
+        12
+    }
+    pub fn intermediate_size() -> i64 {
+        3072
+    }
+    pub fn hidden_act() -> HiddenAct {
+        HiddenAct::Gelu
+    }
+    pub fn dropout() -> f64 {
+        0.1
+    }
+    pub fn max_position_embeddings() -> i64 {
+        512
+    }
+    pub fn type_vocab_size() -> i64 {
+        2
+    }
+    pub fn initializer_range() -> f64 {
+        0.02
+    }
+    pub fn layer_norm_eps() -> f64 {
+        1e-12
+    }
+    pub fn position_embedding_type() -> String {
+        "absolute".into()
+    }
+    pub fn model_type() -> String {
+        "bert".into()
+    }
+}
+
+impl Default for BertConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").unwrap_or_else(|_| unreachable!("all fields have defaults"))
+    }
+}
+
+impl BertConfig {
+    /// A BERT-base-shaped config (12 layers x 768 hidden x 12 heads x 3072).
+    pub fn base() -> Self {
+        Self::default()
+    }
+
+    /// A small config for tests: `layers` x `hidden` with `heads` heads, FFN 4x hidden.
+    pub fn tiny(vocab_size: i64, hidden: i64, layers: i64, heads: i64) -> Self {
+        BertConfig {
+            vocab_size,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size: 4 * hidden,
+            max_position_embeddings: 128,
+            ..Self::default()
+        }
+    }
+
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let cfg: BertConfig = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            msg: explain_serde(&e),
+        })?;
+        cfg.validate().map_err(|msg| Error::Config {
+            path: path.to_path_buf(),
+            msg,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks that the values describe a BERT that clsnorm can build.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.model_type != "bert" {
+            return Err(format!(
+                "model_type is '{}', but clsnorm implements BERT ('bert') only",
+                self.model_type
+            ));
+        }
+        if self.position_embedding_type != "absolute" {
+            return Err(format!(
+                "position_embedding_type '{}' is not supported (expected 'absolute')",
+                self.position_embedding_type
+            ));
+        }
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if v <= 0 {
+                return Err(format!("{name} must be positive, found {v}"));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        for (name, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("{name} must be in [0, 1), found {p}"));
+            }
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return Err(format!(
+                "layer_norm_eps must be a positive number, found {}",
+                self.layer_norm_eps
+            ));
+        }
+        if !(0..self.vocab_size).contains(&self.pad_token_id) {
+            return Err(format!(
+                "pad_token_id {} is outside the vocabulary of {}",
+                self.pad_token_id, self.vocab_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// Size of one attention head.
+    pub fn head_dim(&self) -> i64 {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// The JSON written next to saved weights: the original keys plus what HF needs to
+    /// recognise a `BertModel`.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let Some(map) = v.as_object_mut() {
+            map.entry("architectures")
+                .or_insert_with(|| serde_json::json!(["BertModel"]));
+        }
+        v
+    }
+}
+
+/// serde's message already names line and column; make unknown-variant errors list choices.
+fn explain_serde(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    if msg.contains("unknown variant") && msg.contains("gelu") {
+        format!("unsupported hidden_act: {msg}")
+    } else {
+        msg
+    }
+}

@@ -1,0 +1,292 @@
+//! Reading and writing encoder weights in Hugging Face's formats.
+//!
+//! safetensors is preferred and is the only format clsnorm writes: it is a plain header plus
+//! raw bytes, so loading cannot run code. `pytorch_model.bin` is a Python pickle, which can
+//! execute arbitrary code when unpickled, so it is only read when the caller allows it.
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors, View};
+use tch::{nn, Kind, Tensor};
+
+use crate::atomic;
+use crate::error::{Error, Result};
+
+/// Name of the safetensors weight file HF uses.
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
+/// Index of a sharded safetensors checkpoint.
+pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// Name of the pickle weight file HF uses.
+pub const PICKLE_FILE: &str = "pytorch_model.bin";
+
+/// Named tensors read from a checkpoint, with the file(s) they came from.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// Finds and reads the weights of the model directory `dir`.
+pub fn read_model_dir(dir: &Path, allow_pickle: bool) -> Result<Checkpoint> {
+    let st = dir.join(SAFETENSORS_FILE);
+    let index = dir.join(SAFETENSORS_INDEX_FILE);
+    let bin = dir.join(PICKLE_FILE);
+    if st.is_file() {
+        Ok(Checkpoint {
+            tensors: read_safetensors(&st)?,
+            path: st,
+        })
+    } else if index.is_file() {
+        Ok(Checkpoint {
+            tensors: read_sharded(&index)?,
+            path: index,
+        })
+    } else if bin.is_file() {
+        if !allow_pickle {
+            return Err(Error::Weights {
+                path: bin,
+                msg: "only a pickle checkpoint is present; pickles can run arbitrary code when \
+                      loaded, so pass --allow-pickle if you trust this file (or convert it to \
+                      model.safetensors)"
+                    .into(),
+            });
+        }
+        let tensors = Tensor::loadz_multi(&bin).map_err(|e| Error::Weights {
+            path: bin.clone(),
+            msg: format!("cannot read the pickle checkpoint: {e}"),
+        })?;
+        Ok(Checkpoint { tensors, path: bin })
+    } else {
+        Err(Error::Weights {
+            path: dir.to_path_buf(),
+            msg: format!("no weights found: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX_FILE} or {PICKLE_FILE}"),
+        })
+    }
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::BOOL => Kind::Bool,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::I8 => Kind::Int8,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I32 => Kind::Int,
+        Dtype::I64 => Kind::Int64,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        _ => return None,
+    })
+}
+
+fn dtype_of(kind: Kind) -> Option<Dtype> {
+    Some(match kind {
+        Kind::Bool => Dtype::BOOL,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Int8 => Dtype::I8,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int => Dtype::I32,
+        Kind::Int64 => Dtype::I64,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        _ => return None,
+    })
+}
+
+/// Reads every tensor of a safetensors file onto the CPU, validating header and offsets.
+pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let err = |msg: String| Error::Weights {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        err(format!(
+            "not a valid safetensors file (truncated or corrupted?): {e}"
+        ))
+    })?;
+    let mut out = Vec::with_capacity(st.len());
+    for (name, view) in st.iter() {
+        let kind = kind_of(view.dtype()).ok_or_else(|| {
+            err(format!(
+                "tensor {name}: unsupported dtype {:?}",
+                view.dtype()
+            ))
+        })?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind)
+            .map_err(|e| err(format!("tensor {name}: {e}")))?;
+        out.push((name.to_string(), t));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn read_sharded(index: &Path) -> Result<Vec<(String, Tensor)>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let idx: Index = serde_json::from_str(&text).map_err(|e| Error::Weights {
+        path: index.to_path_buf(),
+        msg: format!("invalid shard index: {e}"),
+    })?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut shards: Vec<&String> = idx.weight_map.values().collect();
+    shards.sort();
+    shards.dedup();
+    let mut out = Vec::new();
+    for shard in shards {
+        out.extend(read_safetensors(&dir.join(shard))?);
+    }
+    Ok(out)
+}
+
+/// A tensor ready for serialisation: contiguous bytes on the CPU.
+struct RawTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl View for &RawTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn raw(name: &str, t: &Tensor) -> Result<RawTensor> {
+    let t = t.to_device(tch::Device::Cpu).contiguous();
+    let dtype = dtype_of(t.kind()).ok_or_else(|| {
+        Error::Invalid(format!("tensor {name}: cannot save dtype {:?}", t.kind()))
+    })?;
+    let numel = t.numel();
+    let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.f_copy_data_u8(&mut data, numel)?;
+    Ok(RawTensor {
+        dtype,
+        shape: t.size().iter().map(|&d| d as usize).collect(),
+        data,
+    })
+}
+
+/// Writes named tensors as safetensors (with HF's `format: pt` metadata), atomically.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let raws = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), raw(n, t)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), Some(meta))
+        .map_err(|e| Error::Weights {
+            path: path.to_path_buf(),
+            msg: format!("cannot serialise: {e}"),
+        })?;
+    atomic::write_bytes(path, &bytes)
+}
+
+/// Maps a checkpoint name to the encoder's name, or `None` for tensors that are not part of
+/// the encoder (MLM/NSP heads under `cls.`, other task heads of a `bert.`-prefixed checkpoint,
+/// the `position_ids` buffer). Old TF-converted checkpoints name LayerNorm parameters
+/// `gamma`/`beta`; they are renamed as HF does.
+fn encoder_name(name: &str, prefixed: bool) -> Option<String> {
+    let inner = if prefixed {
+        name.strip_prefix("bert.")?
+    } else {
+        name
+    };
+    if inner.starts_with("cls.") || inner.ends_with("position_ids") {
+        return None;
+    }
+    let renamed = if let Some(base) = inner.strip_suffix(".gamma") {
+        format!("{base}.weight")
+    } else if let Some(base) = inner.strip_suffix(".beta") {
+        format!("{base}.bias")
+    } else {
+        inner.to_string()
+    };
+    Some(renamed)
+}
+
+/// Copies a checkpoint's encoder tensors into `vs`, whose variables use HF's `BertModel`
+/// names. Every variable must be present with its shape; tensors the encoder does not know
+/// are an error. All problems are reported together.
+pub fn load_into(vs: &nn::VarStore, ckpt: &Checkpoint) -> Result<()> {
+    let prefixed = ckpt.tensors.iter().any(|(n, _)| n.starts_with("bert."));
+    let mut found: BTreeMap<String, &Tensor> = BTreeMap::new();
+    let mut ignored = Vec::new();
+    for (name, t) in &ckpt.tensors {
+        match encoder_name(name, prefixed) {
+            Some(n) => {
+                found.insert(n, t);
+            }
+            None => ignored.push(name.as_str()),
+        }
+    }
+    if !ignored.is_empty() {
+        tracing::debug!(
+            count = ignored.len(),
+            "ignored non-encoder tensors: {}",
+            ignored.join(", ")
+        );
+    }
+    let vars = vs.variables();
+    let mut problems = Vec::new();
+    for (name, var) in &vars {
+        match found.get(name) {
+            None => problems.push(format!("missing: {name} (expected shape {:?})", var.size())),
+            Some(t) if t.size() != var.size() => problems.push(format!(
+                "wrong shape: {name}: expected {:?}, found {:?}",
+                var.size(),
+                t.size()
+            )),
+            Some(t) if !t.is_floating_point() => problems.push(format!(
+                "wrong dtype: {name}: expected a floating-point tensor, found {:?}",
+                t.kind()
+            )),
+            Some(_) => {}
+        }
+    }
+    for (name, t) in &found {
+        if !vars.contains_key(name) {
+            problems.push(format!("unexpected: {name} (shape {:?})", t.size()));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Weights {
+            path: ckpt.path.clone(),
+            msg: format!(
+                "checkpoint does not match the model config ({} problem(s)):\n  {}",
+                problems.len(),
+                problems.join("\n  ")
+            ),
+        });
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, mut var) in vars {
+            if let Some(src) = found.get(&name) {
+                var.f_copy_(src)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// All variables of `vs`, sorted by name (deterministic files).
+pub fn named_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}

@@ -1,0 +1,35 @@
+//! The library's error type: every variant names the file or value it is about.
+use std::path::PathBuf;
+
+/// Errors from loading models, tokenizers and data, and from running them.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid model config: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("{path}: {msg}")]
+    Weights { path: PathBuf, msg: String },
+    #[error("{path}: tokenizer: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

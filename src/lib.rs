@@ -1,0 +1,11 @@
+//! clsnorm: fine-tune BERT-family encoders with a normalized [CLS] embedding.
+//!
+//! The crate follows the data: [`tokenize`] -> [`batch`] -> [`encoder`] -> [CLS] vector.
+pub mod atomic;
+pub mod batch;
+pub mod device;
+pub mod encoder;
+pub mod error;
+pub mod tokenize;
+
+pub use error::{Error, Result};

@@ -1,0 +1,261 @@
+//! Text to token ids, exactly as Hugging Face tokenizes, through the `tokenizers` crate.
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{
+    AddedToken, EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
+
+use crate::error::{Error, Result};
+
+/// One tokenized example: ids and token types, unpadded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub input_ids: Vec<i64>,
+    pub token_type_ids: Vec<i64>,
+}
+
+impl Encoded {
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+}
+
+/// The subset of `tokenizer_config.json` / `special_tokens_map.json` clsnorm reads.
+#[derive(Debug, Deserialize)]
+struct TokenizerConfig {
+    #[serde(default = "yes")]
+    do_lower_case: bool,
+    #[serde(default)]
+    strip_accents: Option<bool>,
+    #[serde(default = "yes")]
+    tokenize_chinese_chars: bool,
+    #[serde(default)]
+    pad_token: Option<TokenSpec>,
+}
+
+/// Special tokens are written either as a string or as an `AddedToken` object.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TokenSpec {
+    Plain(String),
+    Object { content: String },
+}
+
+impl TokenSpec {
+    fn content(&self) -> &str {
+        match self {
+            TokenSpec::Plain(s) | TokenSpec::Object { content: s } => s,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A BERT tokenizer with clsnorm's truncation (longest-first to `max_len`) and no padding:
+/// padding is applied per batch by [`crate::batch`].
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    pad_id: i64,
+    max_len: usize,
+    path: PathBuf,
+}
+
+impl TextTokenizer {
+    /// Loads the tokenizer of a model directory: `tokenizer.json` when present, else a BERT
+    /// WordPiece tokenizer built from `vocab.txt` with the casing of `tokenizer_config.json`.
+    pub fn load(dir: &Path, max_len: usize) -> Result<Self> {
+        let config_path = dir.join("tokenizer_config.json");
+        let config: TokenizerConfig = if config_path.is_file() {
+            let text =
+                std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::Tokenizer {
+                path: config_path.clone(),
+                msg: e.to_string(),
+            })?
+        } else {
+            serde_json::from_str("{}").unwrap_or_else(|_| unreachable!("all fields default"))
+        };
+        let json = dir.join("tokenizer.json");
+        let vocab = dir.join("vocab.txt");
+        let (mut inner, path) = if json.is_file() {
+            let t = Tokenizer::from_file(&json).map_err(|e| Error::Tokenizer {
+                path: json.clone(),
+                msg: e.to_string(),
+            })?;
+            (t, json)
+        } else if vocab.is_file() {
+            (wordpiece_from_vocab(&vocab, &config)?, vocab)
+        } else {
+            return Err(Error::Tokenizer {
+                path: dir.to_path_buf(),
+                msg: "no tokenizer found: expected tokenizer.json or vocab.txt".into(),
+            });
+        };
+        let pad_token = config
+            .pad_token
+            .as_ref()
+            .map_or("[PAD]", TokenSpec::content);
+        let pad_id = inner
+            .token_to_id(pad_token)
+            .ok_or_else(|| Error::Tokenizer {
+                path: path.clone(),
+                msg: format!("pad token '{pad_token}' is not in the vocabulary"),
+            })?;
+        inner.with_padding(None);
+        let mut tok = TextTokenizer {
+            inner,
+            pad_id: pad_id as i64,
+            max_len,
+            path,
+        };
+        tok.set_max_len(max_len)?;
+        Ok(tok)
+    }
+
+    /// Changes the truncation length (in tokens, special tokens included).
+    pub fn set_max_len(&mut self, max_len: usize) -> Result<()> {
+        if max_len < 3 {
+            return Err(Error::Invalid(format!(
+                "max length {max_len} is too short: [CLS] a [SEP] b [SEP] needs at least 3 tokens"
+            )));
+        }
+        self.inner
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                msg: e.to_string(),
+            })?;
+        self.max_len = max_len;
+        Ok(())
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Id used to pad batches.
+    pub fn pad_id(&self) -> i64 {
+        self.pad_id
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The file the tokenizer was built from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Token strings of ids (for display).
+    pub fn tokens(&self, ids: &[i64]) -> Vec<String> {
+        ids.iter()
+            .map(|&i| {
+                self.inner
+                    .id_to_token(i as u32)
+                    .unwrap_or_else(|| "<?>".into())
+            })
+            .collect()
+    }
+
+    /// Tokenizes one sentence or sentence pair with `[CLS] a [SEP] (b [SEP])`.
+    pub fn encode(&self, text: &str, pair: Option<&str>) -> Result<Encoded> {
+        let input: EncodeInput = match pair {
+            Some(b) => (text, b).into(),
+            None => text.into(),
+        };
+        let enc = self
+            .inner
+            .encode(input, true)
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                msg: e.to_string(),
+            })?;
+        Ok(Encoded {
+            input_ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
+            token_type_ids: enc.get_type_ids().iter().map(|&i| i as i64).collect(),
+        })
+    }
+
+    /// Tokenizes many examples (in parallel inside `tokenizers`).
+    pub fn encode_batch(&self, examples: &[(&str, Option<&str>)]) -> Result<Vec<Encoded>> {
+        let inputs: Vec<EncodeInput> = examples
+            .iter()
+            .map(|&(a, b)| match b {
+                Some(b) => (a, b).into(),
+                None => a.into(),
+            })
+            .collect();
+        let encs = self
+            .inner
+            .encode_batch(inputs, true)
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                msg: e.to_string(),
+            })?;
+        Ok(encs
+            .iter()
+            .map(|enc| Encoded {
+                input_ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
+                token_type_ids: enc.get_type_ids().iter().map(|&i| i as i64).collect(),
+            })
+            .collect())
+    }
+}
+
+/// HF `BertTokenizerFast` assembled from a WordPiece vocabulary.
+fn wordpiece_from_vocab(vocab: &Path, config: &TokenizerConfig) -> Result<Tokenizer> {
+    let err = |msg: String| Error::Tokenizer {
+        path: vocab.to_path_buf(),
+        msg,
+    };
+    let vocab_str = vocab
+        .to_str()
+        .ok_or_else(|| err("path is not valid UTF-8".into()))?;
+    let model = WordPiece::from_file(vocab_str)
+        .unk_token("[UNK]".into())
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let mut tok = Tokenizer::new(model);
+    let id = |t: &str| {
+        tok.token_to_id(t)
+            .ok_or_else(|| err(format!("special token {t} is not in the vocabulary")))
+    };
+    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+    tok.with_normalizer(Some(BertNormalizer::new(
+        true,
+        config.tokenize_chinese_chars,
+        config.strip_accents,
+        config.do_lower_case,
+    )))
+    .with_pre_tokenizer(Some(BertPreTokenizer))
+    .with_post_processor(Some(BertProcessing::new(
+        ("[SEP]".into(), sep),
+        ("[CLS]".into(), cls),
+    )))
+    .with_decoder(Some(WordPieceDecoder::default()));
+    let specials: Vec<AddedToken> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .filter(|t| tok.token_to_id(t).is_some())
+        .map(|t| AddedToken::from(*t, true))
+        .collect();
+    tok.add_special_tokens(&specials);
+    Ok(tok)
+}

@@ -1,0 +1,394 @@
+//! The encoder on random weights: build, save/load round trip, forward semantics, load errors.
+mod common;
+
+use clsnorm::batch::Batch;
+use clsnorm::encoder::weights::{self, Checkpoint};
+use clsnorm::encoder::{BertConfig, Encoder};
+use clsnorm::tokenize::{Encoded, TextTokenizer};
+use clsnorm::Error;
+use tch::{Device, Kind, Tensor};
+
+fn tiny() -> BertConfig {
+    BertConfig::tiny(common::TINY_VOCAB.len() as i64, 32, 2, 4)
+}
+
+fn random_batch(cfg: &BertConfig, lens: &[usize], seed: i64) -> (Vec<Encoded>, Batch) {
+    tch::manual_seed(seed);
+    let encs: Vec<Encoded> = lens
+        .iter()
+        .map(|&n| Encoded {
+            input_ids: Vec::try_from(Tensor::randint_low(
+                5,
+                cfg.vocab_size,
+                [n as i64],
+                (Kind::Int64, Device::Cpu),
+            ))
+            .unwrap(),
+            token_type_ids: (0..n).map(|i| i64::from(i >= n / 2)).collect(),
+        })
+        .collect();
+    let refs: Vec<&Encoded> = encs.iter().collect();
+    let batch = Batch::collate(&refs, 0, Device::Cpu);
+    (encs, batch)
+}
+
+fn save_and_reload(enc: &Encoder) -> (tempfile::TempDir, Encoder) {
+    let dir = tempfile::tempdir().unwrap();
+    enc.save(dir.path()).unwrap();
+    let back = Encoder::load(dir.path(), Device::Cpu, false).unwrap();
+    (dir, back)
+}
+
+fn assert_same_weights(a: &Encoder, b: &Encoder) {
+    let va = weights::named_variables(&a.vs);
+    let vb = weights::named_variables(&b.vs);
+    assert_eq!(va.len(), vb.len());
+    for ((na, ta), (nb, tb)) in va.iter().zip(&vb) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs after round trip");
+    }
+}
+
+#[test]
+fn tiny_round_trip_is_identical_and_runs() {
+    let cfg = tiny();
+    let enc = Encoder::random(&cfg, Device::Cpu, 7);
+    let (_dir, back) = save_and_reload(&enc);
+    let mut saved = back.model.config.clone();
+    assert_eq!(
+        saved.extra.remove("architectures"),
+        Some(serde_json::json!(["BertModel"]))
+    );
+    assert_eq!(saved, cfg);
+    assert_same_weights(&enc, &back);
+    let (_, b) = random_batch(&cfg, &[6, 9, 4], 1);
+    let o1 = tch::no_grad(|| {
+        enc.model.forward(
+            &b.input_ids,
+            &b.token_type_ids,
+            b.attention_mask.as_ref(),
+            false,
+        )
+    });
+    let o2 = tch::no_grad(|| {
+        back.model.forward(
+            &b.input_ids,
+            &b.token_type_ids,
+            b.attention_mask.as_ref(),
+            false,
+        )
+    });
+    assert_eq!(o1.last_hidden_state.size(), [3, 9, 32]);
+    assert_eq!(o1.cls.size(), [3, 32]);
+    assert!(o1.pooler_output.equal(&o2.pooler_output));
+    // The pooler is tanh(W cls + b), computed independently here.
+    let vars = enc.vs.variables();
+    let expect = o1.cls.matmul(&vars["pooler.dense.weight"].tr()) + &vars["pooler.dense.bias"];
+    assert!(common::max_abs_diff(&expect.tanh(), &o1.pooler_output) < 1e-6);
+}
+
+#[test]
+fn bert_base_shape_round_trip_and_forward() {
+    let cfg = BertConfig::base();
+    assert_eq!(
+        (
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.intermediate_size
+        ),
+        (12, 768, 12, 3072)
+    );
+    let enc = Encoder::random(&cfg, Device::Cpu, 3);
+    let n_params: i64 = enc.vs.variables().values().map(|t| t.numel() as i64).sum();
+    assert_eq!(n_params, 109_482_240, "BERT-base has 109.48M parameters");
+    let (_dir, back) = save_and_reload(&enc);
+    assert_same_weights(&enc, &back);
+    let (_, b) = random_batch(&cfg, &[12, 7], 2);
+    let out = tch::no_grad(|| {
+        back.model.forward(
+            &b.input_ids,
+            &b.token_type_ids,
+            b.attention_mask.as_ref(),
+            false,
+        )
+    });
+    assert_eq!(out.pooler_output.size(), [2, 768]);
+    assert!(bool::try_from(out.last_hidden_state.isfinite().all()).unwrap());
+}
+
+#[test]
+fn padding_does_not_change_cls() {
+    let cfg = tiny();
+    let enc = Encoder::random(&cfg, Device::Cpu, 11);
+    let (encs, padded) = random_batch(&cfg, &[5, 12, 8], 4);
+    let out = tch::no_grad(|| {
+        enc.model.forward(
+            &padded.input_ids,
+            &padded.token_type_ids,
+            padded.attention_mask.as_ref(),
+            false,
+        )
+    });
+    for (i, e) in encs.iter().enumerate() {
+        let single = Batch::collate(&[e], 0, Device::Cpu);
+        assert!(single.attention_mask.is_none());
+        let o = tch::no_grad(|| {
+            enc.model
+                .forward(&single.input_ids, &single.token_type_ids, None, false)
+        });
+        let d = common::max_abs_diff(&o.cls.get(0), &out.cls.get(i as i64));
+        assert!(d < 1e-5, "row {i}: padding changed [CLS] by {d}");
+        let d = common::max_abs_diff(&o.pooler_output.get(0), &out.pooler_output.get(i as i64));
+        assert!(
+            d < 1e-5,
+            "row {i}: padding changed the pooler output by {d}"
+        );
+    }
+}
+
+#[test]
+fn dropout_only_in_training() {
+    let cfg = tiny();
+    let enc = Encoder::random(&cfg, Device::Cpu, 5);
+    let (_, b) = random_batch(&cfg, &[10, 10], 6);
+    let run = |train| {
+        enc.model
+            .forward(
+                &b.input_ids,
+                &b.token_type_ids,
+                b.attention_mask.as_ref(),
+                train,
+            )
+            .cls
+    };
+    assert!(run(false).equal(&run(false)), "eval must be deterministic");
+    let (t1, t2) = (run(true), run(true));
+    assert!(
+        !t1.equal(&t2),
+        "training-mode dropout must vary between calls"
+    );
+    tch::manual_seed(9);
+    let s1 = run(true);
+    tch::manual_seed(9);
+    assert!(
+        s1.equal(&run(true)),
+        "dropout must be reproducible from the seed"
+    );
+}
+
+fn write_config(dir: &std::path::Path, json: &str) -> std::path::PathBuf {
+    let p = dir.join("config.json");
+    std::fs::write(&p, json).unwrap();
+    p
+}
+
+#[test]
+fn config_errors_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            r#"{"hidden_size": 30, "num_attention_heads": 4}"#,
+            "not divisible",
+        ),
+        (r#"{"hidden_act": "swish"}"#, "hidden_act"),
+        (r#"{"model_type": "roberta"}"#, "roberta"),
+        (
+            r#"{"position_embedding_type": "relative_key"}"#,
+            "relative_key",
+        ),
+        (
+            r#"{"num_hidden_layers": 0}"#,
+            "num_hidden_layers must be positive",
+        ),
+        (r#"{"hidden_dropout_prob": 1.5}"#, "hidden_dropout_prob"),
+        (r#"{"hidden_size": "big"}"#, "line 1"),
+        ("not json", "line 1"),
+    ];
+    for (json, want) in cases {
+        let p = write_config(dir.path(), json);
+        let err = BertConfig::from_file(&p).unwrap_err().to_string();
+        assert!(
+            err.contains(want) && err.contains("config.json"),
+            "{json}: got '{err}'"
+        );
+    }
+    let missing = BertConfig::from_file(&dir.path().join("nope.json")).unwrap_err();
+    assert!(matches!(missing, Error::Io { .. }));
+    let p = write_config(
+        dir.path(),
+        r#"{"hidden_act": "gelu_new", "hidden_size": 64, "num_attention_heads": 4}"#,
+    );
+    let cfg = BertConfig::from_file(&p).unwrap();
+    assert_eq!(cfg.hidden_act, clsnorm::encoder::HiddenAct::GeluNew);
+    assert_eq!(cfg.num_hidden_layers, 12, "absent keys take HF's defaults");
+}
+
+fn checkpoint_of(enc: &Encoder) -> Vec<(String, Tensor)> {
+    weights::named_variables(&enc.vs)
+}
+
+fn load_err(cfg: &BertConfig, tensors: Vec<(String, Tensor)>) -> String {
+    let target = Encoder::random(cfg, Device::Cpu, 1);
+    let ckpt = Checkpoint {
+        path: "x.safetensors".into(),
+        tensors,
+    };
+    weights::load_into(&target.vs, &ckpt)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn missing_unexpected_and_misshaped_tensors_are_listed() {
+    let cfg = tiny();
+    let enc = Encoder::random(&cfg, Device::Cpu, 2);
+    let mut t = checkpoint_of(&enc);
+    t.retain(|(n, _)| n != "pooler.dense.bias" && n != "encoder.layer.1.output.dense.weight");
+    t.push((
+        "encoder.layer.7.extra.weight".into(),
+        Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+    ));
+    for (n, v) in t.iter_mut() {
+        if n == "embeddings.word_embeddings.weight" {
+            *v = Tensor::zeros([10, 32], (Kind::Float, Device::Cpu));
+        }
+        if n == "embeddings.LayerNorm.weight" {
+            *v = Tensor::zeros([32], (Kind::Int64, Device::Cpu));
+        }
+    }
+    let err = load_err(&cfg, t);
+    for want in [
+        "5 problem(s)",
+        "missing: pooler.dense.bias (expected shape [32])",
+        "missing: encoder.layer.1.output.dense.weight (expected shape [32, 128])",
+        "unexpected: encoder.layer.7.extra.weight (shape [3])",
+        "wrong shape: embeddings.word_embeddings.weight: expected [25, 32], found [10, 32]",
+        "wrong dtype: embeddings.LayerNorm.weight",
+    ] {
+        assert!(err.contains(want), "missing '{want}' in:\n{err}");
+    }
+}
+
+#[test]
+fn prefixed_checkpoints_with_heads_and_gamma_beta_load() {
+    let cfg = tiny();
+    let enc = Encoder::random(&cfg, Device::Cpu, 2);
+    let mut t: Vec<(String, Tensor)> = checkpoint_of(&enc)
+        .into_iter()
+        .map(|(n, v)| {
+            let n = n
+                .replace("LayerNorm.weight", "LayerNorm.gamma")
+                .replace("LayerNorm.bias", "LayerNorm.beta");
+            (format!("bert.{n}"), v)
+        })
+        .collect();
+    t.push((
+        "bert.embeddings.position_ids".into(),
+        Tensor::arange(128, (Kind::Int64, Device::Cpu)),
+    ));
+    t.push((
+        "cls.predictions.bias".into(),
+        Tensor::zeros([25], (Kind::Float, Device::Cpu)),
+    ));
+    t.push((
+        "classifier.weight".into(),
+        Tensor::zeros([2, 32], (Kind::Float, Device::Cpu)),
+    ));
+    // Half precision weights are converted to the model's fp32.
+    let target = Encoder::random(&cfg, Device::Cpu, 99);
+    let ckpt = Checkpoint {
+        path: "x".into(),
+        tensors: t,
+    };
+    weights::load_into(&target.vs, &ckpt).unwrap();
+    assert_same_weights(&enc, &target);
+}
+
+#[test]
+fn truncated_or_corrupt_safetensors_is_an_error() {
+    let cfg = tiny();
+    let enc = Encoder::random(&cfg, Device::Cpu, 2);
+    let dir = tempfile::tempdir().unwrap();
+    enc.save(dir.path()).unwrap();
+    let st = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Encoder::load(dir.path(), Device::Cpu, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated or corrupted"),
+        "{err}"
+    );
+    std::fs::write(&st, b"garbage").unwrap();
+    assert!(Encoder::load(dir.path(), Device::Cpu, false).is_err());
+    std::fs::remove_file(&st).unwrap();
+    let err = Encoder::load(dir.path(), Device::Cpu, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no weights found"), "{err}");
+}
+
+#[test]
+fn pickle_needs_explicit_permission() {
+    let cfg = tiny();
+    let enc = Encoder::random(&cfg, Device::Cpu, 2);
+    let dir = tempfile::tempdir().unwrap();
+    enc.save(dir.path()).unwrap();
+    std::fs::rename(
+        dir.path().join("model.safetensors"),
+        dir.path().join("pytorch_model.bin"),
+    )
+    .unwrap();
+    let err = Encoder::load(dir.path(), Device::Cpu, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--allow-pickle"), "{err}");
+    // Allowed, but not a pickle: an error naming the file, not a crash.
+    let err = Encoder::load(dir.path(), Device::Cpu, true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("pytorch_model.bin"), "{err}");
+}
+
+#[test]
+fn tokenizer_from_vocab_pairs_truncate_longest_first_and_pad() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_vocab(dir.path());
+    let tok = TextTokenizer::load(dir.path(), 8).unwrap();
+    let e = tok.encode("The cat sat", None).unwrap();
+    assert_eq!(e.input_ids, [2, 5, 7, 9, 3]);
+    // 6 + 2 tokens plus 3 specials = 11 > 8: the longer side loses tokens first.
+    let e = tok.encode("the cat sat on the mat", Some("a dog")).unwrap();
+    assert_eq!(
+        tok.tokens(&e.input_ids),
+        ["[CLS]", "the", "cat", "sat", "[SEP]", "a", "dog", "[SEP]"]
+    );
+    assert_eq!(e.token_type_ids, [0, 0, 0, 0, 0, 1, 1, 1]);
+    let e2 = tok.encode("a dog", Some("the cat sat on the mat")).unwrap();
+    assert_eq!(
+        tok.tokens(&e2.input_ids),
+        ["[CLS]", "a", "dog", "[SEP]", "the", "cat", "sat", "[SEP]"]
+    );
+    // Unknown words map to [UNK], suffixes to ## pieces.
+    assert_eq!(
+        tok.tokens(&tok.encode("cats zebra", None).unwrap().input_ids),
+        ["[CLS]", "cat", "##s", "[UNK]", "[SEP]"]
+    );
+    let short = tok.encode("good", None).unwrap();
+    let b = Batch::collate(&[&e, &short], tok.pad_id(), Device::Cpu);
+    let mask: Vec<i64> = Vec::try_from(b.attention_mask.unwrap().flatten(0, -1)).unwrap();
+    assert_eq!(mask, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]);
+    let ids: Vec<i64> = Vec::try_from(b.input_ids.get(1)).unwrap();
+    assert_eq!(ids, [2, 13, 3, 0, 0, 0, 0, 0]);
+    assert_eq!(b.n_tokens, 11);
+    assert!(
+        TextTokenizer::load(dir.path(), 2).is_err(),
+        "max length below 3 is rejected"
+    );
+}
