@@ -392,3 +392,42 @@ fn tokenizer_from_vocab_pairs_truncate_longest_first_and_pad() {
         "max length below 3 is rejected"
     );
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+#[test]
+fn pytorch_model_bin_loads_without_running_code() {
+    // Written by tests/fixtures/make_pickle_fixture.py in torch.save's format: the k-th tensor
+    // in sorted checkpoint-name order holds sin(k + i/10).
+    let dir = fixture("tiny-bert-pickle");
+    let ckpt = weights::read_model_dir(&dir, true).unwrap();
+    let mut names: Vec<&str> = ckpt.tensors.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    let enc = Encoder::load(&dir, Device::Cpu, true).unwrap();
+    let vars = enc.vs.variables();
+    for (k, name) in names.iter().enumerate() {
+        let Some(ours) = name.strip_prefix("bert.").map(|n| {
+            n.replace("LayerNorm.gamma", "LayerNorm.weight")
+                .replace("LayerNorm.beta", "LayerNorm.bias")
+        }) else {
+            continue; // cls.* head: ignored
+        };
+        let var = &vars[&ours];
+        let n = var.numel() as i64;
+        let want = (Tensor::arange(n, (Kind::Double, Device::Cpu)) / 10.0 + k as f64).sin();
+        let d = common::max_abs_diff(&var.to_kind(Kind::Double).flatten(0, -1), &want);
+        assert!(d < 1e-6, "{name}: max difference {d}");
+    }
+    let err = Encoder::load(&fixture("evil-pickle"), Device::Cpu, true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("refusing") && err.contains("os.system"),
+        "{err}"
+    );
+}

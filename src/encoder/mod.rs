@@ -1,6 +1,7 @@
 //! The BERT encoder: config, model and checkpoint I/O.
 pub mod bert;
 pub mod config;
+pub mod pickle;
 pub mod weights;
 
 use std::path::Path;

@@ -2,7 +2,8 @@
 //!
 //! safetensors is preferred and is the only format clsnorm writes: it is a plain header plus
 //! raw bytes, so loading cannot run code. `pytorch_model.bin` is a Python pickle, which can
-//! execute arbitrary code when unpickled, so it is only read when the caller allows it.
+//! execute arbitrary code when unpickled by Python, so it is only read when the caller allows
+//! it, and then by clsnorm's restricted reader ([`super::pickle`]), never by Python.
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -50,11 +51,10 @@ pub fn read_model_dir(dir: &Path, allow_pickle: bool) -> Result<Checkpoint> {
                     .into(),
             });
         }
-        let tensors = Tensor::loadz_multi(&bin).map_err(|e| Error::Weights {
-            path: bin.clone(),
-            msg: format!("cannot read the pickle checkpoint: {e}"),
-        })?;
-        Ok(Checkpoint { tensors, path: bin })
+        Ok(Checkpoint {
+            tensors: super::pickle::read_torch_zip(&bin)?,
+            path: bin,
+        })
     } else {
         Err(Error::Weights {
             path: dir.to_path_buf(),
