@@ -16,6 +16,12 @@ pub enum Error {
     Weights { path: PathBuf, msg: String },
     #[error("{path}: tokenizer: {msg}")]
     Tokenizer { path: PathBuf, msg: String },
+    #[error("{path}:{line}: {msg}")]
+    Data {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("libtorch: {0}")]

@@ -3,9 +3,11 @@
 //! The crate follows the data: [`tokenize`] -> [`batch`] -> [`encoder`] -> [CLS] vector.
 pub mod atomic;
 pub mod batch;
+pub mod data;
 pub mod device;
 pub mod encoder;
 pub mod error;
+pub mod metrics;
 pub mod tokenize;
 
 pub use error::{Error, Result};

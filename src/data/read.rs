@@ -1,0 +1,446 @@
+//! Reading examples from TSV (GLUE), CSV and JSONL files. Every problem names file and line.
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::task::{Column, Format, LabelSpace, TaskSpec};
+use super::{Dataset, Example, Label};
+use crate::error::{Error, Result};
+
+/// How strictly to read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOptions {
+    /// Count and skip malformed rows instead of stopping at the first.
+    pub skip_bad_rows: bool,
+    /// Rows without a label column are an error (training, evaluation) or allowed (prediction).
+    pub require_label: bool,
+}
+
+/// A row's fields before labels are interpreted.
+#[derive(Debug, Clone)]
+pub struct RawRow {
+    pub line: usize,
+    pub text: String,
+    pub text_pair: Option<String>,
+    pub label: Option<String>,
+}
+
+struct BadRow {
+    line: usize,
+    msg: String,
+}
+
+/// Collects rows and bad rows; stops at the first bad row unless skipping.
+struct Rows<'a> {
+    path: &'a Path,
+    opts: ReadOptions,
+    rows: Vec<RawRow>,
+    bad: Vec<BadRow>,
+}
+
+impl Rows<'_> {
+    fn push(&mut self, r: std::result::Result<RawRow, BadRow>) -> Result<()> {
+        match r {
+            Ok(row) => self.rows.push(row),
+            Err(b) if self.opts.skip_bad_rows => self.bad.push(b),
+            Err(b) => {
+                return Err(Error::Data {
+                    path: self.path.to_path_buf(),
+                    line: b.line,
+                    msg: b.msg,
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
+fn column_label(c: &Column) -> String {
+    match c {
+        Column::Name(n) => format!("'{n}'"),
+        Column::Index(i) => format!("{}", i + 1),
+    }
+}
+
+/// Resolves the spec's columns to indices, given the header (if any).
+struct Resolved {
+    text: usize,
+    text_pair: Option<usize>,
+    label: Option<usize>,
+    width: Option<usize>,
+}
+
+fn resolve(
+    spec: &TaskSpec,
+    header: Option<&[String]>,
+    path: &Path,
+    require_label: bool,
+) -> Result<Resolved> {
+    let find = |c: &Column| -> Option<usize> {
+        match (c, header) {
+            (Column::Index(i), _) => Some(*i),
+            (Column::Name(n), Some(h)) => h.iter().position(|x| x.trim() == n),
+            (Column::Name(_), None) => None,
+        }
+    };
+    let missing = |c: &Column| Error::Data {
+        path: path.to_path_buf(),
+        line: 1,
+        msg: match header {
+            Some(h) => format!(
+                "header has no column {} (found: {})",
+                column_label(c),
+                h.join(", ")
+            ),
+            None => format!(
+                "column {} needs a header row, but the file has none",
+                column_label(c)
+            ),
+        },
+    };
+    let text = find(&spec.text).ok_or_else(|| missing(&spec.text))?;
+    let text_pair = match &spec.text_pair {
+        Some(c) => Some(find(c).ok_or_else(|| missing(c))?),
+        None => None,
+    };
+    let label = match find(&spec.label) {
+        Some(i) if header.is_none_or(|h| i < h.len()) => Some(i),
+        _ if require_label => return Err(missing(&spec.label)),
+        _ => None,
+    };
+    Ok(Resolved {
+        text,
+        text_pair,
+        label,
+        width: header.map(<[String]>::len),
+    })
+}
+
+fn check_text(s: &str, col: &Column) -> std::result::Result<String, String> {
+    if s.trim().is_empty() {
+        Err(format!("empty text in column {}", column_label(col)))
+    } else if s.contains('\u{feff}') {
+        Err(format!(
+            "byte-order mark (U+FEFF) inside the text of column {}",
+            column_label(col)
+        ))
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+fn row_from_fields(
+    fields: &[&str],
+    r: &Resolved,
+    spec: &TaskSpec,
+    line: usize,
+) -> std::result::Result<RawRow, BadRow> {
+    let bad = |msg: String| BadRow { line, msg };
+    let need = [Some(r.text), r.text_pair, r.label]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0)
+        + 1;
+    match r.width {
+        Some(w) if fields.len() != w => {
+            return Err(bad(format!(
+                "expected {w} tab-separated columns (as in the header), found {}",
+                fields.len()
+            )))
+        }
+        None if fields.len() < need => {
+            return Err(bad(format!(
+                "expected at least {need} columns, found {}",
+                fields.len()
+            )))
+        }
+        _ => {}
+    }
+    let text = check_text(fields[r.text], &spec.text).map_err(bad)?;
+    let text_pair = match (r.text_pair, &spec.text_pair) {
+        (Some(i), Some(c)) => Some(check_text(fields[i], c).map_err(bad)?),
+        _ => None,
+    };
+    Ok(RawRow {
+        line,
+        text,
+        text_pair,
+        label: r.label.map(|i| fields[i].trim().to_string()),
+    })
+}
+
+fn read_tsv(bytes: &[u8], spec: &TaskSpec, rows: &mut Rows) -> Result<()> {
+    let path = rows.path;
+    let mut resolved: Option<Resolved> = None;
+    let n_lines = bytes.split(|&b| b == b'\n').count();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = i + 1;
+        if i + 1 == n_lines && raw.is_empty() {
+            break; // the final newline
+        }
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let raw = if i == 0 {
+            raw.strip_prefix("\u{feff}".as_bytes()).unwrap_or(raw)
+        } else {
+            raw
+        };
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => t,
+            Err(e) => {
+                let r = Err(BadRow {
+                    line,
+                    msg: format!("invalid UTF-8 at byte {} of the line", e.valid_up_to()),
+                });
+                if i == 0 && spec.header {
+                    return rows.push(r);
+                }
+                rows.push(r)?;
+                continue;
+            }
+        };
+        let fields: Vec<&str> = text.split('\t').collect();
+        if i == 0 {
+            let header: Vec<String> = fields.iter().map(|s| s.to_string()).collect();
+            let r = resolve(
+                spec,
+                spec.header.then_some(header.as_slice()),
+                path,
+                rows.opts.require_label,
+            )?;
+            resolved = Some(r);
+            if spec.header {
+                continue;
+            }
+        }
+        let Some(r) = resolved.as_ref() else { continue };
+        rows.push(row_from_fields(&fields, r, spec, line))?;
+    }
+    Ok(())
+}
+
+fn read_csv(bytes: &[u8], spec: &TaskSpec, rows: &mut Rows) -> Result<()> {
+    let path = rows.path;
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(spec.header)
+        .flexible(true)
+        .from_reader(bytes);
+    let header: Option<Vec<String>> = if spec.header {
+        let h = rdr.headers().map_err(|e| Error::Data {
+            path: path.to_path_buf(),
+            line: 1,
+            msg: e.to_string(),
+        })?;
+        Some(h.iter().map(str::to_string).collect())
+    } else {
+        None
+    };
+    let r = resolve(spec, header.as_deref(), path, rows.opts.require_label)?;
+    let mut record = csv::ByteRecord::new();
+    loop {
+        let line = rdr.position().line() as usize;
+        match rdr.read_byte_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {
+                let line = record.position().map_or(line, |p| p.line() as usize);
+                let fields: std::result::Result<Vec<&str>, _> =
+                    record.iter().map(std::str::from_utf8).collect();
+                let row = match fields {
+                    Ok(f) => row_from_fields(&f, &r, spec, line),
+                    Err(e) => Err(BadRow {
+                        line,
+                        msg: format!("invalid UTF-8: {e}"),
+                    }),
+                };
+                rows.push(row)?;
+            }
+            Err(e) => {
+                let line = e.position().map_or(line, |p| p.line() as usize);
+                rows.push(Err(BadRow {
+                    line,
+                    msg: format!("malformed CSV: {e}"),
+                }))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn json_field(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    c: &Column,
+) -> std::result::Result<Option<String>, String> {
+    let Column::Name(name) = c else {
+        return Err(format!(
+            "JSONL columns are named, not numbered ({})",
+            column_label(c)
+        ));
+    };
+    Ok(match obj.get(name) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+            Some(v.to_string())
+        }
+        Some(_) => return Err(format!("field '{name}' must be a string or number")),
+    })
+}
+
+fn read_jsonl(bytes: &[u8], spec: &TaskSpec, rows: &mut Rows) -> Result<()> {
+    let require_label = rows.opts.require_label;
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = i + 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let raw = if i == 0 {
+            raw.strip_prefix("\u{feff}".as_bytes()).unwrap_or(raw)
+        } else {
+            raw
+        };
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let row = (|| -> std::result::Result<RawRow, String> {
+            let text = std::str::from_utf8(raw)
+                .map_err(|e| format!("invalid UTF-8 at byte {} of the line", e.valid_up_to()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+            let obj = v.as_object().ok_or("expected a JSON object")?;
+            let get_text = |c: &Column| -> std::result::Result<String, String> {
+                let s = json_field(obj, c)?
+                    .ok_or_else(|| format!("missing field {}", column_label(c)))?;
+                check_text(&s, c)
+            };
+            let label = json_field(obj, &spec.label)?;
+            if require_label && label.is_none() {
+                return Err(format!("missing field {}", column_label(&spec.label)));
+            }
+            Ok(RawRow {
+                line,
+                text: get_text(&spec.text)?,
+                text_pair: spec.text_pair.as_ref().map(get_text).transpose()?,
+                label: label.map(|l| l.trim().to_string()),
+            })
+        })();
+        rows.push(row.map_err(|msg| BadRow { line, msg }))?;
+    }
+    Ok(())
+}
+
+/// Reads the rows of `path` in the spec's format.
+pub fn read_rows(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<(Vec<RawRow>, usize)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            line: 1,
+            msg: "the file is empty".into(),
+        });
+    }
+    let mut rows = Rows {
+        path,
+        opts,
+        rows: Vec::new(),
+        bad: Vec::new(),
+    };
+    match spec.format {
+        Format::Tsv => read_tsv(&bytes, spec, &mut rows)?,
+        Format::Csv => read_csv(&bytes, spec, &mut rows)?,
+        Format::Jsonl => read_jsonl(&bytes, spec, &mut rows)?,
+    }
+    for b in rows.bad.iter().take(5) {
+        tracing::warn!("{}:{}: skipped: {}", path.display(), b.line, b.msg);
+    }
+    if rows.bad.len() > 5 {
+        tracing::warn!(
+            "{}: {} more bad rows skipped",
+            path.display(),
+            rows.bad.len() - 5
+        );
+    }
+    if rows.rows.is_empty() {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            line: 1,
+            msg: "no usable rows".into(),
+        });
+    }
+    Ok((rows.rows, rows.bad.len()))
+}
+
+/// The class names of a custom classification file: its distinct labels, numerically sorted
+/// when all are integers, else lexicographically.
+pub fn infer_classes(rows: &[RawRow]) -> Vec<String> {
+    let set: BTreeSet<&str> = rows.iter().filter_map(|r| r.label.as_deref()).collect();
+    let mut v: Vec<String> = set.into_iter().map(str::to_string).collect();
+    if v.iter().all(|s| s.parse::<i64>().is_ok()) {
+        v.sort_by_key(|s| s.parse::<i64>().unwrap_or(0));
+    }
+    v
+}
+
+/// Reads a file into labelled (or, for prediction, possibly unlabelled) examples.
+pub fn read_dataset(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<Dataset> {
+    let (rows, mut skipped) = read_rows(path, spec, opts)?;
+    let index: HashMap<&str, usize> = match &spec.labels {
+        LabelSpace::Classes(c) => c.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect(),
+        LabelSpace::Regression => HashMap::new(),
+    };
+    let mut examples = Vec::with_capacity(rows.len());
+    for r in rows {
+        let label = match (&r.label, &spec.labels) {
+            (None, _) => None,
+            (Some(l), LabelSpace::Classes(classes)) => match index.get(l.as_str()) {
+                Some(&i) => Some(Label::Class(i)),
+                None => {
+                    let msg = format!(
+                        "unknown label '{l}' (expected one of: {})",
+                        classes.join(", ")
+                    );
+                    if opts.skip_bad_rows {
+                        tracing::warn!("{}:{}: skipped: {msg}", path.display(), r.line);
+                        skipped += 1;
+                        continue;
+                    }
+                    return Err(Error::Data {
+                        path: path.to_path_buf(),
+                        line: r.line,
+                        msg,
+                    });
+                }
+            },
+            (Some(l), LabelSpace::Regression) => match l.parse::<f32>() {
+                Ok(v) if v.is_finite() => Some(Label::Score(v)),
+                _ => {
+                    let msg = format!("regression target '{l}' is not a finite number");
+                    if opts.skip_bad_rows {
+                        tracing::warn!("{}:{}: skipped: {msg}", path.display(), r.line);
+                        skipped += 1;
+                        continue;
+                    }
+                    return Err(Error::Data {
+                        path: path.to_path_buf(),
+                        line: r.line,
+                        msg,
+                    });
+                }
+            },
+        };
+        examples.push(Example {
+            line: r.line,
+            text: r.text,
+            text_pair: r.text_pair,
+            label,
+        });
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            "{}: skipped {skipped} bad row(s) (--skip-bad-rows)",
+            path.display()
+        );
+    }
+    Ok(Dataset {
+        path: PathBuf::from(path),
+        examples,
+        skipped,
+    })
+}

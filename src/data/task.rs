@@ -1,0 +1,257 @@
+//! Tasks described by data: where the files are, which columns hold text and label, the label
+//! set, and the metrics. The GLUE tasks are entries of [`GLUE`]; a custom file gets a spec
+//! built from command-line column names.
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metric;
+
+/// A column of a data file: by header name, or by 0-based index for header-less files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Column {
+    Name(String),
+    Index(usize),
+}
+
+/// File format of a data file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Tab-separated, no quoting (GLUE's format: texts contain bare `"`).
+    Tsv,
+    /// RFC 4180 comma-separated, with quoting.
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+impl Format {
+    /// Format from a file extension (`.tsv`, `.csv`, `.jsonl`/`.json`).
+    pub fn from_path(path: &std::path::Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "tsv" | "txt" => Some(Format::Tsv),
+            "csv" => Some(Format::Csv),
+            "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
+            _ => None,
+        }
+    }
+}
+
+/// What the label column holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelSpace {
+    /// Class names in index order (the file's strings are matched exactly).
+    Classes(Vec<String>),
+    /// A real-valued target (one output, MSE loss).
+    Regression,
+}
+
+impl LabelSpace {
+    /// Number of model outputs.
+    pub fn num_outputs(&self) -> usize {
+        match self {
+            LabelSpace::Classes(c) => c.len(),
+            LabelSpace::Regression => 1,
+        }
+    }
+}
+
+/// Everything clsnorm needs to know about a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub name: String,
+    pub format: Format,
+    pub header: bool,
+    pub text: Column,
+    pub text_pair: Option<Column>,
+    pub label: Column,
+    pub labels: LabelSpace,
+    /// Metrics reported on dev; the first is also reported alone.
+    pub metrics: Vec<Metric>,
+    /// The metric that selects the best epoch.
+    pub primary: Metric,
+    /// Train file, relative to the task directory (GLUE) or as given (custom).
+    pub train_file: String,
+    /// Dev splits: (split name, file).
+    pub dev_files: Vec<(String, String)>,
+}
+
+/// A GLUE task in the standard `glue_data/TASK/{train,dev}.tsv` layout.
+struct Glue {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    header: bool,
+    text: Col,
+    text_pair: Option<Col>,
+    label: Col,
+    classes: Option<&'static [&'static str]>,
+    metrics: &'static [Metric],
+    primary: Metric,
+    dev: &'static [(&'static str, &'static str)],
+}
+
+enum Col {
+    N(&'static str),
+    I(usize),
+}
+
+impl Col {
+    fn column(&self) -> Column {
+        match self {
+            Col::N(n) => Column::Name((*n).into()),
+            Col::I(i) => Column::Index(*i),
+        }
+    }
+}
+
+use Metric::*;
+const DEV: &[(&str, &str)] = &[("dev", "dev.tsv")];
+const BINARY: Option<&[&str]> = Some(&["0", "1"]);
+const ENTAIL2: Option<&[&str]> = Some(&["entailment", "not_entailment"]);
+
+/// The nine GLUE tasks (see `shared/data/glue/README.md` for the formats).
+const GLUE: &[Glue] = &[
+    Glue {
+        name: "CoLA",
+        aliases: &["cola"],
+        header: false,
+        text: Col::I(3),
+        text_pair: None,
+        label: Col::I(1),
+        classes: BINARY,
+        metrics: &[Mcc, Accuracy],
+        primary: Mcc,
+        dev: DEV,
+    },
+    Glue {
+        name: "SST-2",
+        aliases: &["sst-2", "sst2", "sst"],
+        header: true,
+        text: Col::N("sentence"),
+        text_pair: None,
+        label: Col::N("label"),
+        classes: BINARY,
+        metrics: &[Accuracy],
+        primary: Accuracy,
+        dev: DEV,
+    },
+    Glue {
+        name: "MRPC",
+        aliases: &["mrpc"],
+        header: true,
+        text: Col::N("#1 String"),
+        text_pair: Some(Col::N("#2 String")),
+        label: Col::N("Quality"),
+        classes: BINARY,
+        metrics: &[Accuracy, F1, AccF1],
+        primary: AccF1,
+        dev: DEV,
+    },
+    Glue {
+        name: "STS-B",
+        aliases: &["sts-b", "stsb", "sts"],
+        header: true,
+        text: Col::N("sentence1"),
+        text_pair: Some(Col::N("sentence2")),
+        label: Col::N("score"),
+        classes: None,
+        metrics: &[Pearson, Spearman, PearsonSpearman],
+        primary: PearsonSpearman,
+        dev: DEV,
+    },
+    Glue {
+        name: "QQP",
+        aliases: &["qqp"],
+        header: true,
+        text: Col::N("question1"),
+        text_pair: Some(Col::N("question2")),
+        label: Col::N("is_duplicate"),
+        classes: BINARY,
+        metrics: &[Accuracy, F1, AccF1],
+        primary: AccF1,
+        dev: DEV,
+    },
+    Glue {
+        name: "MNLI",
+        aliases: &["mnli"],
+        header: true,
+        text: Col::N("sentence1"),
+        text_pair: Some(Col::N("sentence2")),
+        label: Col::N("gold_label"),
+        classes: Some(&["contradiction", "entailment", "neutral"]),
+        metrics: &[Accuracy],
+        primary: Accuracy,
+        dev: &[
+            ("dev_matched", "dev_matched.tsv"),
+            ("dev_mismatched", "dev_mismatched.tsv"),
+        ],
+    },
+    Glue {
+        name: "QNLI",
+        aliases: &["qnli"],
+        header: true,
+        text: Col::N("question"),
+        text_pair: Some(Col::N("sentence")),
+        label: Col::N("label"),
+        classes: ENTAIL2,
+        metrics: &[Accuracy],
+        primary: Accuracy,
+        dev: DEV,
+    },
+    Glue {
+        name: "RTE",
+        aliases: &["rte"],
+        header: true,
+        text: Col::N("sentence1"),
+        text_pair: Some(Col::N("sentence2")),
+        label: Col::N("label"),
+        classes: ENTAIL2,
+        metrics: &[Accuracy],
+        primary: Accuracy,
+        dev: DEV,
+    },
+    Glue {
+        name: "WNLI",
+        aliases: &["wnli"],
+        header: true,
+        text: Col::N("sentence1"),
+        text_pair: Some(Col::N("sentence2")),
+        label: Col::N("label"),
+        classes: BINARY,
+        metrics: &[Accuracy],
+        primary: Accuracy,
+        dev: DEV,
+    },
+];
+
+/// Names of all built-in tasks.
+pub fn glue_task_names() -> Vec<&'static str> {
+    GLUE.iter().map(|g| g.name).collect()
+}
+
+/// Looks up a GLUE task by name, case-insensitively (`rte`, `RTE`, `sst-2`, `sst2`, ...).
+pub fn glue_task(name: &str) -> Option<TaskSpec> {
+    let key = name.trim().to_ascii_lowercase();
+    let g = GLUE.iter().find(|g| g.aliases.contains(&key.as_str()))?;
+    Some(TaskSpec {
+        name: g.name.into(),
+        format: Format::Tsv,
+        header: g.header,
+        text: g.text.column(),
+        text_pair: g.text_pair.as_ref().map(Col::column),
+        label: g.label.column(),
+        labels: match g.classes {
+            Some(c) => LabelSpace::Classes(c.iter().map(|s| s.to_string()).collect()),
+            None => LabelSpace::Regression,
+        },
+        metrics: g.metrics.to_vec(),
+        primary: g.primary,
+        train_file: "train.tsv".into(),
+        dev_files: g
+            .dev
+            .iter()
+            .map(|(s, f)| (s.to_string(), f.to_string()))
+            .collect(),
+    })
+}
