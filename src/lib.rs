@@ -3,11 +3,15 @@
 //! The crate follows the data: [`tokenize`] -> [`batch`] -> [`encoder`] -> [CLS] vector.
 pub mod atomic;
 pub mod batch;
+pub mod classifier;
 pub mod data;
 pub mod device;
 pub mod encoder;
 pub mod error;
+pub mod eval;
 pub mod metrics;
+pub mod normalize;
 pub mod tokenize;
+pub mod train;
 
 pub use error::{Error, Result};

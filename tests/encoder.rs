@@ -149,6 +149,7 @@ fn padding_does_not_change_cls() {
 
 #[test]
 fn dropout_only_in_training() {
+    let _guard = common::torch_rng_lock();
     let cfg = tiny();
     let enc = Encoder::random(&cfg, Device::Cpu, 5);
     let (_, b) = random_batch(&cfg, &[10, 10], 6);

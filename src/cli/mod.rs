@@ -1,5 +1,6 @@
 //! Subcommands and the options they share.
 mod embed;
+mod finetune;
 
 use std::path::PathBuf;
 
@@ -21,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Tokenize a sentence (or pair) and print its [CLS] state and pooler output as JSON.
     Embed(embed::EmbedArgs),
+    /// Fine-tune encoder and classifier jointly on a GLUE task or custom data.
+    Finetune(Box<finetune::FinetuneArgs>),
 }
 
 /// Options every command that runs a model takes.
@@ -61,6 +64,7 @@ pub fn init_logging(verbose: u8) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Embed(a) => embed::run(a),
+        Command::Finetune(a) => finetune::run(*a),
     }
 }
 

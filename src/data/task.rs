@@ -255,3 +255,77 @@ pub fn glue_task(name: &str) -> Option<TaskSpec> {
             .collect(),
     })
 }
+
+impl TaskSpec {
+    /// A spec for a custom file: named (or, without header, 0-based numeric) columns; the
+    /// classes are filled in from the training file by the caller unless `regression`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn custom(
+        name: &str,
+        format: Format,
+        header: bool,
+        text: &str,
+        text_pair: Option<&str>,
+        label: &str,
+        regression: bool,
+        train_file: &str,
+        dev_file: Option<&str>,
+    ) -> Result<TaskSpec, String> {
+        let col = |s: &str| -> Result<Column, String> {
+            if header {
+                Ok(Column::Name(s.to_string()))
+            } else {
+                s.parse().map(Column::Index).map_err(|_| {
+                    format!("without a header row, columns are 0-based numbers, got '{s}'")
+                })
+            }
+        };
+        let (labels, metrics, primary) = if regression {
+            (
+                LabelSpace::Regression,
+                vec![Metric::Pearson, Metric::Spearman],
+                Metric::Pearson,
+            )
+        } else {
+            (
+                LabelSpace::Classes(Vec::new()),
+                vec![Metric::Accuracy, Metric::F1, Metric::Mcc],
+                Metric::Accuracy,
+            )
+        };
+        Ok(TaskSpec {
+            name: name.to_string(),
+            format,
+            header,
+            text: col(text)?,
+            text_pair: text_pair.map(col).transpose()?,
+            label: col(label)?,
+            labels,
+            metrics,
+            primary,
+            train_file: train_file.to_string(),
+            dev_files: dev_file
+                .map(|d| vec![("dev".to_string(), d.to_string())])
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Full paths of the train file and dev files, under `dir` for GLUE tasks (relative file
+    /// names) or as given (custom tasks with absolute or working-directory paths).
+    pub fn paths(
+        &self,
+        dir: Option<&std::path::Path>,
+    ) -> (std::path::PathBuf, Vec<(String, std::path::PathBuf)>) {
+        let full = |f: &str| match dir {
+            Some(d) => d.join(f),
+            None => std::path::PathBuf::from(f),
+        };
+        (
+            full(&self.train_file),
+            self.dev_files
+                .iter()
+                .map(|(n, f)| (n.clone(), full(f)))
+                .collect(),
+        )
+    }
+}

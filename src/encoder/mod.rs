@@ -19,6 +19,14 @@ pub struct Encoder {
     pub model: BertModel,
 }
 
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("config", &self.model.config)
+            .finish()
+    }
+}
+
 impl Encoder {
     /// A randomly initialised encoder (HF's initialisation) on `device`.
     pub fn random(config: &BertConfig, device: Device, seed: i64) -> Self {

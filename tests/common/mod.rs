@@ -32,3 +32,43 @@ pub fn write_tiny_vocab(dir: &Path) {
 pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
+
+/// A random tiny BERT (2 layers, hidden 32) with the tiny vocabulary, saved in HF layout.
+pub fn tiny_model_dir(dir: &Path, seed: i64) {
+    let cfg = clsnorm::encoder::BertConfig::tiny(TINY_VOCAB.len() as i64, 32, 2, 4);
+    let enc = clsnorm::encoder::Encoder::random(&cfg, tch::Device::Cpu, seed);
+    enc.save(dir).unwrap();
+    write_tiny_vocab(dir);
+}
+
+/// A learnable toy sentiment task in SST-2's format: label 1 iff the sentence says "good".
+pub fn write_toy_sst(dir: &Path, n_train: usize, n_dev: usize, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let fillers = [
+        "the", "a", "cat", "dog", "movie", "was", "very", "it", "on", "mat",
+    ];
+    let mut make = |n: usize| {
+        let mut s = String::from("sentence\tlabel\n");
+        for i in 0..n {
+            let label = i % 2;
+            let mut words: Vec<&str> = (0..rng.random_range(2..6))
+                .map(|_| fillers[rng.random_range(0..fillers.len())])
+                .collect();
+            let pos = rng.random_range(0..=words.len());
+            words.insert(pos, if label == 1 { "good" } else { "bad" });
+            s.push_str(&format!("{}\t{label}\n", words.join(" ")));
+        }
+        s
+    };
+    std::fs::create_dir_all(dir.join("SST-2")).unwrap();
+    std::fs::write(dir.join("SST-2/train.tsv"), make(n_train)).unwrap();
+    std::fs::write(dir.join("SST-2/dev.tsv"), make(n_dev)).unwrap();
+}
+
+/// libtorch's random generator is process-global, and the test harness runs tests on parallel
+/// threads: tests that seed it hold this lock so that their draws are not interleaved.
+pub fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,138 @@
+//! Encoder + head: `[CLS] vector -> normalizer -> dropout -> linear`, with its loss.
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use crate::batch::Batch;
+use crate::data::LabelSpace;
+use crate::encoder::Encoder;
+use crate::normalize::{NormConfig, Normalizer};
+
+/// Which vector feeds the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClsSource {
+    /// The pooler output `tanh(W h_cls + b)` (as the IsoBN code).
+    #[default]
+    Pooler,
+    /// The raw last-layer [CLS] state (as paper A).
+    Hidden,
+}
+
+/// The head's shape and options; saved as part of every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadConfig {
+    pub labels: LabelSpace,
+    pub cls_source: ClsSource,
+    pub norm: NormConfig,
+    /// Dropout before the linear layer.
+    pub dropout: f64,
+}
+
+/// What one forward pass produces.
+#[derive(Debug)]
+pub struct HeadOutput {
+    /// The [CLS] vector before normalization, `[batch, hidden]`.
+    pub cls: Tensor,
+    /// After normalization.
+    pub normalized: Tensor,
+    /// `[batch, classes]`, or `[batch, 1]` for regression.
+    pub logits: Tensor,
+}
+
+/// A sentence(-pair) classifier or regressor on a BERT encoder.
+#[derive(Debug)]
+pub struct Classifier {
+    pub encoder: Encoder,
+    /// Head parameters (`classifier.*`) and normalizer state (`normalizer.*`).
+    pub head_vs: nn::VarStore,
+    pub config: HeadConfig,
+    normalizer: Box<dyn Normalizer>,
+    linear: nn::Linear,
+}
+
+impl Classifier {
+    /// Adds a freshly initialised head (HF's init: N(0, initializer_range), zero bias) drawn
+    /// from `seed`.
+    pub fn new(encoder: Encoder, config: HeadConfig, seed: i64) -> Self {
+        tch::manual_seed(seed);
+        let head_vs = nn::VarStore::new(encoder.vs.device());
+        let hidden = encoder.model.config.hidden_size;
+        let root = head_vs.root();
+        let normalizer = config.norm.build(&(&root / "normalizer"), hidden);
+        let lc = nn::LinearConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: encoder.model.config.initializer_range,
+            },
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
+        let linear = nn::linear(
+            &root / "classifier",
+            hidden,
+            config.labels.num_outputs() as i64,
+            lc,
+        );
+        Classifier {
+            encoder,
+            head_vs,
+            config,
+            normalizer,
+            linear,
+        }
+    }
+
+    pub fn device(&self) -> tch::Device {
+        self.encoder.vs.device()
+    }
+
+    /// Runs encoder and head; dropout and statistics updates only when `train`.
+    pub fn forward(&self, batch: &Batch, train: bool) -> HeadOutput {
+        let out = self.encoder.model.forward(
+            &batch.input_ids,
+            &batch.token_type_ids,
+            batch.attention_mask.as_ref(),
+            train,
+        );
+        let cls = match self.config.cls_source {
+            ClsSource::Pooler => out.pooler_output,
+            ClsSource::Hidden => out.cls,
+        };
+        let normalized = self.normalizer.forward(&cls, train);
+        let logits = self
+            .linear
+            .forward(&normalized.dropout(self.config.dropout, train));
+        HeadOutput {
+            cls,
+            normalized,
+            logits,
+        }
+    }
+
+    /// Mean cross-entropy against class indices (int64), or MSE against scores (float).
+    pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+        match self.config.labels {
+            LabelSpace::Classes(_) => logits.cross_entropy_for_logits(labels),
+            LabelSpace::Regression => logits
+                .squeeze_dim(-1)
+                .mse_loss(&labels.to_kind(Kind::Float), tch::Reduction::Mean),
+        }
+    }
+
+    /// All trainable variables with their names, encoder first (HF names, then `classifier.*`
+    /// and `normalizer.*`), sorted for a deterministic order.
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = Vec::new();
+        for vs in [&self.encoder.vs, &self.head_vs] {
+            let mut part: Vec<(String, Tensor)> = vs
+                .variables()
+                .into_iter()
+                .filter(|(_, t)| t.requires_grad())
+                .collect();
+            part.sort_by(|a, b| a.0.cmp(&b.0));
+            v.extend(part);
+        }
+        v
+    }
+}

@@ -1,0 +1,311 @@
+//! `clsnorm finetune`: train encoder and head jointly on a task, evaluating every epoch.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use clsnorm::classifier::{ClsSource, HeadConfig};
+use clsnorm::data::read::{infer_classes, read_rows};
+use clsnorm::data::{glue_task, read_dataset, Format, LabelSpace, ReadOptions, TaskSpec};
+use clsnorm::device::set_threads;
+use clsnorm::normalize::NormConfig;
+use clsnorm::train::optim::AdamWConfig;
+use clsnorm::train::{finetune, Finetune, RunConfig, TrainConfig};
+
+use super::RuntimeArgs;
+
+/// Where data comes from: a GLUE task under a data directory, or custom files.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI; any case), or a name
+    /// for a custom task given with --train-file.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Directory holding GLUE's TASK/{train,dev}.tsv.
+    #[arg(long, env = "GLUE_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Custom training file (.tsv, .csv or .jsonl).
+    #[arg(long)]
+    pub train_file: Option<PathBuf>,
+    /// Custom dev file, same format as the training file.
+    #[arg(long, requires = "train_file")]
+    pub dev_file: Option<PathBuf>,
+    /// Format of custom files (default: from the extension).
+    #[arg(long, value_parser = ["tsv", "csv", "jsonl"])]
+    pub format: Option<String>,
+    /// Column (name, or 0-based index with --no-header) of the text.
+    #[arg(long, default_value = "text")]
+    pub text_col: String,
+    /// Column of the second text of a pair.
+    #[arg(long)]
+    pub text_pair_col: Option<String>,
+    /// Column of the label.
+    #[arg(long, default_value = "label")]
+    pub label_col: String,
+    /// Custom files have no header row.
+    #[arg(long)]
+    pub no_header: bool,
+    /// The custom label is a real number (one output, MSE loss).
+    #[arg(long)]
+    pub regression: bool,
+    /// Skip malformed rows (counted and logged) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_rows: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    pub rt: RuntimeArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Training epochs.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Stop after this many updates.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 64)]
+    pub eval_batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 5e-5)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    pub adam_eps: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub adam_beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub adam_beta2: f64,
+    /// Fraction of updates for linear warmup.
+    #[arg(long, default_value_t = 0.06)]
+    pub warmup_ratio: f64,
+    /// Warmup updates (overrides --warmup-ratio).
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// Clip the global gradient norm (off by default, as in the IsoBN protocol).
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// Dropout before the classifier (default: the model's hidden_dropout_prob).
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Maximum tokens per example (longest-first truncation).
+    #[arg(long, default_value_t = 128)]
+    pub max_len: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Vector fed to the head.
+    #[arg(long, value_enum, default_value_t = ClsSource::Pooler)]
+    pub cls_source: ClsSource,
+    /// Run directory (default: runs/TASK-NORM-seedSEED).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Continue the run in this directory from its last complete checkpoint; every other
+    /// setting comes from the run's config.json.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["task", "train_file", "output"])]
+    pub resume: Option<PathBuf>,
+    /// Also checkpoint every N updates (always at the end of each epoch).
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn format_of(args: &DataArgs, path: &Path) -> anyhow::Result<Format> {
+    match args.format.as_deref() {
+        Some("tsv") => Ok(Format::Tsv),
+        Some("csv") => Ok(Format::Csv),
+        Some("jsonl") => Ok(Format::Jsonl),
+        _ => Format::from_path(path).with_context(|| {
+            format!(
+                "cannot tell the format of {} from its extension: pass --format tsv|csv|jsonl",
+                path.display()
+            )
+        }),
+    }
+}
+
+/// The task spec and the directory its relative file names are under.
+pub fn resolve_task(args: &DataArgs) -> anyhow::Result<(TaskSpec, Option<PathBuf>)> {
+    let opts = ReadOptions {
+        skip_bad_rows: args.skip_bad_rows,
+        require_label: true,
+    };
+    if let Some(train) = &args.train_file {
+        let name = args.task.clone().unwrap_or_else(|| "custom".into());
+        let format = format_of(args, train)?;
+        let mut spec = TaskSpec::custom(
+            &name,
+            format,
+            !args.no_header,
+            &args.text_col,
+            args.text_pair_col.as_deref(),
+            &args.label_col,
+            args.regression,
+            &train.to_string_lossy(),
+            args.dev_file
+                .as_ref()
+                .map(|d| d.to_string_lossy())
+                .as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        if !args.regression {
+            let (rows, _) = read_rows(train, &spec, opts)?;
+            let classes = infer_classes(&rows);
+            if classes.len() < 2 {
+                bail!("{}: found {} distinct label(s); classification needs at least 2 (use --regression for scores)", train.display(), classes.len());
+            }
+            spec.labels = LabelSpace::Classes(classes);
+        }
+        return Ok((spec, None));
+    }
+    let Some(name) = &args.task else {
+        bail!("give --task (a GLUE task) or --train-file (custom data)");
+    };
+    let spec = glue_task(name).with_context(|| {
+        format!(
+            "unknown task '{name}': expected one of {} or --train-file for custom data",
+            clsnorm::data::task::glue_task_names().join(", ")
+        )
+    })?;
+    let Some(dir) = &args.data_dir else {
+        bail!(
+            "no data directory: pass --data-dir or set GLUE_DIR (the folder holding {}/train.tsv)",
+            spec.name
+        );
+    };
+    Ok((spec.clone(), Some(dir.join(&spec.name))))
+}
+
+pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
+    let threads = set_threads(a.rt.threads)?;
+    let device = a.rt.device.resolve()?;
+    let (job_parts, resume) = match &a.resume {
+        Some(run_dir) => (from_run_dir(run_dir, &a)?, true),
+        None => (from_args(&a)?, false),
+    };
+    let (task, task_dir, head, config, model_dir, output) = job_parts;
+    let opts = ReadOptions {
+        skip_bad_rows: a.data.skip_bad_rows,
+        require_label: true,
+    };
+    let (train_path, dev_paths) = task.paths(task_dir.as_deref());
+    let train = read_dataset(&train_path, &task, opts)?;
+    if dev_paths.is_empty() {
+        bail!("task {} has no dev file: give --dev-file", task.name);
+    }
+    let dev = dev_paths
+        .iter()
+        .map(|(n, p)| Ok((n.clone(), read_dataset(p, &task, opts)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    tracing::info!(device = ?device, threads, output = %output.display(), "fine-tuning {} on {}", model_dir.display(), task.name);
+    let summary = finetune(Finetune {
+        model_dir: &model_dir,
+        task,
+        train,
+        dev,
+        head,
+        config,
+        output: &output,
+        resume,
+        device,
+        threads,
+        allow_pickle: a.rt.allow_pickle,
+        progress: !a.quiet,
+        stop_after: None,
+    })?;
+    super::print_stdout(&serde_json::to_string_pretty(&summary)?)
+}
+
+type JobParts = (
+    TaskSpec,
+    Option<PathBuf>,
+    HeadConfig,
+    TrainConfig,
+    PathBuf,
+    PathBuf,
+);
+
+fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
+    let (task, task_dir) = resolve_task(&a.data)?;
+    let dropout = match a.dropout {
+        Some(p) => p,
+        None => {
+            clsnorm::encoder::BertConfig::from_file(&a.rt.model.join("config.json"))?
+                .hidden_dropout_prob
+        }
+    };
+    if !(0.0..1.0).contains(&dropout) {
+        bail!("--dropout must be in [0, 1), got {dropout}");
+    }
+    let norm = NormConfig::default();
+    let head = HeadConfig {
+        labels: task.labels.clone(),
+        cls_source: a.cls_source,
+        norm,
+        dropout,
+    };
+    let config = TrainConfig {
+        lr: a.lr,
+        adam: AdamWConfig {
+            beta1: a.adam_beta1,
+            beta2: a.adam_beta2,
+            eps: a.adam_eps,
+            weight_decay: a.weight_decay,
+        },
+        warmup_ratio: a.warmup_ratio,
+        warmup_steps: a.warmup_steps,
+        max_grad_norm: a.max_grad_norm,
+        epochs: a.epochs,
+        max_steps: a.max_steps,
+        batch_size: a.batch_size,
+        eval_batch_size: a.eval_batch_size,
+        max_len: a.max_len,
+        seed: a.seed,
+        save_every: a.save_every,
+    };
+    config.validate()?;
+    let output = a.output.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("{}-{}-seed{}", task.name, head.norm.name(), a.seed))
+    });
+    Ok((task, task_dir, head, config, a.rt.model.clone(), output))
+}
+
+fn from_run_dir(run_dir: &Path, _a: &FinetuneArgs) -> anyhow::Result<JobParts> {
+    let path = run_dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("--resume: reading {}", path.display()))?;
+    let rc: RunConfig = serde_json::from_str(&text)
+        .with_context(|| format!("--resume: {} is not a clsnorm run config", path.display()))?;
+    // Data files are re-read from where the run found them, and must be unchanged.
+    for (what, info) in std::iter::once(("train", &rc.train_file))
+        .chain(rc.dev_files.iter().map(|(n, i)| (n.as_str(), i)))
+    {
+        let now = clsnorm::train::checkpoint::sha256_file(&info.path)?;
+        if now != info.sha256 {
+            bail!(
+                "--resume: the {what} file {} changed since the run started (sha256 {now}, was {})",
+                info.path.display(),
+                info.sha256
+            );
+        }
+    }
+    let mut task = rc.task.clone();
+    task.train_file = rc.train_file.path.to_string_lossy().into_owned();
+    task.dev_files = rc
+        .dev_files
+        .iter()
+        .map(|(n, i)| (n.clone(), i.path.to_string_lossy().into_owned()))
+        .collect();
+    Ok((
+        task,
+        None,
+        rc.head,
+        rc.train,
+        rc.model,
+        run_dir.to_path_buf(),
+    ))
+}

@@ -1,0 +1,100 @@
+//! Batched no-grad inference over a tokenized dataset, and the task's metrics on it.
+use std::collections::BTreeMap;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::batch::Batch;
+use crate::classifier::Classifier;
+use crate::data::{Label, LabelSpace};
+use crate::metrics::{self, Metric, Outputs};
+use crate::tokenize::Encoded;
+
+/// Runs the model in eval mode over `encs` and returns the logits `[n, outputs]` on the CPU,
+/// in input order. Examples are batched by length so that little padding is computed.
+pub fn logits(model: &Classifier, encs: &[Encoded], batch_size: usize, pad_id: i64) -> Tensor {
+    let mut order: Vec<usize> = (0..encs.len()).collect();
+    order.sort_by_key(|&i| encs[i].len());
+    let device = model.device();
+    let mut parts = Vec::new();
+    tch::no_grad(|| {
+        for chunk in order.chunks(batch_size.max(1)) {
+            let refs: Vec<&Encoded> = chunk.iter().map(|&i| &encs[i]).collect();
+            let batch = Batch::collate(&refs, pad_id, device);
+            parts.push(model.forward(&batch, false).logits.to_kind(Kind::Float));
+        }
+    });
+    if parts.is_empty() {
+        return Tensor::zeros(
+            [0, model.config.labels.num_outputs() as i64],
+            (Kind::Float, Device::Cpu),
+        );
+    }
+    let sorted = Tensor::cat(&parts, 0).to_device(Device::Cpu);
+    let mut inverse = vec![0i64; order.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        inverse[i] = pos as i64;
+    }
+    sorted.index_select(0, &Tensor::from_slice(&inverse))
+}
+
+/// Predicted class indices (argmax) or scores from logits.
+pub fn decode(labels: &LabelSpace, logits: &Tensor) -> Outputs {
+    match labels {
+        LabelSpace::Classes(_) => Outputs::Classes {
+            pred: Vec::<i64>::try_from(logits.argmax(-1, false))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| i as usize)
+                .collect(),
+            gold: Vec::new(),
+        },
+        LabelSpace::Regression => Outputs::Scores {
+            pred: Vec::<f32>::try_from(logits.squeeze_dim(-1))
+                .unwrap_or_default()
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            gold: Vec::new(),
+        },
+    }
+}
+
+/// Attaches gold labels to decoded predictions.
+pub fn with_gold(outputs: Outputs, gold: &[Label]) -> Outputs {
+    match outputs {
+        Outputs::Classes { pred, .. } => Outputs::Classes {
+            pred,
+            gold: gold
+                .iter()
+                .map(|l| match l {
+                    Label::Class(c) => *c,
+                    Label::Score(s) => *s as usize,
+                })
+                .collect(),
+        },
+        Outputs::Scores { pred, .. } => Outputs::Scores {
+            pred,
+            gold: gold
+                .iter()
+                .map(|l| match l {
+                    Label::Score(s) => f64::from(*s),
+                    Label::Class(c) => *c as f64,
+                })
+                .collect(),
+        },
+    }
+}
+
+/// Evaluates `metrics` of the model on labelled examples.
+pub fn evaluate(
+    model: &Classifier,
+    encs: &[Encoded],
+    gold: &[Label],
+    metrics: &[Metric],
+    batch_size: usize,
+    pad_id: i64,
+) -> BTreeMap<String, f64> {
+    let l = logits(model, encs, batch_size, pad_id);
+    let out = with_gold(decode(&model.config.labels, &l), gold);
+    metrics::compute(metrics, &out)
+}

@@ -1,0 +1,661 @@
+//! Fine-tuning: the training loop, per-epoch evaluation, best/last checkpoints and exact resume.
+pub mod checkpoint;
+pub mod optim;
+pub mod schedule;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::atomic;
+use crate::batch::Batch;
+use crate::classifier::{Classifier, HeadConfig};
+use crate::data::{Dataset, Label, TaskSpec};
+use crate::encoder::Encoder;
+use crate::error::{Error, Result};
+use crate::eval;
+use crate::tokenize::{Encoded, TextTokenizer};
+use checkpoint::{CheckpointMeta, TrainState};
+use optim::{AdamW, AdamWConfig};
+use schedule::LinearSchedule;
+
+/// Optimisation hyper-parameters. Defaults follow the IsoBN protocol (paper.md) except
+/// `epochs` (3) and `max_len` (128).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub lr: f64,
+    pub adam: AdamWConfig,
+    /// Fraction of all updates used for linear warmup (ignored when `warmup_steps` is set).
+    pub warmup_ratio: f64,
+    pub warmup_steps: Option<usize>,
+    /// Clip the global gradient norm to this value (none by default).
+    pub max_grad_norm: Option<f64>,
+    pub epochs: usize,
+    /// Stop after this many updates (overrides `epochs` when smaller).
+    pub max_steps: Option<usize>,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub max_len: usize,
+    pub seed: u64,
+    /// Also write the `last` checkpoint every this many updates (always at epoch end).
+    pub save_every: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            lr: 5e-5,
+            adam: AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-6,
+                weight_decay: 0.0,
+            },
+            warmup_ratio: 0.06,
+            warmup_steps: None,
+            max_grad_norm: None,
+            epochs: 3,
+            max_steps: None,
+            batch_size: 16,
+            eval_batch_size: 64,
+            max_len: 128,
+            seed: 1,
+            save_every: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Rejects values that cannot work, before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("--lr must be a positive number, got {}", self.lr));
+        }
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return bad("batch sizes must be at least 1".into());
+        }
+        if self.epochs == 0 && self.max_steps.is_none() {
+            return bad("--epochs must be at least 1 (or give --max-steps)".into());
+        }
+        if self.max_steps == Some(0) {
+            return bad("--max-steps must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad(format!(
+                "--warmup-ratio must be in [0, 1), got {}",
+                self.warmup_ratio
+            ));
+        }
+        if self.max_grad_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
+            return bad("--max-grad-norm must be positive".into());
+        }
+        if self.adam.eps.is_nan()
+            || self.adam.eps <= 0.0
+            || !(0.0..1.0).contains(&self.adam.beta1)
+            || !(0.0..1.0).contains(&self.adam.beta2)
+        {
+            return bad("Adam eps must be positive and betas in [0, 1)".into());
+        }
+        if self.adam.weight_decay < 0.0 {
+            return bad("--weight-decay must not be negative".into());
+        }
+        Ok(())
+    }
+}
+
+/// Provenance of an input file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub rows: usize,
+    pub skipped: usize,
+}
+
+impl FileInfo {
+    pub fn of(ds: &Dataset) -> Result<Self> {
+        Ok(FileInfo {
+            path: ds.path.clone(),
+            sha256: checkpoint::sha256_file(&ds.path)?,
+            rows: ds.examples.len(),
+            skipped: ds.skipped,
+        })
+    }
+}
+
+/// Everything that defines a run; written to `RUN/config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub clsnorm_version: String,
+    pub tch_version: String,
+    pub libtorch_version: String,
+    pub model: PathBuf,
+    pub model_weights_sha256: String,
+    pub task: TaskSpec,
+    pub train_file: FileInfo,
+    pub dev_files: Vec<(String, FileInfo)>,
+    pub head: HeadConfig,
+    pub train: TrainConfig,
+    pub device: String,
+    pub threads: usize,
+}
+
+/// A split ready for the model.
+pub struct Tokenized {
+    pub encs: Vec<Encoded>,
+    pub labels: Vec<Label>,
+}
+
+impl Tokenized {
+    /// Tokenizes a labelled dataset once, up front.
+    pub fn new(tok: &TextTokenizer, ds: &Dataset) -> Result<Self> {
+        let inputs: Vec<(&str, Option<&str>)> = ds
+            .examples
+            .iter()
+            .map(|e| (e.text.as_str(), e.text_pair.as_deref()))
+            .collect();
+        let encs = tok.encode_batch(&inputs)?;
+        let labels = ds
+            .examples
+            .iter()
+            .map(|e| {
+                e.label.ok_or_else(|| Error::Data {
+                    path: ds.path.clone(),
+                    line: e.line,
+                    msg: "missing label".into(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tokenized { encs, labels })
+    }
+
+    fn label_tensor(&self, idx: &[usize], device: Device) -> Tensor {
+        match self.labels.first() {
+            Some(Label::Score(_)) => {
+                let v: Vec<f32> = idx
+                    .iter()
+                    .map(|&i| match self.labels[i] {
+                        Label::Score(s) => s,
+                        Label::Class(c) => c as f32,
+                    })
+                    .collect();
+                Tensor::from_slice(&v).to_device(device)
+            }
+            _ => {
+                let v: Vec<i64> = idx
+                    .iter()
+                    .map(|&i| match self.labels[i] {
+                        Label::Class(c) => c as i64,
+                        Label::Score(s) => s as i64,
+                    })
+                    .collect();
+                Tensor::from_slice(&v).to_device(device)
+            }
+        }
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: usize,
+    pub global_step: usize,
+    pub train_loss: f64,
+    /// Dev metrics per split.
+    pub dev: Vec<(String, std::collections::BTreeMap<String, f64>)>,
+    pub primary: f64,
+    pub lr: f64,
+    pub train_secs: f64,
+    pub eval_secs: f64,
+    /// Non-pad training tokens per second of training time.
+    pub train_tokens_per_sec: f64,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub task: String,
+    pub primary_metric: String,
+    pub best_epoch: Option<usize>,
+    pub best_primary: Option<f64>,
+    pub best_dev: Vec<(String, std::collections::BTreeMap<String, f64>)>,
+    pub final_dev: Vec<(String, std::collections::BTreeMap<String, f64>)>,
+    pub epochs: usize,
+    pub global_steps: usize,
+    pub wall_secs: f64,
+    /// True when the run stopped early and can be continued with `--resume`.
+    pub interrupted: bool,
+}
+
+/// Inputs of a fine-tuning run.
+pub struct Finetune<'a> {
+    pub model_dir: &'a Path,
+    pub task: TaskSpec,
+    pub train: Dataset,
+    pub dev: Vec<(String, Dataset)>,
+    pub head: HeadConfig,
+    pub config: TrainConfig,
+    pub output: &'a Path,
+    pub resume: bool,
+    pub device: Device,
+    pub threads: usize,
+    pub allow_pickle: bool,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+    /// Stop (with a resumable checkpoint) once this many updates are done, as an interruption
+    /// would.
+    pub stop_after: Option<usize>,
+}
+
+/// Seed for libtorch's generator at update `step`: dropout depends only on (seed, step), so a
+/// resumed run draws the same masks as an uninterrupted one without saving RNG state.
+fn step_seed(seed: u64, step: usize) -> i64 {
+    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
+/// The example order of `epoch`: a pure function of (seed, epoch).
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(epoch as u64);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    order
+}
+
+fn append_line(path: &Path, value: &impl Serialize) -> Result<()> {
+    let line = serde_json::to_string(value).map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{line}")
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Reads `metrics.jsonl`, keeping the records of epochs before `before` (1-based epochs <
+/// `before`): on resume, records written after the checkpoint are dropped.
+fn read_records(path: &Path, before: usize) -> Result<Vec<EpochRecord>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<EpochRecord>(l).ok())
+        .filter(|r| r.epoch < before)
+        .collect())
+}
+
+fn dev_metrics(
+    model: &Classifier,
+    task: &TaskSpec,
+    dev: &[(String, Tokenized)],
+    cfg: &TrainConfig,
+    pad: i64,
+) -> Vec<(String, std::collections::BTreeMap<String, f64>)> {
+    let mut metrics = task.metrics.clone();
+    if !metrics.contains(&task.primary) {
+        metrics.push(task.primary);
+    }
+    dev.iter()
+        .map(|(name, t)| {
+            (
+                name.clone(),
+                eval::evaluate(
+                    model,
+                    &t.encs,
+                    &t.labels,
+                    &metrics,
+                    cfg.eval_batch_size,
+                    pad,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Runs (or resumes) fine-tuning and returns the summary; everything lands in `output`.
+pub fn finetune(job: Finetune) -> Result<Summary> {
+    let cfg = &job.config;
+    cfg.validate()?;
+    let out = job.output;
+    let run_config_path = out.join("config.json");
+    let last_dir = out.join("last");
+    let best_dir = out.join("best");
+    let metrics_path = out.join("metrics.jsonl");
+    if job.resume {
+        if !run_config_path.is_file() {
+            return Err(Error::Invalid(format!(
+                "--resume: {} is not a run directory (no config.json)",
+                out.display()
+            )));
+        }
+    } else if run_config_path.exists() {
+        return Err(Error::Invalid(format!(
+            "{} already holds a run; pass --resume to continue it, or choose another --output",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+
+    let tok = TextTokenizer::load(job.model_dir, cfg.max_len)?;
+    let t0 = Instant::now();
+    let train = Tokenized::new(&tok, &job.train)?;
+    let dev: Vec<(String, Tokenized)> = job
+        .dev
+        .iter()
+        .map(|(n, d)| Ok((n.clone(), Tokenized::new(&tok, d)?)))
+        .collect::<Result<_>>()?;
+    tracing::info!(
+        train = train.encs.len(),
+        dev = dev.iter().map(|d| d.1.encs.len()).sum::<usize>(),
+        secs = format!("{:.1}", t0.elapsed().as_secs_f64()),
+        "tokenized"
+    );
+
+    // Model, optimizer, state: fresh or from the last checkpoint.
+    let resume_from = if job.resume {
+        checkpoint::locate(&last_dir)
+    } else {
+        None
+    };
+    let (model, state, opt_state) = match &resume_from {
+        Some(dir) => {
+            checkpoint::verify(dir)?;
+            let (model, meta) = checkpoint::load_model(dir, job.device)?;
+            let opt =
+                crate::encoder::weights::read_safetensors(&dir.join(checkpoint::OPTIMIZER_FILE))?;
+            tracing::info!(
+                epoch = meta.state.epoch + 1,
+                batch = meta.state.batch,
+                step = meta.state.global_step,
+                "resuming from {}",
+                dir.display()
+            );
+            (model, meta.state, Some(opt))
+        }
+        None => {
+            if job.resume {
+                tracing::warn!(
+                    "no complete checkpoint in {}: starting from scratch",
+                    last_dir.display()
+                );
+            }
+            tch::manual_seed(cfg.seed as i64);
+            let encoder = Encoder::load(job.model_dir, job.device, job.allow_pickle)?;
+            if tok.vocab_size() > encoder.model.config.vocab_size as usize {
+                return Err(Error::Invalid(format!(
+                    "tokenizer has {} tokens but the model's embedding matrix has {} rows",
+                    tok.vocab_size(),
+                    encoder.model.config.vocab_size
+                )));
+            }
+            if cfg.max_len > encoder.model.config.max_position_embeddings as usize {
+                return Err(Error::Invalid(format!(
+                    "--max-len {} exceeds the model's {} position embeddings",
+                    cfg.max_len, encoder.model.config.max_position_embeddings
+                )));
+            }
+            (
+                Classifier::new(encoder, job.head.clone(), cfg.seed as i64),
+                TrainState::default(),
+                None,
+            )
+        }
+    };
+    let mut state = state;
+
+    if resume_from.is_none() {
+        let weights_path =
+            crate::encoder::weights::read_model_dir(job.model_dir, job.allow_pickle)?.path;
+        let run_config = RunConfig {
+            clsnorm_version: env!("CARGO_PKG_VERSION").into(),
+            tch_version: "0.26.0".into(),
+            libtorch_version: "2.13.0".into(),
+            model: job.model_dir.to_path_buf(),
+            model_weights_sha256: checkpoint::sha256_file(&weights_path)?,
+            task: job.task.clone(),
+            train_file: FileInfo::of(&job.train)?,
+            dev_files: job
+                .dev
+                .iter()
+                .map(|(n, d)| Ok((n.clone(), FileInfo::of(d)?)))
+                .collect::<Result<_>>()?,
+            head: job.head.clone(),
+            train: cfg.clone(),
+            device: format!("{:?}", job.device),
+            threads: job.threads,
+        };
+        atomic::write_json(&run_config_path, &run_config)?;
+        let _ = std::fs::remove_file(&metrics_path);
+    }
+    let mut records = read_records(&metrics_path, state.epoch + 1)?;
+    let body: String = records
+        .iter()
+        .filter_map(|r| serde_json::to_string(r).ok())
+        .map(|l| l + "\n")
+        .collect();
+    atomic::write_bytes(&metrics_path, body.as_bytes())?;
+
+    let mut opt = AdamW::new(cfg.adam, model.trainable());
+    if let Some(t) = &opt_state {
+        opt.load_state(t, state.global_step as i64)?;
+    }
+
+    let n = train.encs.len();
+    let steps_per_epoch = n.div_ceil(cfg.batch_size);
+    let total_steps = match cfg.max_steps {
+        Some(m) if cfg.epochs == 0 => m,
+        Some(m) => m.min(cfg.epochs * steps_per_epoch),
+        None => cfg.epochs * steps_per_epoch,
+    };
+    let epochs = total_steps.div_ceil(steps_per_epoch);
+    let warmup = cfg
+        .warmup_steps
+        .unwrap_or((cfg.warmup_ratio * total_steps as f64).ceil() as usize);
+    let sched = LinearSchedule {
+        lr: cfg.lr,
+        warmup_steps: warmup,
+        total_steps,
+    };
+    tracing::info!(
+        examples = n,
+        steps_per_epoch,
+        total_steps,
+        warmup,
+        epochs,
+        "training {}",
+        job.task.name
+    );
+
+    let pad = tok.pad_id();
+    let meta_for = |state: &TrainState| CheckpointMeta {
+        clsnorm_version: env!("CARGO_PKG_VERSION").into(),
+        task: job.task.clone(),
+        head: model.config.clone(),
+        max_len: cfg.max_len,
+        state: state.clone(),
+    };
+    let bar = progress_bar(job.progress, total_steps as u64, state.global_step as u64);
+    let run_start = Instant::now();
+    let elapsed_before = state.elapsed_secs;
+    let mut best_dev = Vec::new();
+    let mut final_dev = Vec::new();
+    let mut interrupted = false;
+
+    while state.global_step < total_steps && state.epoch < epochs {
+        let order = epoch_order(n, cfg.seed, state.epoch);
+        let batches: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
+        let mut loss_acc = Tensor::from(state.loss_pending).to_device(job.device);
+        state.loss_pending = 0.0;
+        let mut window = (Instant::now(), 0usize);
+        while state.batch < batches.len() && state.global_step < total_steps {
+            let step_start = Instant::now();
+            let idx = batches[state.batch];
+            let refs: Vec<&Encoded> = idx.iter().map(|&i| &train.encs[i]).collect();
+            let batch = Batch::collate(&refs, pad, job.device);
+            let labels = train.label_tensor(idx, job.device);
+            tch::manual_seed(step_seed(cfg.seed, state.global_step));
+            let out = model.forward(&batch, true);
+            let loss = model.loss(&out.logits, &labels);
+            opt.zero_grad();
+            loss.backward();
+            if let Some(c) = cfg.max_grad_norm {
+                let _ = opt.clip_grad_norm(c);
+            }
+            let lr = sched.lr_at(state.global_step);
+            opt.step(lr);
+            loss_acc += loss.detach();
+            state.global_step += 1;
+            state.batch += 1;
+            state.loss_count += 1;
+            state.epoch_tokens += batch.n_tokens;
+            window.1 += batch.n_tokens;
+            state.epoch_train_secs += step_start.elapsed().as_secs_f64();
+            if state.global_step % 10 == 0 || state.batch == batches.len() {
+                state.loss_sum += loss_acc.double_value(&[]);
+                loss_acc = Tensor::zeros([], (Kind::Float, job.device));
+                let tps = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+                window = (Instant::now(), 0);
+                bar.set_message(format!(
+                    "loss {:.4} lr {:.2e} {:.0} tok/s",
+                    state.loss_sum / state.loss_count as f64,
+                    lr,
+                    tps
+                ));
+            }
+            bar.set_position(state.global_step as u64);
+            let stop = job.stop_after.is_some_and(|k| state.global_step >= k);
+            if (stop || cfg.save_every.is_some_and(|k| state.global_step % k == 0))
+                && state.batch < batches.len()
+            {
+                state.loss_pending = loss_acc.double_value(&[]) as f32;
+                state.elapsed_secs = elapsed_before + run_start.elapsed().as_secs_f64();
+                checkpoint::save(
+                    &last_dir,
+                    &model,
+                    &meta_for(&state),
+                    Some(&opt.state()),
+                    job.model_dir,
+                )?;
+                state.loss_pending = 0.0;
+                if stop {
+                    interrupted = true;
+                    break;
+                }
+            }
+        }
+        if interrupted {
+            break;
+        }
+        state.loss_sum += loss_acc.double_value(&[]);
+
+        // End of epoch: evaluate, record, checkpoint.
+        let eval_start = Instant::now();
+        let dev_m = dev_metrics(&model, &job.task, &dev, cfg, pad);
+        let primary = dev_m
+            .first()
+            .and_then(|(_, m)| m.get(job.task.primary.name()).copied())
+            .unwrap_or(f64::NAN);
+        let record = EpochRecord {
+            epoch: state.epoch + 1,
+            global_step: state.global_step,
+            train_loss: state.loss_sum / state.loss_count.max(1) as f64,
+            dev: dev_m.clone(),
+            primary,
+            lr: sched.lr_at(state.global_step.saturating_sub(1)),
+            train_secs: state.epoch_train_secs,
+            eval_secs: eval_start.elapsed().as_secs_f64(),
+            train_tokens_per_sec: state.epoch_tokens as f64 / state.epoch_train_secs.max(1e-9),
+        };
+        bar.suspend(|| {
+            tracing::info!(
+                "epoch {} step {}: train loss {:.4}, dev {} {:.4} ({:.0} tok/s)",
+                record.epoch,
+                record.global_step,
+                record.train_loss,
+                job.task.primary.name(),
+                primary,
+                record.train_tokens_per_sec
+            )
+        });
+        let improved = state.best_metric.is_none_or(|b| primary > b);
+        let finished_epoch = state.epoch + 1;
+        state.epoch += 1;
+        state.batch = 0;
+        state.loss_sum = 0.0;
+        state.loss_count = 0;
+        state.epoch_tokens = 0;
+        state.epoch_train_secs = 0.0;
+        if improved {
+            state.best_metric = Some(primary);
+            state.best_epoch = Some(finished_epoch);
+            state.elapsed_secs = elapsed_before + run_start.elapsed().as_secs_f64();
+            checkpoint::save(&best_dir, &model, &meta_for(&state), None, job.model_dir)?;
+        }
+        state.elapsed_secs = elapsed_before + run_start.elapsed().as_secs_f64();
+        checkpoint::save(
+            &last_dir,
+            &model,
+            &meta_for(&state),
+            Some(&opt.state()),
+            job.model_dir,
+        )?;
+        append_line(&metrics_path, &record)?;
+        records.push(record);
+        if job.stop_after.is_some_and(|k| state.global_step >= k) && state.global_step < total_steps
+        {
+            interrupted = true;
+            break;
+        }
+    }
+    bar.finish_and_clear();
+
+    for r in &records {
+        if Some(r.epoch) == state.best_epoch {
+            best_dev = r.dev.clone();
+        }
+        final_dev = r.dev.clone();
+    }
+    let summary = Summary {
+        task: job.task.name.clone(),
+        primary_metric: job.task.primary.name().into(),
+        best_epoch: state.best_epoch,
+        best_primary: state.best_metric,
+        best_dev,
+        final_dev,
+        epochs: state.epoch,
+        global_steps: state.global_step,
+        wall_secs: elapsed_before + run_start.elapsed().as_secs_f64(),
+        interrupted,
+    };
+    atomic::write_json(&out.join("summary.json"), &summary)?;
+    Ok(summary)
+}
+
+fn progress_bar(show: bool, len: u64, pos: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_position(pos);
+    bar
+}

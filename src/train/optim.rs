@@ -1,0 +1,163 @@
+//! AdamW with decoupled weight decay, written out so that its state can be checkpointed and
+//! resumed exactly. The update is `torch.optim.AdamW`'s:
+//!
+//! ```text
+//! p -= lr * wd * p
+//! m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
+//! p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+//! ```
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Optimizer hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+struct Param {
+    name: String,
+    var: Tensor,
+    m: Tensor,
+    v: Tensor,
+    weight_decay: f64,
+}
+
+/// AdamW over named parameters.
+pub struct AdamW {
+    cfg: AdamWConfig,
+    params: Vec<Param>,
+    /// Number of updates taken.
+    pub step: i64,
+}
+
+/// HF's convention: biases and LayerNorm weights get no weight decay; neither do the
+/// normalizer's own parameters.
+pub fn decays(name: &str) -> bool {
+    !(name.ends_with("bias") || name.contains("LayerNorm.") || name.starts_with("normalizer."))
+}
+
+impl AdamW {
+    pub fn new(cfg: AdamWConfig, params: Vec<(String, Tensor)>) -> Self {
+        let params = params
+            .into_iter()
+            .map(|(name, var)| Param {
+                weight_decay: if decays(&name) { cfg.weight_decay } else { 0.0 },
+                m: var.zeros_like().detach(),
+                v: var.zeros_like().detach(),
+                name,
+                var,
+            })
+            .collect();
+        AdamW {
+            cfg,
+            params,
+            step: 0,
+        }
+    }
+
+    /// Clears gradients (sets them to `None` semantics by zeroing in place).
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            p.var.zero_grad();
+        }
+    }
+
+    /// Global L2 norm of all gradients (a 0-d tensor, no host sync).
+    pub fn grad_norm(&self) -> Tensor {
+        let sq: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.var.grad())
+            .filter(Tensor::defined)
+            .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
+            .collect();
+        if sq.is_empty() {
+            return Tensor::from(0f32);
+        }
+        Tensor::stack(&sq, 0).sum(Kind::Float).sqrt()
+    }
+
+    /// Scales gradients so that their global norm is at most `max_norm` (as
+    /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
+        let norm = self.grad_norm();
+        let coef = (&norm + 1e-6).reciprocal() * max_norm;
+        let coef = coef.clamp_max(1.0);
+        tch::no_grad(|| {
+            for p in &self.params {
+                let mut g = p.var.grad();
+                if g.defined() {
+                    let _ = g.g_mul_(&coef);
+                }
+            }
+        });
+        norm
+    }
+
+    /// One update with learning rate `lr`.
+    pub fn step(&mut self, lr: f64) {
+        self.step += 1;
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let bc1 = 1.0 - b1.powi(self.step as i32);
+        let bc2_sqrt = (1.0 - b2.powi(self.step as i32)).sqrt();
+        let eps = self.cfg.eps;
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let g = p.var.grad();
+                if !g.defined() {
+                    continue;
+                }
+                if p.weight_decay != 0.0 {
+                    let _ = p.var.g_mul_scalar_(1.0 - lr * p.weight_decay);
+                }
+                let _ = p.m.lerp_(&g, 1.0 - b1);
+                let _ = p.v.g_mul_scalar_(b2);
+                let _ = p.v.addcmul_(&g, &(&g * (1.0 - b2)));
+                let denom = p.v.sqrt() / bc2_sqrt + eps;
+                let _ = p.var.g_sub_(&(&p.m / denom * (lr / bc1)));
+            }
+        });
+    }
+
+    /// Moment tensors for a checkpoint: `exp_avg.NAME`, `exp_avg_sq.NAME`.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.params.len());
+        for p in &self.params {
+            out.push((format!("exp_avg.{}", p.name), p.m.shallow_clone()));
+            out.push((format!("exp_avg_sq.{}", p.name), p.v.shallow_clone()));
+        }
+        out
+    }
+
+    /// Restores moments written by [`AdamW::state`] and the step count.
+    pub fn load_state(&mut self, tensors: &[(String, Tensor)], step: i64) -> Result<()> {
+        let map: std::collections::HashMap<&str, &Tensor> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        tch::no_grad(|| -> Result<()> {
+            for p in &mut self.params {
+                for (prefix, dst) in [("exp_avg", &mut p.m), ("exp_avg_sq", &mut p.v)] {
+                    let key = format!("{prefix}.{}", p.name);
+                    let src = map
+                        .get(key.as_str())
+                        .ok_or_else(|| Error::Invalid(format!("optimizer state lacks {key}")))?;
+                    if src.size() != dst.size() {
+                        return Err(Error::Invalid(format!(
+                            "optimizer state {key} has shape {:?}, expected {:?}",
+                            src.size(),
+                            dst.size()
+                        )));
+                    }
+                    dst.f_copy_(src)?;
+                }
+            }
+            Ok(())
+        })?;
+        self.step = step;
+        Ok(())
+    }
+}

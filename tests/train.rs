@@ -1,0 +1,330 @@
+//! Fine-tuning on a tiny random model: learning, determinism, resume, checkpoints.
+mod common;
+
+use std::path::Path;
+
+use clsnorm::classifier::{ClsSource, HeadConfig};
+use clsnorm::data::{glue_task, read_dataset, ReadOptions};
+use clsnorm::normalize::NormConfig;
+use clsnorm::train::{checkpoint, finetune, EpochRecord, Finetune, Summary, TrainConfig};
+use tch::Device;
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    model: std::path::PathBuf,
+    data: std::path::PathBuf,
+    root: std::path::PathBuf,
+}
+
+fn setup() -> (Setup, std::sync::MutexGuard<'static, ()>) {
+    let guard = common::torch_rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    common::tiny_model_dir(&model, 42);
+    let data = tmp.path().join("glue");
+    common::write_toy_sst(&data, 96, 32, 5);
+    let s = Setup {
+        root: tmp.path().to_path_buf(),
+        model,
+        data,
+        _tmp: tmp,
+    };
+    (s, guard)
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        lr: 5e-3,
+        epochs: 4,
+        batch_size: 8,
+        eval_batch_size: 16,
+        max_len: 16,
+        warmup_ratio: 0.1,
+        ..TrainConfig::default()
+    }
+}
+
+fn run(
+    s: &Setup,
+    out: &Path,
+    cfg: TrainConfig,
+    resume: bool,
+    stop_after: Option<usize>,
+) -> Summary {
+    let task = glue_task("sst2").unwrap();
+    let (train, dev) = task.paths(Some(&s.data.join("SST-2")));
+    let opts = ReadOptions {
+        skip_bad_rows: false,
+        require_label: true,
+    };
+    finetune(Finetune {
+        model_dir: &s.model,
+        head: HeadConfig {
+            labels: task.labels.clone(),
+            cls_source: ClsSource::Pooler,
+            norm: NormConfig::None,
+            dropout: 0.1,
+        },
+        train: read_dataset(&train, &task, opts).unwrap(),
+        dev: dev
+            .iter()
+            .map(|(n, p)| (n.clone(), read_dataset(p, &task, opts).unwrap()))
+            .collect(),
+        task,
+        config: cfg,
+        output: out,
+        resume,
+        device: Device::Cpu,
+        threads: 1,
+        allow_pickle: false,
+        progress: false,
+        stop_after,
+    })
+    .unwrap()
+}
+
+fn records(out: &Path) -> Vec<EpochRecord> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn same_weights(a: &Path, b: &Path) {
+    for f in ["model.safetensors", "head.safetensors"] {
+        let ta = clsnorm::encoder::weights::read_safetensors(&a.join(f)).unwrap();
+        let tb = clsnorm::encoder::weights::read_safetensors(&b.join(f)).unwrap();
+        assert_eq!(ta.len(), tb.len());
+        for ((na, x), (nb, y)) in ta.iter().zip(&tb) {
+            assert_eq!(na, nb);
+            assert!(x.equal(y), "{f}: {na} differs");
+        }
+    }
+}
+
+#[test]
+fn learns_a_toy_task_and_is_deterministic() {
+    let (s, _guard) = setup();
+    let (a, b) = (s.root.join("a"), s.root.join("b"));
+    let sa = run(&s, &a, config(), false, None);
+    let ra = records(&a);
+    assert_eq!(ra.len(), 4);
+    assert!(
+        ra[3].train_loss < 0.5 * ra[0].train_loss.max(0.69),
+        "loss did not fall: {:?}",
+        ra.iter().map(|r| r.train_loss).collect::<Vec<_>>()
+    );
+    assert!(
+        sa.best_primary.unwrap() >= 0.9,
+        "dev accuracy {:?}",
+        sa.best_primary
+    );
+    // Same seed: bit-identical losses, metrics and weights.
+    run(&s, &b, config(), false, None);
+    let rb = records(&b);
+    for (x, y) in ra.iter().zip(&rb) {
+        assert_eq!((x.train_loss, x.primary), (y.train_loss, y.primary));
+    }
+    same_weights(&a.join("last"), &b.join("last"));
+    // Another seed: different numbers.
+    let c = s.root.join("c");
+    run(
+        &s,
+        &c,
+        TrainConfig {
+            seed: 2,
+            ..config()
+        },
+        false,
+        None,
+    );
+    assert_ne!(records(&c)[0].train_loss, ra[0].train_loss);
+}
+
+#[test]
+fn resume_after_interruption_equals_uninterrupted_run() {
+    let (s, _guard) = setup();
+    let full = s.root.join("full");
+    run(&s, &full, config(), false, None);
+    // Interrupt mid-epoch (update 13 of 48, epoch 2), then at an epoch boundary (update 24).
+    let part = s.root.join("part");
+    let first = run(&s, &part, config(), false, Some(13));
+    assert!(first.interrupted);
+    assert_eq!(
+        checkpoint::read_meta(&part.join("last"))
+            .unwrap()
+            .state
+            .global_step,
+        13
+    );
+    let second = run(&s, &part, config(), true, Some(24));
+    assert!(second.interrupted);
+    let done = run(&s, &part, config(), true, None);
+    assert!(!done.interrupted);
+    assert_eq!(done.global_steps, 48);
+    let (rf, rp) = (records(&full), records(&part));
+    assert_eq!(rf.len(), rp.len(), "one record per epoch, none duplicated");
+    for (x, y) in rf.iter().zip(&rp) {
+        assert_eq!(x.epoch, y.epoch);
+        assert!(
+            (x.train_loss - y.train_loss).abs() < 1e-9,
+            "epoch {}: {} vs {}",
+            x.epoch,
+            x.train_loss,
+            y.train_loss
+        );
+        assert_eq!(x.dev, y.dev);
+    }
+    same_weights(&full.join("last"), &part.join("last"));
+    same_weights(&full.join("best"), &part.join("best"));
+}
+
+#[test]
+fn best_checkpoint_reloads_with_the_same_dev_metric() {
+    let (s, _guard) = setup();
+    let out = s.root.join("run");
+    let summary = run(
+        &s,
+        &out,
+        TrainConfig {
+            epochs: 2,
+            ..config()
+        },
+        false,
+        None,
+    );
+    let best = out.join("best");
+    let (model, meta) = checkpoint::load_model(&best, Device::Cpu).unwrap();
+    assert_eq!(meta.state.best_epoch, summary.best_epoch);
+    let tok = clsnorm::tokenize::TextTokenizer::load(&best, meta.max_len).unwrap();
+    let task = glue_task("sst2").unwrap();
+    let ds = read_dataset(
+        &s.data.join("SST-2/dev.tsv"),
+        &task,
+        ReadOptions {
+            skip_bad_rows: false,
+            require_label: true,
+        },
+    )
+    .unwrap();
+    let t = clsnorm::train::Tokenized::new(&tok, &ds).unwrap();
+    let m = clsnorm::eval::evaluate(&model, &t.encs, &t.labels, &task.metrics, 7, tok.pad_id());
+    assert_eq!(Some(m["accuracy"]), summary.best_primary);
+    // HF-loadable layout: config.json + model.safetensors + tokenizer, verified by manifest.
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+        "head.safetensors",
+        "manifest.json",
+    ] {
+        assert!(best.join(f).is_file(), "{f} missing");
+    }
+    // A corrupted file is detected.
+    let head = best.join("head.safetensors");
+    let mut bytes = std::fs::read(&head).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&head, bytes).unwrap();
+    let err = checkpoint::load_model(&best, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("corrupted") && err.contains("head.safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn refuses_to_overwrite_a_run_and_validates_options() {
+    let (s, _guard) = setup();
+    let out = s.root.join("run");
+    run(
+        &s,
+        &out,
+        TrainConfig {
+            max_steps: Some(2),
+            ..config()
+        },
+        false,
+        None,
+    );
+    let task = glue_task("sst2").unwrap();
+    let opts = ReadOptions {
+        skip_bad_rows: false,
+        require_label: true,
+    };
+    let ds = read_dataset(&s.data.join("SST-2/train.tsv"), &task, opts).unwrap();
+    fn job<'a>(
+        s: &'a Setup,
+        task: &clsnorm::data::TaskSpec,
+        ds: &clsnorm::data::Dataset,
+        out: &'a Path,
+        cfg: TrainConfig,
+    ) -> Finetune<'a> {
+        Finetune {
+            model_dir: &s.model,
+            head: HeadConfig {
+                labels: task.labels.clone(),
+                cls_source: ClsSource::Hidden,
+                norm: NormConfig::None,
+                dropout: 0.1,
+            },
+            train: ds.clone(),
+            dev: vec![("dev".into(), ds.clone())],
+            task: task.clone(),
+            config: cfg,
+            output: out,
+            resume: false,
+            device: Device::Cpu,
+            threads: 1,
+            allow_pickle: false,
+            progress: false,
+            stop_after: None,
+        }
+    }
+    let err = finetune(job(&s, &task, &ds, &out, config()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already holds a run") && err.contains("--resume"),
+        "{err}"
+    );
+    let other = s.root.join("other");
+    for (cfg, want) in [
+        (
+            TrainConfig {
+                lr: 0.0,
+                ..config()
+            },
+            "--lr",
+        ),
+        (
+            TrainConfig {
+                batch_size: 0,
+                ..config()
+            },
+            "batch",
+        ),
+        (
+            TrainConfig {
+                warmup_ratio: 1.5,
+                ..config()
+            },
+            "--warmup-ratio",
+        ),
+        (
+            TrainConfig {
+                max_len: 4096,
+                ..config()
+            },
+            "position embeddings",
+        ),
+    ] {
+        let err = finetune(job(&s, &task, &ds, &other, cfg))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
