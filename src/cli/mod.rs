@@ -1,6 +1,7 @@
 //! Subcommands and the options they share.
 mod embed;
 mod finetune;
+mod predict;
 
 use std::path::PathBuf;
 
@@ -24,6 +25,10 @@ pub enum Command {
     Embed(embed::EmbedArgs),
     /// Fine-tune encoder and classifier jointly on a GLUE task or custom data.
     Finetune(Box<finetune::FinetuneArgs>),
+    /// Label new examples with a fine-tuned checkpoint (JSON lines: label and probabilities).
+    Predict(predict::PredictArgs),
+    /// Recompute dev metrics from a fine-tuned checkpoint.
+    Evaluate(predict::EvaluateArgs),
 }
 
 /// Options every command that runs a model takes.
@@ -43,7 +48,7 @@ pub struct RuntimeArgs {
     pub allow_pickle: bool,
 }
 
-fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+pub fn parse_device(s: &str) -> Result<DeviceChoice, String> {
     s.parse().map_err(|e: clsnorm::Error| e.to_string())
 }
 
@@ -65,6 +70,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Embed(a) => embed::run(a),
         Command::Finetune(a) => finetune::run(*a),
+        Command::Predict(a) => predict::predict(a),
+        Command::Evaluate(a) => predict::evaluate(a),
     }
 }
 

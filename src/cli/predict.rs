@@ -1,0 +1,135 @@
+//! `clsnorm predict` and `clsnorm evaluate`: use a fine-tuned checkpoint.
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use clsnorm::data::{read_dataset, Format, LabelSpace, ReadOptions};
+use clsnorm::device::{set_threads, DeviceChoice};
+use clsnorm::tokenize::TextTokenizer;
+use clsnorm::train::{checkpoint, Tokenized};
+use serde_json::json;
+
+use super::parse_device;
+
+/// Options shared by commands that load a checkpoint.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// A checkpoint directory written by `clsnorm finetune` (e.g. runs/NAME/best).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Skip malformed rows (counted and logged) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_rows: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub ck: CheckpointArgs,
+    /// Examples to label, with the task's text columns (label column optional).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write JSON lines of predictions (default: standard output).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    pub ck: CheckpointArgs,
+    /// GLUE data directory (GLUE tasks).
+    #[arg(long, env = "GLUE_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Evaluate on this file instead of the task's dev split(s).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
+type Loaded = (clsnorm::classifier::Classifier, checkpoint::CheckpointMeta, TextTokenizer);
+
+fn load(ck: &CheckpointArgs) -> anyhow::Result<Loaded> {
+    set_threads(ck.threads)?;
+    let device = ck.device.resolve()?;
+    let (model, meta) = checkpoint::load_model(&ck.checkpoint, device)
+        .with_context(|| format!("loading checkpoint {}", ck.checkpoint.display()))?;
+    let tok = TextTokenizer::load(&ck.checkpoint, meta.max_len)?;
+    Ok((model, meta, tok))
+}
+
+pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
+    let (model, meta, tok) = load(&a.ck)?;
+    let mut task = meta.task.clone();
+    if let Some(f) = Format::from_path(&a.input) {
+        task.format = f;
+    }
+    let opts = ReadOptions { skip_bad_rows: a.ck.skip_bad_rows, require_label: false };
+    let ds = read_dataset(&a.input, &task, opts)?;
+    let inputs: Vec<(&str, Option<&str>)> = ds.examples.iter().map(|e| (e.text.as_str(), e.text_pair.as_deref())).collect();
+    let encs = tok.encode_batch(&inputs)?;
+    let logits = clsnorm::eval::logits(&model, &encs, a.ck.batch_size, tok.pad_id());
+    let mut text = String::new();
+    match &meta.task.labels {
+        LabelSpace::Classes(classes) => {
+            let probs: Vec<Vec<f32>> = Vec::try_from(logits.softmax(-1, tch::Kind::Float))?;
+            for (e, p) in ds.examples.iter().zip(&probs) {
+                let best = p.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map_or(0, |(i, _)| i);
+                let scores: serde_json::Map<String, serde_json::Value> = classes.iter().zip(p).map(|(c, v)| (c.clone(), json!(v))).collect();
+                text.push_str(&json!({"line": e.line, "label": classes[best], "probabilities": scores}).to_string());
+                text.push('\n');
+            }
+        }
+        LabelSpace::Regression => {
+            let scores: Vec<f32> = Vec::try_from(logits.squeeze_dim(-1))?;
+            for (e, s) in ds.examples.iter().zip(&scores) {
+                text.push_str(&json!({"line": e.line, "score": s}).to_string());
+                text.push('\n');
+            }
+        }
+    }
+    match &a.output {
+        Some(p) => clsnorm::atomic::write_bytes(p, text.as_bytes())?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(text.as_bytes()) {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    tracing::info!(examples = ds.examples.len(), skipped = ds.skipped, "predicted");
+    Ok(())
+}
+
+pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
+    let (model, meta, tok) = load(&a.ck)?;
+    let task = &meta.task;
+    let is_glue = clsnorm::data::glue_task(&task.name).is_some();
+    let files: Vec<(String, PathBuf)> = match (&a.file, &a.data_dir) {
+        (Some(f), _) => vec![("file".into(), f.clone())],
+        (None, _) if !is_glue => task.paths(None).1,
+        (None, Some(d)) => task.paths(Some(&d.join(&task.name))).1,
+        (None, None) => bail!("no data directory: pass --data-dir or set GLUE_DIR, or give --file"),
+    };
+    let opts = ReadOptions { skip_bad_rows: a.ck.skip_bad_rows, require_label: true };
+    let mut report = serde_json::Map::new();
+    for (name, path) in files {
+        let ds = read_dataset(&path, task, opts)?;
+        let t = Tokenized::new(&tok, &ds)?;
+        let mut metrics = task.metrics.clone();
+        if !metrics.contains(&task.primary) {
+            metrics.push(task.primary);
+        }
+        let m = clsnorm::eval::evaluate(&model, &t.encs, &t.labels, &metrics, a.ck.batch_size, tok.pad_id());
+        report.insert(name, json!({"file": path, "examples": ds.examples.len(), "metrics": m}));
+    }
+    super::print_stdout(&serde_json::to_string_pretty(&report)?)
+}
