@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use clsnorm::batch::Batch;
-use clsnorm::classifier::{ClsSource, Classifier, HeadConfig};
+use clsnorm::classifier::{Classifier, ClsSource, HeadConfig};
 use clsnorm::data::LabelSpace;
 use clsnorm::encoder::Encoder;
 use clsnorm::normalize::NormConfig;
@@ -17,14 +17,36 @@ fn main() -> anyhow::Result<()> {
     let s: usize = args.get(2).map_or(Ok(128), |s| s.parse())?;
     let masked = args.get(3).is_some_and(|a| a == "masked");
     let enc = Encoder::load("models/all-MiniLM-L6-v2".as_ref(), Device::Cpu, false)?;
-    let head = HeadConfig { labels: LabelSpace::Classes(vec!["0".into(), "1".into()]), cls_source: ClsSource::Pooler, norm: NormConfig::None, dropout: 0.1 };
+    let head = HeadConfig {
+        labels: LabelSpace::Classes(vec!["0".into(), "1".into()]),
+        cls_source: ClsSource::Pooler,
+        norm: NormConfig::None,
+        dropout: 0.1,
+    };
     let model = Classifier::new(enc, head, 1);
-    let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-6, weight_decay: 0.0 }, model.trainable());
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-6,
+            weight_decay: 0.0,
+        },
+        model.trainable(),
+    );
     tch::manual_seed(0);
     let encs: Vec<Encoded> = (0..b)
         .map(|i| {
             let n = if masked && i % 2 == 1 { s / 2 } else { s };
-            Encoded { input_ids: Vec::try_from(Tensor::randint_low(1000, 30000, [n as i64], (Kind::Int64, Device::Cpu))).unwrap(), token_type_ids: vec![0; n] }
+            Encoded {
+                input_ids: Vec::try_from(Tensor::randint_low(
+                    1000,
+                    30000,
+                    [n as i64],
+                    (Kind::Int64, Device::Cpu),
+                ))
+                .unwrap(),
+                token_type_ids: vec![0; n],
+            }
         })
         .collect();
     let refs: Vec<&Encoded> = encs.iter().collect();
@@ -54,14 +76,25 @@ fn main() -> anyhow::Result<()> {
             let out = tch::no_grad(|| model.forward(&batch, train));
             let _ = out.logits.sum(Kind::Float).double_value(&[]);
         }
-        println!("no-grad forward (train={train}): {:.3}s", t0.elapsed().as_secs_f64() / 3.0);
+        println!(
+            "no-grad forward (train={train}): {:.3}s",
+            t0.elapsed().as_secs_f64() / 3.0
+        );
         let t0 = Instant::now();
         for _ in 0..3 {
             let out = model.forward(&batch, train);
             let _ = out.logits.sum(Kind::Float).double_value(&[]);
         }
-        println!("grad forward (train={train}): {:.3}s", t0.elapsed().as_secs_f64() / 3.0);
+        println!(
+            "grad forward (train={train}): {:.3}s",
+            t0.elapsed().as_secs_f64() / 3.0
+        );
     }
-    println!("batch {b} seq {s} masked {masked}: forward {:.3}s backward {:.3}s optimizer {:.3}s", t[0] / 5.0, t[1] / 5.0, t[2] / 5.0);
+    println!(
+        "batch {b} seq {s} masked {masked}: forward {:.3}s backward {:.3}s optimizer {:.3}s",
+        t[0] / 5.0,
+        t[1] / 5.0,
+        t[2] / 5.0
+    );
     Ok(())
 }

@@ -53,7 +53,11 @@ pub struct EvaluateArgs {
     pub file: Option<PathBuf>,
 }
 
-type Loaded = (clsnorm::classifier::Classifier, checkpoint::CheckpointMeta, TextTokenizer);
+type Loaded = (
+    clsnorm::classifier::Classifier,
+    checkpoint::CheckpointMeta,
+    TextTokenizer,
+);
 
 fn load(ck: &CheckpointArgs) -> anyhow::Result<Loaded> {
     set_threads(ck.threads)?;
@@ -70,9 +74,16 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     if let Some(f) = Format::from_path(&a.input) {
         task.format = f;
     }
-    let opts = ReadOptions { skip_bad_rows: a.ck.skip_bad_rows, require_label: false };
+    let opts = ReadOptions {
+        skip_bad_rows: a.ck.skip_bad_rows,
+        require_label: false,
+    };
     let ds = read_dataset(&a.input, &task, opts)?;
-    let inputs: Vec<(&str, Option<&str>)> = ds.examples.iter().map(|e| (e.text.as_str(), e.text_pair.as_deref())).collect();
+    let inputs: Vec<(&str, Option<&str>)> = ds
+        .examples
+        .iter()
+        .map(|e| (e.text.as_str(), e.text_pair.as_deref()))
+        .collect();
     let encs = tok.encode_batch(&inputs)?;
     let logits = clsnorm::eval::logits(&model, &encs, a.ck.batch_size, tok.pad_id());
     let mut text = String::new();
@@ -80,9 +91,20 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         LabelSpace::Classes(classes) => {
             let probs: Vec<Vec<f32>> = Vec::try_from(logits.softmax(-1, tch::Kind::Float))?;
             for (e, p) in ds.examples.iter().zip(&probs) {
-                let best = p.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map_or(0, |(i, _)| i);
-                let scores: serde_json::Map<String, serde_json::Value> = classes.iter().zip(p).map(|(c, v)| (c.clone(), json!(v))).collect();
-                text.push_str(&json!({"line": e.line, "label": classes[best], "probabilities": scores}).to_string());
+                let best = p
+                    .iter()
+                    .enumerate()
+                    .max_by(|x, y| x.1.total_cmp(y.1))
+                    .map_or(0, |(i, _)| i);
+                let scores: serde_json::Map<String, serde_json::Value> = classes
+                    .iter()
+                    .zip(p)
+                    .map(|(c, v)| (c.clone(), json!(v)))
+                    .collect();
+                text.push_str(
+                    &json!({"line": e.line, "label": classes[best], "probabilities": scores})
+                        .to_string(),
+                );
                 text.push('\n');
             }
         }
@@ -105,7 +127,11 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!(examples = ds.examples.len(), skipped = ds.skipped, "predicted");
+    tracing::info!(
+        examples = ds.examples.len(),
+        skipped = ds.skipped,
+        "predicted"
+    );
     Ok(())
 }
 
@@ -119,7 +145,10 @@ pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
         (None, Some(d)) => task.paths(Some(&d.join(&task.name))).1,
         (None, None) => bail!("no data directory: pass --data-dir or set GLUE_DIR, or give --file"),
     };
-    let opts = ReadOptions { skip_bad_rows: a.ck.skip_bad_rows, require_label: true };
+    let opts = ReadOptions {
+        skip_bad_rows: a.ck.skip_bad_rows,
+        require_label: true,
+    };
     let mut report = serde_json::Map::new();
     for (name, path) in files {
         let ds = read_dataset(&path, task, opts)?;
@@ -128,8 +157,18 @@ pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
         if !metrics.contains(&task.primary) {
             metrics.push(task.primary);
         }
-        let m = clsnorm::eval::evaluate(&model, &t.encs, &t.labels, &metrics, a.ck.batch_size, tok.pad_id());
-        report.insert(name, json!({"file": path, "examples": ds.examples.len(), "metrics": m}));
+        let m = clsnorm::eval::evaluate(
+            &model,
+            &t.encs,
+            &t.labels,
+            &metrics,
+            a.ck.batch_size,
+            tok.pad_id(),
+        );
+        report.insert(
+            name,
+            json!({"file": path, "examples": ds.examples.len(), "metrics": m}),
+        );
     }
     super::print_stdout(&serde_json::to_string_pretty(&report)?)
 }

@@ -1,0 +1,253 @@
+//! The `clsnorm` binary end to end on a tiny random model: finetune, resume, evaluate,
+//! predict, and errors with a non-zero exit.
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn clsnorm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clsnorm"))
+        .args(args)
+        .env_remove("GLUE_DIR")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn fails(o: &Output, want: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure with '{want}'");
+    assert!(err.contains(want), "stderr lacks '{want}':\n{err}");
+}
+
+fn p(x: &Path) -> &str {
+    x.to_str().unwrap()
+}
+
+#[test]
+fn finetune_evaluate_predict_round_trip() {
+    let _g = common::torch_rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data, run) = (
+        tmp.path().join("m"),
+        tmp.path().join("glue"),
+        tmp.path().join("run"),
+    );
+    common::tiny_model_dir(&model, 3);
+    common::write_toy_sst(&data, 48, 16, 1);
+    let base = [
+        "finetune",
+        "--model",
+        p(&model),
+        "--task",
+        "SST2",
+        "--data-dir",
+        p(&data),
+        "--batch-size",
+        "8",
+        "--max-len",
+        "16",
+        "--lr",
+        "5e-3",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--quiet",
+    ];
+    let out = ok(&clsnorm(
+        &[&base[..], &["--epochs", "2", "--output", p(&run)]].concat(),
+    ));
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["task"], "SST-2");
+    assert_eq!(summary["global_steps"], 12);
+    let best = summary["best_primary"].as_f64().unwrap();
+    // evaluate recomputes the best epoch's dev metric from the checkpoint.
+    let best_dir = run.join("best");
+    let ev: serde_json::Value = serde_json::from_str(&ok(&clsnorm(&[
+        "evaluate",
+        "--checkpoint",
+        p(&best_dir),
+        "--data-dir",
+        p(&data),
+        "--device",
+        "cpu",
+    ])))
+    .unwrap();
+    assert_eq!(ev["dev"]["metrics"]["accuracy"].as_f64().unwrap(), best);
+    // predict: one JSON line per input row, labels from the task's label set.
+    let input = tmp.path().join("in.tsv");
+    std::fs::write(&input, "sentence\nthe movie was good\nthe movie was bad\n").unwrap();
+    let preds = tmp.path().join("preds.jsonl");
+    ok(&clsnorm(&[
+        "predict",
+        "--checkpoint",
+        p(&best_dir),
+        "--input",
+        p(&input),
+        "--output",
+        p(&preds),
+        "--device",
+        "cpu",
+    ]));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&preds)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["line"], 2);
+    let probs = lines[0]["probabilities"].as_object().unwrap();
+    let total: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-5);
+    assert!(["0", "1"].contains(&lines[0]["label"].as_str().unwrap()));
+    // A second finetune into the same directory is refused; --resume of a finished run is a no-op.
+    fails(
+        &clsnorm(&[&base[..], &["--epochs", "2", "--output", p(&run)]].concat()),
+        "--resume",
+    );
+    let again: serde_json::Value = serde_json::from_str(&ok(&clsnorm(&[
+        "finetune",
+        "--resume",
+        p(&run),
+        "--quiet",
+        "--device",
+        "cpu",
+    ])))
+    .unwrap();
+    assert_eq!(again["global_steps"], 12);
+    assert_eq!(again["best_primary"].as_f64().unwrap(), best);
+}
+
+#[test]
+fn bad_input_exits_non_zero_with_a_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    common::tiny_model_dir(&model, 3);
+    let data = tmp.path().join("glue");
+    common::write_toy_sst(&data, 8, 4, 1);
+    let m = p(&model);
+    fails(
+        &clsnorm(&["finetune", "--model", m, "--task", "sst2"]),
+        "GLUE_DIR",
+    );
+    fails(
+        &clsnorm(&[
+            "finetune",
+            "--model",
+            m,
+            "--task",
+            "nope",
+            "--data-dir",
+            p(&data),
+        ]),
+        "unknown task 'nope'",
+    );
+    fails(
+        &clsnorm(&[
+            "finetune",
+            "--model",
+            m,
+            "--task",
+            "rte",
+            "--data-dir",
+            p(&data),
+        ]),
+        "RTE/train.tsv",
+    );
+    fails(
+        &clsnorm(&[
+            "finetune",
+            "--model",
+            m,
+            "--task",
+            "sst2",
+            "--data-dir",
+            p(&data),
+            "--device",
+            "tpu",
+        ]),
+        "expected auto, cpu, cuda or cuda:N",
+    );
+    fails(
+        &clsnorm(&[
+            "finetune",
+            "--model",
+            m,
+            "--task",
+            "sst2",
+            "--data-dir",
+            p(&data),
+            "--lr=-1",
+            "--output",
+            p(&tmp.path().join("x")),
+        ]),
+        "--lr",
+    );
+    fails(
+        &clsnorm(&[
+            "finetune",
+            "--model",
+            m,
+            "--task",
+            "sst2",
+            "--data-dir",
+            p(&data),
+            "--dropout",
+            "1.5",
+        ]),
+        "--dropout",
+    );
+    fails(
+        &clsnorm(&[
+            "finetune",
+            "--model",
+            p(&tmp.path().join("none")),
+            "--task",
+            "sst2",
+            "--data-dir",
+            p(&data),
+        ]),
+        "config.json",
+    );
+    fails(
+        &clsnorm(&[
+            "embed",
+            "--model",
+            m,
+            "--device",
+            "cpu",
+            "--max-len",
+            "2",
+            "cat",
+        ]),
+        "too short",
+    );
+    fails(
+        &clsnorm(&["finetune", "--resume", p(&tmp.path().join("nothing"))]),
+        "config.json",
+    );
+    let bad = tmp.path().join("bad.tsv");
+    std::fs::write(&bad, "text\tlabel\nfine\t1\n\tmissing text\n").unwrap();
+    fails(
+        &clsnorm(&[
+            "finetune",
+            "--model",
+            m,
+            "--train-file",
+            p(&bad),
+            "--dev-file",
+            p(&bad),
+        ]),
+        "bad.tsv:3",
+    );
+}
