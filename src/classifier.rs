@@ -110,6 +110,47 @@ impl Classifier {
         }
     }
 
+    /// The head's input vectors (pooler output or raw [CLS]) for `encs`, in eval mode without
+    /// gradient, `[n, hidden]` on the model's device.
+    pub fn cls_vectors(
+        &self,
+        encs: &[crate::tokenize::Encoded],
+        batch_size: usize,
+        pad_id: i64,
+    ) -> Tensor {
+        let mut order: Vec<usize> = (0..encs.len()).collect();
+        order.sort_by_key(|&i| encs[i].len());
+        let mut parts = Vec::new();
+        tch::no_grad(|| {
+            for chunk in order.chunks(batch_size.max(1)) {
+                let refs: Vec<&crate::tokenize::Encoded> =
+                    chunk.iter().map(|&i| &encs[i]).collect();
+                let batch = Batch::collate(&refs, pad_id, self.device());
+                let out = self.encoder.model.forward(
+                    &batch.input_ids,
+                    &batch.token_type_ids,
+                    batch.attention_mask.as_ref(),
+                    false,
+                );
+                parts.push(match self.config.cls_source {
+                    ClsSource::Pooler => out.pooler_output,
+                    ClsSource::Hidden => out.cls,
+                });
+            }
+        });
+        let mut inverse = vec![0i64; order.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            inverse[i] = pos as i64;
+        }
+        Tensor::cat(&parts, 0)
+            .index_select(0, &Tensor::from_slice(&inverse).to_device(self.device()))
+    }
+
+    /// The normalizer (for statistics fitting and inspection).
+    pub fn normalizer(&self) -> &dyn Normalizer {
+        self.normalizer.as_ref()
+    }
+
     /// Mean cross-entropy against class indices (int64), or MSE against scores (float).
     pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
         match self.config.labels {

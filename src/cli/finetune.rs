@@ -7,7 +7,7 @@ use clsnorm::classifier::{ClsSource, HeadConfig};
 use clsnorm::data::read::{infer_classes, read_rows};
 use clsnorm::data::{glue_task, read_dataset, Format, LabelSpace, ReadOptions, TaskSpec};
 use clsnorm::device::set_threads;
-use clsnorm::normalize::NormConfig;
+use clsnorm::normalize::{NormConfig, NORM_NAMES};
 use clsnorm::train::optim::AdamWConfig;
 use clsnorm::train::{finetune, Finetune, RunConfig, TrainConfig};
 
@@ -99,6 +99,8 @@ pub struct FinetuneArgs {
     /// Vector fed to the head.
     #[arg(long, value_enum, default_value_t = ClsSource::Pooler)]
     pub cls_source: ClsSource,
+    #[command(flatten)]
+    pub norm: NormArgs,
     /// Run directory (default: runs/TASK-NORM-seedSEED).
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -112,6 +114,148 @@ pub struct FinetuneArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The normalizer between the [CLS] vector and the classifier, and its options.
+#[derive(Debug, Args)]
+pub struct NormArgs {
+    /// none, center, standardize, batchnorm, layernorm, isobn, whiten or l2.
+    #[arg(long, default_value = "none", value_parser = clap::builder::PossibleValuesParser::new(NORM_NAMES))]
+    pub norm: String,
+    /// EMA momentum of running statistics (center, batchnorm, whiten; default 0.1, whiten 0.05).
+    #[arg(long)]
+    pub norm_momentum: Option<f64>,
+    /// Epsilon (standardize, batchnorm, layernorm: 1e-5; whiten: 1e-3).
+    #[arg(long)]
+    pub norm_eps: Option<f64>,
+    /// Learnable scale and shift (batchnorm, layernorm).
+    #[arg(long)]
+    pub affine: bool,
+    /// IsoBN exponent beta (default 0.5).
+    #[arg(long)]
+    pub isobn_beta: Option<f64>,
+    /// IsoBN EMA momentum (default 0.05).
+    #[arg(long)]
+    pub isobn_momentum: Option<f64>,
+    /// IsoBN epsilon (default 1e-3).
+    #[arg(long)]
+    pub isobn_eps: Option<f64>,
+    /// IsoBN with bias-corrected running statistics (clsnorm's variant; off in the paper).
+    #[arg(long)]
+    pub isobn_bias_correction: bool,
+    /// whiten: let the gradient flow through batch statistics in training.
+    #[arg(long)]
+    pub whiten_grad: bool,
+    /// l2: the scale (default sqrt(hidden)).
+    #[arg(long)]
+    pub l2_scale: Option<f64>,
+    /// l2: keep the scale fixed instead of learning it.
+    #[arg(long)]
+    pub l2_fixed: bool,
+}
+
+impl NormArgs {
+    /// The normalizer config; options that do not belong to the chosen method are rejected.
+    pub fn config(&self) -> anyhow::Result<NormConfig> {
+        let mut cfg = NormConfig::with_defaults(&self.norm)
+            .with_context(|| format!("unknown normalizer '{}'", self.norm))?;
+        let mut used: Vec<&str> = Vec::new();
+        match &mut cfg {
+            NormConfig::None => {}
+            NormConfig::Center { momentum } => {
+                if let Some(m) = self.norm_momentum {
+                    *momentum = m;
+                    used.push("--norm-momentum");
+                }
+            }
+            NormConfig::Standardize { eps } | NormConfig::Layernorm { eps, .. } => {
+                if let Some(e) = self.norm_eps {
+                    *eps = e;
+                    used.push("--norm-eps");
+                }
+            }
+            NormConfig::Batchnorm { momentum, eps, .. }
+            | NormConfig::Whiten { momentum, eps, .. } => {
+                if let Some(m) = self.norm_momentum {
+                    *momentum = m;
+                    used.push("--norm-momentum");
+                }
+                if let Some(e) = self.norm_eps {
+                    *eps = e;
+                    used.push("--norm-eps");
+                }
+            }
+            NormConfig::Isobn {
+                momentum,
+                eps,
+                beta,
+                bias_correction,
+            } => {
+                if let Some(m) = self.isobn_momentum {
+                    *momentum = m;
+                    used.push("--isobn-momentum");
+                }
+                if let Some(e) = self.isobn_eps {
+                    *eps = e;
+                    used.push("--isobn-eps");
+                }
+                if let Some(b) = self.isobn_beta {
+                    *beta = b;
+                    used.push("--isobn-beta");
+                }
+                if self.isobn_bias_correction {
+                    *bias_correction = true;
+                    used.push("--isobn-bias-correction");
+                }
+            }
+            NormConfig::L2 { scale, fixed } => {
+                if let Some(v) = self.l2_scale {
+                    *scale = Some(v);
+                    used.push("--l2-scale");
+                }
+                if self.l2_fixed {
+                    *fixed = true;
+                    used.push("--l2-fixed");
+                }
+            }
+        }
+        if let NormConfig::Batchnorm { affine, .. } | NormConfig::Layernorm { affine, .. } =
+            &mut cfg
+        {
+            if self.affine {
+                *affine = true;
+                used.push("--affine");
+            }
+        }
+        if let NormConfig::Whiten {
+            grad_through_stats, ..
+        } = &mut cfg
+        {
+            if self.whiten_grad {
+                *grad_through_stats = true;
+                used.push("--whiten-grad");
+            }
+        }
+        let given = [
+            ("--norm-momentum", self.norm_momentum.is_some()),
+            ("--norm-eps", self.norm_eps.is_some()),
+            ("--affine", self.affine),
+            ("--isobn-beta", self.isobn_beta.is_some()),
+            ("--isobn-momentum", self.isobn_momentum.is_some()),
+            ("--isobn-eps", self.isobn_eps.is_some()),
+            ("--isobn-bias-correction", self.isobn_bias_correction),
+            ("--whiten-grad", self.whiten_grad),
+            ("--l2-scale", self.l2_scale.is_some()),
+            ("--l2-fixed", self.l2_fixed),
+        ];
+        for (flag, set) in given {
+            if set && !used.contains(&flag) {
+                bail!("{flag} does not apply to --norm {}", self.norm);
+            }
+        }
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        Ok(cfg)
+    }
 }
 
 fn format_of(args: &DataArgs, path: &Path) -> anyhow::Result<Format> {
@@ -241,7 +385,7 @@ fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
     if !(0.0..1.0).contains(&dropout) {
         bail!("--dropout must be in [0, 1), got {dropout}");
     }
-    let norm = NormConfig::default();
+    let norm = a.norm.config()?;
     let head = HeadConfig {
         labels: task.labels.clone(),
         cls_source: a.cls_source,

@@ -409,11 +409,12 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                     cfg.max_len, encoder.model.config.max_position_embeddings
                 )));
             }
-            (
-                Classifier::new(encoder, job.head.clone(), cfg.seed as i64),
-                TrainState::default(),
-                None,
-            )
+            let model = Classifier::new(encoder, job.head.clone(), cfg.seed as i64);
+            if model.normalizer().needs_fit() {
+                let cache = out.join("normalizer_stats.safetensors");
+                fit_normalizer(&model, &train, cfg, tok.pad_id(), &cache)?;
+            }
+            (model, TrainState::default(), None)
         }
     };
     let mut state = state;
@@ -644,6 +645,48 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
     };
     atomic::write_json(&out.join("summary.json"), &summary)?;
     Ok(summary)
+}
+
+/// Fits frozen normalizer statistics on the pre-trained model's training-set vectors, and
+/// caches them (the fitted `normalizer.*` tensors) in the run directory.
+fn fit_normalizer(
+    model: &Classifier,
+    train: &Tokenized,
+    cfg: &TrainConfig,
+    pad: i64,
+    cache: &Path,
+) -> Result<()> {
+    use crate::encoder::weights;
+    if cache.is_file() {
+        let ckpt = weights::Checkpoint {
+            path: cache.to_path_buf(),
+            tensors: weights::read_safetensors(cache)?,
+        };
+        let vars = model.head_vs.variables();
+        return tch::no_grad(|| -> Result<()> {
+            for (name, t) in &ckpt.tensors {
+                let dst = vars.get(name).ok_or_else(|| {
+                    Error::Invalid(format!("{}: unexpected {name}", cache.display()))
+                })?;
+                dst.shallow_clone().f_copy_(t)?;
+            }
+            Ok(())
+        });
+    }
+    let t0 = Instant::now();
+    let cls = model.cls_vectors(&train.encs, cfg.eval_batch_size, pad);
+    model.normalizer().fit(&cls)?;
+    let tensors: Vec<(String, Tensor)> = weights::named_variables(&model.head_vs)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("normalizer."))
+        .collect();
+    weights::write_safetensors(cache, &tensors)?;
+    tracing::info!(
+        secs = format!("{:.1}", t0.elapsed().as_secs_f64()),
+        "fitted normalizer statistics on {} training vectors",
+        train.encs.len()
+    );
+    Ok(())
 }
 
 fn progress_bar(show: bool, len: u64, pos: u64) -> indicatif::ProgressBar {

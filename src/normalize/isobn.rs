@@ -1,0 +1,96 @@
+//! `isobn`: Isotropic Batch Normalization (Zhou, Lin, Ren, AAAI 2021), step for step as the
+//! official code (shared/docs/paper.md):
+//!
+//! ```text
+//! train:  y = x - mean(x);  C += m (yᵀy/n - C);  s += m (sqrt(mean(y²)) - s)   (x detached)
+//! both:   rho = clamp(C / (s sᵀ), -1, 1);  gamma_j = mean_k rho_jk²
+//!         a = (gamma s + eps)^-beta;  a *= sqrt(tr C / (Σ_j C_jj a_j² + eps));  out = h a
+//! ```
+//!
+//! `a` is detached. Two fixes of the official code's flaws: the state lives in the checkpoint,
+//! and until statistics exist (no training step yet, or a zero covariance) the layer is the
+//! identity instead of dividing 0 by 0. With `bias_correction` (clsnorm's variant, off by
+//! default) `C` and `s` are divided by `1 - (1 - m)^t` before use, as Adam corrects its moments,
+//! so that early correlations are not inflated by the zero initialisation.
+use tch::{nn, Tensor};
+
+use super::{count_, ema_, Normalizer};
+
+#[derive(Debug)]
+pub struct IsoBn {
+    cov: Tensor,
+    std: Tensor,
+    steps: Tensor,
+    momentum: f64,
+    eps: f64,
+    beta: f64,
+    bias_correction: bool,
+}
+
+impl IsoBn {
+    pub fn new(
+        p: &nn::Path,
+        hidden: i64,
+        momentum: f64,
+        eps: f64,
+        beta: f64,
+        bias_correction: bool,
+    ) -> Self {
+        IsoBn {
+            cov: p.zeros_no_train("running_cov", &[hidden, hidden]),
+            std: p.zeros_no_train("running_std", &[hidden]),
+            steps: p.zeros_no_train("num_batches_tracked", &[]),
+            momentum,
+            eps,
+            beta,
+            bias_correction,
+        }
+    }
+
+    /// The per-dimension scale `a` (detached), from the current state.
+    pub fn scale(&self) -> Tensor {
+        tch::no_grad(|| {
+            let (mut c, mut s) = (self.cov.shallow_clone(), self.std.shallow_clone());
+            if self.bias_correction {
+                // 1 - (1-m)^t, computed on the device from the step counter.
+                let k = Tensor::from(1.0 - self.momentum)
+                    .to_device(c.device())
+                    .pow(&self.steps)
+                    .neg()
+                    + 1.0;
+                let k = k.clamp_min(1e-12);
+                c = &c / &k;
+                s = &s / &k;
+            }
+            let denom = s.outer(&s);
+            let rho = c.where_self(&denom.gt(0.0), &denom.zeros_like())
+                / denom.clamp_min(f64::MIN_POSITIVE);
+            let rho = rho.clamp(-1.0, 1.0);
+            let gamma = rho.square().mean_dim(1, false, c.kind());
+            let a = (gamma * &s + self.eps).pow_tensor_scalar(-self.beta);
+            let diag = c.diagonal(0, 0, 1);
+            let trace = diag.sum(c.kind());
+            let a = &a * (&trace / ((&diag * a.square()).sum(c.kind()) + self.eps)).sqrt();
+            // No statistics yet: identity.
+            a.where_self(&trace.gt(0.0), &a.ones_like())
+        })
+    }
+}
+
+impl Normalizer for IsoBn {
+    fn forward(&self, h: &Tensor, train: bool) -> Tensor {
+        if train {
+            tch::no_grad(|| {
+                let x = h.detach().to_kind(self.cov.kind());
+                let n = x.size()[0] as f64;
+                let y = &x - x.mean_dim(0, true, x.kind());
+                let cov_b = y.tr().matmul(&y) / n;
+                let std_b = y.square().mean_dim(0, false, x.kind()).sqrt();
+                ema_(&self.cov, &cov_b, self.momentum);
+                ema_(&self.std, &std_b, self.momentum);
+                count_(&self.steps);
+            });
+        }
+        h * self.scale().to_kind(h.kind())
+    }
+}
