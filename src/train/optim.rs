@@ -161,3 +161,70 @@ impl AdamW {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_steps_by_hand() {
+        // p = 1, constant gradient 0.5, lr 0.1, wd 0.01, betas (0.9, 0.999):
+        // step 1: p = 1 - 0.1*0.01*1 = 0.999; m = 0.05, v = 2.5e-4; m/(1-b1) = 0.5,
+        //         sqrt(v/(1-b2)) = 0.5, so p -= 0.1 * 0.5/0.5 -> 0.899
+        // step 2: p *= 1 - 0.001 -> 0.898101; m = 0.095, v = 4.9975e-4; m/(1-b1^2) = 0.5,
+        //         sqrt(v/(1-b2^2)) = 0.5, so p -= 0.1 -> 0.798101
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        };
+        let w = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
+        let mut opt = AdamW::new(
+            cfg,
+            vec![
+                ("dense.weight".into(), w.shallow_clone()),
+                ("dense.bias".into(), b.shallow_clone()),
+            ],
+        );
+        let mut after = Vec::new();
+        for _ in 0..2 {
+            opt.zero_grad();
+            ((&w + &b) * 0.5).sum(Kind::Double).backward();
+            opt.step(0.1);
+            after.push((w.double_value(&[0]), b.double_value(&[0])));
+        }
+        assert!((after[0].0 - 0.899).abs() < 1e-7, "{after:?}");
+        assert!((after[1].0 - 0.798101).abs() < 1e-7, "{after:?}");
+        // The bias is exempt from weight decay: 1 - 0.1 - 0.1.
+        assert!((after[1].1 - 0.8).abs() < 1e-7, "{after:?}");
+        assert_eq!(opt.step, 2);
+    }
+
+    #[test]
+    fn clipping_scales_to_the_max_norm() {
+        let w = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
+        let mut opt = AdamW::new(
+            AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+            vec![("w".into(), w.shallow_clone())],
+        );
+        (&w * Tensor::from_slice(&[3.0f32, 4.0]))
+            .sum(Kind::Float)
+            .backward();
+        let before = opt.clip_grad_norm(1.0).double_value(&[]);
+        assert!((before - 5.0).abs() < 1e-6);
+        assert!((opt.grad_norm().double_value(&[]) - 1.0).abs() < 1e-5);
+        assert!(decays("encoder.layer.0.attention.self.query.weight"));
+        assert!(
+            !decays("embeddings.LayerNorm.weight")
+                && !decays("classifier.bias")
+                && !decays("normalizer.weight")
+        );
+    }
+}
