@@ -1,6 +1,7 @@
 //! clsnorm: fine-tune BERT-family encoders with a normalized [CLS] embedding.
 //!
 //! The crate follows the data: [`tokenize`] -> [`batch`] -> [`encoder`] -> [CLS] vector.
+pub mod analyze;
 pub mod atomic;
 pub mod batch;
 pub mod classifier;
