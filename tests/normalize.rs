@@ -446,6 +446,28 @@ fn isobn_and_whiten_statistics_are_detached() {
 }
 
 #[test]
+fn constant_dimensions_stay_finite() {
+    let _g = common::torch_rng_lock();
+    // A dimension with zero variance (as all-MiniLM's [CLS] nearly has) must not give NaN.
+    let x = planted(32, 6, 3, Kind::Float);
+    let _ = x.narrow(1, 2, 1).fill_(4.0);
+    for name in ALL {
+        let (_vs, n) = build(&NormConfig::with_defaults(name).unwrap(), 6, Kind::Float);
+        if n.needs_fit() {
+            n.fit(&x).unwrap();
+        }
+        for _ in 0..3 {
+            let _ = n.forward(&x, true);
+        }
+        let y = n.forward(&x, false);
+        assert!(
+            bool::try_from(y.isfinite().all()).unwrap(),
+            "{name}: non-finite output"
+        );
+    }
+}
+
+#[test]
 fn hidden_sizes_and_batch_of_one() {
     let _g = common::torch_rng_lock();
     for hidden in [384, 768, 1024] {

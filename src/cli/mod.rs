@@ -1,4 +1,5 @@
 //! Subcommands and the options they share.
+mod analyze;
 mod embed;
 mod finetune;
 mod predict;
@@ -29,6 +30,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Recompute dev metrics from a fine-tuned checkpoint.
     Evaluate(predict::EvaluateArgs),
+    /// Statistics and pictures of the [CLS] embeddings of a model on a dataset.
+    Analyze(Box<analyze::AnalyzeArgs>),
 }
 
 /// Options every command that runs a model takes.
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Finetune(a) => finetune::run(*a),
         Command::Predict(a) => predict::predict(a),
         Command::Evaluate(a) => predict::evaluate(a),
+        Command::Analyze(a) => analyze::run(*a),
     }
 }
 

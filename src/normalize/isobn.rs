@@ -63,8 +63,8 @@ impl IsoBn {
                 s = &s / &k;
             }
             let denom = s.outer(&s);
-            let rho = c.where_self(&denom.gt(0.0), &denom.zeros_like())
-                / denom.clamp_min(f64::MIN_POSITIVE);
+            // Dimensions with zero std have no defined correlation: 0 (masking the 0/0).
+            let rho = (&c / &denom).where_self(&denom.gt(0.0), &denom.zeros_like());
             let rho = rho.clamp(-1.0, 1.0);
             let gamma = rho.square().mean_dim(1, false, c.kind());
             let a = (gamma * &s + self.eps).pow_tensor_scalar(-self.beta);

@@ -1,0 +1,320 @@
+//! Pictures of embedding statistics (PNG and SVG, with plotters) and the markdown report that
+//! ties them together.
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::stats::{Details, EmbeddingStats};
+use crate::error::{Error, Result};
+
+type Area<DB> = DrawingArea<DB, Shift>;
+type Drawn<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+const RAW: RGBColor = RGBColor(31, 119, 180);
+const AFTER: RGBColor = RGBColor(214, 39, 40);
+
+/// Per-dimension std as a histogram (count of dimensions per std bin).
+fn std_hist<DB: DrawingBackend>(
+    root: &Area<DB>,
+    title: &str,
+    raw: &[f64],
+    after: Option<(&str, &[f64])>,
+) -> Drawn<DB> {
+    root.fill(&WHITE)?;
+    let all_max = raw
+        .iter()
+        .chain(after.map_or(&[][..], |a| a.1))
+        .copied()
+        .fold(0.0, f64::max)
+        .max(1e-12);
+    let bins = 40usize;
+    let width = all_max / bins as f64;
+    let count = |v: &[f64]| {
+        let mut c = vec![0u32; bins];
+        for &x in v {
+            c[((x / width) as usize).min(bins - 1)] += 1;
+        }
+        c
+    };
+    let (cr, ca) = (count(raw), after.map(|a| count(a.1)));
+    let ymax = cr
+        .iter()
+        .chain(ca.iter().flatten())
+        .copied()
+        .max()
+        .unwrap_or(1) as f64
+        * 1.1;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..all_max, 0.0..ymax)?;
+    chart
+        .configure_mesh()
+        .x_desc("standard deviation of the dimension")
+        .y_desc("number of dimensions")
+        .draw()?;
+    let bars = |c: &[u32], color: RGBColor| {
+        c.iter()
+            .enumerate()
+            .map(move |(i, &n)| {
+                Rectangle::new(
+                    [(i as f64 * width, 0.0), ((i + 1) as f64 * width, n as f64)],
+                    color.mix(0.55).filled(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    chart
+        .draw_series(bars(&cr, RAW))?
+        .label("raw")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], RAW.filled()));
+    if let (Some(c), Some((name, _))) = (&ca, after) {
+        chart
+            .draw_series(bars(c, AFTER))?
+            .label(name.to_string())
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], AFTER.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()
+}
+
+/// Values sorted in decreasing order against their rank, log-scaled y.
+fn sorted_curve<DB: DrawingBackend>(
+    root: &Area<DB>,
+    title: &str,
+    y_desc: &str,
+    raw: &[f64],
+    after: Option<(&str, &[f64])>,
+) -> Drawn<DB> {
+    root.fill(&WHITE)?;
+    let sort = |v: &[f64]| {
+        let mut s: Vec<f64> = v.iter().map(|x| x.abs().max(1e-12)).collect();
+        s.sort_by(|a, b| b.total_cmp(a));
+        s
+    };
+    let (sr, sa) = (sort(raw), after.map(|a| sort(a.1)));
+    let vals = sr.iter().chain(sa.iter().flatten());
+    let lo = vals
+        .clone()
+        .copied()
+        .fold(f64::INFINITY, f64::min)
+        .max(1e-12);
+    let hi = vals.copied().fold(0.0, f64::max).max(lo * 10.0);
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0..sr.len(), (lo * 0.8..hi * 1.25).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("rank (largest first)")
+        .y_desc(y_desc)
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            sr.iter().enumerate().map(|(i, &v)| (i, v)),
+            RAW.stroke_width(2),
+        ))?
+        .label("raw")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RAW.stroke_width(2)));
+    if let (Some(s), Some((name, _))) = (&sa, after) {
+        chart
+            .draw_series(LineSeries::new(
+                s.iter().enumerate().map(|(i, &v)| (i, v)),
+                AFTER.stroke_width(2),
+            ))?
+            .label(name.to_string())
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], AFTER.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()
+}
+
+/// Correlation matrix heat map, dimensions ordered by their first-principal-component loading so
+/// that correlated groups form blocks. Blue -1, white 0, red +1.
+fn corr_heatmap<DB: DrawingBackend>(root: &Area<DB>, title: &str, det: &Details) -> Drawn<DB> {
+    root.fill(&WHITE)?;
+    let d = det.std.len();
+    let mut order: Vec<usize> = (0..d).collect();
+    order.sort_by(|&a, &b| det.pc1[a].total_cmp(&det.pc1[b]));
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0..d, 0..d)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc("dimension (ordered by PC1 loading)")
+        .y_desc("dimension")
+        .draw()?;
+    let color = |c: f64| {
+        let c = c.clamp(-1.0, 1.0);
+        let (r, g, b) = if c >= 0.0 {
+            (255.0, 255.0 * (1.0 - c), 255.0 * (1.0 - c))
+        } else {
+            (255.0 * (1.0 + c), 255.0 * (1.0 + c), 255.0)
+        };
+        RGBColor(r as u8, g as u8, b as u8)
+    };
+    chart.draw_series((0..d).flat_map(|i| {
+        let order = &order;
+        (0..d).map(move |j| {
+            let c = det.corr[order[i] * d + order[j]];
+            Rectangle::new([(i, j), (i + 1, j + 1)], color(c).filled())
+        })
+    }))?;
+    root.present()
+}
+
+/// Draws the same chart as `STEM.png` and `STEM.svg`.
+macro_rules! draw_both {
+    ($dir:expr, $stem:expr, $size:expr, |$a:ident| $body:expr) => {{
+        let png = $dir.join(format!("{}.png", $stem));
+        {
+            let $a = BitMapBackend::new(&png, $size).into_drawing_area();
+            $body.map_err(|e| Error::Invalid(format!("{}: {e}", png.display())))?;
+        }
+        let svg = $dir.join(format!("{}.svg", $stem));
+        {
+            let $a = SVGBackend::new(&svg, $size).into_drawing_area();
+            $body.map_err(|e| Error::Invalid(format!("{}: {e}", svg.display())))?;
+        }
+    }};
+}
+
+/// Writes the pictures of one vector source (`hidden` or `pooler`), with the normalized
+/// statistics overlaid when given.
+pub fn write_all(
+    dir: &Path,
+    source: &str,
+    raw: &Details,
+    after: Option<(&str, &Details)>,
+) -> Result<()> {
+    let what = if source == "pooler" {
+        "pooler output"
+    } else {
+        "last-layer [CLS]"
+    };
+    let stds = after.map(|(n, d)| (n, d.std.as_slice()));
+    let t = format!("Per-dimension std, {what}");
+    draw_both!(dir, format!("{source}_std_hist"), (800, 500), |a| std_hist(
+        &a, &t, &raw.std, stds
+    ));
+    let means = after.map(|(n, d)| (n, d.mean.as_slice()));
+    let t = format!("|mean| per dimension, sorted, {what}");
+    draw_both!(dir, format!("{source}_mean_sorted"), (800, 500), |a| {
+        sorted_curve(&a, &t, "|mean| (log scale)", &raw.mean, means)
+    });
+    let total = |d: &Details| {
+        d.eigenvalues
+            .iter()
+            .map(|v| v.max(0.0))
+            .sum::<f64>()
+            .max(1e-300)
+    };
+    let frac = |d: &Details| {
+        d.eigenvalues
+            .iter()
+            .map(|v| v.max(0.0) / total(d))
+            .collect::<Vec<f64>>()
+    };
+    let (fr, fa) = (frac(raw), after.map(|(n, d)| (n, frac(d))));
+    let fa_ref = fa.as_ref().map(|(n, v)| (*n, v.as_slice()));
+    let t = format!("Explained variance per principal component, {what}");
+    draw_both!(dir, format!("{source}_spectrum"), (800, 500), |a| {
+        sorted_curve(&a, &t, "fraction of variance (log scale)", &fr, fa_ref)
+    });
+    let t = format!("Correlation between dimensions, {what}");
+    draw_both!(dir, format!("{source}_corr"), (720, 720), |a| corr_heatmap(
+        &a, &t, raw
+    ));
+    if let Some((name, d)) = after {
+        let t = format!("Correlation after {name}, {what}");
+        draw_both!(dir, format!("{source}_corr_{name}"), (720, 720), |a| {
+            corr_heatmap(&a, &t, d)
+        });
+    }
+    Ok(())
+}
+
+fn row(name: &str, s: &EmbeddingStats) -> String {
+    format!(
+        "| {name} | {:.3} | {:.2} | {:.3} / {:.3} / {:.3} ({:.1}x) | {:.1}% | {:.1}% | {:.1} of {} | {:.3} | {:.1}% | {:.1}% | {:.2e} | {:.3} |\n",
+        s.centring_ratio,
+        s.mean_norm,
+        s.dim_std.min,
+        s.dim_std.median,
+        s.dim_std.max,
+        s.dim_std.max_over_median,
+        100.0 * s.second_moment_top1,
+        100.0 * s.second_moment_top10,
+        s.effective_dim,
+        s.d,
+        s.mean_abs_corr,
+        100.0 * s.pc1_explained,
+        100.0 * s.pc5_explained,
+        s.isotropy,
+        s.mean_pairwise_cosine
+    )
+}
+
+/// The header of the statistics table used in reports.
+pub const TABLE_HEADER: &str = "| vectors | ‖mean‖/mean‖h‖ | ‖mean‖ | std min / median / max (max/median) | top-1 dim share of E[h²] | top-10 share | effective dim | mean \\|corr\\| | PC1 variance | PC1-5 variance | isotropy | mean cosine |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+
+/// One table row for a statistics set.
+pub fn table_row(name: &str, s: &EmbeddingStats) -> String {
+    row(name, s)
+}
+
+/// `analysis.md`: the numbers, the pictures and what they say.
+pub fn markdown(
+    task: &str,
+    split: &str,
+    model: &str,
+    n: usize,
+    secs: f64,
+    norm: &str,
+    sections: &[(String, EmbeddingStats, Option<EmbeddingStats>)],
+) -> String {
+    let mut md = format!("# [CLS] embedding analysis: {task} ({split}, {n} examples)\n\nModel `{model}`; embedding took {secs:.1} s.\n\n");
+    md.push_str(TABLE_HEADER);
+    for (name, raw, after) in sections {
+        md.push_str(&row(name, raw));
+        if let Some(a) = after {
+            md.push_str(&row(&format!("{name} + {norm}"), a));
+        }
+    }
+    md.push_str("\nDefinitions: centring ratio ‖E[h]‖ / E[‖h‖] (0 when centred); shares of the total second moment Σ_j E[h_j²]; effective dimension (Σ var)² / Σ var²; isotropy min_c Z(c) / max_c Z(c) with Z(c) = Σ_i exp(cᵀh_i) over the eigenvectors of HᵀH (Mu & Viswanath, ICLR 2018); mean cosine over pairs of a seeded random subset.\n");
+    for (name, raw, _) in sections {
+        md.push_str(&format!(
+            "\n## {name}\n\nThe mean vector has norm {:.2} against an average vector norm of {:.2} (ratio {:.2}); the largest |mean| is {:.3} in dimension {}. The top dimension holds {:.1}% of the second moment and the top 10 hold {:.1}%. Standard deviations range from {:.3} to {:.3} (max/median {:.1}). The first principal component explains {:.1}% of the variance; mean |correlation| between dimensions is {:.3}.\n\n![std]({name}_std_hist.png) ![mean]({name}_mean_sorted.png)\n\n![spectrum]({name}_spectrum.png) ![corr]({name}_corr.png)\n",
+            raw.mean_norm,
+            raw.avg_norm,
+            raw.centring_ratio,
+            raw.top_abs_mean.first().map_or(0.0, |d| d.value),
+            raw.top_abs_mean.first().map_or(0, |d| d.dim),
+            100.0 * raw.second_moment_top1,
+            100.0 * raw.second_moment_top10,
+            raw.dim_std.min,
+            raw.dim_std.max,
+            raw.dim_std.max_over_median,
+            100.0 * raw.pc1_explained,
+            raw.mean_abs_corr
+        ));
+    }
+    md
+}

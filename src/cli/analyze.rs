@@ -1,0 +1,228 @@
+//! `clsnorm analyze`: statistics and pictures of the [CLS] embeddings of a model on a dataset.
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use clsnorm::analyze::{self, plots, EmbeddingStats};
+use clsnorm::batch::Batch;
+use clsnorm::data::{read_dataset, ReadOptions};
+use clsnorm::device::set_threads;
+use clsnorm::encoder::Encoder;
+use clsnorm::normalize::NormConfig;
+use clsnorm::tokenize::{Encoded, TextTokenizer};
+use serde_json::json;
+use tch::{Kind, Tensor};
+
+use super::finetune::{resolve_task, DataArgs, NormArgs};
+use super::RuntimeArgs;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    Pooler,
+    Hidden,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    Train,
+    Dev,
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    #[command(flatten)]
+    pub rt: RuntimeArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Analyse the encoder of a fine-tuned checkpoint instead of --model.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Split::Train)]
+    pub split: Split,
+    /// Which vector: the pooler output, the raw last-layer [CLS] state, or both.
+    #[arg(long, value_enum, default_value_t = Source::Both)]
+    pub cls_source: Source,
+    #[command(flatten)]
+    pub norm: NormArgs,
+    #[arg(long, default_value_t = 128)]
+    pub max_len: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Vectors in the pairwise-cosine subset.
+    #[arg(long, default_value_t = 2000)]
+    pub cosine_sample: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Output directory (default analysis/TASK).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Pooler outputs and raw [CLS] states of every example, in input order.
+fn embed_all(
+    enc: &Encoder,
+    encs: &[Encoded],
+    batch_size: usize,
+    pad: i64,
+    quiet: bool,
+) -> (Tensor, Tensor) {
+    let device = enc.vs.device();
+    let mut order: Vec<usize> = (0..encs.len()).collect();
+    order.sort_by_key(|&i| encs[i].len());
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(encs.len() as u64)
+    };
+    let (mut pooled, mut cls) = (Vec::new(), Vec::new());
+    tch::no_grad(|| {
+        for chunk in order.chunks(batch_size.max(1)) {
+            let refs: Vec<&Encoded> = chunk.iter().map(|&i| &encs[i]).collect();
+            let b = Batch::collate(&refs, pad, device);
+            let out = enc.model.forward(
+                &b.input_ids,
+                &b.token_type_ids,
+                b.attention_mask.as_ref(),
+                false,
+            );
+            pooled.push(out.pooler_output.to_device(tch::Device::Cpu));
+            cls.push(out.cls.to_device(tch::Device::Cpu));
+            bar.inc(chunk.len() as u64);
+        }
+    });
+    bar.finish_and_clear();
+    let mut inverse = vec![0i64; order.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        inverse[i] = pos as i64;
+    }
+    let inv = Tensor::from_slice(&inverse);
+    (
+        Tensor::cat(&pooled, 0).index_select(0, &inv),
+        Tensor::cat(&cls, 0).index_select(0, &inv),
+    )
+}
+
+/// Applies a normalizer as training would leave it: frozen statistics are fitted, running
+/// statistics are accumulated over one pass of shuffled batches of 16 in training mode; then
+/// every vector goes through it in eval mode.
+fn normalize_all(norm: &NormConfig, x: &Tensor, seed: u64) -> anyhow::Result<Tensor> {
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let n = norm.build(&(vs.root() / "normalizer"), x.size()[1]);
+    if n.needs_fit() {
+        n.fit(x)?;
+    }
+    let order = clsnorm::train::epoch_order(x.size()[0] as usize, seed, 0);
+    tch::no_grad(|| {
+        for chunk in order.chunks(16) {
+            let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
+            let _ = n.forward(&x.index_select(0, &Tensor::from_slice(&idx)), true);
+        }
+    });
+    Ok(tch::no_grad(|| n.forward(x, false)))
+}
+
+pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
+    set_threads(a.rt.threads)?;
+    let device = a.rt.device.resolve()?;
+    let (task, task_dir) = resolve_task(&a.data)?;
+    let (model_dir, enc) = match &a.checkpoint {
+        Some(dir) => {
+            let (model, _) = clsnorm::train::checkpoint::load_model(dir, device)
+                .with_context(|| format!("loading {}", dir.display()))?;
+            (dir.clone(), model.encoder)
+        }
+        None => (
+            a.rt.model.clone(),
+            Encoder::load(&a.rt.model, device, a.rt.allow_pickle)?,
+        ),
+    };
+    let tok = TextTokenizer::load(&model_dir, a.max_len)?;
+    let (train_path, dev_paths) = task.paths(task_dir.as_deref());
+    let path = match a.split {
+        Split::Train => train_path,
+        Split::Dev => match dev_paths.first() {
+            Some((_, p)) => p.clone(),
+            None => bail!("task {} has no dev file", task.name),
+        },
+    };
+    let opts = ReadOptions {
+        skip_bad_rows: a.data.skip_bad_rows,
+        require_label: false,
+    };
+    let ds = read_dataset(&path, &task, opts)?;
+    let t0 = std::time::Instant::now();
+    let inputs: Vec<(&str, Option<&str>)> = ds
+        .examples
+        .iter()
+        .map(|e| (e.text.as_str(), e.text_pair.as_deref()))
+        .collect();
+    let encs = tok.encode_batch(&inputs)?;
+    let (pooler, cls) = embed_all(&enc, &encs, a.batch_size, tok.pad_id(), a.quiet);
+    let embed_secs = t0.elapsed().as_secs_f64();
+    let out_dir = a
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("analysis").join(&task.name));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let norm = a.norm.config()?;
+    let sources: Vec<(&str, &Tensor)> = match a.cls_source {
+        Source::Pooler => vec![("pooler", &pooler)],
+        Source::Hidden => vec![("hidden", &cls)],
+        Source::Both => vec![("hidden", &cls), ("pooler", &pooler)],
+    };
+    let mut report = serde_json::Map::new();
+    let mut sections: Vec<(String, EmbeddingStats, Option<EmbeddingStats>)> = Vec::new();
+    for (name, x) in sources {
+        let (raw, det) = analyze::compute(x, a.cosine_sample, a.seed);
+        let mut entry = json!({ "raw": raw });
+        let mut after = None;
+        let mut after_det = None;
+        if norm != NormConfig::None {
+            let y = normalize_all(&norm, &x.to_kind(Kind::Float), a.seed)?;
+            let (s, d) = analyze::compute(&y, a.cosine_sample, a.seed);
+            entry["normalized"] = json!({ "norm": norm, "stats": s });
+            after = Some(s);
+            after_det = Some(d);
+        }
+        plots::write_all(
+            &out_dir,
+            name,
+            &det,
+            after_det.as_ref().map(|d| (norm.name(), d)),
+        )?;
+        report.insert(name.to_string(), entry);
+        sections.push((name.to_string(), raw, after));
+    }
+    let doc = json!({
+        "model": model_dir,
+        "task": task.name,
+        "split": format!("{:?}", a.split).to_lowercase(),
+        "file": path,
+        "examples": ds.examples.len(),
+        "max_len": a.max_len,
+        "embed_secs": embed_secs,
+        "sources": report,
+    });
+    clsnorm::atomic::write_json(&out_dir.join("analysis.json"), &doc)?;
+    let md = plots::markdown(
+        &task.name,
+        &format!("{:?}", a.split).to_lowercase(),
+        &model_dir.display().to_string(),
+        ds.examples.len(),
+        embed_secs,
+        norm.name(),
+        &sections,
+    );
+    clsnorm::atomic::write_bytes(&out_dir.join("analysis.md"), md.as_bytes())?;
+    tracing::info!(
+        examples = ds.examples.len(),
+        secs = format!("{embed_secs:.1}"),
+        "wrote {}",
+        out_dir.join("analysis.md").display()
+    );
+    Ok(())
+}
