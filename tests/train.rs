@@ -328,3 +328,44 @@ fn refuses_to_overwrite_a_run_and_validates_options() {
         assert!(err.contains(want), "{want}: {err}");
     }
 }
+
+#[test]
+fn traced_gradients_are_recorded_per_update_and_survive_resume() {
+    let (s, _guard) = setup();
+    let out = s.root.join("traced");
+    let cfg = TrainConfig {
+        trace_grads: true,
+        epochs: 2,
+        ..config()
+    };
+    run(&s, &out, cfg.clone(), false, Some(5));
+    run(&s, &out, cfg, true, None);
+    let recs: Vec<clsnorm::train::GradRecord> = std::fs::read_to_string(out.join("grads.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        recs.iter().map(|r| r.step).collect::<Vec<_>>(),
+        (1..=24).collect::<Vec<_>>()
+    );
+    for r in &recs {
+        assert!(r.global_grad_norm.is_finite() && r.global_grad_norm > 0.0);
+        // With no normalizer the classifier's input is the [CLS] vector itself.
+        assert!(
+            (r.cls_grad_norm - r.normalized_grad_norm).abs() <= 1e-6 * r.cls_grad_norm.max(1e-12)
+        );
+        assert!(r.max_dim_grad <= r.cls_grad_norm + 1e-12);
+        let groups: Vec<&str> = r.groups.keys().map(String::as_str).collect();
+        assert_eq!(
+            groups,
+            ["classifier", "embeddings", "layer.00", "layer.01", "pooler"]
+        );
+        let total: f64 = r.groups.values().map(|v| v * v).sum::<f64>().sqrt();
+        assert!(
+            (total - r.global_grad_norm).abs() < 1e-4 * r.global_grad_norm,
+            "{total} vs {}",
+            r.global_grad_norm
+        );
+    }
+}

@@ -111,6 +111,9 @@ pub struct FinetuneArgs {
     /// Also checkpoint every N updates (always at the end of each epoch).
     #[arg(long)]
     pub save_every: Option<usize>,
+    /// Record gradient norms of every update in RUN/grads.jsonl.
+    #[arg(long)]
+    pub trace_grads: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -410,6 +413,7 @@ fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
         max_len: a.max_len,
         seed: a.seed,
         save_every: a.save_every,
+        trace_grads: a.trace_grads,
     };
     config.validate()?;
     let output = a.output.clone().unwrap_or_else(|| {

@@ -44,6 +44,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Also write the `last` checkpoint every this many updates (always at epoch end).
     pub save_every: Option<usize>,
+    /// Record gradient norms of every update in `grads.jsonl`.
+    #[serde(default)]
+    pub trace_grads: bool,
 }
 
 impl Default for TrainConfig {
@@ -66,6 +69,7 @@ impl Default for TrainConfig {
             max_len: 128,
             seed: 1,
             save_every: None,
+            trace_grads: false,
         }
     }
 }
@@ -218,6 +222,35 @@ pub struct EpochRecord {
     pub train_tokens_per_sec: f64,
 }
 
+/// One line of `grads.jsonl` (with `--trace-grads`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GradRecord {
+    /// 1-based update number.
+    pub step: usize,
+    pub loss: f64,
+    /// ||dL/d[CLS] vector|| before the normalizer (over the batch).
+    pub cls_grad_norm: f64,
+    /// ||dL/d normalized vector|| (the classifier's input).
+    pub normalized_grad_norm: f64,
+    /// Largest per-dimension gradient norm of the [CLS] vector, and its dimension.
+    pub max_dim_grad: f64,
+    pub max_dim: usize,
+    /// Global gradient norm over all parameters, before clipping.
+    pub global_grad_norm: f64,
+    /// Gradient norms per group: `embeddings`, `layer.0` ..., `pooler`, `classifier`, `normalizer`.
+    pub groups: std::collections::BTreeMap<String, f64>,
+}
+
+/// The gradient group of a parameter name.
+pub fn grad_group(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("encoder.layer.") {
+        let layer = rest.split('.').next().unwrap_or("?");
+        format!("layer.{layer:0>2}")
+    } else {
+        name.split('.').next().unwrap_or(name).to_string()
+    }
+}
+
 /// `summary.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
@@ -336,6 +369,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
     let last_dir = out.join("last");
     let best_dir = out.join("best");
     let metrics_path = out.join("metrics.jsonl");
+    let grads_path = out.join("grads.jsonl");
     if job.resume {
         if !run_config_path.is_file() {
             return Err(Error::Invalid(format!(
@@ -451,6 +485,18 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         .collect();
     atomic::write_bytes(&metrics_path, body.as_bytes())?;
 
+    if cfg.trace_grads {
+        // Keep the records of updates up to the checkpoint (a resumed run rewrites the rest).
+        let kept: String = std::fs::read_to_string(&grads_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<GradRecord>(l).is_ok_and(|r| r.step <= state.global_step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        atomic::write_bytes(&grads_path, kept.as_bytes())?;
+    }
     let mut opt = AdamW::new(cfg.adam, model.trainable());
     if let Some(t) = &opt_state {
         opt.load_state(t, state.global_step as i64)?;
@@ -513,7 +559,32 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
             let out = model.forward(&batch, true);
             let loss = model.loss(&out.logits, &labels);
             opt.zero_grad();
+            let traced = cfg
+                .trace_grads
+                .then(|| Tensor::run_backward(&[&loss], &[&out.cls, &out.normalized], true, false));
             loss.backward();
+            if let Some(g) = traced {
+                let per_dim = g[0]
+                    .to_kind(Kind::Double)
+                    .square()
+                    .sum_dim_intlist(0, false, Kind::Double)
+                    .sqrt();
+                let (max_dim_grad, max_dim) = (
+                    per_dim.max().double_value(&[]),
+                    per_dim.argmax(0, false).int64_value(&[]) as usize,
+                );
+                let rec = GradRecord {
+                    step: state.global_step + 1,
+                    loss: loss.double_value(&[]),
+                    cls_grad_norm: g[0].to_kind(Kind::Double).norm().double_value(&[]),
+                    normalized_grad_norm: g[1].to_kind(Kind::Double).norm().double_value(&[]),
+                    max_dim_grad,
+                    max_dim,
+                    global_grad_norm: opt.grad_norm().double_value(&[]),
+                    groups: opt.grad_norms_by(grad_group),
+                };
+                append_line(&grads_path, &rec)?;
+            }
             if let Some(c) = cfg.max_grad_norm {
                 let _ = opt.clip_grad_norm(c);
             }

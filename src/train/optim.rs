@@ -82,6 +82,26 @@ impl AdamW {
         Tensor::stack(&sq, 0).sum(Kind::Float).sqrt()
     }
 
+    /// L2 norms of the gradients grouped by `group(name)` (e.g. one group per encoder layer).
+    pub fn grad_norms_by(
+        &self,
+        group: impl Fn(&str) -> String,
+    ) -> std::collections::BTreeMap<String, f64> {
+        let mut sq: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+        for p in &self.params {
+            let g = p.var.grad();
+            if g.defined() {
+                let v = g
+                    .to_kind(Kind::Double)
+                    .square()
+                    .sum(Kind::Double)
+                    .double_value(&[]);
+                *sq.entry(group(&p.name)).or_default() += v;
+            }
+        }
+        sq.into_iter().map(|(k, v)| (k, v.sqrt())).collect()
+    }
+
     /// Scales gradients so that their global norm is at most `max_norm` (as
     /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
