@@ -47,3 +47,19 @@ impl Batch {
         self.input_ids.size()[0]
     }
 }
+
+/// Example indices sorted by length, for inference batches with little padding.
+pub fn length_order(encs: &[Encoded]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..encs.len()).collect();
+    order.sort_by_key(|&i| encs[i].len());
+    order
+}
+
+/// Puts rows computed in `order` (concatenated along dim 0) back into input order.
+pub fn restore_order(sorted: &Tensor, order: &[usize]) -> Tensor {
+    let mut inverse = vec![0i64; order.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        inverse[i] = pos as i64;
+    }
+    sorted.index_select(0, &Tensor::from_slice(&inverse).to_device(sorted.device()))
+}

@@ -118,8 +118,7 @@ impl Classifier {
         batch_size: usize,
         pad_id: i64,
     ) -> Tensor {
-        let mut order: Vec<usize> = (0..encs.len()).collect();
-        order.sort_by_key(|&i| encs[i].len());
+        let order = crate::batch::length_order(encs);
         let mut parts = Vec::new();
         tch::no_grad(|| {
             for chunk in order.chunks(batch_size.max(1)) {
@@ -138,12 +137,7 @@ impl Classifier {
                 });
             }
         });
-        let mut inverse = vec![0i64; order.len()];
-        for (pos, &i) in order.iter().enumerate() {
-            inverse[i] = pos as i64;
-        }
-        Tensor::cat(&parts, 0)
-            .index_select(0, &Tensor::from_slice(&inverse).to_device(self.device()))
+        crate::batch::restore_order(&Tensor::cat(&parts, 0), &order)
     }
 
     /// The normalizer (for statistics fitting and inspection).

@@ -12,8 +12,7 @@ use crate::tokenize::Encoded;
 /// Runs the model in eval mode over `encs` and returns the logits `[n, outputs]` on the CPU,
 /// in input order. Examples are batched by length so that little padding is computed.
 pub fn logits(model: &Classifier, encs: &[Encoded], batch_size: usize, pad_id: i64) -> Tensor {
-    let mut order: Vec<usize> = (0..encs.len()).collect();
-    order.sort_by_key(|&i| encs[i].len());
+    let order = crate::batch::length_order(encs);
     let device = model.device();
     let mut parts = Vec::new();
     tch::no_grad(|| {
@@ -29,12 +28,7 @@ pub fn logits(model: &Classifier, encs: &[Encoded], batch_size: usize, pad_id: i
             (Kind::Float, Device::Cpu),
         );
     }
-    let sorted = Tensor::cat(&parts, 0).to_device(Device::Cpu);
-    let mut inverse = vec![0i64; order.len()];
-    for (pos, &i) in order.iter().enumerate() {
-        inverse[i] = pos as i64;
-    }
-    sorted.index_select(0, &Tensor::from_slice(&inverse))
+    crate::batch::restore_order(&Tensor::cat(&parts, 0).to_device(Device::Cpu), &order)
 }
 
 /// Predicted class indices (argmax) or scores from logits.

@@ -71,8 +71,7 @@ fn embed_all(
     quiet: bool,
 ) -> (Tensor, Tensor) {
     let device = enc.vs.device();
-    let mut order: Vec<usize> = (0..encs.len()).collect();
-    order.sort_by_key(|&i| encs[i].len());
+    let order = clsnorm::batch::length_order(encs);
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -95,14 +94,9 @@ fn embed_all(
         }
     });
     bar.finish_and_clear();
-    let mut inverse = vec![0i64; order.len()];
-    for (pos, &i) in order.iter().enumerate() {
-        inverse[i] = pos as i64;
-    }
-    let inv = Tensor::from_slice(&inverse);
     (
-        Tensor::cat(&pooled, 0).index_select(0, &inv),
-        Tensor::cat(&cls, 0).index_select(0, &inv),
+        clsnorm::batch::restore_order(&Tensor::cat(&pooled, 0), &order),
+        clsnorm::batch::restore_order(&Tensor::cat(&cls, 0), &order),
     )
 }
 
@@ -155,11 +149,7 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
     };
     let ds = read_dataset(&path, &task, opts)?;
     let t0 = std::time::Instant::now();
-    let inputs: Vec<(&str, Option<&str>)> = ds
-        .examples
-        .iter()
-        .map(|e| (e.text.as_str(), e.text_pair.as_deref()))
-        .collect();
+    let inputs = ds.inputs();
     let encs = tok.encode_batch(&inputs)?;
     let (pooler, cls) = embed_all(&enc, &encs, a.batch_size, tok.pad_id(), a.quiet);
     let embed_secs = t0.elapsed().as_secs_f64();

@@ -79,11 +79,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         require_label: false,
     };
     let ds = read_dataset(&a.input, &task, opts)?;
-    let inputs: Vec<(&str, Option<&str>)> = ds
-        .examples
-        .iter()
-        .map(|e| (e.text.as_str(), e.text_pair.as_deref()))
-        .collect();
+    let inputs = ds.inputs();
     let encs = tok.encode_batch(&inputs)?;
     let logits = clsnorm::eval::logits(&model, &encs, a.ck.batch_size, tok.pad_id());
     let mut text = String::new();

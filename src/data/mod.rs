@@ -32,3 +32,13 @@ pub struct Dataset {
     /// Rows dropped by `--skip-bad-rows`.
     pub skipped: usize,
 }
+
+impl Dataset {
+    /// `(text, text_pair)` of every example, as the tokenizer takes them.
+    pub fn inputs(&self) -> Vec<(&str, Option<&str>)> {
+        self.examples
+            .iter()
+            .map(|e| (e.text.as_str(), e.text_pair.as_deref()))
+            .collect()
+    }
+}

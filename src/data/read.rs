@@ -385,45 +385,38 @@ pub fn read_dataset(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<D
         LabelSpace::Classes(c) => c.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect(),
         LabelSpace::Regression => HashMap::new(),
     };
-    let mut examples = Vec::with_capacity(rows.len());
-    for r in rows {
-        let label = match (&r.label, &spec.labels) {
-            (None, _) => None,
-            (Some(l), LabelSpace::Classes(classes)) => match index.get(l.as_str()) {
-                Some(&i) => Some(Label::Class(i)),
-                None => {
-                    let msg = format!(
+    let parse = |l: &str| -> std::result::Result<Label, String> {
+        match &spec.labels {
+            LabelSpace::Classes(classes) => {
+                index.get(l).map(|&i| Label::Class(i)).ok_or_else(|| {
+                    format!(
                         "unknown label '{l}' (expected one of: {})",
                         classes.join(", ")
-                    );
-                    if opts.skip_bad_rows {
-                        tracing::warn!("{}:{}: skipped: {msg}", path.display(), r.line);
-                        skipped += 1;
-                        continue;
-                    }
-                    return Err(Error::Data {
-                        path: path.to_path_buf(),
-                        line: r.line,
-                        msg,
-                    });
-                }
+                    )
+                })
+            }
+            LabelSpace::Regression => match l.parse::<f32>() {
+                Ok(v) if v.is_finite() => Ok(Label::Score(v)),
+                _ => Err(format!("regression target '{l}' is not a finite number")),
             },
-            (Some(l), LabelSpace::Regression) => match l.parse::<f32>() {
-                Ok(v) if v.is_finite() => Some(Label::Score(v)),
-                _ => {
-                    let msg = format!("regression target '{l}' is not a finite number");
-                    if opts.skip_bad_rows {
-                        tracing::warn!("{}:{}: skipped: {msg}", path.display(), r.line);
-                        skipped += 1;
-                        continue;
-                    }
-                    return Err(Error::Data {
-                        path: path.to_path_buf(),
-                        line: r.line,
-                        msg,
-                    });
-                }
-            },
+        }
+    };
+    let mut examples = Vec::with_capacity(rows.len());
+    for r in rows {
+        let label = match r.label.as_deref().map(parse).transpose() {
+            Ok(label) => label,
+            Err(msg) if opts.skip_bad_rows => {
+                tracing::warn!("{}:{}: skipped: {msg}", path.display(), r.line);
+                skipped += 1;
+                continue;
+            }
+            Err(msg) => {
+                return Err(Error::Data {
+                    path: path.to_path_buf(),
+                    line: r.line,
+                    msg,
+                })
+            }
         };
         examples.push(Example {
             line: r.line,

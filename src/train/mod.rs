@@ -159,11 +159,7 @@ pub struct Tokenized {
 impl Tokenized {
     /// Tokenizes a labelled dataset once, up front.
     pub fn new(tok: &TextTokenizer, ds: &Dataset) -> Result<Self> {
-        let inputs: Vec<(&str, Option<&str>)> = ds
-            .examples
-            .iter()
-            .map(|e| (e.text.as_str(), e.text_pair.as_deref()))
-            .collect();
+        let inputs = ds.inputs();
         let encs = tok.encode_batch(&inputs)?;
         let labels = ds
             .examples
