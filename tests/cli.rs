@@ -380,3 +380,90 @@ fn every_normalizer_fine_tunes() {
         "fancy",
     );
 }
+
+#[test]
+fn analyze_and_compare_grads_write_reports_and_pictures() {
+    let _g = common::torch_rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (tmp.path().join("m"), tmp.path().join("glue"));
+    common::tiny_model_dir(&model, 3);
+    common::write_toy_sst(&data, 40, 8, 1);
+    let out = tmp.path().join("an");
+    ok(&clsnorm(&[
+        "analyze",
+        "--model",
+        p(&model),
+        "--task",
+        "sst2",
+        "--data-dir",
+        p(&data),
+        "--norm",
+        "isobn",
+        "--output",
+        p(&out),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]));
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("analysis.json")).unwrap()).unwrap();
+    assert_eq!(doc["examples"], 40);
+    assert_eq!(doc["sources"]["pooler"]["raw"]["d"], 32);
+    assert!(
+        doc["sources"]["hidden"]["normalized"]["stats"]["effective_dim"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    for f in [
+        "analysis.md",
+        "pooler_std_hist.png",
+        "hidden_spectrum.svg",
+        "pooler_corr_isobn.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let mut runs = Vec::new();
+    for norm in ["none", "isobn"] {
+        let run = tmp.path().join(norm);
+        ok(&clsnorm(&[
+            "finetune",
+            "--model",
+            p(&model),
+            "--task",
+            "sst2",
+            "--data-dir",
+            p(&data),
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--max-len",
+            "16",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--trace-grads",
+            "--norm",
+            norm,
+            "--output",
+            p(&run),
+        ]));
+        runs.push(run);
+    }
+    let pics = tmp.path().join("pics");
+    let summary: serde_json::Value = serde_json::from_str(&ok(&clsnorm(&[
+        "compare-grads",
+        p(&runs[0]),
+        p(&runs[1]),
+        "--output",
+        p(&pics),
+    ])))
+    .unwrap();
+    assert_eq!(summary["isobn"]["updates"], 4);
+    assert!(pics.join("grads_cls.png").is_file() && pics.join("grads_global.svg").is_file());
+    fails(
+        &clsnorm(&["compare-grads", p(&runs[0]), p(&tmp.path().join("nothing"))]),
+        "--trace-grads",
+    );
+}

@@ -318,3 +318,79 @@ pub fn markdown(
     }
     md
 }
+
+/// One traced run for [`grad_curves`]: a label and (step, value) points.
+pub struct Curve {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RAW,
+    AFTER,
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+];
+
+fn curves_chart<DB: DrawingBackend>(
+    root: &Area<DB>,
+    title: &str,
+    y_desc: &str,
+    curves: &[Curve],
+) -> Drawn<DB> {
+    root.fill(&WHITE)?;
+    let pts = curves.iter().flat_map(|c| c.points.iter());
+    let xmax = pts.clone().map(|p| p.0).fold(1.0, f64::max);
+    let lo = pts
+        .clone()
+        .map(|p| p.1)
+        .filter(|v| *v > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let lo = if lo.is_finite() { lo } else { 1e-6 };
+    let hi = pts.map(|p| p.1).fold(lo * 10.0, f64::max);
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..xmax, (lo * 0.8..hi * 1.25).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("update")
+        .y_desc(y_desc)
+        .draw()?;
+    for (i, c) in curves.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(
+                c.points.iter().copied().filter(|p| p.1 > 0.0),
+                color.stroke_width(1),
+            ))?
+            .label(c.label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()
+}
+
+/// Writes `STEM.png` and `STEM.svg`: the curves over updates, log-scaled y.
+pub fn grad_curves(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    y_desc: &str,
+    curves: &[Curve],
+) -> Result<()> {
+    draw_both!(dir, stem.to_string(), (900, 520), |a| curves_chart(
+        &a, title, y_desc, curves
+    ));
+    Ok(())
+}

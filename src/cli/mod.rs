@@ -1,5 +1,6 @@
 //! Subcommands and the options they share.
 mod analyze;
+mod compare;
 mod embed;
 mod finetune;
 mod predict;
@@ -32,6 +33,8 @@ pub enum Command {
     Evaluate(predict::EvaluateArgs),
     /// Statistics and pictures of the [CLS] embeddings of a model on a dataset.
     Analyze(Box<analyze::AnalyzeArgs>),
+    /// Overlay the gradient traces of runs trained with --trace-grads (e.g. none vs isobn).
+    CompareGrads(compare::CompareGradsArgs),
 }
 
 /// Options every command that runs a model takes.
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(a) => predict::predict(a),
         Command::Evaluate(a) => predict::evaluate(a),
         Command::Analyze(a) => analyze::run(*a),
+        Command::CompareGrads(a) => compare::run(a),
     }
 }
 

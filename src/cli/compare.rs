@@ -1,0 +1,95 @@
+//! `clsnorm compare-grads`: overlays the gradient traces (`grads.jsonl`) of several runs.
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use clsnorm::analyze::plots::{grad_curves, Curve};
+use clsnorm::train::GradRecord;
+
+#[derive(Debug, Args)]
+pub struct CompareGradsArgs {
+    /// Run directories trained with --trace-grads.
+    #[arg(required = true, num_args = 2..)]
+    pub runs: Vec<PathBuf>,
+    /// Where to write the pictures (default: the current directory).
+    #[arg(long, default_value = ".")]
+    pub output: PathBuf,
+}
+
+pub fn run(a: CompareGradsArgs) -> anyhow::Result<()> {
+    let mut traces = Vec::new();
+    for run in &a.runs {
+        let path = run.join("grads.jsonl");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{} (was the run trained with --trace-grads?)",
+                path.display()
+            )
+        })?;
+        let recs = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str::<GradRecord>(l)
+                    .with_context(|| format!("{}:{}: not a gradient record", path.display(), i + 1))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if recs.is_empty() {
+            bail!("{} is empty", path.display());
+        }
+        let label = run.file_name().map_or_else(
+            || run.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        traces.push((label, recs));
+    }
+    std::fs::create_dir_all(&a.output)
+        .with_context(|| format!("creating {}", a.output.display()))?;
+    let curves = |f: &dyn Fn(&GradRecord) -> f64| -> Vec<Curve> {
+        traces
+            .iter()
+            .map(|(label, recs)| Curve {
+                label: label.clone(),
+                points: recs.iter().map(|r| (r.step as f64, f(r))).collect(),
+            })
+            .collect()
+    };
+    grad_curves(
+        &a.output,
+        "grads_cls",
+        "Gradient norm w.r.t. the [CLS] vector (before the normalizer)",
+        "||dL/d[CLS]|| (log scale)",
+        &curves(&|r| r.cls_grad_norm),
+    )?;
+    grad_curves(
+        &a.output,
+        "grads_global",
+        "Global gradient norm",
+        "||grad|| (log scale)",
+        &curves(&|r| r.global_grad_norm),
+    )?;
+    grad_curves(
+        &a.output,
+        "grads_max_dim",
+        "Largest per-dimension [CLS] gradient",
+        "max_j ||dL/dh_j|| (log scale)",
+        &curves(&|r| r.max_dim_grad),
+    )?;
+    let mut summary = serde_json::Map::new();
+    for (label, recs) in &traces {
+        let mean =
+            |f: &dyn Fn(&GradRecord) -> f64| recs.iter().map(f).sum::<f64>() / recs.len() as f64;
+        let max = |f: &dyn Fn(&GradRecord) -> f64| recs.iter().map(f).fold(0.0, f64::max);
+        summary.insert(
+            label.clone(),
+            serde_json::json!({
+                "updates": recs.len(),
+                "cls_grad_norm_mean": mean(&|r| r.cls_grad_norm),
+                "cls_grad_norm_max": max(&|r| r.cls_grad_norm),
+                "global_grad_norm_mean": mean(&|r| r.global_grad_norm),
+                "global_grad_norm_max": max(&|r| r.global_grad_norm),
+            }),
+        );
+    }
+    super::print_stdout(&serde_json::to_string_pretty(&summary)?)
+}
