@@ -26,6 +26,7 @@ done
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 PY=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore
 command -v "$PY" >/dev/null || { echo "setup.sh: $PY not found; clsnorm's setup needs Python 3 with pip to fetch libtorch from PyPI" >&2; exit 1; }
 
 sha256() { "$PY" -c 'import hashlib,sys; h=hashlib.sha256(); f=open(sys.argv[1],"rb")
