@@ -46,7 +46,7 @@ fn std_hist<DB: DrawingBackend>(
         .unwrap_or(1) as f64
         * 1.1;
     let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 22))
+        .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
@@ -108,7 +108,7 @@ fn sorted_curve<DB: DrawingBackend>(
         .max(1e-12);
     let hi = vals.copied().fold(0.0, f64::max).max(lo * 10.0);
     let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 22))
+        .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -150,7 +150,7 @@ fn corr_heatmap<DB: DrawingBackend>(root: &Area<DB>, title: &str, det: &Details)
     let mut order: Vec<usize> = (0..d).collect();
     order.sort_by(|&a, &b| det.pc1[a].total_cmp(&det.pc1[b]));
     let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 22))
+        .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
@@ -238,12 +238,12 @@ pub fn write_all(
     draw_both!(dir, format!("{source}_spectrum"), (800, 500), |a| {
         sorted_curve(&a, &t, "fraction of variance (log scale)", &fr, fa_ref)
     });
-    let t = format!("Correlation between dimensions, {what}");
+    let t = format!("Correlation between dimensions, {what} (blue -1, white 0, red +1)");
     draw_both!(dir, format!("{source}_corr"), (720, 720), |a| corr_heatmap(
         &a, &t, raw
     ));
     if let Some((name, d)) = after {
-        let t = format!("Correlation after {name}, {what}");
+        let t = format!("Correlation after {name}, {what} (blue -1, white 0, red +1)");
         draw_both!(dir, format!("{source}_corr_{name}"), (720, 720), |a| {
             corr_heatmap(&a, &t, d)
         });
@@ -351,7 +351,7 @@ fn curves_chart<DB: DrawingBackend>(
     let lo = if lo.is_finite() { lo } else { 1e-6 };
     let hi = pts.map(|p| p.1).fold(lo * 10.0, f64::max);
     let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 22))
+        .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
