@@ -61,6 +61,9 @@ fn planted_structure_gives_the_known_answers() {
         [0, 2]
     );
     close("std max/median", s.dim_std.max_over_median, 3.0 / 1.0);
+    // Signed means sorted -1, 0, 0, 0, 0.5, 10 (median 0); |means| have median 0.25, ratio 40.
+    close("mean median", s.dim_mean.median, 0.0);
+    close("|mean| max/median", s.dim_mean.max_over_median, 40.0);
     // Second moments m² + s²: 109, 0.25, 5, 1, 1, 0.3125.
     let total = 116.5625;
     close("top1", s.second_moment_top1, 109.0 / total);

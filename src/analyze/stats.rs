@@ -55,6 +55,7 @@ pub struct EmbeddingStats {
     pub avg_norm: f64,
     /// ||E[h]|| / E[||h||]: 0 for centred data, 1 when every vector is the same.
     pub centring_ratio: f64,
+    /// Per-dimension means (signed min/median/max; the ratio is max |mean| / median |mean|).
     pub dim_mean: Spread,
     pub dim_std: Spread,
     /// Largest |mean| dimensions (signed means).
@@ -220,7 +221,12 @@ pub fn compute(x: &Tensor, cosine_sample: usize, seed: u64) -> (EmbeddingStats, 
         } else {
             0.0
         },
-        dim_mean: Spread::of(&mean),
+        dim_mean: Spread {
+            // Signed means straddle 0, so their ratio compares magnitudes.
+            max_over_median: Spread::of(&mean.iter().map(|m| m.abs()).collect::<Vec<_>>())
+                .max_over_median,
+            ..Spread::of(&mean)
+        },
         dim_std: Spread::of(&std),
         top_abs_mean: top_k(&mean, 5, f64::abs),
         top_std: top_k(&std, 5, |v| v),
