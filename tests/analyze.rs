@@ -137,3 +137,22 @@ fn large_offsets_stay_accurate_and_subsets_are_seeded() {
     assert_eq!(a.mean_pairwise_cosine, b.mean_pairwise_cosine);
     assert_ne!(a.mean_pairwise_cosine, c.mean_pairwise_cosine);
 }
+
+#[test]
+fn pictures_of_a_384_dim_embedding_stay_small() {
+    let x = Tensor::randn([200, 384], (Kind::Float, tch::Device::Cpu));
+    let (_, det) = compute(&x, 50, 1);
+    let dir = tempfile::tempdir().unwrap();
+    clsnorm::analyze::plots::write_all(dir.path(), "hidden", &det, Some(("isobn", &det))).unwrap();
+    for stem in ["std_hist", "mean_sorted", "spectrum", "corr", "corr_isobn"] {
+        for ext in ["png", "svg"] {
+            let p = dir.path().join(format!("hidden_{stem}.{ext}"));
+            let len = std::fs::metadata(&p).unwrap().len();
+            assert!(len > 1000, "{} is {len} bytes", p.display());
+            // The full-resolution SVG heat map was 12.6 MB; block means keep it near 1 MB.
+            assert!(len < 2_000_000, "{} is {len} bytes", p.display());
+        }
+    }
+    let svg = std::fs::read_to_string(dir.path().join("hidden_corr.svg")).unwrap();
+    assert!(svg.contains("4x4 block means"));
+}

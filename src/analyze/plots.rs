@@ -143,14 +143,27 @@ fn sorted_curve<DB: DrawingBackend>(
 }
 
 /// Correlation matrix heat map, dimensions ordered by their first-principal-component loading so
-/// that correlated groups form blocks. Blue -1, white 0, red +1.
-fn corr_heatmap<DB: DrawingBackend>(root: &Area<DB>, title: &str, det: &Details) -> Drawn<DB> {
+/// that correlated groups form blocks. Blue -1, white 0, red +1. At most `cells` x `cells`
+/// rectangles are drawn, each the mean correlation of its block of dimensions: a full 384x384
+/// SVG has 147k rectangles (12 MB), so the SVG gets block means and the PNG every entry.
+fn corr_heatmap<DB: DrawingBackend>(
+    root: &Area<DB>,
+    title: &str,
+    det: &Details,
+    cells: usize,
+) -> Drawn<DB> {
     root.fill(&WHITE)?;
     let d = det.std.len();
     let mut order: Vec<usize> = (0..d).collect();
     order.sort_by(|&a, &b| det.pc1[a].total_cmp(&det.pc1[b]));
+    let block = d.div_ceil(cells.max(1)).max(1);
+    let title = if block > 1 {
+        format!("{title}, {block}x{block} block means")
+    } else {
+        title.to_string()
+    };
     let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 20))
+        .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
@@ -170,14 +183,46 @@ fn corr_heatmap<DB: DrawingBackend>(root: &Area<DB>, title: &str, det: &Details)
         };
         RGBColor(r as u8, g as u8, b as u8)
     };
-    chart.draw_series((0..d).flat_map(|i| {
-        let order = &order;
-        (0..d).map(move |j| {
-            let c = det.corr[order[i] * d + order[j]];
-            Rectangle::new([(i, j), (i + 1, j + 1)], color(c).filled())
+    let span = |i: usize| i * block..((i + 1) * block).min(d);
+    let mean = |bi: usize, bj: usize| {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for i in span(bi) {
+            for j in span(bj) {
+                sum += det.corr[order[i] * d + order[j]];
+                n += 1;
+            }
+        }
+        sum / n.max(1) as f64
+    };
+    let n = d.div_ceil(block);
+    chart.draw_series((0..n).flat_map(|bi| {
+        (0..n).map(move |bj| {
+            let (x, y) = (span(bi), span(bj));
+            Rectangle::new(
+                [(x.start, y.start), (x.end, y.end)],
+                color(mean(bi, bj)).filled(),
+            )
         })
     }))?;
     root.present()
+}
+
+/// Cells per axis of the SVG heat map (see [`corr_heatmap`]).
+const SVG_HEATMAP_CELLS: usize = 96;
+
+/// Draws a correlation heat map as `STEM.png` (every entry) and `STEM.svg` (block means).
+fn heatmap_files(dir: &Path, stem: &str, title: &str, det: &Details) -> Result<()> {
+    let png = dir.join(format!("{stem}.png"));
+    {
+        let a = BitMapBackend::new(&png, (720, 720)).into_drawing_area();
+        corr_heatmap(&a, title, det, usize::MAX)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", png.display())))?;
+    }
+    let svg = dir.join(format!("{stem}.svg"));
+    let a = SVGBackend::new(&svg, (720, 720)).into_drawing_area();
+    corr_heatmap(&a, title, det, SVG_HEATMAP_CELLS)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", svg.display())))?;
+    Ok(())
 }
 
 /// Draws the same chart as `STEM.png` and `STEM.svg`.
@@ -239,14 +284,10 @@ pub fn write_all(
         sorted_curve(&a, &t, "fraction of variance (log scale)", &fr, fa_ref)
     });
     let t = format!("Correlation between dimensions, {what} (blue -1, white 0, red +1)");
-    draw_both!(dir, format!("{source}_corr"), (720, 720), |a| corr_heatmap(
-        &a, &t, raw
-    ));
+    heatmap_files(dir, &format!("{source}_corr"), &t, raw)?;
     if let Some((name, d)) = after {
         let t = format!("Correlation after {name}, {what} (blue -1, white 0, red +1)");
-        draw_both!(dir, format!("{source}_corr_{name}"), (720, 720), |a| {
-            corr_heatmap(&a, &t, d)
-        });
+        heatmap_files(dir, &format!("{source}_corr_{name}"), &t, d)?;
     }
     Ok(())
 }
