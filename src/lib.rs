@@ -12,6 +12,9 @@ pub mod error;
 pub mod eval;
 pub mod metrics;
 pub mod normalize;
+mod plot;
+pub mod report;
+pub mod sweep;
 pub mod tokenize;
 pub mod train;
 

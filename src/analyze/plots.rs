@@ -2,17 +2,14 @@
 //! ties them together.
 use std::path::Path;
 
-use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::stats::{Details, EmbeddingStats};
 use crate::error::{Error, Result};
+use crate::plot::{draw_both, Area, Drawn, PALETTE};
 
-type Area<DB> = DrawingArea<DB, Shift>;
-type Drawn<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
-
-const RAW: RGBColor = RGBColor(31, 119, 180);
-const AFTER: RGBColor = RGBColor(214, 39, 40);
+const RAW: RGBColor = PALETTE[0];
+const AFTER: RGBColor = PALETTE[1];
 
 /// Per-dimension std as a histogram (count of dimensions per std bin).
 fn std_hist<DB: DrawingBackend>(
@@ -225,22 +222,6 @@ fn heatmap_files(dir: &Path, stem: &str, title: &str, det: &Details) -> Result<(
     Ok(())
 }
 
-/// Draws the same chart as `STEM.png` and `STEM.svg`.
-macro_rules! draw_both {
-    ($dir:expr, $stem:expr, $size:expr, |$a:ident| $body:expr) => {{
-        let png = $dir.join(format!("{}.png", $stem));
-        {
-            let $a = BitMapBackend::new(&png, $size).into_drawing_area();
-            $body.map_err(|e| Error::Invalid(format!("{}: {e}", png.display())))?;
-        }
-        let svg = $dir.join(format!("{}.svg", $stem));
-        {
-            let $a = SVGBackend::new(&svg, $size).into_drawing_area();
-            $body.map_err(|e| Error::Invalid(format!("{}: {e}", svg.display())))?;
-        }
-    }};
-}
-
 /// Writes the pictures of one vector source (`hidden` or `pooler`), with the normalized
 /// statistics overlaid when given.
 pub fn write_all(
@@ -365,15 +346,6 @@ pub struct Curve {
     pub label: String,
     pub points: Vec<(f64, f64)>,
 }
-
-const PALETTE: [RGBColor; 6] = [
-    RAW,
-    AFTER,
-    RGBColor(44, 160, 44),
-    RGBColor(148, 103, 189),
-    RGBColor(255, 127, 14),
-    RGBColor(23, 190, 207),
-];
 
 fn curves_chart<DB: DrawingBackend>(
     root: &Area<DB>,

@@ -4,6 +4,7 @@ mod compare;
 mod embed;
 mod finetune;
 mod predict;
+mod sweep;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,10 @@ pub enum Command {
     Analyze(Box<analyze::AnalyzeArgs>),
     /// Overlay the gradient traces of runs trained with --trace-grads (e.g. none vs isobn).
     CompareGrads(compare::CompareGradsArgs),
+    /// Run a sweep (tasks x normalizers x seeds x options) from a TOML file, or a shard of it.
+    Sweep(sweep::SweepArgs),
+    /// Compare the runs of a sweep: report.md, results.csv, results.json and curves.
+    Report(sweep::ReportArgs),
 }
 
 /// Options every command that runs a model takes.
@@ -68,6 +73,8 @@ pub fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // No colour codes in log files (e.g. a sweep's logs/RUN.log).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -80,6 +87,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evaluate(a) => predict::evaluate(a),
         Command::Analyze(a) => analyze::run(*a),
         Command::CompareGrads(a) => compare::run(a),
+        Command::Sweep(a) => sweep::sweep(a),
+        Command::Report(a) => sweep::report(a),
     }
 }
 

@@ -44,6 +44,9 @@ pub struct TrainState {
     /// Losses added on the device since the last flush into `loss_sum` (flushes happen every
     /// 10 updates and at epoch end, so a resumed run sums in the same order).
     pub loss_pending: f32,
+    /// Updates whose losses are in `loss_pending` (for `train_loss.jsonl`).
+    #[serde(default)]
+    pub pending_updates: usize,
     /// Non-pad tokens and seconds of training in the current epoch so far.
     pub epoch_tokens: usize,
     pub epoch_train_secs: f64,

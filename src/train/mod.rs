@@ -218,6 +218,24 @@ pub struct EpochRecord {
     pub train_tokens_per_sec: f64,
 }
 
+/// Name of the training-loss log in a run directory.
+pub const LOSS_FILE: &str = "train_loss.jsonl";
+
+/// One line of `train_loss.jsonl`: the mean training loss of the updates since the previous
+/// line (written every 10 updates and at the end of each epoch).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LossRecord {
+    /// Update number of the last update in the window (1-based).
+    pub step: usize,
+    /// 1-based epoch.
+    pub epoch: usize,
+    pub loss: f64,
+    /// Updates averaged.
+    pub updates: usize,
+    /// Learning rate of the last update.
+    pub lr: f64,
+}
+
 /// One line of `grads.jsonl` (with `--trace-grads`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GradRecord {
@@ -313,6 +331,21 @@ fn append_line(path: &Path, value: &impl Serialize) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// Rewrites a JSON-lines file of per-update records, keeping those of updates up to `last`.
+fn keep_steps_up_to<R: serde::de::DeserializeOwned>(
+    path: &Path,
+    last: usize,
+    step: impl Fn(&R) -> usize,
+) -> Result<()> {
+    let kept: String = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| serde_json::from_str::<R>(l).is_ok_and(|r| step(&r) <= last))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    atomic::write_bytes(path, kept.as_bytes())
+}
+
 /// Reads `metrics.jsonl`, keeping the records of epochs before `before` (1-based epochs <
 /// `before`): on resume, records written after the checkpoint are dropped.
 fn read_records(path: &Path, before: usize) -> Result<Vec<EpochRecord>> {
@@ -366,6 +399,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
     let best_dir = out.join("best");
     let metrics_path = out.join("metrics.jsonl");
     let grads_path = out.join("grads.jsonl");
+    let loss_path = out.join(LOSS_FILE);
     if job.resume {
         if !run_config_path.is_file() {
             return Err(Error::Invalid(format!(
@@ -481,17 +515,10 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         .collect();
     atomic::write_bytes(&metrics_path, body.as_bytes())?;
 
+    // Keep the per-update records up to the checkpoint (a resumed run rewrites the rest).
+    keep_steps_up_to::<LossRecord>(&loss_path, state.global_step, |r| r.step)?;
     if cfg.trace_grads {
-        // Keep the records of updates up to the checkpoint (a resumed run rewrites the rest).
-        let kept: String = std::fs::read_to_string(&grads_path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<GradRecord>(l).is_ok_and(|r| r.step <= state.global_step)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        atomic::write_bytes(&grads_path, kept.as_bytes())?;
+        keep_steps_up_to::<GradRecord>(&grads_path, state.global_step, |r| r.step)?;
     }
     let mut opt = AdamW::new(cfg.adam, model.trainable());
     if let Some(t) = &opt_state {
@@ -543,7 +570,9 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         let order = epoch_order(n, cfg.seed, state.epoch);
         let batches: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
         let mut loss_acc = Tensor::from(state.loss_pending).to_device(job.device);
+        let mut window_updates = state.pending_updates;
         state.loss_pending = 0.0;
+        state.pending_updates = 0;
         let mut window = (Instant::now(), 0usize);
         while state.batch < batches.len() && state.global_step < total_steps {
             let step_start = Instant::now();
@@ -587,6 +616,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
             let lr = sched.lr_at(state.global_step);
             opt.step(lr);
             loss_acc += loss.detach();
+            window_updates += 1;
             state.global_step += 1;
             state.batch += 1;
             state.loss_count += 1;
@@ -594,7 +624,19 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
             window.1 += batch.n_tokens;
             state.epoch_train_secs += step_start.elapsed().as_secs_f64();
             if state.global_step % 10 == 0 || state.batch == batches.len() {
-                state.loss_sum += loss_acc.double_value(&[]);
+                let window_sum = loss_acc.double_value(&[]);
+                state.loss_sum += window_sum;
+                append_line(
+                    &loss_path,
+                    &LossRecord {
+                        step: state.global_step,
+                        epoch: state.epoch + 1,
+                        loss: window_sum / window_updates.max(1) as f64,
+                        updates: window_updates,
+                        lr,
+                    },
+                )?;
+                window_updates = 0;
                 loss_acc = Tensor::zeros([], (Kind::Float, job.device));
                 let tps = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
                 window = (Instant::now(), 0);
@@ -611,6 +653,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                 && state.batch < batches.len()
             {
                 state.loss_pending = loss_acc.double_value(&[]) as f32;
+                state.pending_updates = window_updates;
                 state.elapsed_secs = elapsed_before + run_start.elapsed().as_secs_f64();
                 checkpoint::save(
                     &last_dir,
@@ -620,6 +663,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                     job.model_dir,
                 )?;
                 state.loss_pending = 0.0;
+                state.pending_updates = 0;
                 if stop {
                     interrupted = true;
                     break;

@@ -1,0 +1,254 @@
+//! `clsnorm sweep` runs (a shard of) a sweep, each run as a `clsnorm finetune` child process;
+//! `clsnorm report` writes the comparison.
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser};
+use clsnorm::report::{Invocation, Report, INVOCATIONS_FILE};
+use clsnorm::sweep::{status, Shard, SweepConfig, SweepPlan, PLAN_FILE};
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The sweep file (TOML; see examples/minilm-cpu.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Run only the runs at positions I, I+N, I+2N, ... of the plan (0-based I).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// Print the runs (name, status, command) instead of running them.
+    #[arg(long)]
+    pub list: bool,
+    /// Runs executed at the same time on this machine, each with cores/K libtorch threads
+    /// unless the sweep sets `threads`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The sweep directory (holding sweep.json).
+    pub sweep_dir: PathBuf,
+    /// Where to write report.md, results.csv, results.json and the pictures (default: the
+    /// sweep directory).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+/// Parses every run's command as `clsnorm` would, so that a typo fails now and not hours in.
+fn validate(plan: &SweepPlan) -> anyhow::Result<()> {
+    for run in &plan.runs {
+        let words = std::iter::once("clsnorm".to_string()).chain(run.command(&plan.dir));
+        let cli = super::Cli::try_parse_from(words)
+            .map_err(|e| anyhow::anyhow!("run {}: {}", run.name, e.render().to_string().trim()))?;
+        if let super::Command::Finetune(a) = cli.command {
+            a.norm
+                .config()
+                .with_context(|| format!("run {}", run.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to reuse a sweep directory whose runs were planned with other arguments.
+fn check_existing_plan(plan: &SweepPlan) -> anyhow::Result<()> {
+    let path = plan.dir.join(PLAN_FILE);
+    if !path.is_file() {
+        return Ok(());
+    }
+    let old = SweepPlan::load(&plan.dir)?;
+    for run in &plan.runs {
+        if let Some(o) = old.runs.iter().find(|o| o.name == run.name) {
+            if o.args != run.args {
+                bail!(
+                    "{} plans run {} with other options ({}); use another `output` for a changed sweep",
+                    path.display(),
+                    run.name,
+                    shell_words::join(&o.args)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
+    let cfg = SweepConfig::from_file(&a.config)?;
+    let plan = cfg.expand(&a.config)?;
+    validate(&plan)?;
+    let shard = a.shard.unwrap_or(Shard { index: 0, count: 1 });
+    let selected: Vec<usize> = (0..plan.runs.len())
+        .filter(|&i| shard.contains(i))
+        .collect();
+    if a.list {
+        let mut out = String::new();
+        for &i in &selected {
+            let run = &plan.runs[i];
+            let st = status(&plan.dir.join(&run.dir));
+            let cmd = plan
+                .next_command(run)
+                .unwrap_or_else(|| run.command(&plan.dir));
+            let words = std::iter::once("clsnorm".to_string()).chain(cmd);
+            out.push_str(&format!(
+                "{}\t{}\t{}\n",
+                run.name,
+                serde_json::to_value(st)?.as_str().unwrap_or("?"),
+                shell_words::join(words)
+            ));
+        }
+        return super::print_stdout(out.trim_end());
+    }
+    check_existing_plan(&plan)?;
+    std::fs::create_dir_all(plan.dir.join("logs"))
+        .with_context(|| format!("creating {}", plan.dir.display()))?;
+    clsnorm::atomic::write_json(&plan.dir.join(PLAN_FILE), &plan)?;
+
+    let todo: VecDeque<(usize, Vec<String>)> = selected
+        .iter()
+        .filter_map(|&i| plan.next_command(&plan.runs[i]).map(|c| (i, c)))
+        .collect();
+    let skipped = selected.len() - todo.len();
+    let jobs = usize::from(a.jobs);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) / jobs;
+    tracing::info!(
+        runs = plan.runs.len(),
+        shard = format!("{}/{}", shard.index, shard.count),
+        selected = selected.len(),
+        already_done = skipped,
+        jobs,
+        "sweep {} in {}",
+        plan.name,
+        plan.dir.display()
+    );
+    let exe = std::env::current_exe().context("locating the clsnorm executable")?;
+    let started = Instant::now();
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let total = todo.len();
+    let queue = Mutex::new(todo);
+    let failed: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} runs {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(total.max(1)) {
+            s.spawn(|| loop {
+                let next = queue.lock().map(|mut q| q.pop_front()).ok().flatten();
+                let Some((i, cmd)) = next else { break };
+                let run = &plan.runs[i];
+                bar.set_message(run.name.clone());
+                let t0 = Instant::now();
+                let result = run_child(
+                    &exe,
+                    &cmd,
+                    threads.max(1),
+                    &plan.dir.join("logs"),
+                    &run.name,
+                );
+                let secs = t0.elapsed().as_secs_f64();
+                bar.suspend(|| match &result {
+                    Ok(()) => tracing::info!("{} finished in {:.1} min", run.name, secs / 60.0),
+                    Err(e) => tracing::error!("{} failed: {e:#}", run.name),
+                });
+                if result.is_err() {
+                    if let Ok(mut f) = failed.lock() {
+                        f.push(run.name.clone());
+                    }
+                }
+                bar.inc(1);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let failed = failed.into_inner().unwrap_or_default();
+    let inv = Invocation {
+        shard: format!("{}/{}", shard.index, shard.count),
+        jobs,
+        started_unix,
+        wall_secs: started.elapsed().as_secs_f64(),
+        executed: total,
+        failed: failed.len(),
+    };
+    append_invocation(&plan.dir, &inv)?;
+    tracing::info!(
+        "{} run(s) executed, {} already done, {} failed, in {:.1} min; `clsnorm report {}` writes the comparison",
+        total,
+        skipped,
+        failed.len(),
+        inv.wall_secs / 60.0,
+        plan.dir.display()
+    );
+    if !failed.is_empty() {
+        bail!(
+            "{} run(s) failed (logs in {}): {}",
+            failed.len(),
+            plan.dir.join("logs").display(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs `clsnorm CMD --quiet`, its output appended to `logs/NAME.log`.
+fn run_child(
+    exe: &Path,
+    cmd: &[String],
+    threads: usize,
+    logs: &Path,
+    name: &str,
+) -> anyhow::Result<()> {
+    let log_path = logs.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut c = std::process::Command::new(exe);
+    c.args(cmd).arg("--quiet");
+    if !cmd.iter().any(|w| w == "--threads") {
+        c.arg("--threads").arg(threads.to_string());
+    }
+    let status = c
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    if !status.success() {
+        bail!("{status}; see {}", log_path.display());
+    }
+    Ok(())
+}
+
+fn append_invocation(dir: &Path, inv: &Invocation) -> anyhow::Result<()> {
+    use std::io::Write;
+    let path = dir.join(INVOCATIONS_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(inv)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn report(a: ReportArgs) -> anyhow::Result<()> {
+    let report = Report::build(&a.sweep_dir)?;
+    let out = a.output.unwrap_or_else(|| a.sweep_dir.clone());
+    report.write(&out)?;
+    let done = report.runs.iter().filter(|r| r.best.is_some()).count();
+    tracing::info!(
+        "{done} of {} runs finished; wrote {}",
+        report.runs.len(),
+        out.join("report.md").display()
+    );
+    super::print_stdout(&report.csv())
+}

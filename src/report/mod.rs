@@ -1,0 +1,421 @@
+//! `clsnorm report`: reads the runs of a sweep and writes the comparison the papers make —
+//! per task and normalizer, the median, mean and spread over seeds of the best-epoch and
+//! final-epoch dev metric, each normalizer's paired difference to `none`, a GLUE-style
+//! average, curves, and the list of runs that are missing.
+pub mod plots;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::atomic;
+use crate::error::{Error, Result};
+use crate::sweep::{status, PlannedRun, RunStatus, SweepPlan};
+use crate::train::{EpochRecord, GradRecord, LossRecord, Summary, LOSS_FILE};
+use stats::{sign_flip_p, spread, Spread};
+
+/// What one run directory holds (metric values are x100, as GLUE tables print them).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub name: String,
+    pub task: String,
+    pub variant: String,
+    pub norm: String,
+    pub seed: u64,
+    pub status: RunStatus,
+    /// Primary dev metric's name (from the run's summary or epochs).
+    pub metric: Option<String>,
+    /// Best-epoch and final-epoch primary dev metric, x100 (finished runs only).
+    pub best: Option<f64>,
+    pub last: Option<f64>,
+    /// Primary dev metric per finished epoch, x100 (also for interrupted runs).
+    pub epochs: Vec<f64>,
+    pub wall_secs: Option<f64>,
+    #[serde(skip)]
+    pub loss: Vec<(usize, f64)>,
+    #[serde(skip)]
+    pub cls_grad: Vec<(usize, f64)>,
+}
+
+/// Reads a JSON-lines file; a missing file is empty, and a torn last line (a run killed while
+/// appending) is ignored.
+fn read_jsonl<R: serde::de::DeserializeOwned>(path: &Path) -> Vec<R> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Reads the run directory of `run` in the sweep at `sweep_dir`.
+pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
+    let dir = sweep_dir.join(&run.dir);
+    let st = status(&dir);
+    let epochs: Vec<EpochRecord> = read_jsonl(&dir.join("metrics.jsonl"));
+    let mut res = RunResult {
+        name: run.name.clone(),
+        task: run.task.clone(),
+        variant: run.variant.clone(),
+        norm: run.norm.clone(),
+        seed: run.seed,
+        status: st,
+        metric: None,
+        best: None,
+        last: None,
+        epochs: epochs.iter().map(|e| 100.0 * e.primary).collect(),
+        wall_secs: None,
+        loss: read_jsonl::<LossRecord>(&dir.join(LOSS_FILE))
+            .into_iter()
+            .map(|r| (r.step, r.loss))
+            .collect(),
+        cls_grad: read_jsonl::<GradRecord>(&dir.join("grads.jsonl"))
+            .into_iter()
+            .map(|r| (r.step, r.cls_grad_norm))
+            .collect(),
+    };
+    if st == RunStatus::Done {
+        let path = dir.join("summary.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let s: Summary = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        let primary_of = |dev: &[(String, BTreeMap<String, f64>)]| {
+            dev.first()
+                .and_then(|(_, m)| m.get(&s.primary_metric))
+                .map(|v| 100.0 * v)
+        };
+        res.best = s.best_primary.map(|v| 100.0 * v);
+        res.last = primary_of(&s.final_dev);
+        res.metric = Some(s.primary_metric.clone());
+        res.wall_secs = Some(s.wall_secs);
+    }
+    Ok(res)
+}
+
+/// The paired comparison of a variant with `none` over the seeds both finished.
+#[derive(Debug, Clone, Serialize)]
+pub struct Paired {
+    pub baseline: String,
+    pub seeds: Vec<u64>,
+    /// Mean and median of (variant - baseline) per seed, x100 metric units.
+    pub mean_diff: f64,
+    pub median_diff: f64,
+    /// Two-sided exact sign-flip permutation p-value ([`stats::sign_flip_p`]).
+    pub p_value: f64,
+}
+
+/// One task x variant row of the comparison table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub task: String,
+    pub variant: String,
+    pub norm: String,
+    pub metric: Option<String>,
+    pub planned: usize,
+    pub done: usize,
+    pub best: Option<Spread>,
+    pub last: Option<Spread>,
+    pub vs_none: Option<Paired>,
+}
+
+/// A normalizer variant's GLUE-style score: the mean over tasks of its median best-epoch metric.
+#[derive(Debug, Clone, Serialize)]
+pub struct Average {
+    pub variant: String,
+    pub value: Option<f64>,
+    /// Tasks with at least one finished run, and tasks in the sweep.
+    pub tasks_with_results: usize,
+    pub tasks: usize,
+}
+
+/// One invocation of `clsnorm sweep` (appended to `invocations.jsonl` in the sweep directory).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Invocation {
+    pub shard: String,
+    pub jobs: usize,
+    pub started_unix: u64,
+    pub wall_secs: f64,
+    pub executed: usize,
+    pub failed: usize,
+}
+
+/// File of [`Invocation`] lines in the sweep directory.
+pub const INVOCATIONS_FILE: &str = "invocations.jsonl";
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub sweep: String,
+    pub runs: Vec<RunResult>,
+    pub rows: Vec<Row>,
+    pub averages: Vec<Average>,
+    pub invocations: Vec<Invocation>,
+}
+
+/// Groups `items` by `key`, keeping the order of first appearance.
+fn groups<T, K: PartialEq + Clone>(items: &[T], key: impl Fn(&T) -> K) -> Vec<(K, Vec<&T>)> {
+    let mut out: Vec<(K, Vec<&T>)> = Vec::new();
+    for it in items {
+        let k = key(it);
+        match out.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, v)) => v.push(it),
+            None => out.push((k, vec![it])),
+        }
+    }
+    out
+}
+
+/// The `none` variant a variant is compared with: same task and same varying options (the
+/// part of the variant name after the normalizer label).
+fn baseline_of(plan: &SweepPlan, run: &PlannedRun) -> Option<String> {
+    let options = |r: &PlannedRun| r.variant.split_once('_').map(|(_, o)| o.to_string());
+    plan.runs
+        .iter()
+        .find(|b| b.norm == "none" && b.task == run.task && options(b) == options(run))
+        .map(|b| b.variant.clone())
+}
+
+impl Report {
+    /// Reads every run of the sweep in `sweep_dir` (missing runs included, as pending).
+    pub fn build(sweep_dir: &Path) -> Result<Report> {
+        let plan = SweepPlan::load(sweep_dir)?;
+        let runs: Vec<RunResult> = plan
+            .runs
+            .iter()
+            .map(|r| read_run(sweep_dir, r))
+            .collect::<Result<_>>()?;
+        let mut rows = Vec::new();
+        for ((task, variant), members) in groups(&runs, |r| (r.task.clone(), r.variant.clone())) {
+            let done: Vec<&&RunResult> = members.iter().filter(|r| r.best.is_some()).collect();
+            let best: Vec<f64> = done.iter().filter_map(|r| r.best).collect();
+            let last: Vec<f64> = done.iter().filter_map(|r| r.last).collect();
+            let planned_run = plan
+                .runs
+                .iter()
+                .find(|p| p.task == task && p.variant == variant);
+            let vs_none = planned_run
+                .filter(|p| p.norm != "none")
+                .and_then(|p| baseline_of(&plan, p))
+                .and_then(|base| {
+                    let pairs: Vec<(u64, f64)> = done
+                        .iter()
+                        .filter_map(|r| {
+                            let b = runs.iter().find(|b| {
+                                b.task == task && b.variant == base && b.seed == r.seed
+                            })?;
+                            Some((r.seed, r.best? - b.best?))
+                        })
+                        .collect();
+                    if pairs.is_empty() {
+                        return None;
+                    }
+                    let diffs: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+                    let s = spread(&diffs)?;
+                    Some(Paired {
+                        baseline: base,
+                        seeds: pairs.iter().map(|p| p.0).collect(),
+                        mean_diff: s.mean,
+                        median_diff: s.median,
+                        p_value: sign_flip_p(&diffs, 0),
+                    })
+                });
+            rows.push(Row {
+                norm: members[0].norm.clone(),
+                metric: members.iter().find_map(|r| r.metric.clone()),
+                planned: members.len(),
+                done: done.len(),
+                best: spread(&best),
+                last: spread(&last),
+                vs_none,
+                task,
+                variant,
+            });
+        }
+        let tasks: Vec<String> = groups(&plan.runs, |r| r.task.clone())
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        let averages = groups(&rows, |r| r.variant.clone())
+            .into_iter()
+            .map(|(variant, rs)| {
+                let medians: Vec<f64> =
+                    rs.iter().filter_map(|r| r.best.map(|b| b.median)).collect();
+                Average {
+                    variant,
+                    value: (medians.len() == tasks.len())
+                        .then(|| medians.iter().sum::<f64>() / medians.len() as f64),
+                    tasks_with_results: medians.len(),
+                    tasks: tasks.len(),
+                }
+            })
+            .collect();
+        Ok(Report {
+            sweep: plan.name.clone(),
+            invocations: read_jsonl(&sweep_dir.join(INVOCATIONS_FILE)),
+            runs,
+            rows,
+            averages,
+        })
+    }
+
+    /// `results.csv`: one line per task x variant.
+    pub fn csv(&self) -> String {
+        let mut s = String::from(
+            "task,variant,norm,metric,planned,done,best_median,best_mean,best_std,best_min,best_max,final_median,final_mean,final_std,vs_none_mean_diff,vs_none_median_diff,vs_none_pairs,vs_none_p\n",
+        );
+        let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.4}"));
+        for r in &self.rows {
+            let (b, l, p) = (r.best.as_ref(), r.last.as_ref(), r.vs_none.as_ref());
+            s.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                r.task,
+                r.variant,
+                r.norm,
+                r.metric.clone().unwrap_or_default(),
+                r.planned,
+                r.done,
+                f(b.map(|x| x.median)),
+                f(b.map(|x| x.mean)),
+                f(b.and_then(|x| x.std)),
+                f(b.map(|x| x.min)),
+                f(b.map(|x| x.max)),
+                f(l.map(|x| x.median)),
+                f(l.map(|x| x.mean)),
+                f(l.and_then(|x| x.std)),
+                f(p.map(|x| x.mean_diff)),
+                f(p.map(|x| x.median_diff)),
+                p.map_or(0, |x| x.seeds.len()),
+                f(p.map(|x| x.p_value)),
+            ));
+        }
+        s
+    }
+
+    /// `report.md`, referring to the pictures that [`Report::write`] draws.
+    pub fn markdown(&self, pictures: &[(String, Vec<String>)]) -> String {
+        let done = self
+            .runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Done)
+            .count();
+        let interrupted = self
+            .runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Interrupted)
+            .count();
+        let run_secs: f64 = self.runs.iter().filter_map(|r| r.wall_secs).sum();
+        let mut md = format!(
+            "# Sweep `{}`\n\n{done} of {} runs finished, {interrupted} interrupted, {} not started. Sum of the finished runs' wall times: {:.1} h.\n",
+            self.sweep,
+            self.runs.len(),
+            self.runs.len() - done - interrupted,
+            run_secs / 3600.0
+        );
+        if !self.invocations.is_empty() {
+            md.push_str("\n`clsnorm sweep` invocations (shard, parallel jobs, runs executed, wall time):\n\n");
+            for i in &self.invocations {
+                md.push_str(&format!(
+                    "- shard {}, {} job(s): {} run(s) executed ({} failed) in {:.1} min\n",
+                    i.shard,
+                    i.jobs,
+                    i.executed,
+                    i.failed,
+                    i.wall_secs / 60.0
+                ));
+            }
+        }
+        md.push_str(
+            "\nValues are the primary dev metric x100 of each run's best epoch (\"best\", the papers' protocol) and of its last epoch (\"final\"): median, mean ± sample standard deviation over seeds, and [min, max]. \"Δ vs none\" is the mean (and median) over seeds of the paired difference to the `none` run with the same seed; p is a two-sided exact sign-flip permutation test of those differences (with n seeds the smallest possible p is 2/2^n: 0.25 for 3 seeds, 0.0625 for 5).\n",
+        );
+        let pm = |s: &Option<Spread>| match s {
+            Some(s) => format!(
+                "{:.1} | {:.1} ± {} [{:.1}, {:.1}]",
+                s.median,
+                s.mean,
+                s.std.map_or("–".into(), |v| format!("{v:.1}")),
+                s.min,
+                s.max
+            ),
+            None => "– | –".into(),
+        };
+        for (task, rows) in groups(&self.rows, |r| r.task.clone()) {
+            let metric = rows
+                .iter()
+                .find_map(|r| r.metric.clone())
+                .unwrap_or_else(|| "metric".into());
+            md.push_str(&format!(
+                "\n## {task} ({metric})\n\n| normalizer | seeds done | best: median | best: mean ± std [min, max] | final: median | final: mean ± std [min, max] | Δ vs none: mean / median | p |\n|---|---|---|---|---|---|---|---|\n"
+            ));
+            for r in rows {
+                let d = r.vs_none.as_ref().map_or("– | –".into(), |p| {
+                    format!(
+                        "{:+.1} / {:+.1} (n={}) | {:.2}",
+                        p.mean_diff,
+                        p.median_diff,
+                        p.seeds.len(),
+                        p.p_value
+                    )
+                });
+                md.push_str(&format!(
+                    "| {} | {}/{} | {} | {} | {d} |\n",
+                    r.variant,
+                    r.done,
+                    r.planned,
+                    pm(&r.best),
+                    pm(&r.last)
+                ));
+            }
+            if let Some((_, pics)) = pictures.iter().find(|(t, _)| *t == task) {
+                md.push('\n');
+                for p in pics {
+                    md.push_str(&format!("![]({p})\n"));
+                }
+            }
+        }
+        md.push_str("\n## GLUE-style average\n\nMean over tasks of each normalizer's median best-epoch metric (only where every task has a finished run).\n\n| normalizer | average | tasks with results |\n|---|---|---|\n");
+        for a in &self.averages {
+            md.push_str(&format!(
+                "| {} | {} | {}/{} |\n",
+                a.variant,
+                a.value.map_or("–".into(), |v| format!("{v:.1}")),
+                a.tasks_with_results,
+                a.tasks
+            ));
+        }
+        let missing: Vec<&RunResult> = self
+            .runs
+            .iter()
+            .filter(|r| r.status != RunStatus::Done)
+            .collect();
+        if !missing.is_empty() {
+            md.push_str("\n## Runs not finished\n\n");
+            for r in missing {
+                md.push_str(&format!(
+                    "- `{}`: {}\n",
+                    r.name,
+                    match r.status {
+                        RunStatus::Interrupted => format!(
+                            "interrupted after {} epoch(s); `clsnorm sweep` resumes it",
+                            r.epochs.len()
+                        ),
+                        _ => "not started".into(),
+                    }
+                ));
+            }
+        }
+        md
+    }
+
+    /// Writes `report.md`, `results.csv`, `results.json` and the pictures into `out`.
+    pub fn write(&self, out: &Path) -> Result<()> {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let pictures = plots::write_curves(out, &self.runs)?;
+        atomic::write_json(&out.join("results.json"), self)?;
+        atomic::write_bytes(&out.join("results.csv"), self.csv().as_bytes())?;
+        atomic::write_bytes(&out.join("report.md"), self.markdown(&pictures).as_bytes())?;
+        Ok(())
+    }
+}

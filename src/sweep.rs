@@ -1,0 +1,463 @@
+//! Sweeps: a TOML file naming tasks, normalizers, seeds and `clsnorm finetune` options, any of
+//! which may be a list, expanded into the cross product of runs. Each run has a deterministic
+//! name, its own directory under the sweep directory, and the exact `finetune` arguments that
+//! make it, so that any launcher (this crate's `sweep`, a Slurm array, a shell loop) can run it.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One `[[norm]]` entry: a normalizer and its `finetune` options (without leading dashes,
+/// e.g. `isobn-beta = 0.5`, `affine = true`); a list value expands into several variants.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct NormEntry {
+    pub name: String,
+    /// Name used in run names and tables (default: the name and its options).
+    pub label: Option<String>,
+    #[serde(flatten)]
+    pub options: BTreeMap<String, toml::Value>,
+}
+
+/// The sweep file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    /// Sweep name (default: the file's stem).
+    pub name: Option<String>,
+    /// Sweep directory (default: `runs/NAME`); relative paths are taken from the working
+    /// directory, like every other path of clsnorm.
+    pub output: Option<PathBuf>,
+    /// Model directory, or a list of them.
+    #[serde(default = "default_model")]
+    pub model: toml::Value,
+    pub tasks: Vec<String>,
+    pub seeds: Vec<u64>,
+    /// Normalizers (default: `none` only).
+    #[serde(default)]
+    pub norm: Vec<NormEntry>,
+    /// Other `finetune` options; a list value makes the sweep a cross product over it.
+    #[serde(default)]
+    pub args: BTreeMap<String, toml::Value>,
+}
+
+fn default_model() -> toml::Value {
+    toml::Value::String("models/all-MiniLM-L6-v2".into())
+}
+
+/// Options that the sweep sets itself, and normalizer options that belong in `[[norm]]`.
+const RESERVED: &[&str] = &["task", "seed", "norm", "output", "resume", "model", "quiet"];
+const NORM_OPTION_PREFIXES: &[&str] = &["norm-", "isobn-", "whiten-", "l2-"];
+const NORM_FLAGS: &[&str] = &["affine"];
+
+/// One run of a sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedRun {
+    /// `TASK_VARIANT_sSEED`: unique within the sweep, usable as a file name.
+    pub name: String,
+    pub task: String,
+    /// Normalizer label plus the varying options: what a report compares across seeds.
+    pub variant: String,
+    /// The normalizer's name (`none`, `isobn`, ...).
+    pub norm: String,
+    pub seed: u64,
+    /// Run directory, relative to the sweep directory.
+    pub dir: PathBuf,
+    /// `finetune` arguments without the output directory (added by [`PlannedRun::command`]).
+    pub args: Vec<String>,
+}
+
+impl PlannedRun {
+    /// The full `clsnorm finetune ...` argument list (without the program name) for a sweep
+    /// in `sweep_dir`.
+    pub fn command(&self, sweep_dir: &Path) -> Vec<String> {
+        let mut c = vec!["finetune".to_string()];
+        c.extend(self.args.iter().cloned());
+        c.push("--output".into());
+        c.push(sweep_dir.join(&self.dir).display().to_string());
+        c
+    }
+}
+
+/// The expanded sweep, written as `sweep.json` in the sweep directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepPlan {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: SweepConfig,
+    pub runs: Vec<PlannedRun>,
+}
+
+/// File name of the plan in the sweep directory.
+pub const PLAN_FILE: &str = "sweep.json";
+
+fn invalid(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::Config {
+        path: path.to_path_buf(),
+        msg: msg.to_string(),
+    }
+}
+
+/// A TOML value as a command-line word; `None` for a false flag.
+fn word(key: &str, v: &toml::Value) -> std::result::Result<Option<String>, String> {
+    Ok(match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(true) => Some(String::new()),
+        toml::Value::Boolean(false) => None,
+        other => {
+            return Err(format!(
+                "`{key}`: expected a string, number, boolean or a list of them, got {}",
+                other.type_str()
+            ))
+        }
+    })
+}
+
+/// The alternatives of a value: a list's elements, or the value itself.
+fn alternatives(key: &str, v: &toml::Value) -> std::result::Result<Vec<toml::Value>, String> {
+    match v {
+        toml::Value::Array(a) if a.is_empty() => Err(format!("`{key}`: empty list")),
+        toml::Value::Array(a) => {
+            if a.iter().any(|x| x.is_array() || x.is_table()) {
+                return Err(format!("`{key}`: lists of lists are not supported"));
+            }
+            Ok(a.clone())
+        }
+        v => Ok(vec![v.clone()]),
+    }
+}
+
+/// Cross product of `key -> alternatives`, in key order; each element is `(key, value)` pairs.
+fn cross(choices: &[(String, Vec<toml::Value>)]) -> Vec<Vec<(String, toml::Value)>> {
+    let mut out: Vec<Vec<(String, toml::Value)>> = vec![vec![]];
+    for (k, alts) in choices {
+        out = out
+            .into_iter()
+            .flat_map(|prefix| {
+                alts.iter().map(move |a| {
+                    let mut p = prefix.clone();
+                    p.push((k.clone(), a.clone()));
+                    p
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+/// `--key value` words for `(key, value)` pairs (a true boolean is a bare flag).
+fn flags(pairs: &[(String, toml::Value)]) -> std::result::Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        if let Some(w) = word(k, v)? {
+            out.push(format!("--{k}"));
+            if !v.is_bool() {
+                out.push(w);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `key=value` for a name: booleans become the bare key (true) or nothing (false).
+fn tag(key: &str, v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::Boolean(true) => Some(key.to_string()),
+        toml::Value::Boolean(false) => None,
+        v => word(key, v).ok().flatten().map(|w| format!("{key}={w}")),
+    }
+}
+
+/// Keeps characters safe in file names and shell words (letters, digits, `=+-.`); anything
+/// else becomes `-`.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "=+-.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+impl SweepConfig {
+    /// Reads and validates a sweep file.
+    pub fn from_file(path: &Path) -> Result<SweepConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let cfg: SweepConfig = toml::from_str(&text).map_err(|e| invalid(path, e))?;
+        Ok(cfg)
+    }
+
+    /// The sweep's name: `name`, or the file stem of `path`.
+    pub fn resolved_name(&self, path: &Path) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            path.file_stem()
+                .map_or_else(|| "sweep".into(), |s| s.to_string_lossy().into_owned())
+        })
+    }
+
+    /// Expands the cross product. Runs are ordered task, model, options, normalizer, seed, so
+    /// that a shard's runs are spread over tasks and the seeds of a variant end up together.
+    pub fn expand(&self, path: &Path) -> Result<SweepPlan> {
+        let name = self.resolved_name(path);
+        let dir = self
+            .output
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(sanitize(&name)));
+        let err = |m: String| invalid(path, m);
+        if self.tasks.is_empty() {
+            return Err(err("`tasks` is empty".into()));
+        }
+        if self.seeds.is_empty() {
+            return Err(err("`seeds` is empty".into()));
+        }
+        let mut seen_seeds = self.seeds.clone();
+        seen_seeds.sort_unstable();
+        seen_seeds.dedup();
+        if seen_seeds.len() != self.seeds.len() {
+            return Err(err("`seeds` lists a seed twice".into()));
+        }
+        for k in self.args.keys() {
+            if RESERVED.contains(&k.as_str()) {
+                return Err(err(format!(
+                    "`args.{k}` is set by the sweep itself; use the top-level `tasks`, `seeds`, `model` or `[[norm]]`"
+                )));
+            }
+            if NORM_FLAGS.contains(&k.as_str())
+                || NORM_OPTION_PREFIXES.iter().any(|p| k.starts_with(p))
+            {
+                return Err(err(format!(
+                    "`args.{k}` is a normalizer option: put it in the `[[norm]]` entry it belongs to"
+                )));
+            }
+            if k.starts_with('-') {
+                return Err(err(format!(
+                    "`args.{k}`: write option names without dashes"
+                )));
+            }
+        }
+        let models: Vec<String> = alternatives("model", &self.model)
+            .map_err(&err)?
+            .iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                _ => Err(err("`model`: expected a directory name".into())),
+            })
+            .collect::<Result<_>>()?;
+        let arg_choices: Vec<(String, Vec<toml::Value>)> = self
+            .args
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), alternatives(k, v).map_err(&err)?)))
+            .collect::<Result<_>>()?;
+        let norms = if self.norm.is_empty() {
+            vec![NormEntry {
+                name: "none".into(),
+                label: None,
+                options: BTreeMap::new(),
+            }]
+        } else {
+            self.norm.clone()
+        };
+        // Normalizer variants: (label, name, flags).
+        let mut variants: Vec<(String, String, Vec<String>)> = Vec::new();
+        for n in &norms {
+            let choices: Vec<(String, Vec<toml::Value>)> = n
+                .options
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), alternatives(k, v).map_err(&err)?)))
+                .collect::<Result<_>>()?;
+            let varying: Vec<&str> = choices
+                .iter()
+                .filter(|(_, a)| a.len() > 1)
+                .map(|(k, _)| k.as_str())
+                .collect();
+            // Options name the variant when they vary within the entry (a list) or tell it
+            // apart from another entry of the same normalizer.
+            let shared_name = norms.iter().filter(|m| m.name == n.name).count() > 1;
+            for combo in cross(&choices) {
+                let mut label = n.label.clone().unwrap_or_else(|| n.name.clone());
+                for (k, v) in &combo {
+                    let named = varying.contains(&k.as_str()) || (shared_name && n.label.is_none());
+                    if !named {
+                        continue;
+                    }
+                    let short = NORM_OPTION_PREFIXES
+                        .iter()
+                        .find_map(|p| k.strip_prefix(p))
+                        .unwrap_or(k);
+                    if let Some(t) = tag(short, v) {
+                        label.push('-');
+                        label.push_str(&t);
+                    }
+                }
+                let f = flags(&combo).map_err(&err)?;
+                variants.push((sanitize(&label), n.name.clone(), f));
+            }
+        }
+        let mut labels: Vec<&str> = variants.iter().map(|v| v.0.as_str()).collect();
+        labels.sort_unstable();
+        if let Some(w) = labels.windows(2).find(|w| w[0] == w[1]) {
+            return Err(err(format!(
+                "two normalizer entries are both named `{}`: give one a `label`",
+                w[0]
+            )));
+        }
+
+        // GLUE names in their canonical spelling (`sst2` -> `SST-2`), so names and tables agree
+        // whatever the file says; other names are custom tasks and stay as written.
+        let tasks: Vec<String> = self
+            .tasks
+            .iter()
+            .map(|t| crate::data::task::glue_task(t).map_or_else(|| t.clone(), |s| s.name))
+            .collect();
+        let mut runs = Vec::new();
+        for task in &tasks {
+            for model in &models {
+                for combo in cross(&arg_choices) {
+                    let mut hp: Vec<String> = Vec::new();
+                    if models.len() > 1 {
+                        let stem = Path::new(model)
+                            .file_name()
+                            .map_or_else(|| model.clone(), |s| s.to_string_lossy().into_owned());
+                        hp.push(sanitize(&stem));
+                    }
+                    for (k, v) in &combo {
+                        if arg_choices.iter().any(|(ck, a)| ck == k && a.len() > 1) {
+                            hp.extend(tag(k, v).map(|t| sanitize(&t)));
+                        }
+                    }
+                    let arg_flags = flags(&combo).map_err(&err)?;
+                    for (label, norm, norm_flags) in &variants {
+                        let variant = std::iter::once(label.clone())
+                            .chain(hp.iter().cloned())
+                            .collect::<Vec<_>>()
+                            .join("_");
+                        for &seed in &self.seeds {
+                            let name = format!("{}_{variant}_s{seed}", sanitize(task));
+                            let mut args = vec![
+                                "--model".to_string(),
+                                model.clone(),
+                                "--task".into(),
+                                task.clone(),
+                                "--seed".into(),
+                                seed.to_string(),
+                                "--norm".into(),
+                                norm.clone(),
+                            ];
+                            args.extend(norm_flags.iter().cloned());
+                            args.extend(arg_flags.iter().cloned());
+                            runs.push(PlannedRun {
+                                dir: PathBuf::from(&name),
+                                name,
+                                task: task.clone(),
+                                variant: variant.clone(),
+                                norm: norm.clone(),
+                                seed,
+                                args,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let mut names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(err(format!("two runs would share the name `{}`", w[0])));
+        }
+        Ok(SweepPlan {
+            name,
+            dir,
+            config: self.clone(),
+            runs,
+        })
+    }
+}
+
+/// `--shard I/N`: the runs whose position in the plan is I modulo N (0-based I, as Slurm's
+/// `SLURM_ARRAY_TASK_ID` with `--array=0-(N-1)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Shard> {
+        let bad = || Error::Invalid(format!("--shard: expected I/N with 0 <= I < N, got `{s}`"));
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: usize = i.trim().parse().map_err(|_| bad())?;
+        let count: usize = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// Whether the run at `position` in the plan belongs to this shard.
+    pub fn contains(&self, position: usize) -> bool {
+        position % self.count == self.index
+    }
+}
+
+/// Where a run stands, judged from its directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// `summary.json` says the run finished.
+    Done,
+    /// The directory holds a run that did not finish: continue it with `finetune --resume`.
+    Interrupted,
+    /// Nothing there yet.
+    Pending,
+}
+
+/// The status of the run in `dir`.
+pub fn status(dir: &Path) -> RunStatus {
+    let finished = std::fs::read_to_string(dir.join("summary.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v.get("interrupted") == Some(&serde_json::Value::Bool(false)));
+    if finished {
+        RunStatus::Done
+    } else if dir.join("config.json").is_file() {
+        RunStatus::Interrupted
+    } else {
+        RunStatus::Pending
+    }
+}
+
+impl SweepPlan {
+    /// The `finetune` arguments that bring the run to completion from where it stands, or
+    /// `None` when it is done.
+    pub fn next_command(&self, run: &PlannedRun) -> Option<Vec<String>> {
+        let dir = self.dir.join(&run.dir);
+        match status(&dir) {
+            RunStatus::Done => None,
+            RunStatus::Interrupted => Some(vec![
+                "finetune".into(),
+                "--resume".into(),
+                dir.display().to_string(),
+            ]),
+            RunStatus::Pending => Some(run.command(&self.dir)),
+        }
+    }
+
+    /// Reads the `sweep.json` of a sweep directory.
+    pub fn load(sweep_dir: &Path) -> Result<SweepPlan> {
+        let path = sweep_dir.join(PLAN_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let mut plan: SweepPlan = serde_json::from_str(&text).map_err(|e| invalid(&path, e))?;
+        // The directory may have moved (e.g. copied off a cluster): trust where it is now.
+        plan.dir = sweep_dir.to_path_buf();
+        Ok(plan)
+    }
+}

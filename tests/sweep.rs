@@ -1,0 +1,398 @@
+//! Sweeps: expansion, naming, sharding, skip/resume, the report's statistics on a partial sweep,
+//! and one real sweep of a tiny model through the binary.
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use clsnorm::report::Report;
+use clsnorm::sweep::{status, RunStatus, Shard, SweepConfig, SweepPlan};
+
+fn config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("sweep.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn plan(dir: &Path, text: &str) -> clsnorm::Result<SweepPlan> {
+    let path = config(dir, text);
+    SweepConfig::from_file(&path)?.expand(&path)
+}
+
+const GRID: &str = r#"
+output = "OUT"
+tasks = ["RTE", "MRPC"]
+seeds = [1, 2]
+[[norm]]
+name = "none"
+[[norm]]
+name = "isobn"
+isobn-beta = [0.25, 0.5]
+isobn-eps = 1e-3
+[args]
+lr = [2e-5, 5e-5]
+epochs = 1
+trace-grads = true
+"#;
+
+#[test]
+fn expansion_is_the_cross_product_with_deterministic_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = plan(dir.path(), GRID).unwrap();
+    // 2 tasks x 2 lr x (none + 2 isobn betas) x 2 seeds
+    assert_eq!(p.runs.len(), 24);
+    assert_eq!(p.name, "sweep");
+    assert_eq!(p.dir, Path::new("OUT"));
+    let names: Vec<&str> = p.runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        &names[..6],
+        [
+            "RTE_none_lr=0.00002_s1",
+            "RTE_none_lr=0.00002_s2",
+            "RTE_isobn-beta=0.25_lr=0.00002_s1",
+            "RTE_isobn-beta=0.25_lr=0.00002_s2",
+            "RTE_isobn-beta=0.5_lr=0.00002_s1",
+            "RTE_isobn-beta=0.5_lr=0.00002_s2",
+        ]
+    );
+    let mut unique = names.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 24);
+    let r = p
+        .runs
+        .iter()
+        .find(|r| r.name == "MRPC_isobn-beta=0.5_lr=0.00005_s2")
+        .unwrap();
+    assert_eq!(r.variant, "isobn-beta=0.5_lr=0.00005");
+    assert_eq!(
+        (r.task.as_str(), r.norm.as_str(), r.seed),
+        ("MRPC", "isobn", 2)
+    );
+    assert_eq!(
+        r.command(Path::new("OUT")).join(" "),
+        "finetune --model models/all-MiniLM-L6-v2 --task MRPC --seed 2 --norm isobn \
+         --isobn-beta 0.5 --isobn-eps 0.001 --epochs 1 --lr 0.00005 --trace-grads \
+         --output OUT/MRPC_isobn-beta=0.5_lr=0.00005_s2"
+    );
+    // The same file expands to the same plan.
+    let again = plan(dir.path(), GRID).unwrap();
+    assert_eq!(again.runs, p.runs);
+}
+
+#[test]
+fn bad_sweep_files_are_rejected_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("tasks = []\nseeds = [1]\n", "`tasks` is empty"),
+        ("tasks = [\"RTE\"]\nseeds = []\n", "`seeds` is empty"),
+        ("tasks = [\"RTE\"]\nseeds = [1, 1]\n", "seed twice"),
+        ("tasks = [\"RTE\"]\nseeds = [1]\n[args]\nseed = 3\n", "set by the sweep itself"),
+        ("tasks = [\"RTE\"]\nseeds = [1]\n[args]\nisobn-beta = 0.3\n", "normalizer option"),
+        ("tasks = [\"RTE\"]\nseeds = [1]\n[args]\nlr = []\n", "empty list"),
+        ("tasks = [\"RTE\"]\nseeds = [1]\n[args]\nlr = [[1]]\n", "lists of lists"),
+        (
+            "tasks = [\"RTE\"]\nseeds = [1]\n[[norm]]\nname = \"isobn\"\nlabel = \"x\"\n[[norm]]\nname = \"none\"\nlabel = \"x\"\n",
+            "both named `x`",
+        ),
+        ("tasks = [\"RTE\"]\nseeds = [1]\nbogus = 1\n", "unknown field"),
+        ("tasks = \"RTE\"\nseeds = [1]\n", "invalid type"),
+    ];
+    for (text, want) in cases {
+        let e = plan(dir.path(), text).unwrap_err().to_string();
+        assert!(e.contains(want), "{text:?}: {e}");
+        assert!(e.contains("sweep.toml"), "{e}");
+    }
+    // Two entries of one normalizer are told apart by their options.
+    let p = plan(
+        dir.path(),
+        "tasks = [\"RTE\"]\nseeds = [1]\n[[norm]]\nname = \"isobn\"\nisobn-beta = 0.25\n[[norm]]\nname = \"isobn\"\nisobn-beta = 0.5\n",
+    )
+    .unwrap();
+    let v: Vec<&str> = p.runs.iter().map(|r| r.variant.as_str()).collect();
+    assert_eq!(v, ["isobn-beta=0.25", "isobn-beta=0.5"]);
+}
+
+#[test]
+fn shards_cover_every_run_exactly_once() {
+    for n in 1..=7 {
+        let mut seen = vec![0; 24];
+        for i in 0..n {
+            let s: Shard = format!("{i}/{n}").parse().unwrap();
+            for (pos, count) in seen.iter_mut().enumerate() {
+                if s.contains(pos) {
+                    *count += 1;
+                }
+            }
+        }
+        assert!(seen.iter().all(|&c| c == 1), "{n}: {seen:?}");
+    }
+    for bad in ["3/3", "1/0", "a/2", "2", "-1/2", "1/2/3"] {
+        assert!(bad.parse::<Shard>().is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn finished_runs_are_skipped_and_interrupted_ones_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "output = {:?}\ntasks = [\"RTE\"]\nseeds = [1, 2, 3]\n",
+        dir.path().join("sw")
+    );
+    let p = plan(dir.path(), &text).unwrap();
+    let run_dir = |i: usize| p.dir.join(&p.runs[i].dir);
+    // Run 0 finished, run 1 stopped after a checkpoint, run 2 never started; a summary that
+    // says "interrupted" is not finished either.
+    for i in 0..2 {
+        std::fs::create_dir_all(run_dir(i)).unwrap();
+        std::fs::write(run_dir(i).join("config.json"), "{}").unwrap();
+    }
+    std::fs::write(run_dir(0).join("summary.json"), r#"{"interrupted": false}"#).unwrap();
+    std::fs::write(run_dir(1).join("summary.json"), r#"{"interrupted": true}"#).unwrap();
+    assert_eq!(status(&run_dir(0)), RunStatus::Done);
+    assert_eq!(status(&run_dir(1)), RunStatus::Interrupted);
+    assert_eq!(status(&run_dir(2)), RunStatus::Pending);
+    assert_eq!(p.next_command(&p.runs[0]), None);
+    assert_eq!(
+        p.next_command(&p.runs[1]).unwrap(),
+        ["finetune", "--resume", &run_dir(1).display().to_string()]
+    );
+    let fresh = p.next_command(&p.runs[2]).unwrap();
+    assert_eq!(fresh, p.runs[2].command(&p.dir));
+    assert!(fresh.ends_with(&["--output".into(), run_dir(2).display().to_string()]));
+}
+
+/// A finished run directory as `finetune` leaves it (the fields the report reads).
+fn fake_run(dir: &Path, metric: &str, per_epoch: &[f64]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), "{}").unwrap();
+    let best = per_epoch.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let best_epoch = per_epoch.iter().position(|&v| v == best).unwrap() + 1;
+    let last = per_epoch[per_epoch.len() - 1];
+    let mut lines = String::new();
+    for (i, v) in per_epoch.iter().enumerate() {
+        lines.push_str(&format!(
+            r#"{{"epoch":{},"global_step":{},"train_loss":0.5,"dev":[["dev",{{"{metric}":{v}}}]],"primary":{v},"lr":0.0,"train_secs":1.0,"eval_secs":1.0,"train_tokens_per_sec":1.0}}"#,
+            i + 1,
+            10 * (i + 1)
+        ));
+        lines.push('\n');
+    }
+    std::fs::write(dir.join("metrics.jsonl"), lines).unwrap();
+    let loss: String = (1..=3)
+        .map(|k| {
+            format!(
+                "{{\"step\":{},\"epoch\":1,\"loss\":{},\"updates\":10,\"lr\":0.0}}\n",
+                10 * k,
+                1.0 / k as f64
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("train_loss.jsonl"), loss).unwrap();
+    std::fs::write(
+        dir.join("summary.json"),
+        format!(
+            r#"{{"task":"T","primary_metric":"{metric}","best_epoch":{best_epoch},"best_primary":{best},"best_dev":[["dev",{{"{metric}":{best}}}]],"final_dev":[["dev",{{"{metric}":{last}}}]],"epochs":{},"global_steps":30,"wall_secs":60.0,"interrupted":false}}"#,
+            per_epoch.len()
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn report_on_a_partial_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = dir.path().join("sw");
+    let text = format!(
+        "output = {:?}\ntasks = [\"RTE\", \"CoLA\"]\nseeds = [1, 2, 3]\n[[norm]]\nname = \"none\"\n[[norm]]\nname = \"isobn\"\n",
+        sweep
+    );
+    let p = plan(dir.path(), &text).unwrap();
+    std::fs::create_dir_all(&sweep).unwrap();
+    clsnorm::atomic::write_json(&sweep.join("sweep.json"), &p).unwrap();
+    // RTE: none 0.50/0.60/0.55 (best), isobn 0.52/0.66/0.60 -> paired +2, +6, +5 (x100).
+    // isobn seed 2's last epoch is below its best.
+    let rte = [
+        ("RTE_none_s1", vec![0.45, 0.50]),
+        ("RTE_none_s2", vec![0.60, 0.58]),
+        ("RTE_none_s3", vec![0.55]),
+        ("RTE_isobn_s1", vec![0.52]),
+        ("RTE_isobn_s2", vec![0.66, 0.61]),
+        ("RTE_isobn_s3", vec![0.60]),
+    ];
+    for (name, epochs) in &rte {
+        fake_run(&sweep.join(name), "accuracy", epochs);
+    }
+    // CoLA: only none seed 1 finished; isobn seed 1 stopped after one epoch.
+    fake_run(&sweep.join("CoLA_none_s1"), "mcc", &[0.30]);
+    let stopped = sweep.join("CoLA_isobn_s1");
+    fake_run(&stopped, "mcc", &[0.2]);
+    std::fs::remove_file(stopped.join("summary.json")).unwrap();
+
+    let r = Report::build(&sweep).unwrap();
+    let row = |t: &str, v: &str| {
+        r.rows
+            .iter()
+            .find(|x| x.task == t && x.variant == v)
+            .unwrap()
+    };
+    let none = row("RTE", "none");
+    let b = none.best.unwrap();
+    assert_eq!((none.done, none.planned), (3, 3));
+    assert!((b.median - 55.0).abs() < 1e-9 && (b.mean - 55.0).abs() < 1e-9);
+    // deviations -5, 5, 0: variance 50 / 2
+    assert!((b.std.unwrap() - 5.0).abs() < 1e-9);
+    assert!(none.vs_none.is_none());
+    let iso = row("RTE", "isobn");
+    let last = iso.last.unwrap();
+    assert!((last.median - 60.0).abs() < 1e-9, "{last:?}");
+    let d = iso.vs_none.as_ref().unwrap();
+    assert_eq!(d.seeds, [1, 2, 3]);
+    assert!((d.mean_diff - 13.0 / 3.0).abs() < 1e-9, "{}", d.mean_diff);
+    assert!((d.median_diff - 5.0).abs() < 1e-9);
+    assert_eq!(d.p_value, 0.25);
+    let cola_iso = row("CoLA", "isobn");
+    assert_eq!((cola_iso.done, cola_iso.planned), (0, 3));
+    assert!(cola_iso.best.is_none() && cola_iso.vs_none.is_none());
+    let cola_none = row("CoLA", "none");
+    assert_eq!(cola_none.best.unwrap().std, None);
+    assert_eq!(cola_none.metric.as_deref(), Some("mcc"));
+    // The GLUE-style average needs every task: none has both (55 and 30), isobn only RTE.
+    let avg = |v: &str| r.averages.iter().find(|a| a.variant == v).unwrap();
+    assert!((avg("none").value.unwrap() - 42.5).abs() < 1e-9);
+    assert_eq!(avg("isobn").value, None);
+    assert_eq!(avg("isobn").tasks_with_results, 1);
+
+    let out = dir.path().join("report");
+    r.write(&out).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("7 of 12 runs finished, 1 interrupted, 4 not started"),
+        "{md}"
+    );
+    assert!(
+        md.contains("`CoLA_isobn_s1`: interrupted after 1 epoch(s)"),
+        "{md}"
+    );
+    assert!(md.contains("`CoLA_none_s3`: not started"), "{md}");
+    assert!(md.contains("| isobn | 3/3 | 60.0 |"), "{md}");
+    assert!(md.contains("+4.3 / +5.0 (n=3) | 0.25"), "{md}");
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4);
+    assert!(csv.contains("RTE,none,none,accuracy,3,3,55.0000,55.0000,5.0000,50.0000,60.0000"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["runs"].as_array().unwrap().len(), 12);
+    for pic in ["RTE_dev.png", "RTE_loss.svg", "CoLA_dev.png"] {
+        assert!(out.join(pic).is_file(), "{pic}");
+    }
+    // No gradient traces, no gradient picture.
+    assert!(!out.join("RTE_cls_grad.png").exists());
+}
+
+fn clsnorm(args: &[&str], envs: &[(&str, &Path)]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_clsnorm"));
+    c.args(args).env_remove("GLUE_DIR");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn a_tiny_sweep_runs_skips_resumes_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    common::tiny_model_dir(&model, 3);
+    let glue = dir.path().join("glue");
+    common::write_toy_sst(&glue, 48, 16, 5);
+    let sweep = dir.path().join("sw");
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "output = {sweep:?}\nmodel = {model:?}\ntasks = [\"sst2\"]\nseeds = [1, 2]\n\
+             [[norm]]\nname = \"none\"\n[[norm]]\nname = \"isobn\"\n\
+             [args]\nepochs = 2\nbatch-size = 8\nmax-len = 16\ntrace-grads = true\nthreads = 1\n"
+        ),
+    );
+    let cfg_s = cfg.to_str().unwrap();
+    let env = [("GLUE_DIR", glue.as_path())];
+    let o = clsnorm(
+        &["sweep", "--config", cfg_s, "--list", "--shard", "1/2"],
+        &env,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listed = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(
+        lines[0].starts_with("SST-2_none_s2\tpending\tclsnorm finetune --model "),
+        "{listed}"
+    );
+    assert!(!sweep.exists(), "--list must not write anything");
+
+    let o = clsnorm(&["sweep", "--config", cfg_s, "--jobs", "2"], &env);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("4 run(s) executed, 0 already done, 0 failed"),
+        "{err}"
+    );
+    for name in [
+        "SST-2_none_s1",
+        "SST-2_none_s2",
+        "SST-2_isobn_s1",
+        "SST-2_isobn_s2",
+    ] {
+        assert_eq!(status(&sweep.join(name)), RunStatus::Done, "{name}");
+        assert!(sweep.join("logs").join(format!("{name}.log")).is_file());
+    }
+    // The training loss is logged every 10 updates and at the end of each epoch (48 / 8 = 6
+    // updates per epoch).
+    let loss = std::fs::read_to_string(sweep.join("SST-2_none_s1/train_loss.jsonl")).unwrap();
+    let steps: Vec<u64> = loss
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, [6, 10, 12]);
+
+    // A second invocation has nothing to do; an interrupted run (summary gone) is resumed.
+    std::fs::remove_file(sweep.join("SST-2_isobn_s2/summary.json")).unwrap();
+    let o = clsnorm(&["sweep", "--config", cfg_s], &env);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("1 run(s) executed, 3 already done, 0 failed"),
+        "{err}"
+    );
+    let log = std::fs::read_to_string(sweep.join("logs/SST-2_isobn_s2.log")).unwrap();
+    assert!(log.contains("resuming from"), "{log}");
+
+    // A changed sweep file must not reuse the directory.
+    let changed = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("epochs = 2", "epochs = 3");
+    std::fs::write(&cfg, changed).unwrap();
+    let o = clsnorm(&["sweep", "--config", cfg_s], &env);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("other options"));
+
+    let o = clsnorm(&["report", sweep.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = String::from_utf8(o.stdout).unwrap();
+    assert!(csv.contains("SST-2,none,none,accuracy,2,2,"), "{csv}");
+    assert!(csv.contains("SST-2,isobn,isobn,accuracy,2,2,"), "{csv}");
+    for f in [
+        "report.md",
+        "results.json",
+        "SST-2_dev.png",
+        "SST-2_loss.png",
+        "SST-2_cls_grad.png",
+    ] {
+        assert!(sweep.join(f).is_file(), "{f}");
+    }
+}
