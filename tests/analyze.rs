@@ -4,7 +4,7 @@ use tch::{Kind, Tensor};
 
 /// Sylvester Hadamard entry: columns 1..7 of H8 are orthogonal, zero-mean, +-1.
 fn h8(i: usize, j: usize) -> f64 {
-    if (i & j).count_ones() % 2 == 0 {
+    if (i & j).count_ones().is_multiple_of(2) {
         1.0
     } else {
         -1.0

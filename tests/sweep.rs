@@ -395,4 +395,19 @@ fn a_tiny_sweep_runs_skips_resumes_and_reports() {
     ] {
         assert!(sweep.join(f).is_file(), "{f}");
     }
+    // The same report, planned from the sweep file, elsewhere.
+    let elsewhere = dir.path().join("elsewhere");
+    let o = clsnorm(
+        &[
+            "report",
+            "--config",
+            cfg_s,
+            "--output",
+            elsewhere.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), csv);
+    assert!(elsewhere.join("report.md").is_file());
 }

@@ -79,6 +79,7 @@ fn run(
         allow_pickle: false,
         progress: false,
         stop_after,
+        stop: None,
     })
     .unwrap()
 }
@@ -282,6 +283,7 @@ fn refuses_to_overwrite_a_run_and_validates_options() {
             allow_pickle: false,
             progress: false,
             stop_after: None,
+            stop: None,
         }
     }
     let err = finetune(job(&s, &task, &ds, &out, config()))

@@ -114,6 +114,10 @@ pub struct FinetuneArgs {
     /// Record gradient norms of every update in RUN/grads.jsonl.
     #[arg(long)]
     pub trace_grads: bool,
+    /// Skip updates whose loss or gradients are not finite (counted and logged) instead of
+    /// stopping at the first.
+    #[arg(long)]
+    pub skip_nonfinite: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -349,6 +353,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
         .map(|(n, p)| Ok((n.clone(), read_dataset(p, &task, opts)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     tracing::info!(device = ?device, threads, output = %output.display(), "fine-tuning {} on {}", model_dir.display(), task.name);
+    let stop = interrupt_flag()?;
     let summary = finetune(Finetune {
         model_dir: &model_dir,
         task,
@@ -363,8 +368,34 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
         allow_pickle: a.rt.allow_pickle,
         progress: !a.quiet,
         stop_after: None,
+        stop: Some(&stop),
     })?;
-    super::print_stdout(&serde_json::to_string_pretty(&summary)?)
+    super::print_stdout(&serde_json::to_string_pretty(&summary)?)?;
+    if summary.interrupted {
+        bail!(
+            "interrupted after update {}; continue with: clsnorm finetune --resume {}",
+            summary.global_steps,
+            output.display()
+        );
+    }
+    Ok(())
+}
+
+/// A flag that SIGINT or SIGTERM sets: training stops after the current update with a
+/// resumable checkpoint. A second signal exits at once (the last checkpoint stays usable).
+fn interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let flag = std::sync::Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting now; the last complete checkpoint is kept");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing the current update, then writing a resumable checkpoint (interrupt again to quit at once)");
+    })
+    .context("installing the SIGINT/SIGTERM handler")?;
+    Ok(flag)
 }
 
 type JobParts = (
@@ -414,6 +445,7 @@ fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
         seed: a.seed,
         save_every: a.save_every,
         trace_grads: a.trace_grads,
+        skip_nonfinite: a.skip_nonfinite,
     };
     config.validate()?;
     let output = a.output.clone().unwrap_or_else(|| {

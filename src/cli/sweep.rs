@@ -31,7 +31,11 @@ pub struct SweepArgs {
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// The sweep directory (holding sweep.json).
-    pub sweep_dir: PathBuf,
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    pub sweep_dir: Option<PathBuf>,
+    /// Plan the report from a sweep file instead (e.g. before `clsnorm sweep` has run).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Where to write report.md, results.csv, results.json and the pictures (default: the
     /// sweep directory).
     #[arg(long)]
@@ -241,8 +245,13 @@ fn append_invocation(dir: &Path, inv: &Invocation) -> anyhow::Result<()> {
 }
 
 pub fn report(a: ReportArgs) -> anyhow::Result<()> {
-    let report = Report::build(&a.sweep_dir)?;
-    let out = a.output.unwrap_or_else(|| a.sweep_dir.clone());
+    let plan = match (&a.sweep_dir, &a.config) {
+        (Some(dir), _) => SweepPlan::load(dir)?,
+        (None, Some(cfg)) => SweepConfig::from_file(cfg)?.expand(cfg)?,
+        (None, None) => bail!("give a sweep directory or --config"),
+    };
+    let report = Report::from_plan(&plan)?;
+    let out = a.output.unwrap_or_else(|| plan.dir.clone());
     report.write(&out)?;
     let done = report.runs.iter().filter(|r| r.best.is_some()).count();
     tracing::info!(

@@ -181,7 +181,12 @@ fn baseline_of(plan: &SweepPlan, run: &PlannedRun) -> Option<String> {
 impl Report {
     /// Reads every run of the sweep in `sweep_dir` (missing runs included, as pending).
     pub fn build(sweep_dir: &Path) -> Result<Report> {
-        let plan = SweepPlan::load(sweep_dir)?;
+        Report::from_plan(&SweepPlan::load(sweep_dir)?)
+    }
+
+    /// Reads every run of `plan` from its sweep directory.
+    pub fn from_plan(plan: &SweepPlan) -> Result<Report> {
+        let sweep_dir = plan.dir.as_path();
         let runs: Vec<RunResult> = plan
             .runs
             .iter()
@@ -198,7 +203,7 @@ impl Report {
                 .find(|p| p.task == task && p.variant == variant);
             let vs_none = planned_run
                 .filter(|p| p.norm != "none")
-                .and_then(|p| baseline_of(&plan, p))
+                .and_then(|p| baseline_of(plan, p))
                 .and_then(|base| {
                     let pairs: Vec<(u64, f64)> = done
                         .iter()

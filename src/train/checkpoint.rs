@@ -47,6 +47,9 @@ pub struct TrainState {
     /// Updates whose losses are in `loss_pending` (for `train_loss.jsonl`).
     #[serde(default)]
     pub pending_updates: usize,
+    /// Updates skipped so far for a non-finite loss or gradient.
+    #[serde(default)]
+    pub nonfinite_skipped: usize,
     /// Non-pad tokens and seconds of training in the current epoch so far.
     pub epoch_tokens: usize,
     pub epoch_train_secs: f64,

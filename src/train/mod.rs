@@ -47,6 +47,9 @@ pub struct TrainConfig {
     /// Record gradient norms of every update in `grads.jsonl`.
     #[serde(default)]
     pub trace_grads: bool,
+    /// Skip (and count) updates whose loss or gradients are not finite instead of stopping.
+    #[serde(default)]
+    pub skip_nonfinite: bool,
 }
 
 impl Default for TrainConfig {
@@ -70,6 +73,7 @@ impl Default for TrainConfig {
             seed: 1,
             save_every: None,
             trace_grads: false,
+            skip_nonfinite: false,
         }
     }
 }
@@ -279,6 +283,9 @@ pub struct Summary {
     pub wall_secs: f64,
     /// True when the run stopped early and can be continued with `--resume`.
     pub interrupted: bool,
+    /// Updates skipped for a non-finite loss or gradient (`--skip-nonfinite`).
+    #[serde(default)]
+    pub nonfinite_skipped: usize,
 }
 
 /// Inputs of a fine-tuning run.
@@ -299,6 +306,9 @@ pub struct Finetune<'a> {
     /// Stop (with a resumable checkpoint) once this many updates are done, as an interruption
     /// would.
     pub stop_after: Option<usize>,
+    /// Set (e.g. by a SIGINT/SIGTERM handler) to stop after the current update with a
+    /// resumable checkpoint.
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 /// Seed for libtorch's generator at update `step`: dropout depends only on (seed, step), so a
@@ -329,6 +339,40 @@ fn append_line(path: &Path, value: &impl Serialize) -> Result<()> {
     writeln!(f, "{line}")
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::io(path, e))
+}
+
+/// Name of the lock file in a run directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Takes the run directory's lock (an advisory `flock` on `RUN/.lock`, released when the process
+/// ends, however it ends) so that two processes never write one run.
+fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = out.join(LOCK_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            return Err(Error::Invalid(format!(
+                "{} is in use by another clsnorm process ({}); wait for it to finish or stop it first",
+                out.display(),
+                holder.trim()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = write!(f, "pid {}", std::process::id());
+    Ok(f)
 }
 
 /// Rewrites a JSON-lines file of per-update records, keeping those of updates up to `last`.
@@ -414,6 +458,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         )));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let _lock = lock_run_dir(out)?;
 
     let tok = TextTokenizer::load(job.model_dir, cfg.max_len)?;
     let t0 = Instant::now();
@@ -610,32 +655,59 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                 };
                 append_line(&grads_path, &rec)?;
             }
-            if let Some(c) = cfg.max_grad_norm {
-                let _ = opt.clip_grad_norm(c);
-            }
             let lr = sched.lr_at(state.global_step);
-            opt.step(lr);
-            loss_acc += loss.detach();
-            window_updates += 1;
+            let finite = loss
+                .isfinite()
+                .logical_and(&opt.grad_norm().isfinite())
+                .int64_value(&[])
+                != 0;
+            if finite {
+                if let Some(c) = cfg.max_grad_norm {
+                    let _ = opt.clip_grad_norm(c);
+                }
+                opt.step(lr);
+                loss_acc += loss.detach();
+                window_updates += 1;
+                state.loss_count += 1;
+            } else if cfg.skip_nonfinite {
+                state.nonfinite_skipped += 1;
+                bar.suspend(|| {
+                    tracing::warn!(
+                        "update {}: non-finite loss or gradient ({}); update skipped ({} so far)",
+                        state.global_step + 1,
+                        loss.double_value(&[]),
+                        state.nonfinite_skipped
+                    )
+                });
+            } else {
+                // Nothing of this state is saved: the last checkpoint stays the last good one.
+                return Err(Error::Invalid(format!(
+                    "update {}: the loss or a gradient is not finite (loss {}); stopped without saving this state, the last good checkpoint is in {}. Lower --lr, set --max-grad-norm, or pass --skip-nonfinite to skip such updates",
+                    state.global_step + 1,
+                    loss.double_value(&[]),
+                    last_dir.display()
+                )));
+            }
             state.global_step += 1;
             state.batch += 1;
-            state.loss_count += 1;
             state.epoch_tokens += batch.n_tokens;
             window.1 += batch.n_tokens;
             state.epoch_train_secs += step_start.elapsed().as_secs_f64();
-            if state.global_step % 10 == 0 || state.batch == batches.len() {
+            if state.global_step.is_multiple_of(10) || state.batch == batches.len() {
                 let window_sum = loss_acc.double_value(&[]);
                 state.loss_sum += window_sum;
-                append_line(
-                    &loss_path,
-                    &LossRecord {
-                        step: state.global_step,
-                        epoch: state.epoch + 1,
-                        loss: window_sum / window_updates.max(1) as f64,
-                        updates: window_updates,
-                        lr,
-                    },
-                )?;
+                if window_updates > 0 {
+                    append_line(
+                        &loss_path,
+                        &LossRecord {
+                            step: state.global_step,
+                            epoch: state.epoch + 1,
+                            loss: window_sum / window_updates.max(1) as f64,
+                            updates: window_updates,
+                            lr,
+                        },
+                    )?;
+                }
                 window_updates = 0;
                 loss_acc = Tensor::zeros([], (Kind::Float, job.device));
                 let tps = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
@@ -648,8 +720,14 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                 ));
             }
             bar.set_position(state.global_step as u64);
-            let stop = job.stop_after.is_some_and(|k| state.global_step >= k);
-            if (stop || cfg.save_every.is_some_and(|k| state.global_step % k == 0))
+            let stop = job.stop_after.is_some_and(|k| state.global_step >= k)
+                || job
+                    .stop
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+            if (stop
+                || cfg
+                    .save_every
+                    .is_some_and(|k| state.global_step.is_multiple_of(k)))
                 && state.batch < batches.len()
             {
                 state.loss_pending = loss_acc.double_value(&[]) as f32;
@@ -712,6 +790,10 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         state.loss_count = 0;
         state.epoch_tokens = 0;
         state.epoch_train_secs = 0.0;
+        // The epoch's record goes first: if the process dies before the `last` checkpoint
+        // below, a resumed run drops the record (its epoch is not in the checkpoint) and
+        // writes it again; written after, it could be lost for good.
+        append_line(&metrics_path, &record)?;
         if improved {
             state.best_metric = Some(primary);
             state.best_epoch = Some(finished_epoch);
@@ -726,10 +808,12 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
             Some(&opt.state()),
             job.model_dir,
         )?;
-        append_line(&metrics_path, &record)?;
         records.push(record);
-        if job.stop_after.is_some_and(|k| state.global_step >= k) && state.global_step < total_steps
-        {
+        let stop = job.stop_after.is_some_and(|k| state.global_step >= k)
+            || job
+                .stop
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+        if stop && state.global_step < total_steps {
             interrupted = true;
             break;
         }
@@ -753,6 +837,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         global_steps: state.global_step,
         wall_secs: elapsed_before + run_start.elapsed().as_secs_f64(),
         interrupted,
+        nonfinite_skipped: state.nonfinite_skipped,
     };
     atomic::write_json(&out.join("summary.json"), &summary)?;
     Ok(summary)

@@ -1,0 +1,239 @@
+//! Faults through the binary: a second process on a run directory, SIGTERM, kill -9 at random
+//! moments, and non-finite losses. Tiny random model, toy data.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    model: PathBuf,
+    glue: PathBuf,
+}
+
+fn setup(n_train: usize) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let model = root.join("model");
+    common::tiny_model_dir(&model, 11);
+    let glue = root.join("glue");
+    common::write_toy_sst(&glue, n_train, 16, 2);
+    Setup {
+        _tmp: tmp,
+        root,
+        model,
+        glue,
+    }
+}
+
+fn command(s: &Setup, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_clsnorm"));
+    c.arg("finetune")
+        .args(args)
+        .env("GLUE_DIR", &s.glue)
+        .stdin(Stdio::null());
+    c
+}
+
+fn train_args<'a>(s: &'a Setup, out: &'a Path, epochs: &'a str) -> Vec<&'a str> {
+    vec![
+        "--model",
+        s.model.to_str().unwrap(),
+        "--task",
+        "sst2",
+        "--epochs",
+        epochs,
+        "--batch-size",
+        "8",
+        "--max-len",
+        "16",
+        "--threads",
+        "1",
+        "--save-every",
+        "1",
+        "--quiet",
+        "--output",
+        out.to_str().unwrap(),
+    ]
+}
+
+fn run(c: &mut Command) -> Output {
+    c.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn wait_for(child: &mut Child, what: impl Fn() -> bool, secs: u64) {
+    let t0 = Instant::now();
+    while !what() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the awaited moment"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Per-epoch records and loss log of a finished run, without the timings.
+fn outcome(out: &Path) -> (Vec<serde_json::Value>, String) {
+    let epochs = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for k in ["train_secs", "eval_secs", "train_tokens_per_sec"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect();
+    let loss = std::fs::read_to_string(out.join("train_loss.jsonl")).unwrap();
+    (epochs, loss)
+}
+
+fn summary(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn second_process_is_refused_and_sigterm_leaves_a_resumable_run() {
+    let s = setup(800);
+    let reference = s.root.join("reference");
+    let o = run(&mut command(&s, &train_args(&s, &reference, "3")));
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let out = s.root.join("run");
+    let mut child = command(&s, &train_args(&s, &out, "3"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training has checkpointed at least once.
+    wait_for(&mut child, || out.join("last").is_dir(), 120);
+    let o = run(&mut command(
+        &s,
+        &["--resume", out.to_str().unwrap(), "--quiet"],
+    ));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("is in use by another clsnorm process (pid "),
+        "{}",
+        stderr(&o)
+    );
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success(), "an interrupted run exits non-zero");
+    let err = stderr(&o);
+    assert!(
+        err.contains("interrupt: finishing the current update"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "continue with: clsnorm finetune --resume {}",
+            out.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(summary(&out)["interrupted"], true);
+    let steps = summary(&out)["global_steps"].as_u64().unwrap();
+    assert!(steps < 300, "stopped early: {steps}");
+
+    let o = run(&mut command(
+        &s,
+        &["--resume", out.to_str().unwrap(), "--quiet"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&out)["interrupted"], false);
+    assert_eq!(outcome(&out), outcome(&reference));
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_nothing() {
+    use rand::{Rng, SeedableRng};
+    let s = setup(64);
+    let reference = s.root.join("reference");
+    let t0 = Instant::now();
+    let o = run(&mut command(&s, &train_args(&s, &reference, "3")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let full = t0.elapsed();
+
+    let out = s.root.join("run");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let mut kills = 0;
+    for attempt in 0.. {
+        assert!(attempt < 60, "did not finish after {attempt} attempts");
+        // Fresh start until the run has written its config; resume afterwards.
+        let mut c = if out.join("config.json").is_file() {
+            command(&s, &["--resume", out.to_str().unwrap(), "--quiet"])
+        } else {
+            command(&s, &train_args(&s, &out, "3"))
+        };
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let wait = full.mul_f64(rng.random_range(0.05..0.9));
+        let t0 = Instant::now();
+        while t0.elapsed() < wait && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            kills += 1;
+            continue;
+        }
+        if out.join("summary.json").is_file() && summary(&out)["interrupted"] == false {
+            break;
+        }
+    }
+    assert!(kills >= 3, "only {kills} kills");
+    eprintln!("{kills} kills before the run finished");
+    assert_eq!(outcome(&out), outcome(&reference), "after {kills} kills");
+}
+
+#[test]
+fn non_finite_loss_stops_without_saving_the_bad_state() {
+    let s = setup(48);
+    let out = s.root.join("run");
+    // lr 1e30 without warmup: the first update is finite, the second overflows.
+    let mut args = train_args(&s, &out, "2");
+    args.extend(["--lr", "1e30", "--warmup-steps", "0"]);
+    let o = run(&mut command(&s, &args));
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("update 2: the loss or a gradient is not finite"),
+        "{err}"
+    );
+    assert!(err.contains("--skip-nonfinite"), "{err}");
+    // The checkpoint of update 1 is the last one.
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("last/clsnorm.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["state"]["global_step"], 1);
+    assert!(!out.join("summary.json").exists());
+
+    let out2 = s.root.join("skipping");
+    let mut args = train_args(&s, &out2, "2");
+    args.extend(["--lr", "1e30", "--warmup-steps", "0", "--skip-nonfinite"]);
+    let o = run(&mut command(&s, &args));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("update skipped"), "{}", stderr(&o));
+    let sm = summary(&out2);
+    // 48 / 8 = 6 updates per epoch, 12 in all; every one after the first is skipped.
+    assert_eq!(sm["global_steps"], 12);
+    assert_eq!(sm["nonfinite_skipped"], 11);
+}
