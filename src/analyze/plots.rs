@@ -114,6 +114,7 @@ fn sorted_curve<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc("rank (largest first)")
         .y_desc(y_desc)
+        .y_label_formatter(&|v| log_tick(*v))
         .draw()?;
     chart
         .draw_series(LineSeries::new(
@@ -341,6 +342,17 @@ pub fn markdown(
     md
 }
 
+/// A log-axis tick without binary noise (`0.30000000000000004` -> `0.3`).
+fn log_tick(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if (1e-3..1e4).contains(&v.abs()) {
+        format!("{}", (v * 1e6).round() / 1e6)
+    } else {
+        format!("{v:.0e}")
+    }
+}
+
 /// One traced run for [`grad_curves`]: a label and (step, value) points.
 pub struct Curve {
     pub label: String,
@@ -373,6 +385,7 @@ fn curves_chart<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc("update")
         .y_desc(y_desc)
+        .y_label_formatter(&|v| log_tick(*v))
         .draw()?;
     for (i, c) in curves.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];

@@ -144,7 +144,9 @@ pub fn write_curves(dir: &Path, runs: &[RunResult]) -> Result<Vec<(String, Vec<S
                 .filter_map(|v| {
                     let series: Vec<Vec<(f64, f64)>> = runs
                         .iter()
+                        // Finished runs only: a run in progress would cut the band short.
                         .filter(|r| r.task == task && r.variant == *v)
+                        .filter(|r| r.status == crate::sweep::RunStatus::Done)
                         .map(f)
                         .collect();
                     band(v, &series)
