@@ -334,8 +334,19 @@ fn every_normalizer_fine_tunes() {
             "{norm}"
         );
     }
-    fails(
-        &clsnorm(&[
+    // Options that do not apply, or are out of range, are rejected before any work.
+    for (norm_flags, want) in [
+        (
+            &["isobn", "--affine"][..],
+            "--affine does not apply to --norm isobn",
+        ),
+        (
+            &["isobn", "--isobn-beta", "2"],
+            "--isobn-beta must be in [0, 1]",
+        ),
+        (&["fancy"], "fancy"),
+    ] {
+        let mut args = vec![
             "finetune",
             "--model",
             p(&model),
@@ -344,41 +355,10 @@ fn every_normalizer_fine_tunes() {
             "--data-dir",
             p(&data),
             "--norm",
-            "isobn",
-            "--affine",
-        ]),
-        "--affine does not apply to --norm isobn",
-    );
-    fails(
-        &clsnorm(&[
-            "finetune",
-            "--model",
-            p(&model),
-            "--task",
-            "sst2",
-            "--data-dir",
-            p(&data),
-            "--norm",
-            "isobn",
-            "--isobn-beta",
-            "2",
-        ]),
-        "--isobn-beta must be in [0, 1]",
-    );
-    fails(
-        &clsnorm(&[
-            "finetune",
-            "--model",
-            p(&model),
-            "--task",
-            "sst2",
-            "--data-dir",
-            p(&data),
-            "--norm",
-            "fancy",
-        ]),
-        "fancy",
-    );
+        ];
+        args.extend_from_slice(norm_flags);
+        fails(&clsnorm(&args), want);
+    }
 }
 
 #[test]

@@ -633,6 +633,9 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                 .trace_grads
                 .then(|| Tensor::run_backward(&[&loss], &[&out.cls, &out.normalized], true, false));
             loss.backward();
+            // One global gradient norm per update serves the trace, the finiteness check and
+            // clipping.
+            let grad_norm = opt.grad_norm();
             if let Some(g) = traced {
                 let per_dim = g[0]
                     .to_kind(Kind::Double)
@@ -650,7 +653,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                     normalized_grad_norm: g[1].to_kind(Kind::Double).norm().double_value(&[]),
                     max_dim_grad,
                     max_dim,
-                    global_grad_norm: opt.grad_norm().double_value(&[]),
+                    global_grad_norm: grad_norm.double_value(&[]),
                     groups: opt.grad_norms_by(grad_group),
                 };
                 append_line(&grads_path, &rec)?;
@@ -658,12 +661,12 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
             let lr = sched.lr_at(state.global_step);
             let finite = loss
                 .isfinite()
-                .logical_and(&opt.grad_norm().isfinite())
+                .logical_and(&grad_norm.isfinite())
                 .int64_value(&[])
                 != 0;
             if finite {
                 if let Some(c) = cfg.max_grad_norm {
-                    let _ = opt.clip_grad_norm(c);
+                    opt.clip_to(&grad_norm, c);
                 }
                 opt.step(lr);
                 loss_acc += loss.detach();

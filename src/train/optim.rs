@@ -116,7 +116,14 @@ impl AdamW {
     /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
         let norm = self.grad_norm();
-        let coef = (&norm + 1e-6).reciprocal() * max_norm;
+        self.clip_to(&norm, max_norm);
+        norm
+    }
+
+    /// Scales gradients whose global norm is `norm` (from [`AdamW::grad_norm`]) to at most
+    /// `max_norm`.
+    pub fn clip_to(&mut self, norm: &Tensor, max_norm: f64) {
+        let coef = (norm + 1e-6).reciprocal() * max_norm;
         let coef = coef.clamp_max(1.0);
         tch::no_grad(|| {
             for p in &self.params {
@@ -126,7 +133,6 @@ impl AdamW {
                 }
             }
         });
-        norm
     }
 
     /// One update with learning rate `lr`.
