@@ -6,7 +6,10 @@ use std::path::Path;
 use clsnorm::classifier::{ClsSource, HeadConfig};
 use clsnorm::data::{glue_task, read_dataset, ReadOptions};
 use clsnorm::normalize::NormConfig;
-use clsnorm::train::{checkpoint, finetune, EpochRecord, Finetune, Summary, TrainConfig};
+use clsnorm::train::{
+    checkpoint, epoch_batches, epoch_order, finetune, EpochRecord, Finetune, Summary, TrainConfig,
+    LENGTH_GROUP_BATCHES,
+};
 use tch::Device;
 
 struct Setup {
@@ -145,7 +148,66 @@ fn learns_a_toy_task_and_is_deterministic() {
 
 #[test]
 fn resume_after_interruption_equals_uninterrupted_run() {
+    resume_equals_uninterrupted(config());
+}
+
+#[test]
+fn resume_with_length_grouping_equals_uninterrupted_run() {
+    resume_equals_uninterrupted(TrainConfig {
+        group_by_length: true,
+        ..config()
+    });
+}
+
+#[test]
+fn length_grouped_batches_cover_every_example_once_with_less_padding() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let lengths: Vec<usize> = (0..2000).map(|_| rng.random_range(3..120)).collect();
+    let padded = |batches: &[Vec<usize>]| -> usize {
+        batches
+            .iter()
+            .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap())
+            .sum()
+    };
+    let plain = epoch_batches(&lengths, 16, 7, 0, false);
+    let grouped = epoch_batches(&lengths, 16, 7, 0, true);
+    for batches in [&plain, &grouped] {
+        assert_eq!(batches.len(), 2000usize.div_ceil(16));
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (0..2000).collect::<Vec<_>>(),
+            "each example exactly once"
+        );
+    }
+    // Random lengths in 3..120: a random batch of 16 pads to ~113, a grouped one to ~its mean.
+    let real: usize = lengths.iter().sum();
+    assert!(padded(&plain) as f64 > 1.6 * real as f64);
+    assert!(
+        (padded(&grouped) as f64) < 1.1 * real as f64,
+        "grouped batches pad {} tokens for {real} real ones",
+        padded(&grouped)
+    );
+    // Grouping only regroups examples within each mega-batch of the shuffled order.
+    let order = epoch_order(2000, 7, 0);
+    let mega = 16 * LENGTH_GROUP_BATCHES;
+    for b in &grouped {
+        let chunk = order.iter().position(|&i| i == b[0]).unwrap() / mega;
+        assert!(b
+            .iter()
+            .all(|&i| order.iter().position(|&j| j == i).unwrap() / mega == chunk));
+    }
+    // Deterministic per (seed, epoch), different across epochs and seeds.
+    assert_eq!(grouped, epoch_batches(&lengths, 16, 7, 0, true));
+    assert_ne!(grouped, epoch_batches(&lengths, 16, 7, 1, true));
+    assert_ne!(grouped, epoch_batches(&lengths, 16, 8, 0, true));
+}
+
+fn resume_equals_uninterrupted(cfg: TrainConfig) {
     let (s, _guard) = setup();
+    let config = || cfg.clone();
     let full = s.root.join("full");
     run(&s, &full, config(), false, None);
     // Interrupt mid-epoch (update 13 of 48, epoch 2), then at an epoch boundary (update 24).

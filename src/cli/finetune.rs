@@ -118,6 +118,10 @@ pub struct FinetuneArgs {
     /// stopping at the first.
     #[arg(long)]
     pub skip_nonfinite: bool,
+    /// Batch examples of similar length together (shuffled mega-batches of 50 batches, sorted
+    /// within): less padding per batch, every example still once per epoch.
+    #[arg(long)]
+    pub group_by_length: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -446,6 +450,7 @@ fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
         save_every: a.save_every,
         trace_grads: a.trace_grads,
         skip_nonfinite: a.skip_nonfinite,
+        group_by_length: a.group_by_length,
     };
     config.validate()?;
     let output = a.output.clone().unwrap_or_else(|| {

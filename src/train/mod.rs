@@ -50,6 +50,9 @@ pub struct TrainConfig {
     /// Skip (and count) updates whose loss or gradients are not finite instead of stopping.
     #[serde(default)]
     pub skip_nonfinite: bool,
+    /// Batch examples of similar length (see [`epoch_batches`]): less padding, same epochs.
+    #[serde(default)]
+    pub group_by_length: bool,
 }
 
 impl Default for TrainConfig {
@@ -74,6 +77,7 @@ impl Default for TrainConfig {
             save_every: None,
             trace_grads: false,
             skip_nonfinite: false,
+            group_by_length: false,
         }
     }
 }
@@ -329,6 +333,40 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// Shuffled examples per mega-batch when grouping by length, in batches (HF's
+/// `LengthGroupedSampler` uses the same factor).
+pub const LENGTH_GROUP_BATCHES: usize = 50;
+
+/// The batches of `epoch`, a pure function of (lengths, batch size, seed, epoch).
+///
+/// Without grouping: consecutive slices of [`epoch_order`]. With grouping: that shuffled order is
+/// cut into mega-batches of [`LENGTH_GROUP_BATCHES`] batches, each sorted by length (longest
+/// first) and sliced into batches, and then the batches are shuffled; every example is still
+/// seen once per epoch in a random neighbourhood, but a batch pads to a similar length.
+pub fn epoch_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+    group_by_length: bool,
+) -> Vec<Vec<usize>> {
+    let order = epoch_order(lengths.len(), seed, epoch);
+    if !group_by_length {
+        return order.chunks(batch_size).map(<[usize]>::to_vec).collect();
+    }
+    let mut batches: Vec<Vec<usize>> = Vec::with_capacity(lengths.len().div_ceil(batch_size));
+    for mega in order.chunks(batch_size * LENGTH_GROUP_BATCHES) {
+        let mut mega = mega.to_vec();
+        mega.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        batches.extend(mega.chunks(batch_size).map(<[usize]>::to_vec));
+    }
+    // A stream of its own, so the example order above stays that of the ungrouped epoch.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream((1 << 32) | epoch as u64);
+    batches.shuffle(&mut rng);
+    batches
+}
+
 fn append_line(path: &Path, value: &impl Serialize) -> Result<()> {
     let line = serde_json::to_string(value).map_err(|e| Error::Invalid(e.to_string()))?;
     let mut f = std::fs::OpenOptions::new()
@@ -571,6 +609,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
     }
 
     let n = train.encs.len();
+    let lengths: Vec<usize> = train.encs.iter().map(Encoded::len).collect();
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
     let total_steps = match cfg.max_steps {
         Some(m) if cfg.epochs == 0 => m,
@@ -612,8 +651,13 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
     let mut interrupted = false;
 
     while state.global_step < total_steps && state.epoch < epochs {
-        let order = epoch_order(n, cfg.seed, state.epoch);
-        let batches: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
+        let batches = epoch_batches(
+            &lengths,
+            cfg.batch_size,
+            cfg.seed,
+            state.epoch,
+            cfg.group_by_length,
+        );
         let mut loss_acc = Tensor::from(state.loss_pending).to_device(job.device);
         let mut window_updates = state.pending_updates;
         state.loss_pending = 0.0;
@@ -621,23 +665,24 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         let mut window = (Instant::now(), 0usize);
         while state.batch < batches.len() && state.global_step < total_steps {
             let step_start = Instant::now();
-            let idx = batches[state.batch];
+            let idx = &batches[state.batch];
             let refs: Vec<&Encoded> = idx.iter().map(|&i| &train.encs[i]).collect();
             let batch = Batch::collate(&refs, pad, job.device);
             let labels = train.label_tensor(idx, job.device);
             tch::manual_seed(step_seed(cfg.seed, state.global_step));
             let out = model.forward(&batch, true);
             let loss = model.loss(&out.logits, &labels);
-            opt.zero_grad();
-            let traced = cfg
-                .trace_grads
-                .then(|| Tensor::run_backward(&[&loss], &[&out.cls, &out.normalized], true, false));
-            loss.backward();
+            let extra: &[&Tensor] = if cfg.trace_grads {
+                &[&out.cls, &out.normalized]
+            } else {
+                &[]
+            };
+            let traced = opt.backward(&loss, extra);
             // One global gradient norm per update serves the trace, the finiteness check and
             // clipping.
             let grad_norm = opt.grad_norm();
-            if let Some(g) = traced {
-                let per_dim = g[0]
+            if let [cls_grad, normalized_grad] = traced.as_slice() {
+                let per_dim = cls_grad
                     .to_kind(Kind::Double)
                     .square()
                     .sum_dim_intlist(0, false, Kind::Double)
@@ -649,8 +694,11 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                 let rec = GradRecord {
                     step: state.global_step + 1,
                     loss: loss.double_value(&[]),
-                    cls_grad_norm: g[0].to_kind(Kind::Double).norm().double_value(&[]),
-                    normalized_grad_norm: g[1].to_kind(Kind::Double).norm().double_value(&[]),
+                    cls_grad_norm: cls_grad.to_kind(Kind::Double).norm().double_value(&[]),
+                    normalized_grad_norm: normalized_grad
+                        .to_kind(Kind::Double)
+                        .norm()
+                        .double_value(&[]),
                     max_dim_grad,
                     max_dim,
                     global_grad_norm: grad_norm.double_value(&[]),

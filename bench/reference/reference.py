@@ -1,0 +1,238 @@
+"""The PyTorch + Hugging Face reference that clsnorm is benchmarked against.
+
+It fine-tunes the way the IsoBN code does: HF tokenizer (tokenized once, before training),
+shuffled batches padded to their own longest example, `pooler -> dropout -> linear`, AdamW and a
+linear warmup/decay schedule, with clsnorm's default hyperparameters. Two modes, each printing
+one JSON line:
+
+  reference.py step --model DIR|base --batch 32 --seq 64 --reps 5 --threads 2
+      training steps on the benchmark's fixed batch (the token formula of bench/step.rs)
+  reference.py finetune --model DIR --task RTE --data GLUE_DIR --epochs 1 --seed 1 --threads 2
+      one full fine-tuning run, then the dev set; wall times, non-pad tokens and dev metrics
+
+Run through bench/run.sh, which installs this script's venv (bench/setup.sh).
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+# name: (train file columns (text, pair or None), label column, label values in class order)
+TASKS = {
+    "RTE": ("sentence1", "sentence2", "label", ["entailment", "not_entailment"]),
+    "MRPC": ("#1 String", "#2 String", "Quality", ["0", "1"]),
+    "SST-2": ("sentence", None, "label", ["0", "1"]),
+    "CoLA": (1, None, 3, ["0", "1"]),  # CoLA has no header: source, label, mark, sentence
+}
+
+
+class Classifier(nn.Module):
+    """BertModel's pooler output -> dropout -> linear, as BertForSequenceClassification."""
+
+    def __init__(self, encoder, n_labels, dropout=0.1):
+        super().__init__()
+        self.bert = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, n_labels)
+        nn.init.normal_(self.classifier.weight, std=encoder.config.initializer_range)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        out = self.bert(
+            input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
+        )
+        return self.classifier(self.dropout(out.pooler_output))
+
+
+def load_encoder(model):
+    if model == "base":
+        torch.manual_seed(0)
+        return BertModel(BertConfig(), add_pooling_layer=True)
+    return AutoModel.from_pretrained(model)
+
+
+def optimizer_and_schedule(model, lr, total_steps, warmup_ratio=0.06):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
+    warmup = math.ceil(warmup_ratio * total_steps)
+
+    def factor(step):  # transformers.get_linear_schedule_with_warmup, as clsnorm's schedule
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def fixed_batch(batch, seq):
+    ids = torch.empty(batch, seq, dtype=torch.long)
+    for i in range(batch):
+        for j in range(seq):
+            ids[i, j] = 101 if j == 0 else 102 if j == seq - 1 else 1000 + (i * 131 + j * 31 + i * j * 7) % 20000
+    return ids
+
+
+def step_mode(a):
+    torch.set_num_threads(a.threads)
+    model = Classifier(load_encoder(a.model), 2)
+    model.train()
+    opt, sched = optimizer_and_schedule(model, 5e-5, 1000)
+    ids = fixed_batch(a.batch, a.seq)
+    types = torch.zeros_like(ids)
+    mask = torch.ones_like(ids)
+    labels = torch.arange(a.batch) % 2
+    loss_fn = nn.CrossEntropyLoss()
+    fwd, bwd, upd, step = [], [], [], []
+    for it in range(a.warmup + a.reps):
+        t0 = time.perf_counter()
+        loss = loss_fn(model(ids, types, mask), labels)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+        t3 = time.perf_counter()
+        if it >= a.warmup:
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+            upd.append(t3 - t2)
+            step.append(t3 - t0)
+    print(json.dumps({
+        "side": "reference", "model": a.model, "batch": a.batch, "seq": a.seq,
+        "threads": a.threads, "step_secs": step, "forward_secs": fwd, "backward_secs": bwd, "update_secs": upd,
+    }))
+
+
+def read_tsv(path, task):
+    text, pair, label, classes = TASKS[task]
+    rows = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = None if task == "CoLA" else next(reader)
+        col = (lambda name: name) if header is None else header.index
+        ti, li = col(text), col(label)
+        pi = None if pair is None else col(pair)
+        for r in reader:
+            rows.append((r[ti], None if pi is None else r[pi], classes.index(r[li])))
+    return rows
+
+
+def encode(tok, rows, max_len):
+    texts = [r[0] for r in rows]
+    pairs = None if rows[0][1] is None else [r[1] for r in rows]
+    enc = tok(texts, pairs, truncation=True, max_length=max_len)
+    return enc["input_ids"], enc["token_type_ids"], [r[2] for r in rows]
+
+
+def collate(ids, types, idx, pad_id):
+    longest = max(len(ids[i]) for i in idx)
+    input_ids = torch.full((len(idx), longest), pad_id, dtype=torch.long)
+    token_types = torch.zeros((len(idx), longest), dtype=torch.long)
+    mask = torch.zeros((len(idx), longest), dtype=torch.long)
+    for row, i in enumerate(idx):
+        n = len(ids[i])
+        input_ids[row, :n] = torch.tensor(ids[i])
+        token_types[row, :n] = torch.tensor(types[i])
+        mask[row, :n] = 1
+    return input_ids, token_types, mask
+
+
+def dev_metrics(labels, preds):
+    acc = sum(int(p == y) for p, y in zip(preds, labels)) / len(labels)
+    tp = sum(int(p == 1 and y == 1) for p, y in zip(preds, labels))
+    fp = sum(int(p == 1 and y == 0) for p, y in zip(preds, labels))
+    fn = sum(int(p == 0 and y == 1) for p, y in zip(preds, labels))
+    f1 = 2 * tp / max(1, 2 * tp + fp + fn)
+    return {"accuracy": acc, "f1": f1}
+
+
+def finetune_mode(a):
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    t_start = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(a.model)
+    train = read_tsv(os.path.join(a.data, a.task, "train.tsv"), a.task)
+    dev = read_tsv(os.path.join(a.data, a.task, "dev.tsv"), a.task)
+    ids, types, labels = encode(tok, train, a.max_len)
+    dev_ids, dev_types, dev_labels = encode(tok, dev, a.max_len)
+    model = Classifier(AutoModel.from_pretrained(a.model), len(TASKS[a.task][3]))
+    steps_per_epoch = math.ceil(len(ids) / a.batch_size)
+    opt, sched = optimizer_and_schedule(model, a.lr, a.epochs * steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss()
+    label_t = torch.tensor(labels)
+    gen = torch.Generator().manual_seed(a.seed)
+    t_setup = time.perf_counter() - t_start
+    train_secs, tokens, padded, loss_sum = 0.0, 0, 0, 0.0
+    for _ in range(a.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(ids), generator=gen).tolist()
+        for b in range(steps_per_epoch):
+            idx = order[b * a.batch_size:(b + 1) * a.batch_size]
+            x, tt, m = collate(ids, types, idx, tok.pad_token_id)
+            loss = loss_fn(model(x, tt, m), label_t[idx])
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            loss_sum += loss.item()
+            tokens += int(m.sum())
+            padded += m.numel()
+        train_secs += time.perf_counter() - t0
+    model.eval()
+    t0 = time.perf_counter()
+    preds = []
+    with torch.no_grad():
+        for b in range(0, len(dev_ids), a.eval_batch_size):
+            idx = list(range(b, min(len(dev_ids), b + a.eval_batch_size)))
+            x, tt, m = collate(dev_ids, dev_types, idx, tok.pad_token_id)
+            preds += model(x, tt, m).argmax(-1).tolist()
+    eval_secs = time.perf_counter() - t0
+    dev_tokens = sum(len(x) for x in dev_ids)
+    print(json.dumps({
+        "side": "reference", "task": a.task, "epochs": a.epochs, "seed": a.seed,
+        "threads": a.threads, "setup_secs": t_setup, "train_secs": train_secs,
+        "train_tokens": tokens, "train_padded_tokens": padded,
+        "train_loss": loss_sum / (a.epochs * steps_per_epoch),
+        "eval_secs": eval_secs, "dev_tokens": dev_tokens,
+        "dev": dev_metrics(dev_labels, preds),
+    }))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mode", required=True)
+    s = sub.add_parser("step")
+    s.add_argument("--model", default="models/all-MiniLM-L6-v2")
+    s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--seq", type=int, default=64)
+    s.add_argument("--reps", type=int, default=5)
+    s.add_argument("--warmup", type=int, default=2)
+    s.add_argument("--threads", type=int, default=2)
+    f = sub.add_parser("finetune")
+    f.add_argument("--model", default="models/all-MiniLM-L6-v2")
+    f.add_argument("--task", required=True, choices=sorted(TASKS))
+    f.add_argument("--data", required=True)
+    f.add_argument("--epochs", type=int, default=1)
+    f.add_argument("--batch-size", type=int, default=16)
+    f.add_argument("--eval-batch-size", type=int, default=64)
+    f.add_argument("--lr", type=float, default=5e-5)
+    f.add_argument("--max-len", type=int, default=128)
+    f.add_argument("--seed", type=int, default=1)
+    f.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    step_mode(a) if a.mode == "step" else finetune_mode(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""clsnorm against the PyTorch + transformers reference, alternately, in one invocation.
+
+Called by bench/run.sh (which builds clsnorm and installs the reference's venv). Prints
+Markdown tables with medians and clsnorm/reference ratios and writes everything it measured to
+OUT/results.json. Sections:
+
+  step   training step time on identical batches (fp32): MiniLM-L6 and a random BERT-base
+         shape, batch 16/32 x sequence 64/128, with achieved GFLOP/s next to the measured
+         matmul peak
+  epoch  one full training epoch per task (wall time, non-pad tokens/s, dev metric, peak RSS)
+         and the dev-set inference throughput of the same runs
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+REF = os.path.join(ROOT, "bench", "reference", "reference.py")
+CLSNORM = os.path.join(ROOT, "target", "release", "clsnorm")
+BENCH_STEP = os.path.join(ROOT, "target", "release", "examples", "bench_step")
+MINILM = os.path.join(ROOT, "models", "all-MiniLM-L6-v2")
+QUIET_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+SHAPES = {  # (hidden, layers, intermediate) for the FLOP count
+    "minilm": (384, 6, 1536),
+    "base": (768, 12, 3072),
+}
+
+
+def run(cmd):
+    """Runs cmd; returns (stdout, wall seconds, peak RSS in MiB)."""
+    env = dict(os.environ, **QUIET_ENV)
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, text=True)
+    out, err = p.communicate()
+    wall = time.perf_counter() - t0
+    # communicate() reaped the child; its rusage is in RUSAGE_CHILDREN only as a maximum over all
+    # children, so peak RSS comes from a /usr/bin/time wrapper when available.
+    if p.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed ({p.returncode}):\n{err[-3000:]}")
+    rss = None
+    for line in err.splitlines():
+        if line.startswith("BENCH_MAXRSS_KB="):
+            rss = int(line.split("=")[1]) / 1024
+    return out, wall, rss
+
+
+def timed(cmd):
+    return ["/usr/bin/time", "-f", "BENCH_MAXRSS_KB=%M"] + cmd
+
+
+def last_json(text):
+    return json.loads([l for l in text.splitlines() if l.startswith("{")][-1])
+
+
+def matmul_peak(threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def step_flops(model, batch, seq):
+    """Matmul FLOPs of one training step (forward x 3: backward costs two forwards)."""
+    h, layers, inter = SHAPES[model]
+    per_token = layers * (8 * h * h + 4 * h * inter + 4 * seq * h)
+    return 3 * (batch * seq * per_token + batch * 2 * h * h)
+
+
+def step_section(a, results):
+    peak = matmul_peak(a.threads)
+    results["matmul_peak_gflops"] = peak
+    print(f"\nMeasured fp32 matmul peak (2048^3, {a.threads} threads): {peak:.1f} GFLOP/s\n")
+    print("| model | batch x seq | reference step s | clsnorm step s | ratio | clsnorm GFLOP/s | % of peak |")
+    print("|---|---|---|---|---|---|---|")
+    for model in a.step_models:
+        reps = a.reps if model == "minilm" else max(2, a.reps // 2)
+        for batch in (16, 32):
+            for seq in (64, 128):
+                m = MINILM if model == "minilm" else "base"
+                common = ["--model", m, "--batch", str(batch), "--seq", str(seq),
+                          "--reps", str(reps), "--threads", str(a.threads)]
+                if model == "base":
+                    common += ["--warmup", "1"]
+                sides = {"reference": [], "clsnorm": []}
+                for _ in range(a.rounds):
+                    sides["reference"] += last_json(run([PY, REF, "step"] + common)[0])["step_secs"]
+                    sides["clsnorm"] += last_json(run([BENCH_STEP] + common)[0])["step_secs"]
+                r, c = (statistics.median(sides[k]) for k in ("reference", "clsnorm"))
+                gflops = step_flops(model, batch, seq) / c / 1e9
+                results["step"].append({"model": model, "batch": batch, "seq": seq, "reference": sides["reference"],
+                                        "clsnorm": sides["clsnorm"], "ratio": c / r, "clsnorm_gflops": gflops})
+                print(f"| {model} | {batch} x {seq} | {r:.3f} | {c:.3f} | {c / r:.2f} | {gflops:.0f} | {100 * gflops / peak:.0f}% |",
+                      flush=True)
+
+
+def clsnorm_epoch(a, task, variant):
+    out_dir = os.path.join(a.out, f"clsnorm-{task}-{variant}")
+    subprocess.run(["rm", "-rf", out_dir], check=True)
+    cmd = [CLSNORM, "finetune", "--task", task, "--data-dir", a.glue_dir, "--epochs", "1", "--seed", "1",
+           "--threads", str(a.threads), "--quiet", "--output", out_dir]
+    if variant == "grouped":
+        cmd.append("--group-by-length")
+    _, wall, rss = run(timed(cmd))
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        rec = json.loads(f.readline())
+    dev = rec["dev"][0][1]
+    return {
+        "wall_secs": wall, "train_secs": rec["train_secs"], "eval_secs": rec["eval_secs"],
+        "tokens_per_sec": rec["train_tokens_per_sec"], "dev": dev, "peak_rss_mib": rss, "command": " ".join(cmd),
+    }
+
+
+def reference_epoch(a, task):
+    cmd = [PY, REF, "finetune", "--task", task, "--data", a.glue_dir, "--epochs", "1", "--seed", "1",
+           "--threads", str(a.threads), "--model", MINILM]
+    out, wall, rss = run(timed(cmd))
+    r = last_json(out)
+    return {
+        "wall_secs": wall, "train_secs": r["train_secs"], "eval_secs": r["eval_secs"],
+        "tokens_per_sec": r["train_tokens"] / r["train_secs"], "dev": r["dev"], "peak_rss_mib": rss,
+        "dev_tokens": r["dev_tokens"], "train_tokens": r["train_tokens"], "command": " ".join(cmd),
+    }
+
+
+def epoch_section(a, results):
+    print("\n| task | side | wall s | train s | non-pad tok/s | eval s | dev accuracy | peak RSS MiB | wall ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for task in a.tasks:
+        ref = reference_epoch(a, task)
+        rows = {"reference": ref}
+        for variant in a.variants:
+            rows[f"clsnorm ({variant})"] = clsnorm_epoch(a, task, variant)
+        results["epoch"].append({"task": task, **rows})
+        for side, r in rows.items():
+            acc = r["dev"].get("accuracy")
+            print(f"| {task} | {side} | {r['wall_secs']:.0f} | {r['train_secs']:.0f} | {r['tokens_per_sec']:.0f} | "
+                  f"{r['eval_secs']:.1f} | {acc:.4f} | {r['peak_rss_mib']:.0f} | {r['wall_secs'] / ref['wall_secs']:.2f} |",
+                  flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sections", nargs="*", default=["step", "epoch"], choices=["step", "epoch"])
+    p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "../shared/data/glue"))
+    p.add_argument("--tasks", default="RTE,MRPC,SST-2")
+    p.add_argument("--variants", default="plain,grouped", help="clsnorm batching: plain, grouped or both")
+    p.add_argument("--step-models", default="minilm,base")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--reps", type=int, default=6, help="timed steps per process (halved for base)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating processes per side and setting")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "out", datetime.date.today().isoformat()))
+    a = p.parse_args()
+    a.tasks, a.variants, a.step_models = a.tasks.split(","), a.variants.split(","), a.step_models.split(",")
+    a.glue_dir = os.path.abspath(a.glue_dir)
+    os.makedirs(a.out, exist_ok=True)
+    import torch
+
+    results = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_model(), "threads": a.threads, "torch": torch.__version__, "step": [], "epoch": [],
+        "argv": sys.argv[1:],
+    }
+    print(f"bench {results['date']} on {results['cpu']}, {a.threads} threads, torch {torch.__version__}")
+    if "step" in a.sections:
+        step_section(a, results)
+    if "epoch" in a.sections:
+        epoch_section(a, results)
+    path = os.path.join(a.out, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(f"\nwrote {path}")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+if __name__ == "__main__":
+    main()
