@@ -2,36 +2,7 @@
 //! predict, and errors with a non-zero exit.
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn clsnorm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clsnorm"))
-        .args(args)
-        .env_remove("GLUE_DIR")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn fails(o: &Output, want: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected failure with '{want}'");
-    assert!(err.contains(want), "stderr lacks '{want}':\n{err}");
-}
-
-fn p(x: &Path) -> &str {
-    x.to_str().unwrap()
-}
+use common::{clsnorm, fails, ok, p};
 
 #[test]
 fn finetune_evaluate_predict_round_trip() {

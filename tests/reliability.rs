@@ -237,3 +237,171 @@ fn non_finite_loss_stops_without_saving_the_bad_state() {
     assert_eq!(sm["global_steps"], 12);
     assert_eq!(sm["nonfinite_skipped"], 11);
 }
+
+/// Runs `script` (with `args` as `$@`) under `sh` in a private user and mount namespace
+/// (`unshare -rm`), where it may mount a small or read-only tmpfs. `None`, with a note on
+/// stderr, where this machine does not allow such namespaces.
+fn in_mount_namespace(script: &str, args: &[&str]) -> Option<Output> {
+    let allowed = Command::new("unshare")
+        .args(["-rm", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !allowed {
+        eprintln!("SKIPPED: `unshare -rm` is not allowed on this machine");
+        return None;
+    }
+    let out = Command::new("unshare")
+        .args(["-rm", "sh", "-c", script, "sh"])
+        .args(args)
+        .env("CLSNORM", env!("CARGO_BIN_EXE_clsnorm"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "script failed: {}", stderr(&out));
+    Some(out)
+}
+
+/// Bytes a directory tree takes on tmpfs (whole pages per file).
+fn tmpfs_bytes(dir: &Path) -> u64 {
+    let mut sum = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let meta = e.metadata().unwrap();
+        sum += if meta.is_dir() {
+            tmpfs_bytes(&e.path())
+        } else {
+            meta.len().div_ceil(4096) * 4096
+        };
+    }
+    sum
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn disk_full_stops_with_a_clear_error_and_keeps_the_last_checkpoint() {
+    let s = setup(64);
+    // Checkpoints at epoch ends only (8 updates per epoch).
+    let args = |out: &'static str, epochs: &'static str| -> Vec<String> {
+        let mut a: Vec<String> = train_args(&s, Path::new(out), epochs)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let i = a.iter().position(|x| x == "--save-every").unwrap();
+        a.drain(i..i + 2);
+        a
+    };
+    let reference = s.root.join("reference");
+    let mut a = args("-", "3");
+    *a.last_mut().unwrap() = reference.to_str().unwrap().into();
+    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+    let o = run(&mut command(&s, &refs));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Room for everything a run has after epoch 1 plus 64 KiB: too little for epoch 2's
+    // checkpoints.
+    let one = s.root.join("one");
+    let mut a1 = args("-", "1");
+    *a1.last_mut().unwrap() = one.to_str().unwrap().into();
+    let ones: Vec<&str> = a1.iter().map(String::as_str).collect();
+    let o = run(&mut command(&s, &ones));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let size = tmpfs_bytes(&one) + 64 * 1024;
+
+    let (mnt, keep) = (s.root.join("mnt"), s.root.join("keep"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&keep).unwrap();
+    let script = r#"
+        mnt=$1; keep=$2; size=$3; glue=$4; shift 4
+        mount -t tmpfs -o size=$size tmpfs "$mnt" || exit 90
+        GLUE_DIR=$glue "$CLSNORM" finetune "$@" --output "$mnt/run" 2> "$keep/full.err"
+        echo $? > "$keep/full.rc"
+        cp -a "$mnt/run" "$keep/after-full"
+        mount -o remount,size=64m "$mnt" || exit 91
+        GLUE_DIR=$glue "$CLSNORM" finetune --resume "$mnt/run" --quiet 2> "$keep/resume.err"
+        echo $? > "$keep/resume.rc"
+        cp -a "$mnt/run" "$keep/resumed"
+    "#;
+    let mut sargs = vec![
+        mnt.to_str().unwrap().to_string(),
+        keep.to_str().unwrap().to_string(),
+        size.to_string(),
+        s.glue.to_str().unwrap().to_string(),
+    ];
+    let mut a3 = args("-", "3");
+    a3.truncate(a3.len() - 2); // the script adds --output
+    sargs.extend(a3);
+    let sargs: Vec<&str> = sargs.iter().map(String::as_str).collect();
+    if in_mount_namespace(script, &sargs).is_none() {
+        return;
+    }
+    let err = read(&keep.join("full.err"));
+    assert_ne!(read(&keep.join("full.rc")).trim(), "0", "{err}");
+    assert!(
+        err.contains("No space left on device") && err.contains("/run/"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // The epoch-1 checkpoint is intact, and no partial checkpoint is left taking space.
+    let after = keep.join("after-full");
+    clsnorm::train::checkpoint::verify(&after.join("last")).unwrap();
+    let meta = clsnorm::train::checkpoint::read_meta(&after.join("last")).unwrap();
+    assert_eq!(meta.state.global_step, 8);
+    for e in std::fs::read_dir(&after).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        assert!(!name.contains("tmp-"), "left behind: {name}");
+    }
+    // With room again, --resume finishes with exactly the uninterrupted run's results.
+    let resumed = keep.join("resumed");
+    assert_eq!(
+        read(&keep.join("resume.rc")).trim(),
+        "0",
+        "{}",
+        read(&keep.join("resume.err"))
+    );
+    assert_eq!(outcome(&resumed), outcome(&reference));
+}
+
+#[test]
+fn read_only_output_is_a_clear_error_and_earlier_checkpoints_stay_usable() {
+    let s = setup(16);
+    let (mnt, keep) = (s.root.join("mnt"), s.root.join("keep"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&keep).unwrap();
+    let script = r#"
+        mnt=$1; keep=$2; glue=$3; shift 3
+        mount -t tmpfs tmpfs "$mnt" || exit 90
+        GLUE_DIR=$glue "$CLSNORM" finetune "$@" --output "$mnt/a" 2> "$keep/a.err" || exit 92
+        mount -o remount,ro "$mnt" || exit 91
+        GLUE_DIR=$glue "$CLSNORM" finetune "$@" --output "$mnt/b" 2> "$keep/b.err"
+        echo $? > "$keep/b.rc"
+        GLUE_DIR=$glue "$CLSNORM" evaluate --checkpoint "$mnt/a/best" --device cpu \
+            > "$keep/eval.out" 2> "$keep/eval.err"
+        echo $? > "$keep/eval.rc"
+    "#;
+    let mut a = train_args(&s, Path::new("-"), "1");
+    a.truncate(a.len() - 2);
+    let mut sargs = vec![
+        mnt.to_str().unwrap(),
+        keep.to_str().unwrap(),
+        s.glue.to_str().unwrap(),
+    ];
+    sargs.extend(a);
+    if in_mount_namespace(script, &sargs).is_none() {
+        return;
+    }
+    let err = read(&keep.join("b.err"));
+    assert_ne!(read(&keep.join("b.rc")).trim(), "0");
+    assert!(
+        err.contains("Read-only file system") && err.contains("/b"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        read(&keep.join("eval.rc")).trim(),
+        "0",
+        "{}",
+        read(&keep.join("eval.err"))
+    );
+    assert!(read(&keep.join("eval.out")).contains("accuracy"));
+}

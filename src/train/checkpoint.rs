@@ -99,30 +99,11 @@ pub fn save(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    model.encoder.save(&tmp)?;
-    weights::write_safetensors(
-        &tmp.join(HEAD_FILE),
-        &weights::named_variables(&model.head_vs),
-    )?;
-    if let Some(opt) = optimizer {
-        weights::write_safetensors(&tmp.join(OPTIMIZER_FILE), opt)?;
+    if let Err(e) = write_files(&tmp, model, meta, optimizer, tokenizer_dir) {
+        // E.g. a full disk: give the space back; the previous checkpoint is untouched.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    for f in TOKENIZER_FILES {
-        let src = tokenizer_dir.join(f);
-        if src.is_file() {
-            std::fs::copy(&src, tmp.join(f)).map_err(|e| Error::io(&src, e))?;
-        }
-    }
-    atomic::write_json(&tmp.join(META_FILE), meta)?;
-    let mut manifest = BTreeMap::new();
-    for entry in std::fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, e))? {
-        let p = entry.map_err(|e| Error::io(&tmp, e))?.path();
-        if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
-            manifest.insert(name.to_string(), sha256_file(&p)?);
-        }
-    }
-    atomic::write_json(&tmp.join(MANIFEST_FILE), &manifest)?;
     let old = sibling(dir, "old");
     if dir.exists() {
         if old.exists() {
@@ -134,6 +115,42 @@ pub fn save(
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
     }
+    Ok(())
+}
+
+/// Writes every file of a checkpoint, and its manifest, into the fresh directory `tmp`.
+fn write_files(
+    tmp: &Path,
+    model: &Classifier,
+    meta: &CheckpointMeta,
+    optimizer: Option<&[(String, Tensor)]>,
+    tokenizer_dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
+    model.encoder.save(tmp)?;
+    weights::write_safetensors(
+        &tmp.join(HEAD_FILE),
+        &weights::named_variables(&model.head_vs),
+    )?;
+    if let Some(opt) = optimizer {
+        weights::write_safetensors(&tmp.join(OPTIMIZER_FILE), opt)?;
+    }
+    for f in TOKENIZER_FILES {
+        let src = tokenizer_dir.join(f);
+        if src.is_file() {
+            let dst = tmp.join(f);
+            std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+        }
+    }
+    atomic::write_json(&tmp.join(META_FILE), meta)?;
+    let mut manifest = BTreeMap::new();
+    for entry in std::fs::read_dir(tmp).map_err(|e| Error::io(tmp, e))? {
+        let p = entry.map_err(|e| Error::io(tmp, e))?.path();
+        if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
+            manifest.insert(name.to_string(), sha256_file(&p)?);
+        }
+    }
+    atomic::write_json(&tmp.join(MANIFEST_FILE), &manifest)?;
     Ok(())
 }
 

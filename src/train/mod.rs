@@ -471,6 +471,21 @@ fn dev_metrics(
         .collect()
 }
 
+/// A run directory this process created: removed again if the run fails before its
+/// `config.json` is written (bad model, tokenizer or options), so a failed start leaves
+/// nothing behind.
+struct NewRunDir<'p> {
+    path: Option<&'p Path>,
+}
+
+impl Drop for NewRunDir<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.path {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
 /// Runs (or resumes) fine-tuning and returns the summary; everything lands in `output`.
 pub fn finetune(job: Finetune) -> Result<Summary> {
     let cfg = &job.config;
@@ -495,6 +510,9 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
             out.display()
         )));
     }
+    let mut new_dir = NewRunDir {
+        path: (!out.exists()).then_some(out),
+    };
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let _lock = lock_run_dir(out)?;
 
@@ -588,6 +606,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
             threads: job.threads,
         };
         atomic::write_json(&run_config_path, &run_config)?;
+        new_dir.path = None;
         let _ = std::fs::remove_file(&metrics_path);
     }
     let mut records = read_records(&metrics_path, state.epoch + 1)?;

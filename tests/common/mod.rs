@@ -72,3 +72,39 @@ pub fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Runs the `clsnorm` binary (no `GLUE_DIR` from the environment, warnings only).
+pub fn clsnorm(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_clsnorm"))
+        .args(args)
+        .env_remove("GLUE_DIR")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// Asserts success; returns stdout.
+pub fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+/// Asserts a clean failure: non-zero exit, no panic, and `want` in stderr.
+pub fn fails(o: &std::process::Output, want: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure with '{want}'");
+    assert!(
+        !err.contains("panicked"),
+        "a panic instead of an error:\n{err}"
+    );
+    assert!(err.contains(want), "stderr lacks '{want}':\n{err}");
+}
+
+/// A path as `&str` for command lines.
+pub fn p(x: &Path) -> &str {
+    x.to_str().unwrap()
+}
