@@ -1,26 +1,14 @@
 //! Data readers: every GLUE layout (fixtures for the tasks not in shared/data/glue), custom
 //! files, and errors that name file, line and problem.
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use clsnorm::data::read::{infer_classes, read_rows};
 use clsnorm::data::{glue_task, read_dataset, Format, Label, LabelSpace, ReadOptions, TaskSpec};
 use clsnorm::Error;
 
-const STRICT: ReadOptions = ReadOptions {
-    skip_bad_rows: false,
-    require_label: true,
-};
-const SKIP: ReadOptions = ReadOptions {
-    skip_bad_rows: true,
-    require_label: true,
-};
-
-fn write(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, body).unwrap();
-    p
-}
+use common::{write_file as write, SKIP, STRICT};
 
 fn err_of(r: clsnorm::Result<clsnorm::data::Dataset>) -> (usize, String) {
     match r {

@@ -3,29 +3,17 @@
 //! property feeds random (and randomly mutated valid) input and requires an `Ok` or an `Err`,
 //! never a panic. `PROPTEST_CASES` sets the number of cases per property (256 in CI; see
 //! docs/reliability.md for the long run).
-use std::path::{Path, PathBuf};
+mod common;
 
-use clsnorm::data::{glue_task, read_dataset, Format, ReadOptions, TaskSpec};
+use std::path::Path;
+
+use clsnorm::data::{glue_task, read_dataset, Format, TaskSpec};
 use clsnorm::encoder::BertConfig;
 use clsnorm::sweep::SweepConfig;
 use clsnorm::tokenize::TextTokenizer;
 use proptest::prelude::*;
 
-const STRICT: ReadOptions = ReadOptions {
-    skip_bad_rows: false,
-    require_label: true,
-};
-const SKIP: ReadOptions = ReadOptions {
-    skip_bad_rows: true,
-    require_label: true,
-};
-
-fn write(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, body).unwrap();
-    p
-}
+use common::{write_file as write, SKIP, STRICT};
 
 /// Bytes that look like tabular data: fragments of valid rows, separators, quotes, newlines,
 /// CR, BOMs, invalid UTF-8 and arbitrary characters, in random order.

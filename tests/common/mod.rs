@@ -108,3 +108,22 @@ pub fn fails(o: &std::process::Output, want: &str) {
 pub fn p(x: &Path) -> &str {
     x.to_str().unwrap()
 }
+
+/// Reading options: stop at the first bad row.
+pub const STRICT: clsnorm::data::ReadOptions = clsnorm::data::ReadOptions {
+    skip_bad_rows: false,
+    require_label: true,
+};
+/// Reading options: count and skip bad rows.
+pub const SKIP: clsnorm::data::ReadOptions = clsnorm::data::ReadOptions {
+    skip_bad_rows: true,
+    require_label: true,
+};
+
+/// Writes `body` to `dir/name` (creating folders); returns the path.
+pub fn write_file(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, body).unwrap();
+    p
+}
