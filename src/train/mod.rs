@@ -315,6 +315,17 @@ pub struct Finetune<'a> {
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
+impl Finetune<'_> {
+    /// Whether to stop (with a resumable checkpoint) after update `step`: `stop_after`
+    /// reached, or a stop requested through `stop`.
+    fn should_stop(&self, step: usize) -> bool {
+        self.stop_after.is_some_and(|k| step >= k)
+            || self
+                .stop
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
 /// Seed for libtorch's generator at update `step`: dropout depends only on (seed, step), so a
 /// resumed run draws the same masks as an uninterrupted one without saving RNG state.
 fn step_seed(seed: u64, step: usize) -> i64 {
@@ -772,7 +783,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                         &LossRecord {
                             step: state.global_step,
                             epoch: state.epoch + 1,
-                            loss: window_sum / window_updates.max(1) as f64,
+                            loss: window_sum / window_updates as f64,
                             updates: window_updates,
                             lr,
                         },
@@ -790,10 +801,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                 ));
             }
             bar.set_position(state.global_step as u64);
-            let stop = job.stop_after.is_some_and(|k| state.global_step >= k)
-                || job
-                    .stop
-                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+            let stop = job.should_stop(state.global_step);
             if (stop
                 || cfg
                     .save_every
@@ -879,10 +887,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
             job.model_dir,
         )?;
         records.push(record);
-        let stop = job.stop_after.is_some_and(|k| state.global_step >= k)
-            || job
-                .stop
-                .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+        let stop = job.should_stop(state.global_step);
         if stop && state.global_step < total_steps {
             interrupted = true;
             break;
