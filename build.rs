@@ -2,9 +2,43 @@
 //! that tch builds against (`LIBTORCH`, set by `.cargo/config.toml`) becomes an rpath.
 //! With the CUDA install of `scripts/setup.sh --cuda`, `libtorch_cuda.so` is linked even though
 //! no symbol of it is referenced: its static initialisers register the CUDA backend.
+//! Also stamps the binary with the git commit it was built from (`CLSNORM_BUILD`), which every
+//! run records, so a number can be traced to the exact code that produced it.
 use std::path::PathBuf;
+use std::process::Command;
 
 fn main() {
+    stamp_build();
+    link_libtorch();
+}
+
+/// `CLSNORM_BUILD` = `git describe` of the checkout (`<commit>`, `<commit>-dirty` when tracked
+/// files differ from it), or `unknown` outside a git checkout (e.g. a crate tarball).
+fn stamp_build() {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    };
+    // `describe --dirty` refreshes the index first, so touched but unchanged files are clean.
+    let build = git(&["describe", "--always", "--dirty", "--abbrev=12"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=CLSNORM_BUILD={build}");
+    if let Some(out) = git(&["rev-parse", "--git-dir"]) {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        for f in ["HEAD", "index"] {
+            println!("cargo:rerun-if-changed={}", dir.join(f).display());
+        }
+    }
+    println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-changed=build.rs");
+}
+
+fn link_libtorch() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=CLSNORM_LINK_CUDA");
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {

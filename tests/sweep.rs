@@ -222,6 +222,17 @@ fn report_on_a_partial_sweep() {
     ];
     for (name, epochs) in &rte {
         fake_run(&sweep.join(name), "accuracy", epochs);
+        // Which code trained them: one run was resumed by another build.
+        let builds: &[&str] = if *name == "RTE_none_s2" {
+            &["unrecorded", "abc123"]
+        } else {
+            &["abc123"]
+        };
+        let path = sweep.join(name).join("summary.json");
+        let mut summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        summary["builds"] = builds.into();
+        std::fs::write(&path, summary.to_string()).unwrap();
     }
     // CoLA: only none seed 1 finished; isobn seed 1 stopped after one epoch.
     fake_run(&sweep.join("CoLA_none_s1"), "mcc", &[0.30]);
@@ -275,6 +286,10 @@ fn report_on_a_partial_sweep() {
         "{md}"
     );
     assert!(md.contains("`CoLA_none_s3`: not started"), "{md}");
+    assert!(
+        md.contains("trained the finished runs: `abc123` (5 runs); `unrecorded` then `abc123` (1 run); not recorded (1 run)."),
+        "{md}"
+    );
     assert!(md.contains("| isobn | 3/3 | 60.0 |"), "{md}");
     assert!(md.contains("+4.3 / +5.0 (n=3) | 0.25"), "{md}");
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();

@@ -8,7 +8,7 @@ use clsnorm::data::{glue_task, read_dataset, ReadOptions};
 use clsnorm::normalize::NormConfig;
 use clsnorm::train::{
     checkpoint, epoch_batches, epoch_order, finetune, EpochRecord, Finetune, Summary, TrainConfig,
-    LENGTH_GROUP_BATCHES,
+    BUILD, LENGTH_GROUP_BATCHES,
 };
 use tch::Device;
 
@@ -241,6 +241,47 @@ fn resume_equals_uninterrupted(cfg: TrainConfig) {
     }
     same_weights(&full.join("last"), &part.join("last"));
     same_weights(&full.join("best"), &part.join("best"));
+    assert_eq!(
+        done.builds,
+        vec![BUILD.to_string()],
+        "one build, recorded once"
+    );
+}
+
+#[test]
+fn runs_record_the_builds_that_trained_them() {
+    let (s, _guard) = setup();
+    let cfg = || TrainConfig {
+        epochs: 1,
+        ..config()
+    };
+    let out = s.root.join("run");
+    let first = run(&s, &out, cfg(), false, Some(5));
+    assert_eq!(first.builds, vec![BUILD.to_string()]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["clsnorm_build"], BUILD);
+    assert!(!BUILD.is_empty());
+
+    // A checkpoint from before builds were recorded: no `builds`, manifest updated to match.
+    let last = out.join("last");
+    let meta_path = last.join(checkpoint::META_FILE);
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta["state"].as_object_mut().unwrap().remove("builds");
+    std::fs::write(&meta_path, serde_json::to_string(&meta).unwrap()).unwrap();
+    let manifest_path = last.join(checkpoint::MANIFEST_FILE);
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest[checkpoint::META_FILE] = checkpoint::sha256_file(&meta_path).unwrap().into();
+    std::fs::write(&manifest_path, serde_json::to_string(&manifest).unwrap()).unwrap();
+
+    let done = run(&s, &out, cfg(), true, None);
+    assert!(!done.interrupted);
+    assert_eq!(
+        done.builds,
+        vec!["unrecorded".to_string(), BUILD.to_string()]
+    );
 }
 
 #[test]

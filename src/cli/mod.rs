@@ -13,7 +13,11 @@ use clsnorm::device::DeviceChoice;
 
 /// Fine-tune BERT-family encoders with a normalized [CLS] embedding.
 #[derive(Debug, Parser)]
-#[command(name = "clsnorm", version, about)]
+#[command(
+    name = "clsnorm",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CLSNORM_BUILD"), ")"),
+    about
+)]
 pub struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

@@ -33,6 +33,9 @@ pub struct RunResult {
     /// Primary dev metric per finished epoch, x100 (also for interrupted runs).
     pub epochs: Vec<f64>,
     pub wall_secs: Option<f64>,
+    /// Builds of clsnorm that trained the run (finished runs; empty for runs made before
+    /// builds were recorded).
+    pub builds: Vec<String>,
     #[serde(skip)]
     pub loss: Vec<(usize, f64)>,
     #[serde(skip)]
@@ -66,6 +69,7 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
         last: None,
         epochs: epochs.iter().map(|e| 100.0 * e.primary).collect(),
         wall_secs: None,
+        builds: Vec::new(),
         loss: read_jsonl::<LossRecord>(&dir.join(LOSS_FILE))
             .into_iter()
             .map(|r| (r.step, r.loss))
@@ -91,6 +95,7 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
         res.last = primary_of(&s.final_dev);
         res.metric = Some(s.primary_metric.clone());
         res.wall_secs = Some(s.wall_secs);
+        res.builds = s.builds;
     }
     Ok(res)
 }
@@ -299,6 +304,42 @@ impl Report {
         s
     }
 
+    /// Which code produced the finished runs: each distinct chain of builds and its run count.
+    fn builds_line(&self) -> String {
+        let done: Vec<&RunResult> = self
+            .runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Done)
+            .collect();
+        let chains = groups(&done, |r| r.builds.clone());
+        if chains.is_empty() {
+            return String::new();
+        }
+        let parts: Vec<String> = chains
+            .iter()
+            .map(|(chain, runs)| {
+                let name = if chain.is_empty() {
+                    "not recorded".to_string()
+                } else {
+                    chain
+                        .iter()
+                        .map(|b| format!("`{b}`"))
+                        .collect::<Vec<_>>()
+                        .join(" then ")
+                };
+                format!(
+                    "{name} ({} run{})",
+                    runs.len(),
+                    if runs.len() == 1 { "" } else { "s" }
+                )
+            })
+            .collect();
+        format!(
+            "Builds of clsnorm (`git describe`) that trained the finished runs: {}.\n",
+            parts.join("; ")
+        )
+    }
+
     /// `report.md`, referring to the pictures that [`Report::write`] draws.
     pub fn markdown(&self, pictures: &[(String, Vec<String>)]) -> String {
         let done = self
@@ -319,6 +360,7 @@ impl Report {
             self.runs.len() - done - interrupted,
             run_secs / 3600.0
         );
+        md.push_str(&self.builds_line());
         if !self.invocations.is_empty() {
             md.push_str("\n`clsnorm sweep` invocations (shard, parallel jobs, runs executed, wall time):\n\n");
             for i in &self.invocations {

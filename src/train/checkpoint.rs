@@ -50,6 +50,11 @@ pub struct TrainState {
     /// Updates skipped so far for a non-finite loss or gradient.
     #[serde(default)]
     pub nonfinite_skipped: usize,
+    /// Builds (`git describe`, see [`super::BUILD`]) that trained this run, in order: more than
+    /// one when it was resumed by other code. `unrecorded` stands for updates made before
+    /// builds were recorded.
+    #[serde(default)]
+    pub builds: Vec<String>,
     /// Non-pad tokens and seconds of training in the current epoch so far.
     pub epoch_tokens: usize,
     pub epoch_train_secs: f64,

@@ -145,6 +145,10 @@ impl FileInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunConfig {
     pub clsnorm_version: String,
+    /// `git describe` of the code that started the run (see `build.rs`); empty in runs made
+    /// before it was recorded.
+    #[serde(default)]
+    pub clsnorm_build: String,
     pub tch_version: String,
     pub libtorch_version: String,
     pub model: PathBuf,
@@ -226,6 +230,9 @@ pub struct EpochRecord {
     pub train_tokens_per_sec: f64,
 }
 
+/// `git describe` of the code this binary was built from (`unknown` outside git).
+pub const BUILD: &str = env!("CLSNORM_BUILD");
+
 /// Name of the training-loss log in a run directory.
 pub const LOSS_FILE: &str = "train_loss.jsonl";
 
@@ -290,6 +297,9 @@ pub struct Summary {
     /// Updates skipped for a non-finite loss or gradient (`--skip-nonfinite`).
     #[serde(default)]
     pub nonfinite_skipped: usize,
+    /// Builds of clsnorm that trained the run, in order (see [`TrainState::builds`]).
+    #[serde(default)]
+    pub builds: Vec<String>,
 }
 
 /// Inputs of a fine-tuning run.
@@ -594,12 +604,26 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         }
     };
     let mut state = state;
+    if state.builds.last().map(String::as_str) != Some(BUILD) {
+        if state.global_step > 0 {
+            // Same run, other code: the rest of its numbers come from this build.
+            tracing::warn!(
+                "run trained so far by build(s) {:?}, continuing with build {BUILD}",
+                state.builds
+            );
+            if state.builds.is_empty() {
+                state.builds.push("unrecorded".into());
+            }
+        }
+        state.builds.push(BUILD.into());
+    }
 
     if resume_from.is_none() {
         let weights_path =
             crate::encoder::weights::read_model_dir(job.model_dir, job.allow_pickle)?.path;
         let run_config = RunConfig {
             clsnorm_version: env!("CARGO_PKG_VERSION").into(),
+            clsnorm_build: BUILD.into(),
             tch_version: "0.26.0".into(),
             libtorch_version: "2.13.0".into(),
             model: job.model_dir.to_path_buf(),
@@ -913,6 +937,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         wall_secs: elapsed_before + run_start.elapsed().as_secs_f64(),
         interrupted,
         nonfinite_skipped: state.nonfinite_skipped,
+        builds: state.builds.clone(),
     };
     atomic::write_json(&out.join("summary.json"), &summary)?;
     Ok(summary)
