@@ -160,7 +160,7 @@ fn second_process_is_refused_and_sigterm_leaves_a_resumable_run() {
 
 #[test]
 fn kill_9_at_random_moments_loses_nothing() {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     let s = setup(64);
     let reference = s.root.join("reference");
     let t0 = Instant::now();
@@ -170,21 +170,48 @@ fn kill_9_at_random_moments_loses_nothing() {
 
     let out = s.root.join("run");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    // Kill moments are drawn as fractions of the reference run's time; when the machine got
+    // faster than it was for the reference (a busy machine), runs may finish before three
+    // kills, and the whole sequence starts again with moments half as late.
+    let mut scale = full;
+    let mut kills = 0;
+    for _round in 0..6 {
+        kills = kills_until_finished(&s, &out, scale, &mut rng);
+        if kills >= 3 {
+            break;
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+        scale /= 2;
+    }
+    assert!(kills >= 3, "only {kills} kills");
+    eprintln!("{kills} kills before the run finished");
+    assert_eq!(outcome(&out), outcome(&reference), "after {kills} kills");
+}
+
+/// Starts (or resumes) the run at `out` and SIGKILLs it at a random moment within 5-90% of
+/// `scale`, over and over until it finishes; returns the number of kills.
+fn kills_until_finished(
+    s: &Setup,
+    out: &Path,
+    scale: Duration,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> usize {
+    use rand::Rng;
     let mut kills = 0;
     for attempt in 0.. {
         assert!(attempt < 60, "did not finish after {attempt} attempts");
         // Fresh start until the run has written its config; resume afterwards.
         let mut c = if out.join("config.json").is_file() {
-            command(&s, &["--resume", out.to_str().unwrap(), "--quiet"])
+            command(s, &["--resume", out.to_str().unwrap(), "--quiet"])
         } else {
-            command(&s, &train_args(&s, &out, "3"))
+            command(s, &train_args(s, out, "3"))
         };
         let mut child = c
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let wait = full.mul_f64(rng.random_range(0.05..0.9));
+        let wait = scale.mul_f64(rng.random_range(0.05..0.9));
         let t0 = Instant::now();
         while t0.elapsed() < wait && child.try_wait().unwrap().is_none() {
             std::thread::sleep(Duration::from_millis(5));
@@ -195,13 +222,11 @@ fn kill_9_at_random_moments_loses_nothing() {
             kills += 1;
             continue;
         }
-        if out.join("summary.json").is_file() && summary(&out)["interrupted"] == false {
+        if out.join("summary.json").is_file() && summary(out)["interrupted"] == false {
             break;
         }
     }
-    assert!(kills >= 3, "only {kills} kills");
-    eprintln!("{kills} kills before the run finished");
-    assert_eq!(outcome(&out), outcome(&reference), "after {kills} kills");
+    kills
 }
 
 #[test]

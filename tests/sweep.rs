@@ -426,3 +426,101 @@ fn a_tiny_sweep_runs_skips_resumes_and_reports() {
     assert_eq!(String::from_utf8(o.stdout).unwrap(), csv);
     assert!(elsewhere.join("report.md").is_file());
 }
+
+#[test]
+fn a_signal_stops_the_sweep_and_leaves_its_runs_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    common::tiny_model_dir(&model, 3);
+    let glue = dir.path().join("glue");
+    common::write_toy_sst(&glue, 800, 16, 5);
+    let sweep = dir.path().join("sw");
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "output = {sweep:?}\nmodel = {model:?}\ntasks = [\"sst2\"]\nseeds = [1, 2]\n\
+             [[norm]]\nname = \"none\"\n[[norm]]\nname = \"isobn\"\n\
+             [args]\nepochs = 3\nbatch-size = 8\nmax-len = 16\nthreads = 1\n"
+        ),
+    );
+    let cfg_s = cfg.to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clsnorm"))
+        .args(["sweep", "--config", cfg_s, "--jobs", "2"])
+        .env("GLUE_DIR", &glue)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both runs of the first pair are training once both have logged their first losses.
+    let first = ["SST-2_none_s1", "SST-2_none_s2"];
+    let t0 = std::time::Instant::now();
+    while !first
+        .iter()
+        .all(|r| sweep.join(r).join("train_loss.jsonl").is_file())
+    {
+        assert!(child.try_wait().unwrap().is_none(), "the sweep ended early");
+        assert!(t0.elapsed().as_secs() < 120, "timed out");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Only the sweep gets the signal, as from Ctrl-C at a terminal (the runs have their own
+    // process group); it must pass it on.
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("stopped by a signal: 2 run(s) interrupted, 2 not started"),
+        "{err}"
+    );
+    for r in first {
+        let s: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(sweep.join(r).join("summary.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s["interrupted"], true, "{r}");
+        assert!(s["global_steps"].as_u64().unwrap() < 300, "{r}: {s}");
+        assert_eq!(status(&sweep.join(r)), RunStatus::Interrupted, "{r}");
+    }
+    for r in ["SST-2_isobn_s1", "SST-2_isobn_s2"] {
+        assert!(!sweep.join(r).exists(), "{r} must not have started");
+    }
+    let inv: Vec<serde_json::Value> = std::fs::read_to_string(sweep.join("invocations.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(inv.len(), 1);
+    assert_eq!(inv[0]["stopped"], true);
+    assert_eq!(inv[0]["executed"], 2);
+    assert_eq!(inv[0]["interrupted"], 2);
+    assert_eq!(inv[0]["failed"], 0);
+
+    let o = clsnorm(
+        &["sweep", "--config", cfg_s, "--jobs", "2"],
+        &[("GLUE_DIR", &glue)],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("4 run(s) executed, 0 already done, 0 failed, 0 interrupted"),
+        "{err}"
+    );
+    for r in first {
+        let log = std::fs::read_to_string(sweep.join("logs").join(format!("{r}.log"))).unwrap();
+        assert!(log.contains("resuming from"), "{r}: {log}");
+        assert_eq!(status(&sweep.join(r)), RunStatus::Done, "{r}");
+    }
+    let o = clsnorm(&["report", sweep.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(sweep.join("report.md")).unwrap();
+    assert!(
+        md.contains("- shard 0/1, 2 job(s): 2 run(s) executed (0 failed, 2 interrupted) in "),
+        "{md}"
+    );
+    assert!(md.contains(" min, stopped by a signal\n"), "{md}");
+    assert!(md.contains("4 of 4 runs finished"), "{md}");
+}

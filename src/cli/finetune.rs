@@ -391,15 +391,50 @@ fn interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBo
     use std::sync::atomic::{AtomicBool, Ordering};
     let flag = std::sync::Arc::new(AtomicBool::new(false));
     let f = flag.clone();
+    let first = std::sync::Mutex::new(None);
     ctrlc::set_handler(move || {
-        if f.swap(true, Ordering::SeqCst) {
-            eprintln!("second interrupt: exiting now; the last complete checkpoint is kept");
-            std::process::exit(130);
+        let Ok(mut first) = first.lock() else {
+            return;
+        };
+        match on_signal(&mut first, std::time::Instant::now()) {
+            OnSignal::Interrupt => {
+                f.store(true, Ordering::SeqCst);
+                eprintln!("interrupt: finishing the current update, then writing a resumable checkpoint (interrupt again to quit at once)");
+            }
+            OnSignal::SameInterrupt => {}
+            OnSignal::Quit => {
+                eprintln!("second interrupt: exiting now; the last complete checkpoint is kept");
+                std::process::exit(130);
+            }
         }
-        eprintln!("interrupt: finishing the current update, then writing a resumable checkpoint (interrupt again to quit at once)");
     })
     .context("installing the SIGINT/SIGTERM handler")?;
     Ok(flag)
+}
+
+/// What a SIGINT/SIGTERM asks of a run.
+#[derive(Debug, PartialEq)]
+enum OnSignal {
+    /// The first: checkpoint and stop.
+    Interrupt,
+    /// Within a second of the first: the same interrupt delivered twice, as when a scheduler
+    /// signals every process of a job and a `clsnorm sweep` passes its own signal on.
+    SameInterrupt,
+    /// A later one: the user insists.
+    Quit,
+}
+
+fn on_signal(first: &mut Option<std::time::Instant>, now: std::time::Instant) -> OnSignal {
+    match *first {
+        None => {
+            *first = Some(now);
+            OnSignal::Interrupt
+        }
+        Some(t) if now.saturating_duration_since(t) < std::time::Duration::from_secs(1) => {
+            OnSignal::SameInterrupt
+        }
+        Some(_) => OnSignal::Quit,
+    }
 }
 
 type JobParts = (
@@ -493,4 +528,22 @@ fn from_run_dir(run_dir: &Path, _a: &FinetuneArgs) -> anyhow::Result<JobParts> {
         rc.model,
         run_dir.to_path_buf(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{on_signal, OnSignal};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_signal_repeated_within_a_second_is_the_same_interrupt() {
+        let t0 = Instant::now();
+        let mut first = None;
+        assert_eq!(on_signal(&mut first, t0), OnSignal::Interrupt);
+        let soon = t0 + Duration::from_millis(999);
+        assert_eq!(on_signal(&mut first, soon), OnSignal::SameInterrupt);
+        assert_eq!(on_signal(&mut first, soon), OnSignal::SameInterrupt);
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(on_signal(&mut first, later), OnSignal::Quit);
+    }
 }

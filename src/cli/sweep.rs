@@ -3,13 +3,14 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser};
 use clsnorm::report::{Invocation, Report, INVOCATIONS_FILE};
-use clsnorm::sweep::{status, Shard, SweepConfig, SweepPlan, PLAN_FILE};
+use clsnorm::sweep::{status, RunStatus, Shard, SweepConfig, SweepPlan, PLAN_FILE};
 
 #[derive(Debug, Args)]
 pub struct SweepArgs {
@@ -135,6 +136,14 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     let total = todo.len();
     let queue = Mutex::new(todo);
     let failed: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let interrupted: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let stop = std::sync::Arc::new(Stop::default());
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.signal())
+            .context("installing the SIGINT/SIGTERM handler")?;
+    }
+    let executed = std::sync::atomic::AtomicUsize::new(0);
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -150,22 +159,40 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                 let run = &plan.runs[i];
                 bar.set_message(run.name.clone());
                 let t0 = Instant::now();
-                let result = run_child(
-                    &exe,
-                    &cmd,
-                    threads.max(1),
-                    &plan.dir.join("logs"),
-                    &run.name,
-                );
+                let log = plan.dir.join("logs").join(format!("{}.log", run.name));
+                let child = match stop.spawn(child_command(&exe, &cmd, threads.max(1)), &log) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break, // stopped before this run started
+                    Err(e) => {
+                        bar.suspend(|| tracing::error!("{} failed: {e:#}", run.name));
+                        if let Ok(mut f) = failed.lock() {
+                            f.push(run.name.clone());
+                        }
+                        bar.inc(1);
+                        continue;
+                    }
+                };
+                executed.fetch_add(1, Ordering::SeqCst);
+                let result = stop.wait(child, &log);
                 let secs = t0.elapsed().as_secs_f64();
+                let run_status = status(&plan.dir.join(&run.dir));
+                let stopped = stop.signalled() && run_status == RunStatus::Interrupted;
                 bar.suspend(|| match &result {
                     Ok(()) => tracing::info!("{} finished in {:.1} min", run.name, secs / 60.0),
+                    Err(_) if stopped => tracing::warn!(
+                        "{} interrupted after {:.1} min; rerunning the sweep resumes it",
+                        run.name,
+                        secs / 60.0
+                    ),
                     Err(e) => tracing::error!("{} failed: {e:#}", run.name),
                 });
-                if result.is_err() {
-                    if let Ok(mut f) = failed.lock() {
-                        f.push(run.name.clone());
-                    }
+                let list = match (&result, stopped) {
+                    (Ok(()), _) => None,
+                    (Err(_), true) => Some(&interrupted),
+                    (Err(_), false) => Some(&failed),
+                };
+                if let Some(Ok(mut l)) = list.map(|l| l.lock()) {
+                    l.push(run.name.clone());
                 }
                 bar.inc(1);
             });
@@ -173,20 +200,24 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     });
     bar.finish_and_clear();
     let failed = failed.into_inner().unwrap_or_default();
+    let interrupted = interrupted.into_inner().unwrap_or_default();
     let inv = Invocation {
         shard: format!("{}/{}", shard.index, shard.count),
         jobs,
         started_unix,
         wall_secs: started.elapsed().as_secs_f64(),
-        executed: total,
+        executed: executed.into_inner(),
         failed: failed.len(),
+        interrupted: interrupted.len(),
+        stopped: stop.signalled(),
     };
     append_invocation(&plan.dir, &inv)?;
     tracing::info!(
-        "{} run(s) executed, {} already done, {} failed, in {:.1} min; `clsnorm report {}` writes the comparison",
-        total,
+        "{} run(s) executed, {} already done, {} failed, {} interrupted, in {:.1} min; `clsnorm report {}` writes the comparison",
+        inv.executed,
         skipped,
         failed.len(),
+        interrupted.len(),
         inv.wall_secs / 60.0,
         plan.dir.display()
     );
@@ -198,38 +229,119 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
             failed.join(", ")
         );
     }
+    if inv.stopped {
+        bail!(
+            "stopped by a signal: {} run(s) interrupted, {} not started; rerun the same `clsnorm sweep` to continue",
+            interrupted.len(),
+            total.saturating_sub(inv.executed + inv.failed)
+        );
+    }
     Ok(())
 }
 
-/// Runs `clsnorm CMD --quiet`, its output appended to `logs/NAME.log`.
-fn run_child(
-    exe: &Path,
-    cmd: &[String],
-    threads: usize,
-    logs: &Path,
-    name: &str,
-) -> anyhow::Result<()> {
-    let log_path = logs.join(format!("{name}.log"));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
+/// `clsnorm CMD --quiet` with its thread budget, in its own process group so that a Ctrl-C at
+/// the terminal reaches only the sweep, which passes it on (see [`Stop`]).
+fn child_command(exe: &Path, cmd: &[String], threads: usize) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
     let mut c = std::process::Command::new(exe);
     c.args(cmd).arg("--quiet");
     if !cmd.iter().any(|w| w == "--threads") {
         c.arg("--threads").arg(threads.to_string());
     }
-    let status = c
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .status()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    if !status.success() {
-        bail!("{status}; see {}", log_path.display());
+    c.stdin(Stdio::null()).process_group(0);
+    c
+}
+
+/// What the sweep does on SIGINT/SIGTERM: start no further run, and pass every signal on to
+/// the running children as SIGTERM, so that each finishes its update and leaves a resumable
+/// checkpoint (a second signal makes them quit at once, as it does for `clsnorm finetune`).
+#[derive(Default)]
+struct Stop {
+    signals: AtomicUsize,
+    /// Process ids of the running children; spawning happens under this lock, so a child
+    /// either sees the signal count before it starts or is in the list when a signal comes.
+    children: Mutex<Vec<u32>>,
+}
+
+impl Stop {
+    fn signal(&self) {
+        let Ok(children) = self.children.lock() else {
+            return;
+        };
+        if self.signals.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!(
+                "interrupt: starting no more runs; the running ones checkpoint and stop (interrupt again to make them quit at once)"
+            );
+        }
+        for &pid in children.iter() {
+            if let Ok(pid) = libc::pid_t::try_from(pid) {
+                // SAFETY: kill(2) only sends a signal; `pid` is a child this process spawned
+                // and has not reaped yet (it leaves the list before `wait` returns it).
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
     }
-    Ok(())
+
+    fn signalled(&self) -> bool {
+        self.signals.load(Ordering::SeqCst) > 0
+    }
+
+    /// Starts `cmd` with its output appended to `log`, unless the sweep was already stopped.
+    fn spawn(
+        &self,
+        mut cmd: std::process::Command,
+        log: &Path,
+    ) -> anyhow::Result<Option<std::process::Child>> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut children = self
+            .children
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the child list lock is poisoned"))?;
+        if self.signalled() {
+            return Ok(None);
+        }
+        let child = cmd
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        children.push(child.id());
+        Ok(Some(child))
+    }
+
+    /// Waits for a child started by [`Stop::spawn`]; an error when it did not exit cleanly.
+    fn wait(&self, mut child: std::process::Child, log: &Path) -> anyhow::Result<()> {
+        let pid = child.id();
+        // Reaping and leaving the list happen under the lock, so `signal` never sends to a
+        // reaped process id that the system may already have reused.
+        let status = loop {
+            let mut children = self
+                .children
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the child list lock is poisoned"))?;
+            match child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    children.retain(|&p| p != pid);
+                    break status;
+                }
+                Err(e) => {
+                    children.retain(|&p| p != pid);
+                    return Err(e).context("waiting for a run");
+                }
+            }
+            drop(children);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        if !status.success() {
+            bail!("{status}; see {}", log.display());
+        }
+        Ok(())
+    }
 }
 
 fn append_invocation(dir: &Path, inv: &Invocation) -> anyhow::Result<()> {

@@ -143,8 +143,16 @@ pub struct Invocation {
     pub jobs: usize,
     pub started_unix: u64,
     pub wall_secs: f64,
+    /// Runs started (finished, failed or interrupted).
     pub executed: usize,
     pub failed: usize,
+    /// Runs stopped by a signal to the sweep, left resumable (0 in records older than this
+    /// field).
+    #[serde(default)]
+    pub interrupted: usize,
+    /// Whether a signal stopped the sweep before it had run everything it selected.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// File of [`Invocation`] lines in the sweep directory.
@@ -365,12 +373,22 @@ impl Report {
             md.push_str("\n`clsnorm sweep` invocations (shard, parallel jobs, runs executed, wall time):\n\n");
             for i in &self.invocations {
                 md.push_str(&format!(
-                    "- shard {}, {} job(s): {} run(s) executed ({} failed) in {:.1} min\n",
+                    "- shard {}, {} job(s): {} run(s) executed ({} failed{}) in {:.1} min{}\n",
                     i.shard,
                     i.jobs,
                     i.executed,
                     i.failed,
-                    i.wall_secs / 60.0
+                    if i.interrupted > 0 {
+                        format!(", {} interrupted", i.interrupted)
+                    } else {
+                        String::new()
+                    },
+                    i.wall_secs / 60.0,
+                    if i.stopped {
+                        ", stopped by a signal"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }
