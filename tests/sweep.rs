@@ -314,22 +314,37 @@ fn clsnorm(args: &[&str], envs: &[(&str, &Path)]) -> std::process::Output {
     c.output().unwrap()
 }
 
-#[test]
-fn a_tiny_sweep_runs_skips_resumes_and_reports() {
+/// A sweep of a tiny random model on toy SST-2 with `n_train` examples: none and isobn x seeds
+/// 1-2, with `args` added to its `[args]`. Returns (temp dir, GLUE dir, sweep dir, sweep file).
+fn tiny_sweep(
+    n_train: usize,
+    args: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     common::tiny_model_dir(&model, 3);
     let glue = dir.path().join("glue");
-    common::write_toy_sst(&glue, 48, 16, 5);
+    common::write_toy_sst(&glue, n_train, 16, 5);
     let sweep = dir.path().join("sw");
     let cfg = config(
         dir.path(),
         &format!(
             "output = {sweep:?}\nmodel = {model:?}\ntasks = [\"sst2\"]\nseeds = [1, 2]\n\
              [[norm]]\nname = \"none\"\n[[norm]]\nname = \"isobn\"\n\
-             [args]\nepochs = 2\nbatch-size = 8\nmax-len = 16\ntrace-grads = true\nthreads = 1\n"
+             [args]\nbatch-size = 8\nmax-len = 16\nthreads = 1\n{args}\n"
         ),
     );
+    (dir, glue, sweep, cfg)
+}
+
+#[test]
+fn a_tiny_sweep_runs_skips_resumes_and_reports() {
+    let (dir, glue, sweep, cfg) = tiny_sweep(48, "epochs = 2\ntrace-grads = true");
     let cfg_s = cfg.to_str().unwrap();
     let env = [("GLUE_DIR", glue.as_path())];
     let o = clsnorm(
@@ -429,20 +444,7 @@ fn a_tiny_sweep_runs_skips_resumes_and_reports() {
 
 #[test]
 fn a_signal_stops_the_sweep_and_leaves_its_runs_resumable() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    common::tiny_model_dir(&model, 3);
-    let glue = dir.path().join("glue");
-    common::write_toy_sst(&glue, 800, 16, 5);
-    let sweep = dir.path().join("sw");
-    let cfg = config(
-        dir.path(),
-        &format!(
-            "output = {sweep:?}\nmodel = {model:?}\ntasks = [\"sst2\"]\nseeds = [1, 2]\n\
-             [[norm]]\nname = \"none\"\n[[norm]]\nname = \"isobn\"\n\
-             [args]\nepochs = 3\nbatch-size = 8\nmax-len = 16\nthreads = 1\n"
-        ),
-    );
+    let (_dir, glue, sweep, cfg) = tiny_sweep(800, "epochs = 3");
     let cfg_s = cfg.to_str().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_clsnorm"))
         .args(["sweep", "--config", cfg_s, "--jobs", "2"])
