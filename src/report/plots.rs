@@ -66,8 +66,12 @@ fn bands_chart<DB: DrawingBackend>(
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))?;
+    // Both x axes count whole things (epochs, updates): ticks at whole numbers only.
+    let x_ticks = ((x1 - x0).round() as usize + 1).clamp(2, 10);
     chart
         .configure_mesh()
+        .x_labels(x_ticks)
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .x_desc(x_desc)
         .y_desc(y_desc)
         .draw()?;
