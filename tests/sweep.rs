@@ -526,3 +526,71 @@ fn a_signal_stops_the_sweep_and_leaves_its_runs_resumable() {
     assert!(md.contains(" min, stopped by a signal\n"), "{md}");
     assert!(md.contains("4 of 4 runs finished"), "{md}");
 }
+
+/// Writes `grads.jsonl` with these [CLS] gradient norms (global norm: 10x each).
+fn fake_grads(dir: &Path, cls: &[f64]) {
+    let lines: String = cls
+        .iter()
+        .enumerate()
+        .map(|(i, &g)| {
+            let rec = clsnorm::train::GradRecord {
+                step: i + 1,
+                loss: 0.5,
+                cls_grad_norm: g,
+                normalized_grad_norm: g,
+                max_dim_grad: g,
+                max_dim: 0,
+                global_grad_norm: 10.0 * g,
+                groups: Default::default(),
+            };
+            serde_json::to_string(&rec).unwrap() + "\n"
+        })
+        .collect();
+    std::fs::write(dir.join("grads.jsonl"), lines).unwrap();
+}
+
+#[test]
+fn gradient_scales_are_medians_over_updates_then_seeds_relative_to_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = dir.path().join("sw");
+    let text = format!(
+        "output = {sweep:?}\ntasks = [\"RTE\"]\nseeds = [1, 2, 3]\n[[norm]]\nname = \"none\"\n[[norm]]\nname = \"isobn\"\n"
+    );
+    let p = plan(dir.path(), &text).unwrap();
+    std::fs::create_dir_all(&sweep).unwrap();
+    clsnorm::atomic::write_json(&sweep.join("sweep.json"), &p).unwrap();
+    for name in p.runs.iter().map(|r| r.name.clone()) {
+        fake_run(&sweep.join(&name), "accuracy", &[0.5]);
+    }
+    // none: per-run medians 2 and 4, seed 3 untraced -> 3 over 2 seeds.
+    fake_grads(&sweep.join("RTE_none_s1"), &[1.0, 2.0, 3.0]);
+    fake_grads(&sweep.join("RTE_none_s2"), &[2.0, 4.0, 6.0]);
+    // isobn: 6 and 9 (an outlier update does not move a median) -> 7.5; seed 3 was interrupted,
+    // so its trace is left out.
+    fake_grads(&sweep.join("RTE_isobn_s1"), &[6.0, 6.0, 6.0]);
+    fake_grads(&sweep.join("RTE_isobn_s2"), &[9.0, 9.0, 100.0]);
+    fake_grads(&sweep.join("RTE_isobn_s3"), &[1000.0]);
+    std::fs::remove_file(sweep.join("RTE_isobn_s3/summary.json")).unwrap();
+
+    let r = Report::build(&sweep).unwrap();
+    let row = |v: &str| r.rows.iter().find(|x| x.variant == v).unwrap();
+    let none = row("none").cls_grad.unwrap();
+    assert_eq!((none.median, none.seeds, none.vs_none), (3.0, 2, Some(1.0)));
+    let iso = row("isobn").cls_grad.unwrap();
+    assert_eq!((iso.median, iso.seeds, iso.vs_none), (7.5, 2, Some(2.5)));
+    let iso_global = row("isobn").global_grad.unwrap();
+    assert_eq!((iso_global.median, iso_global.vs_none), (75.0, Some(2.5)));
+
+    let out = dir.path().join("report");
+    r.write(&out).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| none | 3.000 (1.00x; n=2) |"), "{md}");
+    assert!(md.contains("| isobn | 7.500 (2.50x; n=2) |"), "{md}");
+    assert!(md.contains("| isobn | 75.000 (2.50x; n=2) |"), "{md}");
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("RTE,isobn,") && l.ends_with(",7.5000,2.5000,75.0000,2.5000")),
+        "{csv}"
+    );
+}

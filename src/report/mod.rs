@@ -40,6 +40,9 @@ pub struct RunResult {
     pub loss: Vec<(usize, f64)>,
     #[serde(skip)]
     pub cls_grad: Vec<(usize, f64)>,
+    /// Global gradient norm over all parameters before clipping, per update (when traced).
+    #[serde(skip)]
+    pub global_grad: Vec<(usize, f64)>,
 }
 
 /// Reads a JSON-lines file; a missing file is empty, and a torn last line (a run killed while
@@ -57,6 +60,7 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
     let dir = sweep_dir.join(&run.dir);
     let st = status(&dir);
     let epochs: Vec<EpochRecord> = read_jsonl(&dir.join("metrics.jsonl"));
+    let grads: Vec<GradRecord> = read_jsonl(&dir.join("grads.jsonl"));
     let mut res = RunResult {
         name: run.name.clone(),
         task: run.task.clone(),
@@ -74,10 +78,8 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
             .into_iter()
             .map(|r| (r.step, r.loss))
             .collect(),
-        cls_grad: read_jsonl::<GradRecord>(&dir.join("grads.jsonl"))
-            .into_iter()
-            .map(|r| (r.step, r.cls_grad_norm))
-            .collect(),
+        cls_grad: grads.iter().map(|r| (r.step, r.cls_grad_norm)).collect(),
+        global_grad: grads.iter().map(|r| (r.step, r.global_grad_norm)).collect(),
     };
     if st == RunStatus::Done {
         let path = dir.join("summary.json");
@@ -124,6 +126,37 @@ pub struct Row {
     pub best: Option<Spread>,
     pub last: Option<Spread>,
     pub vs_none: Option<Paired>,
+    /// Size of the gradient at the [CLS] vector (before the normalizer), when traced.
+    pub cls_grad: Option<GradScale>,
+    /// Size of the global gradient over all parameters (before clipping), when traced.
+    pub global_grad: Option<GradScale>,
+}
+
+/// A typical gradient norm of a task x variant: the median over updates of each finished,
+/// traced run, then the median over those runs (seeds).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GradScale {
+    pub median: f64,
+    pub seeds: usize,
+    /// `median` divided by that of the `none` variant the row is compared with.
+    pub vs_none: Option<f64>,
+}
+
+impl GradScale {
+    /// From the per-update norms of finished runs; runs without a trace are left out.
+    fn of(series: &[&[(usize, f64)]]) -> Option<GradScale> {
+        let per_run: Vec<f64> = series
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| stats::median(&s.iter().map(|p| p.1).collect::<Vec<f64>>()))
+            .filter(|m| m.is_finite())
+            .collect();
+        (!per_run.is_empty()).then(|| GradScale {
+            median: stats::median(&per_run),
+            seeds: per_run.len(),
+            vs_none: None,
+        })
+    }
 }
 
 /// A normalizer variant's GLUE-style score: the mean over tasks of its median best-epoch metric.
@@ -240,7 +273,17 @@ impl Report {
                         p_value: sign_flip_p(&diffs, 0),
                     })
                 });
+            let finished: Vec<&RunResult> = members
+                .iter()
+                .copied()
+                .filter(|r| r.status == RunStatus::Done)
+                .collect();
+            let cls: Vec<&[(usize, f64)]> = finished.iter().map(|r| &r.cls_grad[..]).collect();
+            let global: Vec<&[(usize, f64)]> =
+                finished.iter().map(|r| &r.global_grad[..]).collect();
             rows.push(Row {
+                cls_grad: GradScale::of(&cls),
+                global_grad: GradScale::of(&global),
                 norm: members[0].norm.clone(),
                 metric: members.iter().find_map(|r| r.metric.clone()),
                 planned: members.len(),
@@ -251,6 +294,32 @@ impl Report {
                 task,
                 variant,
             });
+        }
+        // Gradient scales relative to the `none` variant of the same task and options.
+        let scales: Vec<(String, String, Option<GradScale>, Option<GradScale>)> = rows
+            .iter()
+            .map(|r| (r.task.clone(), r.variant.clone(), r.cls_grad, r.global_grad))
+            .collect();
+        for row in rows.iter_mut() {
+            let Some(base) = plan
+                .runs
+                .iter()
+                .find(|p| p.task == row.task && p.variant == row.variant)
+                .and_then(|p| baseline_of(plan, p))
+            else {
+                continue;
+            };
+            let Some((_, _, cls, global)) = scales
+                .iter()
+                .find(|(t, v, _, _)| *t == row.task && *v == base)
+            else {
+                continue;
+            };
+            for (mine, theirs) in [(&mut row.cls_grad, cls), (&mut row.global_grad, global)] {
+                if let (Some(m), Some(b)) = (mine.as_mut(), theirs) {
+                    m.vs_none = Some(m.median / b.median);
+                }
+            }
         }
         let tasks: Vec<String> = groups(&plan.runs, |r| r.task.clone())
             .into_iter()
@@ -282,13 +351,13 @@ impl Report {
     /// `results.csv`: one line per task x variant.
     pub fn csv(&self) -> String {
         let mut s = String::from(
-            "task,variant,norm,metric,planned,done,best_median,best_mean,best_std,best_min,best_max,final_median,final_mean,final_std,vs_none_mean_diff,vs_none_median_diff,vs_none_pairs,vs_none_p\n",
+            "task,variant,norm,metric,planned,done,best_median,best_mean,best_std,best_min,best_max,final_median,final_mean,final_std,vs_none_mean_diff,vs_none_median_diff,vs_none_pairs,vs_none_p,cls_grad_median,cls_grad_vs_none,global_grad_median,global_grad_vs_none\n",
         );
         let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.4}"));
         for r in &self.rows {
             let (b, l, p) = (r.best.as_ref(), r.last.as_ref(), r.vs_none.as_ref());
             s.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 r.task,
                 r.variant,
                 r.norm,
@@ -307,6 +376,10 @@ impl Report {
                 f(p.map(|x| x.median_diff)),
                 p.map_or(0, |x| x.seeds.len()),
                 f(p.map(|x| x.p_value)),
+                f(r.cls_grad.map(|g| g.median)),
+                f(r.cls_grad.and_then(|g| g.vs_none)),
+                f(r.global_grad.map(|g| g.median)),
+                f(r.global_grad.and_then(|g| g.vs_none)),
             ));
         }
         s
@@ -346,6 +419,58 @@ impl Report {
             "Builds of clsnorm (`git describe`) that trained the finished runs: {}.\n",
             parts.join("; ")
         )
+    }
+
+    /// Tables of the gradient scales (normalizers x tasks), when any run traced gradients.
+    fn grad_tables(&self) -> String {
+        if self.rows.iter().all(|r| r.cls_grad.is_none()) {
+            return String::new();
+        }
+        let tasks: Vec<String> = groups(&self.rows, |r| r.task.clone())
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        let mut md = String::from(
+            "\n## Gradient scale\n\nMedian over updates of each run's gradient norm, then median over the traced seeds (n), and in brackets its ratio to `none`'s: the papers' argument is that normalizing the [CLS] vector rescales the gradient that reaches the encoder.\n",
+        );
+        type Pick = fn(&Row) -> Option<GradScale>;
+        let tables: [(&str, Pick); 2] = [
+            (
+                "||dL/d[CLS]||, at the encoder's output before the normalizer",
+                |r| r.cls_grad,
+            ),
+            (
+                "global gradient norm over all parameters, before clipping",
+                |r| r.global_grad,
+            ),
+        ];
+        for (title, get) in tables {
+            md.push_str(&format!(
+                "\n{title}:\n\n| normalizer | {} |\n|---|{}\n",
+                tasks.join(" | "),
+                "---|".repeat(tasks.len())
+            ));
+            for (variant, rows) in groups(&self.rows, |r| r.variant.clone()) {
+                let cells: Vec<String> = tasks
+                    .iter()
+                    .map(|t| {
+                        rows.iter()
+                            .find(|r| r.task == *t)
+                            .and_then(|r| get(r))
+                            .map_or("–".into(), |g| {
+                                format!(
+                                    "{:.3} ({}; n={})",
+                                    g.median,
+                                    g.vs_none.map_or("–".into(), |v| format!("{v:.2}x")),
+                                    g.seeds
+                                )
+                            })
+                    })
+                    .collect();
+                md.push_str(&format!("| {variant} | {} |\n", cells.join(" | ")));
+            }
+        }
+        md
     }
 
     /// `report.md`, referring to the pictures that [`Report::write`] draws.
@@ -450,6 +575,7 @@ impl Report {
                 a.tasks
             ));
         }
+        md.push_str(&self.grad_tables());
         let missing: Vec<&RunResult> = self
             .runs
             .iter()
