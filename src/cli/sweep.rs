@@ -175,8 +175,9 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                 executed.fetch_add(1, Ordering::SeqCst);
                 let result = stop.wait(child, &log);
                 let secs = t0.elapsed().as_secs_f64();
-                let run_status = status(&plan.dir.join(&run.dir));
-                let stopped = stop.signalled() && run_status == RunStatus::Interrupted;
+                // A run the signal stopped, at whatever point, is started or resumed by a rerun.
+                let stopped =
+                    stop.signalled() && status(&plan.dir.join(&run.dir)) != RunStatus::Done;
                 bar.suspend(|| match &result {
                     Ok(()) => tracing::info!("{} finished in {:.1} min", run.name, secs / 60.0),
                     Err(_) if stopped => tracing::warn!(
