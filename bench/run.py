@@ -9,6 +9,9 @@ OUT/results.json. Sections:
          matmul peak
   epoch  one full training epoch per task (wall time, non-pad tokens/s, dev metric, peak RSS)
          and the dev-set inference throughput of the same runs
+
+--device cuda runs both sides on the GPU; --bin-dir and --model point at binaries and weights
+elsewhere (e.g. a build copied to a GPU machine).
 """
 
 import argparse
@@ -24,9 +27,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 REF = os.path.join(ROOT, "bench", "reference", "reference.py")
-CLSNORM = os.path.join(ROOT, "target", "release", "clsnorm")
-BENCH_STEP = os.path.join(ROOT, "target", "release", "examples", "bench_step")
-MINILM = os.path.join(ROOT, "models", "all-MiniLM-L6-v2")
 QUIET_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_VERBOSITY": "error",
@@ -58,6 +58,8 @@ def run(cmd):
 
 
 def timed(cmd):
+    if not os.path.exists("/usr/bin/time"):
+        return cmd
     return ["/usr/bin/time", "-f", "BENCH_MAXRSS_KB=%M"] + cmd
 
 
@@ -65,18 +67,21 @@ def last_json(text):
     return json.loads([l for l in text.splitlines() if l.startswith("{")][-1])
 
 
-def matmul_peak(threads):
+def matmul_peak(threads, device):
     import torch
 
     torch.set_num_threads(threads)
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    n = 2048 if device == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     for _ in range(3):
         a @ b
     times = []
     for _ in range(10):
+        sync()
         t0 = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / min(times) / 1e9
 
@@ -89,24 +94,25 @@ def step_flops(model, batch, seq):
 
 
 def step_section(a, results):
-    peak = matmul_peak(a.threads)
+    peak = matmul_peak(a.threads, a.device)
     results["matmul_peak_gflops"] = peak
-    print(f"\nMeasured fp32 matmul peak (2048^3, {a.threads} threads): {peak:.1f} GFLOP/s\n")
+    n = 2048 if a.device == "cpu" else 8192
+    print(f"\nMeasured fp32 matmul peak ({n}^3, {a.device}, {a.threads} threads): {peak:.1f} GFLOP/s\n")
     print("| model | batch x seq | reference step s | clsnorm step s | ratio | clsnorm GFLOP/s | % of peak |")
     print("|---|---|---|---|---|---|---|")
     for model in a.step_models:
         reps = a.reps if model == "minilm" else max(2, a.reps // 2)
         for batch in (16, 32):
             for seq in (64, 128):
-                m = MINILM if model == "minilm" else "base"
+                m = a.model if model == "minilm" else "base"
                 common = ["--model", m, "--batch", str(batch), "--seq", str(seq),
-                          "--reps", str(reps), "--threads", str(a.threads)]
+                          "--reps", str(reps), "--threads", str(a.threads), "--device", a.device]
                 if model == "base":
                     common += ["--warmup", "1"]
                 sides = {"reference": [], "clsnorm": []}
                 for _ in range(a.rounds):
                     sides["reference"] += last_json(run([PY, REF, "step"] + common)[0])["step_secs"]
-                    sides["clsnorm"] += last_json(run([BENCH_STEP] + common)[0])["step_secs"]
+                    sides["clsnorm"] += last_json(run([a.bench_step] + common)[0])["step_secs"]
                 r, c = (statistics.median(sides[k]) for k in ("reference", "clsnorm"))
                 gflops = step_flops(model, batch, seq) / c / 1e9
                 results["step"].append({"model": model, "batch": batch, "seq": seq, "reference": sides["reference"],
@@ -118,8 +124,8 @@ def step_section(a, results):
 def clsnorm_epoch(a, task, variant):
     out_dir = os.path.join(a.out, f"clsnorm-{task}-{variant}")
     subprocess.run(["rm", "-rf", out_dir], check=True)
-    cmd = [CLSNORM, "finetune", "--task", task, "--data-dir", a.glue_dir, "--epochs", "1", "--seed", "1",
-           "--threads", str(a.threads), "--quiet", "--output", out_dir]
+    cmd = [a.clsnorm, "finetune", "--model", a.model, "--task", task, "--data-dir", a.glue_dir, "--epochs", "1",
+           "--seed", "1", "--threads", str(a.threads), "--device", a.device, "--quiet", "--output", out_dir]
     if variant == "grouped":
         cmd.append("--group-by-length")
     _, wall, rss = run(timed(cmd))
@@ -134,7 +140,7 @@ def clsnorm_epoch(a, task, variant):
 
 def reference_epoch(a, task):
     cmd = [PY, REF, "finetune", "--task", task, "--data", a.glue_dir, "--epochs", "1", "--seed", "1",
-           "--threads", str(a.threads), "--model", MINILM]
+           "--threads", str(a.threads), "--model", a.model, "--device", a.device]
     out, wall, rss = run(timed(cmd))
     r = last_json(out)
     return {
@@ -155,8 +161,9 @@ def epoch_section(a, results):
         results["epoch"].append({"task": task, **rows})
         for side, r in rows.items():
             acc = r["dev"].get("accuracy")
-            print(f"| {task} | {side} | {r['wall_secs']:.0f} | {r['train_secs']:.0f} | {r['tokens_per_sec']:.0f} | "
-                  f"{r['eval_secs']:.1f} | {acc:.4f} | {r['peak_rss_mib']:.0f} | {r['wall_secs'] / ref['wall_secs']:.2f} |",
+            rss = "n/a" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
+            print(f"| {task} | {side} | {r['wall_secs']:.1f} | {r['train_secs']:.1f} | {r['tokens_per_sec']:.0f} | "
+                  f"{r['eval_secs']:.1f} | {acc:.4f} | {rss} | {r['wall_secs'] / ref['wall_secs']:.2f} |",
                   flush=True)
 
 
@@ -171,7 +178,16 @@ def main():
     p.add_argument("--reps", type=int, default=6, help="timed steps per process (halved for base)")
     p.add_argument("--rounds", type=int, default=2, help="alternating processes per side and setting")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "out", datetime.date.today().isoformat()))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--model", default=os.path.join(ROOT, "models", "all-MiniLM-L6-v2"), help="MiniLM-L6 directory")
+    p.add_argument("--bin-dir", help="directory with clsnorm and bench_step (default: target/release and its examples/)")
     a = p.parse_args()
+    if a.bin_dir:
+        a.clsnorm, a.bench_step = (os.path.abspath(os.path.join(a.bin_dir, b)) for b in ("clsnorm", "bench_step"))
+    else:
+        a.clsnorm = os.path.join(ROOT, "target", "release", "clsnorm")
+        a.bench_step = os.path.join(ROOT, "target", "release", "examples", "bench_step")
+    a.model = os.path.abspath(a.model)
     a.tasks, a.variants, a.step_models = a.tasks.split(","), a.variants.split(","), a.step_models.split(",")
     a.glue_dir = os.path.abspath(a.glue_dir)
     os.makedirs(a.out, exist_ok=True)
@@ -179,10 +195,12 @@ def main():
 
     results = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),
-        "cpu": cpu_model(), "threads": a.threads, "torch": torch.__version__, "step": [], "epoch": [],
+        "cpu": cpu_model(), "threads": a.threads, "torch": torch.__version__, "device": a.device,
+        "gpu": torch.cuda.get_device_name(0) if a.device == "cuda" else None, "step": [], "epoch": [],
         "argv": sys.argv[1:],
     }
-    print(f"bench {results['date']} on {results['cpu']}, {a.threads} threads, torch {torch.__version__}")
+    where = results["gpu"] or f"{results['cpu']}, {a.threads} threads"
+    print(f"bench {results['date']} on {where}, torch {torch.__version__}")
     if "step" in a.sections:
         step_section(a, results)
     if "epoch" in a.sections:

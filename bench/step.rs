@@ -2,13 +2,15 @@
 //! `bench/reference/reference.py step`): one JSON line per setting on stdout.
 //!
 //! `cargo run --release --example bench_step -- --model models/all-MiniLM-L6-v2 --batch 32 --seq 64`
-//! (`--model base` for a randomly initialised BERT-base shape; see `bench/run.sh`).
+//! (`--model base` for a randomly initialised BERT-base shape; `--device cuda` on a GPU; see
+//! `bench/run.sh`).
 use std::time::Instant;
 
 use clap::Parser;
 use clsnorm::batch::Batch;
 use clsnorm::classifier::{Classifier, ClsSource, HeadConfig};
 use clsnorm::data::LabelSpace;
+use clsnorm::device::DeviceChoice;
 use clsnorm::encoder::{BertConfig, Encoder};
 use clsnorm::normalize::NormConfig;
 use clsnorm::tokenize::Encoded;
@@ -31,6 +33,9 @@ struct Args {
     warmup: usize,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
 }
 
 /// The benchmark's token ids: [CLS] w ... w [SEP], a fixed formula both sides compute.
@@ -52,10 +57,17 @@ fn fixed_batch(batch: usize, seq: usize) -> Vec<Encoded> {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     tch::set_num_threads(a.threads as i32);
+    let device = a.device.resolve()?;
+    // Step times are read on the host, so the GPU's queue is drained before each reading.
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
     let enc = if a.model == "base" {
-        Encoder::random(&BertConfig::base(), Device::Cpu, 0)
+        Encoder::random(&BertConfig::base(), device, 0)
     } else {
-        Encoder::load(a.model.as_ref(), Device::Cpu, false)?
+        Encoder::load(a.model.as_ref(), device, false)?
     };
     let head = HeadConfig {
         labels: LabelSpace::Classes(vec!["0".into(), "1".into()]),
@@ -73,17 +85,21 @@ fn main() -> anyhow::Result<()> {
     let mut opt = AdamW::new(adam, model.trainable());
     let encs = fixed_batch(a.batch, a.seq);
     let refs: Vec<&Encoded> = encs.iter().collect();
-    let batch = Batch::collate(&refs, 0, Device::Cpu);
-    let labels = Tensor::from_slice(&(0..a.batch as i64).map(|i| i % 2).collect::<Vec<_>>());
+    let batch = Batch::collate(&refs, 0, device);
+    let labels =
+        Tensor::from_slice(&(0..a.batch as i64).map(|i| i % 2).collect::<Vec<_>>()).to(device);
     // What the training loop does per update: forward, loss, backward, global gradient norm
     // with its finiteness check (one host sync), AdamW.
     let (mut fwd, mut bwd, mut upd, mut step) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for it in 0..a.warmup + a.reps {
+        sync();
         let t0 = Instant::now();
         let out = model.forward(&batch, true);
         let loss = model.loss(&out.logits, &labels);
+        sync();
         let t1 = Instant::now();
         opt.backward(&loss, &[]);
+        sync();
         let t2 = Instant::now();
         let norm = opt.grad_norm();
         anyhow::ensure!(
@@ -94,6 +110,7 @@ fn main() -> anyhow::Result<()> {
             "non-finite loss or gradient"
         );
         opt.step(5e-5);
+        sync();
         let t3 = Instant::now();
         if it >= a.warmup {
             fwd.push((t1 - t0).as_secs_f64());
@@ -108,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         "batch": a.batch,
         "seq": a.seq,
         "threads": a.threads,
+        "device": a.device.to_string(),
         "step_secs": step,
         "forward_secs": fwd,
         "backward_secs": bwd,

@@ -10,6 +10,9 @@ one JSON line:
   reference.py finetune --model DIR --task RTE --data GLUE_DIR --epochs 1 --seed 1 --threads 2
       one full fine-tuning run, then the dev set; wall times, non-pad tokens and dev metrics
 
+Both take --device cpu|cuda (default cpu). On CUDA, torch.optim.AdamW takes its default
+multi-tensor (foreach) path, and timings wait for the GPU (torch.cuda.synchronize).
+
 Run through bench/run.sh, which installs this script's venv (bench/setup.sh).
 """
 
@@ -79,22 +82,32 @@ def fixed_batch(batch, seq):
     return ids
 
 
+def synchronizer(device):
+    """Waits for the GPU's queue, so host clocks time the work, not its launch."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 def step_mode(a):
     torch.set_num_threads(a.threads)
-    model = Classifier(load_encoder(a.model), 2)
+    dev = torch.device(a.device)
+    sync = synchronizer(dev)
+    model = Classifier(load_encoder(a.model), 2).to(dev)
     model.train()
     opt, sched = optimizer_and_schedule(model, 5e-5, 1000)
-    ids = fixed_batch(a.batch, a.seq)
+    ids = fixed_batch(a.batch, a.seq).to(dev)
     types = torch.zeros_like(ids)
     mask = torch.ones_like(ids)
-    labels = torch.arange(a.batch) % 2
+    labels = (torch.arange(a.batch) % 2).to(dev)
     loss_fn = nn.CrossEntropyLoss()
     fwd, bwd, upd, step = [], [], [], []
     for it in range(a.warmup + a.reps):
+        sync()
         t0 = time.perf_counter()
         loss = loss_fn(model(ids, types, mask), labels)
+        sync()
         t1 = time.perf_counter()
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         opt.step()
         sched.step()
@@ -108,7 +121,7 @@ def step_mode(a):
             step.append(t3 - t0)
     print(json.dumps({
         "side": "reference", "model": a.model, "batch": a.batch, "seq": a.seq,
-        "threads": a.threads, "step_secs": step, "forward_secs": fwd, "backward_secs": bwd, "update_secs": upd,
+        "threads": a.threads, "device": a.device, "step_secs": step, "forward_secs": fwd, "backward_secs": bwd, "update_secs": upd,
     }))
 
 
@@ -158,13 +171,15 @@ def dev_metrics(labels, preds):
 def finetune_mode(a):
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
+    sync = synchronizer(dev)
     t_start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(a.model)
     train = read_tsv(os.path.join(a.data, a.task, "train.tsv"), a.task)
     dev = read_tsv(os.path.join(a.data, a.task, "dev.tsv"), a.task)
     ids, types, labels = encode(tok, train, a.max_len)
     dev_ids, dev_types, dev_labels = encode(tok, dev, a.max_len)
-    model = Classifier(AutoModel.from_pretrained(a.model), len(TASKS[a.task][3]))
+    model = Classifier(AutoModel.from_pretrained(a.model), len(TASKS[a.task][3])).to(dev)
     steps_per_epoch = math.ceil(len(ids) / a.batch_size)
     opt, sched = optimizer_and_schedule(model, a.lr, a.epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss()
@@ -179,14 +194,16 @@ def finetune_mode(a):
         for b in range(steps_per_epoch):
             idx = order[b * a.batch_size:(b + 1) * a.batch_size]
             x, tt, m = collate(ids, types, idx, tok.pad_token_id)
-            loss = loss_fn(model(x, tt, m), label_t[idx])
+            tokens += int(m.sum())
+            padded += m.numel()
+            x, tt, m = x.to(dev), tt.to(dev), m.to(dev)
+            loss = loss_fn(model(x, tt, m), label_t[idx].to(dev))
             loss.backward()
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             loss_sum += loss.item()
-            tokens += int(m.sum())
-            padded += m.numel()
+        sync()
         train_secs += time.perf_counter() - t0
     model.eval()
     t0 = time.perf_counter()
@@ -195,12 +212,12 @@ def finetune_mode(a):
         for b in range(0, len(dev_ids), a.eval_batch_size):
             idx = list(range(b, min(len(dev_ids), b + a.eval_batch_size)))
             x, tt, m = collate(dev_ids, dev_types, idx, tok.pad_token_id)
-            preds += model(x, tt, m).argmax(-1).tolist()
+            preds += model(x.to(dev), tt.to(dev), m.to(dev)).argmax(-1).tolist()
     eval_secs = time.perf_counter() - t0
     dev_tokens = sum(len(x) for x in dev_ids)
     print(json.dumps({
         "side": "reference", "task": a.task, "epochs": a.epochs, "seed": a.seed,
-        "threads": a.threads, "setup_secs": t_setup, "train_secs": train_secs,
+        "threads": a.threads, "device": a.device, "setup_secs": t_setup, "train_secs": train_secs,
         "train_tokens": tokens, "train_padded_tokens": padded,
         "train_loss": loss_sum / (a.epochs * steps_per_epoch),
         "eval_secs": eval_secs, "dev_tokens": dev_tokens,
@@ -218,6 +235,7 @@ def main():
     s.add_argument("--reps", type=int, default=5)
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--device", default="cpu")
     f = sub.add_parser("finetune")
     f.add_argument("--model", default="models/all-MiniLM-L6-v2")
     f.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -229,6 +247,7 @@ def main():
     f.add_argument("--max-len", type=int, default=128)
     f.add_argument("--seed", type=int, default=1)
     f.add_argument("--threads", type=int, default=2)
+    f.add_argument("--device", default="cpu")
     a = p.parse_args()
     step_mode(a) if a.mode == "step" else finetune_mode(a)
     return 0
