@@ -171,15 +171,15 @@ def dev_metrics(labels, preds):
 def finetune_mode(a):
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    dev = torch.device(a.device)
-    sync = synchronizer(dev)
+    device = torch.device(a.device)
+    sync = synchronizer(device)
     t_start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(a.model)
     train = read_tsv(os.path.join(a.data, a.task, "train.tsv"), a.task)
     dev = read_tsv(os.path.join(a.data, a.task, "dev.tsv"), a.task)
     ids, types, labels = encode(tok, train, a.max_len)
     dev_ids, dev_types, dev_labels = encode(tok, dev, a.max_len)
-    model = Classifier(AutoModel.from_pretrained(a.model), len(TASKS[a.task][3])).to(dev)
+    model = Classifier(AutoModel.from_pretrained(a.model), len(TASKS[a.task][3])).to(device)
     steps_per_epoch = math.ceil(len(ids) / a.batch_size)
     opt, sched = optimizer_and_schedule(model, a.lr, a.epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss()
@@ -196,8 +196,8 @@ def finetune_mode(a):
             x, tt, m = collate(ids, types, idx, tok.pad_token_id)
             tokens += int(m.sum())
             padded += m.numel()
-            x, tt, m = x.to(dev), tt.to(dev), m.to(dev)
-            loss = loss_fn(model(x, tt, m), label_t[idx].to(dev))
+            x, tt, m = x.to(device), tt.to(device), m.to(device)
+            loss = loss_fn(model(x, tt, m), label_t[idx].to(device))
             loss.backward()
             opt.step()
             sched.step()
@@ -212,7 +212,7 @@ def finetune_mode(a):
         for b in range(0, len(dev_ids), a.eval_batch_size):
             idx = list(range(b, min(len(dev_ids), b + a.eval_batch_size)))
             x, tt, m = collate(dev_ids, dev_types, idx, tok.pad_token_id)
-            preds += model(x.to(dev), tt.to(dev), m.to(dev)).argmax(-1).tolist()
+            preds += model(x.to(device), tt.to(device), m.to(device)).argmax(-1).tolist()
     eval_secs = time.perf_counter() - t0
     dev_tokens = sum(len(x) for x in dev_ids)
     print(json.dumps({
