@@ -570,6 +570,18 @@ mod tests {
         (init, targets)
     }
 
+    /// AdamW over `problem`'s weight and bias.
+    fn optimizer_over(ws: &[Tensor]) -> AdamW {
+        let names = ["dense.weight", "dense.bias"];
+        let named = names.iter().zip(ws);
+        AdamW::new(
+            CFG,
+            named
+                .map(|(n, w)| (n.to_string(), w.shallow_clone()))
+                .collect(),
+        )
+    }
+
     /// Runs AdamW from `init` towards each step's targets in `kind`; returns the weights and the
     /// optimizer.
     fn descend(kind: Kind, init: &[Tensor], targets: &[Vec<Tensor>]) -> (Vec<Tensor>, AdamW) {
@@ -577,14 +589,7 @@ mod tests {
             .iter()
             .map(|t| t.to_kind(kind).copy().set_requires_grad(true))
             .collect();
-        let names = ["dense.weight", "dense.bias"];
-        let named = names.iter().zip(&ws);
-        let mut opt = AdamW::new(
-            CFG,
-            named
-                .map(|(n, w)| (n.to_string(), w.shallow_clone()))
-                .collect(),
-        );
+        let mut opt = optimizer_over(&ws);
         for t in targets {
             step_towards(&mut opt, &ws, t, kind);
         }
@@ -644,14 +649,7 @@ mod tests {
             .iter()
             .map(|w| w.detach().copy().set_requires_grad(true))
             .collect();
-        let names = ["dense.weight", "dense.bias"];
-        let named = names.iter().zip(&ws);
-        let mut resumed = AdamW::new(
-            CFG,
-            named
-                .map(|(n, w)| (n.to_string(), w.shallow_clone()))
-                .collect(),
-        );
+        let mut resumed = optimizer_over(&ws);
         resumed.load_state(&state, opt.step).unwrap();
         for t in &targets[2..] {
             step_towards(&mut resumed, &ws, t, Kind::Double);
