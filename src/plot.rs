@@ -32,20 +32,34 @@ pub(crate) fn register_fonts() {
 }
 
 /// Draws the same chart as `STEM.png` and `STEM.svg` in `dir`; `$body` uses the drawing area
-/// `$a` and returns a plotters result.
+/// `$a` and returns a plotters result. Each picture is drawn to a temporary name and renamed into
+/// place, so a failed drawing leaves no torn file (nor replaces an older good one).
 macro_rules! draw_both {
     ($dir:expr, $stem:expr, $size:expr, |$a:ident| $body:expr) => {{
         $crate::plot::register_fonts();
         let png = $dir.join(format!("{}.png", $stem));
-        {
-            let $a = plotters::prelude::BitMapBackend::new(&png, $size).into_drawing_area();
-            $body.map_err(|e| $crate::Error::Invalid(format!("{}: {e}", png.display())))?;
+        // The bitmap backend picks its encoder from the extension, so the temporary name ends
+        // in .png too.
+        let tmp = $dir.join(format!(".{}.tmp-{}.png", $stem, std::process::id()));
+        let drawn = {
+            let $a = plotters::prelude::BitMapBackend::new(&tmp, $size).into_drawing_area();
+            $body
+        };
+        let moved = drawn
+            .map_err(|e| $crate::Error::Invalid(format!("{}: {e}", png.display())))
+            .and_then(|()| std::fs::rename(&tmp, &png).map_err(|e| $crate::Error::io(&png, e)));
+        if moved.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
+        moved?;
         let svg = $dir.join(format!("{}.svg", $stem));
+        let mut text = String::new();
         {
-            let $a = plotters::prelude::SVGBackend::new(&svg, $size).into_drawing_area();
+            let $a =
+                plotters::prelude::SVGBackend::with_string(&mut text, $size).into_drawing_area();
             $body.map_err(|e| $crate::Error::Invalid(format!("{}: {e}", svg.display())))?;
         }
+        $crate::atomic::write_bytes(&svg, text.as_bytes())?;
     }};
 }
 pub(crate) use draw_both;
@@ -75,5 +89,42 @@ mod tests {
         // would not.
         assert!(inked > 300, "{inked} dark pixels");
         assert!(inked < (w * h / 2) as usize, "{inked} dark pixels");
+    }
+
+    fn draw<DB: DrawingBackend>(a: &Area<DB>, fail: bool) -> Drawn<DB> {
+        a.fill(&WHITE)?;
+        if fail {
+            return Err(DrawingAreaErrorKind::LayoutError);
+        }
+        a.draw(&Text::new("x", (5, 5), ("sans-serif", 12)))?;
+        a.present()
+    }
+
+    fn both(dir: &std::path::Path, fail: bool) -> crate::Result<()> {
+        draw_both!(dir, "chart", (40, 30), |a| draw(&a, fail));
+        Ok(())
+    }
+
+    #[test]
+    fn pictures_appear_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = || {
+            let mut v: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert!(both(dir.path(), true).is_err());
+        assert!(names().is_empty(), "{:?}", names());
+        both(dir.path(), false).unwrap();
+        assert_eq!(names(), ["chart.png", "chart.svg"]);
+        let png = std::fs::read(dir.path().join("chart.png")).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        // A failed redraw keeps the good pictures.
+        assert!(both(dir.path(), true).is_err());
+        assert_eq!(names(), ["chart.png", "chart.svg"]);
+        assert_eq!(std::fs::read(dir.path().join("chart.png")).unwrap(), png);
     }
 }

@@ -239,6 +239,8 @@ impl Report {
             .map(|r| read_run(sweep_dir, r))
             .collect::<Result<_>>()?;
         let mut rows = Vec::new();
+        // Per row, the `none` variant it is compared with (itself for `none`).
+        let mut baselines: Vec<Option<String>> = Vec::new();
         for ((task, variant), members) in groups(&runs, |r| (r.task.clone(), r.variant.clone())) {
             let done: Vec<&&RunResult> = members.iter().filter(|r| r.best.is_some()).collect();
             let best: Vec<f64> = done.iter().filter_map(|r| r.best).collect();
@@ -247,9 +249,10 @@ impl Report {
                 .runs
                 .iter()
                 .find(|p| p.task == task && p.variant == variant);
+            let baseline = planned_run.and_then(|p| baseline_of(plan, p));
             let vs_none = planned_run
                 .filter(|p| p.norm != "none")
-                .and_then(|p| baseline_of(plan, p))
+                .and(baseline.clone())
                 .and_then(|base| {
                     let pairs: Vec<(u64, f64)> = done
                         .iter()
@@ -278,6 +281,7 @@ impl Report {
                 .copied()
                 .filter(|r| r.status == RunStatus::Done)
                 .collect();
+            baselines.push(baseline);
             let cls: Vec<&[(usize, f64)]> = finished.iter().map(|r| &r.cls_grad[..]).collect();
             let global: Vec<&[(usize, f64)]> =
                 finished.iter().map(|r| &r.global_grad[..]).collect();
@@ -300,18 +304,13 @@ impl Report {
             .iter()
             .map(|r| (r.task.clone(), r.variant.clone(), r.cls_grad, r.global_grad))
             .collect();
-        for row in rows.iter_mut() {
-            let Some(base) = plan
-                .runs
-                .iter()
-                .find(|p| p.task == row.task && p.variant == row.variant)
-                .and_then(|p| baseline_of(plan, p))
-            else {
+        for (row, base) in rows.iter_mut().zip(&baselines) {
+            let Some(base) = base else {
                 continue;
             };
             let Some((_, _, cls, global)) = scales
                 .iter()
-                .find(|(t, v, _, _)| *t == row.task && *v == base)
+                .find(|(t, v, _, _)| *t == row.task && v == base)
             else {
                 continue;
             };
