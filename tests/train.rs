@@ -95,18 +95,6 @@ fn records(out: &Path) -> Vec<EpochRecord> {
         .collect()
 }
 
-fn same_weights(a: &Path, b: &Path) {
-    for f in ["model.safetensors", "head.safetensors"] {
-        let ta = clsnorm::encoder::weights::read_safetensors(&a.join(f)).unwrap();
-        let tb = clsnorm::encoder::weights::read_safetensors(&b.join(f)).unwrap();
-        assert_eq!(ta.len(), tb.len());
-        for ((na, x), (nb, y)) in ta.iter().zip(&tb) {
-            assert_eq!(na, nb);
-            assert!(x.equal(y), "{f}: {na} differs");
-        }
-    }
-}
-
 #[test]
 fn learns_a_toy_task_and_is_deterministic() {
     let (s, _guard) = setup();
@@ -130,7 +118,7 @@ fn learns_a_toy_task_and_is_deterministic() {
     for (x, y) in ra.iter().zip(&rb) {
         assert_eq!((x.train_loss, x.primary), (y.train_loss, y.primary));
     }
-    same_weights(&a.join("last"), &b.join("last"));
+    common::same_checkpoint_weights(&a.join("last"), &b.join("last"));
     // Another seed: different numbers.
     let c = s.root.join("c");
     run(
@@ -239,8 +227,8 @@ fn resume_equals_uninterrupted(cfg: TrainConfig) {
         );
         assert_eq!(x.dev, y.dev);
     }
-    same_weights(&full.join("last"), &part.join("last"));
-    same_weights(&full.join("best"), &part.join("best"));
+    common::same_checkpoint_weights(&full.join("last"), &part.join("last"));
+    common::same_checkpoint_weights(&full.join("best"), &part.join("best"));
     assert_eq!(
         done.builds,
         vec![BUILD.to_string()],

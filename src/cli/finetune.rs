@@ -336,12 +336,16 @@ pub fn resolve_task(args: &DataArgs) -> anyhow::Result<(TaskSpec, Option<PathBuf
 }
 
 pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
-    let threads = set_threads(a.rt.threads)?;
-    let device = a.rt.device.resolve()?;
-    let (job_parts, resume) = match &a.resume {
-        Some(run_dir) => (from_run_dir(run_dir, &a)?, true),
-        None => (from_args(&a)?, false),
+    let (job_parts, recorded_threads) = match &a.resume {
+        Some(run_dir) => {
+            let (parts, threads) = from_run_dir(run_dir)?;
+            (parts, Some(threads))
+        }
+        None => (from_args(&a)?, None),
     };
+    let resume = recorded_threads.is_some();
+    let threads = set_threads(resume_threads(a.rt.threads, recorded_threads))?;
+    let device = a.rt.device.resolve()?;
     let (task, task_dir, head, config, model_dir, output) = job_parts;
     let opts = ReadOptions {
         skip_bad_rows: a.data.skip_bad_rows,
@@ -494,7 +498,25 @@ fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
     Ok((task, task_dir, head, config, a.rt.model.clone(), output))
 }
 
-fn from_run_dir(run_dir: &Path, _a: &FinetuneArgs) -> anyhow::Result<JobParts> {
+/// The thread count for a run: `--threads` if given, else the count a resumed run recorded.
+/// libtorch splits CPU reductions by thread, so resuming on another count changes the result
+/// in the last bits compared with an uninterrupted run.
+fn resume_threads(given: Option<usize>, recorded: Option<usize>) -> Option<usize> {
+    match (given, recorded) {
+        (Some(g), Some(r)) if g != r => {
+            tracing::warn!(
+                "resuming with {g} threads where the run used {r}: on CPU the result can differ \
+                 in the last bits from an uninterrupted run"
+            );
+            Some(g)
+        }
+        (Some(g), _) => Some(g),
+        (None, r) => r,
+    }
+}
+
+/// The job a run directory describes, and the libtorch thread count it ran with.
+fn from_run_dir(run_dir: &Path) -> anyhow::Result<(JobParts, usize)> {
     let path = run_dir.join("config.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("--resume: reading {}", path.display()))?;
@@ -521,19 +543,30 @@ fn from_run_dir(run_dir: &Path, _a: &FinetuneArgs) -> anyhow::Result<JobParts> {
         .map(|(n, i)| (n.clone(), i.path.to_string_lossy().into_owned()))
         .collect();
     Ok((
-        task,
-        None,
-        rc.head,
-        rc.train,
-        rc.model,
-        run_dir.to_path_buf(),
+        (
+            task,
+            None,
+            rc.head,
+            rc.train,
+            rc.model,
+            run_dir.to_path_buf(),
+        ),
+        rc.threads,
     ))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{on_signal, OnSignal};
+    use super::{on_signal, resume_threads, OnSignal};
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_resume_keeps_the_recorded_thread_count_unless_told_otherwise() {
+        assert_eq!(resume_threads(None, Some(3)), Some(3));
+        assert_eq!(resume_threads(Some(5), Some(3)), Some(5));
+        assert_eq!(resume_threads(Some(2), None), Some(2));
+        assert_eq!(resume_threads(None, None), None);
+    }
 
     #[test]
     fn a_signal_repeated_within_a_second_is_the_same_interrupt() {

@@ -55,7 +55,7 @@ pub struct RuntimeArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
-    /// libtorch CPU threads (default: all cores).
+    /// libtorch CPU threads (default: all cores; with --resume, the count the run used).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Allow reading pytorch_model.bin, a Python pickle that can run code when loaded.

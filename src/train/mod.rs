@@ -756,7 +756,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                     max_dim_grad,
                     max_dim,
                     global_grad_norm: grad_norm.double_value(&[]),
-                    groups: opt.grad_norms_by(grad_group),
+                    groups: opt.grad_norms_by(grad_group)?,
                 };
                 append_line(&grads_path, &rec)?;
             }

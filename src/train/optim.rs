@@ -181,7 +181,7 @@ impl AdamW {
     pub fn grad_norms_by(
         &self,
         group: impl Fn(&str) -> String,
-    ) -> std::collections::BTreeMap<String, f64> {
+    ) -> Result<std::collections::BTreeMap<String, f64>, tch::TchError> {
         let mut sq: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
         let (names, sums): (Vec<&str>, Vec<Tensor>) = self
             .defined_grads()
@@ -193,15 +193,14 @@ impl AdamW {
             })
             .unzip();
         if sums.is_empty() {
-            return sq;
+            return Ok(sq);
         }
         // One transfer to the host for all parameters, not one per parameter.
-        let sums =
-            Vec::<f64>::try_from(Tensor::stack(&sums, 0).to(tch::Device::Cpu)).unwrap_or_default();
+        let sums = Vec::<f64>::try_from(Tensor::stack(&sums, 0).to(tch::Device::Cpu))?;
         for (name, v) in names.into_iter().zip(sums) {
             *sq.entry(group(name)).or_default() += v;
         }
-        sq.into_iter().map(|(k, v)| (k, v.sqrt())).collect()
+        Ok(sq.into_iter().map(|(k, v)| (k, v.sqrt())).collect())
     }
 
     /// Scales gradients so that their global norm is at most `max_norm` (as

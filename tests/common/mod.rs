@@ -29,6 +29,19 @@ pub fn write_tiny_vocab(dir: &Path) {
     .unwrap();
 }
 
+/// Asserts that two checkpoint folders hold bit-identical encoder and head weights.
+pub fn same_checkpoint_weights(a: &Path, b: &Path) {
+    for f in ["model.safetensors", "head.safetensors"] {
+        let ta = clsnorm::encoder::weights::read_safetensors(&a.join(f)).unwrap();
+        let tb = clsnorm::encoder::weights::read_safetensors(&b.join(f)).unwrap();
+        assert_eq!(ta.len(), tb.len(), "{f}: tensor counts differ");
+        for ((na, x), (nb, y)) in ta.iter().zip(&tb) {
+            assert_eq!(na, nb);
+            assert!(x.equal(y), "{f}: {na} differs");
+        }
+    }
+}
+
 pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
