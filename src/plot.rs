@@ -19,6 +19,23 @@ pub(crate) const PALETTE: [RGBColor; 8] = [
     RGBColor(227, 119, 194),
 ];
 
+/// Draws the series legend (top right, on a translucent white box) and presents the picture.
+pub(crate) fn legend_and_present<
+    'a,
+    DB: DrawingBackend + 'a,
+    CT: plotters::coord::CoordTranslate,
+>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    root: &Area<DB>,
+) -> Drawn<DB> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()
+}
+
 /// DejaVu Sans (see `assets/fonts/LICENSE`), the one font every caption and label uses.
 const SANS: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
 

@@ -6,16 +6,8 @@ use clsnorm::encoder::weights;
 use clsnorm::normalize::{IsoBn, NormConfig, Normalizer};
 use tch::{nn, Device, Kind, Tensor};
 
-const ALL: &[&str] = &[
-    "none",
-    "center",
-    "standardize",
-    "batchnorm",
-    "layernorm",
-    "isobn",
-    "whiten",
-    "l2",
-];
+/// Every normalizer `--norm` accepts.
+const ALL: &[&str] = clsnorm::normalize::NORM_NAMES;
 
 fn build(cfg: &NormConfig, hidden: i64, kind: Kind) -> (nn::VarStore, Box<dyn Normalizer>) {
     let mut vs = nn::VarStore::new(Device::Cpu);

@@ -6,7 +6,7 @@ use plotters::prelude::*;
 
 use super::stats::{Details, EmbeddingStats};
 use crate::error::{Error, Result};
-use crate::plot::{draw_both, Area, Drawn, PALETTE};
+use crate::plot::{draw_both, legend_and_present, Area, Drawn, PALETTE};
 
 const RAW: RGBColor = PALETTE[0];
 const AFTER: RGBColor = PALETTE[1];
@@ -74,12 +74,7 @@ fn std_hist<DB: DrawingBackend>(
             .label(name.to_string())
             .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], AFTER.filled()));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()
+    legend_and_present(&mut chart, root)
 }
 
 /// Values sorted in decreasing order against their rank, log-scaled y.
@@ -132,12 +127,7 @@ fn sorted_curve<DB: DrawingBackend>(
             .label(name.to_string())
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], AFTER.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()
+    legend_and_present(&mut chart, root)
 }
 
 /// Correlation matrix heat map, dimensions ordered by their first-principal-component loading so
@@ -399,12 +389,7 @@ fn curves_chart<DB: DrawingBackend>(
                 PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()
+    legend_and_present(&mut chart, root)
 }
 
 /// Writes `STEM.png` and `STEM.svg`: the curves over updates, log-scaled y.

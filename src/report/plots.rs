@@ -7,7 +7,7 @@ use plotters::prelude::*;
 
 use super::RunResult;
 use crate::error::Result;
-use crate::plot::{draw_both, Area, Drawn, PALETTE};
+use crate::plot::{draw_both, legend_and_present, Area, Drawn, PALETTE};
 
 /// One normalizer's curve: (x, mean, min, max) over seeds.
 pub struct Band {
@@ -106,12 +106,7 @@ fn bands_chart<DB: DrawingBackend>(
             )?;
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()
+    legend_and_present(&mut chart, root)
 }
 
 /// Draws `STEM.png`/`.svg` when there is anything to draw; returns whether it did.
