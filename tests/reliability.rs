@@ -190,6 +190,7 @@ fn kill_9_at_random_moments_loses_nothing() {
     assert!(kills >= 3, "only {kills} kills");
     eprintln!("{kills} kills before the run finished");
     assert_eq!(outcome(&out), outcome(&reference), "after {kills} kills");
+    common::same_checkpoint_weights(&out.join("last"), &reference.join("last"));
 }
 
 /// Starts (or resumes) the run at `out` and SIGKILLs it at a random moment within 5-90% of
