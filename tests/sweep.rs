@@ -291,6 +291,19 @@ fn report_on_a_partial_sweep() {
         "{md}"
     );
     assert!(md.contains("| isobn | 3/3 | 60.0 |"), "{md}");
+    // The summary table: normalizers x tasks, and the average only where every task has a result.
+    assert!(
+        md.contains("| normalizer | RTE (accuracy) | CoLA (mcc) | GLUE-style average |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| none | 55.0 [50.0, 60.0] | 30.0 (1/3 seeds) | 42.5 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| isobn | 60.0 [52.0, 66.0]; Δ +4.3, p 0.25 | – (0/3) | – (1/2 tasks) |"),
+        "{md}"
+    );
     assert!(md.contains("+4.3 / +5.0 (n=3) | 0.25"), "{md}");
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 4);

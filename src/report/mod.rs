@@ -201,6 +201,29 @@ pub struct Report {
     pub invocations: Vec<Invocation>,
 }
 
+/// One cell of the summary table: "median [min, max]", the seeds finished where not all are,
+/// and "Δ mean, p" against `none` (no p from a single seed).
+fn summary_cell(r: &Row) -> String {
+    let Some(b) = &r.best else {
+        return format!("– (0/{})", r.planned);
+    };
+    let mut cell = if r.done > 1 {
+        format!("{:.1} [{:.1}, {:.1}]", b.median, b.min, b.max)
+    } else {
+        format!("{:.1}", b.median)
+    };
+    if r.done < r.planned {
+        cell.push_str(&format!(" ({}/{} seeds)", r.done, r.planned));
+    }
+    if let Some(p) = &r.vs_none {
+        cell.push_str(&format!("; Δ {:+.1}", p.mean_diff));
+        if p.seeds.len() > 1 {
+            cell.push_str(&format!(", p {:.2}", p.p_value));
+        }
+    }
+    cell
+}
+
 /// Groups `items` by `key`, keeping the order of first appearance.
 fn groups<T, K: PartialEq + Clone>(items: &[T], key: impl Fn(&T) -> K) -> Vec<(K, Vec<&T>)> {
     let mut out: Vec<(K, Vec<&T>)> = Vec::new();
@@ -472,6 +495,43 @@ impl Report {
         md
     }
 
+    /// The papers' table: normalizers x tasks, each cell the best-epoch median [min, max] over
+    /// seeds with the paired difference to `none`, and the GLUE-style average.
+    fn summary_table(&self) -> String {
+        let tasks: Vec<(String, String)> = groups(&self.rows, |r| r.task.clone())
+            .into_iter()
+            .map(|(t, rows)| {
+                let metric = rows.iter().find_map(|r| r.metric.clone());
+                let head = metric.map_or(t.clone(), |m| format!("{t} ({m})"));
+                (t, head)
+            })
+            .collect();
+        let mut md = format!(
+            "\n## Summary\n\nBest-epoch dev metric x100: median [min, max] over seeds (\"k/n seeds\" where not all have finished); Δ is the mean paired difference to `none` and p its sign-flip test (both explained below); the average is the GLUE-style mean over tasks of the medians, given when every task has a result.\n\n| normalizer | {} | GLUE-style average |\n|---|{}---|\n",
+            tasks.iter().map(|t| t.1.as_str()).collect::<Vec<_>>().join(" | "),
+            "---|".repeat(tasks.len())
+        );
+        for (variant, rows) in groups(&self.rows, |r| r.variant.clone()) {
+            let mut cells: Vec<String> = tasks
+                .iter()
+                .map(|(t, _)| {
+                    rows.iter()
+                        .find(|r| r.task == *t)
+                        .map_or("–".into(), |r| summary_cell(r))
+                })
+                .collect();
+            cells.push(self.averages.iter().find(|a| a.variant == variant).map_or(
+                "–".into(),
+                |a| match a.value {
+                    Some(v) => format!("{v:.1}"),
+                    None => format!("– ({}/{} tasks)", a.tasks_with_results, a.tasks),
+                },
+            ));
+            md.push_str(&format!("| {variant} | {} |\n", cells.join(" | ")));
+        }
+        md
+    }
+
     /// `report.md`, referring to the pictures that [`Report::write`] draws.
     pub fn markdown(&self, pictures: &[(String, Vec<String>)]) -> String {
         let done = self
@@ -516,6 +576,7 @@ impl Report {
                 ));
             }
         }
+        md.push_str(&self.summary_table());
         md.push_str(
             "\nValues are the primary dev metric x100 of each run's best epoch (\"best\", the papers' protocol) and of its last epoch (\"final\"): median, mean ± sample standard deviation over seeds, and [min, max]. \"Δ vs none\" is the mean (and median) over seeds of the paired difference to the `none` run with the same seed; p is a two-sided exact sign-flip permutation test of those differences (with n seeds the smallest possible p is 2/2^n: 0.25 for 3 seeds, 0.0625 for 5).\n",
         );
@@ -563,16 +624,6 @@ impl Report {
                     md.push_str(&format!("![]({p})\n"));
                 }
             }
-        }
-        md.push_str("\n## GLUE-style average\n\nMean over tasks of each normalizer's median best-epoch metric (only where every task has a finished run).\n\n| normalizer | average | tasks with results |\n|---|---|---|\n");
-        for a in &self.averages {
-            md.push_str(&format!(
-                "| {} | {} | {}/{} |\n",
-                a.variant,
-                a.value.map_or("–".into(), |v| format!("{v:.1}")),
-                a.tasks_with_results,
-                a.tasks
-            ));
         }
         md.push_str(&self.grad_tables());
         let missing: Vec<&RunResult> = self
