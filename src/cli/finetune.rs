@@ -343,7 +343,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
         }
         None => (from_args(&a)?, None),
     };
-    let resume = recorded_threads.is_some();
+    let resume = a.resume.is_some();
     let threads = set_threads(resume_threads(a.rt.threads, recorded_threads))?;
     let device = a.rt.device.resolve()?;
     let (task, task_dir, head, config, model_dir, output) = job_parts;

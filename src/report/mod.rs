@@ -448,10 +448,7 @@ impl Report {
         if self.rows.iter().all(|r| r.cls_grad.is_none()) {
             return String::new();
         }
-        let tasks: Vec<String> = groups(&self.rows, |r| r.task.clone())
-            .into_iter()
-            .map(|(t, _)| t)
-            .collect();
+        let tasks: Vec<String> = self.tasks().into_iter().map(|(t, _)| t).collect();
         let mut md = String::from(
             "\n## Gradient scale\n\nMedian over updates of each run's gradient norm, then median over the traced seeds (n), and in brackets its ratio to `none`'s: the papers' argument is that normalizing the [CLS] vector rescales the gradient that reaches the encoder.\n",
         );
@@ -495,13 +492,21 @@ impl Report {
         md
     }
 
+    /// The sweep's tasks in order, each with its primary metric's name (once a run has one).
+    fn tasks(&self) -> Vec<(String, Option<String>)> {
+        groups(&self.rows, |r| r.task.clone())
+            .into_iter()
+            .map(|(t, rows)| (t, rows.iter().find_map(|r| r.metric.clone())))
+            .collect()
+    }
+
     /// The papers' table: normalizers x tasks, each cell the best-epoch median [min, max] over
     /// seeds with the paired difference to `none`, and the GLUE-style average.
     fn summary_table(&self) -> String {
-        let tasks: Vec<(String, String)> = groups(&self.rows, |r| r.task.clone())
+        let tasks: Vec<(String, String)> = self
+            .tasks()
             .into_iter()
-            .map(|(t, rows)| {
-                let metric = rows.iter().find_map(|r| r.metric.clone());
+            .map(|(t, metric)| {
                 let head = metric.map_or(t.clone(), |m| format!("{t} ({m})"));
                 (t, head)
             })
