@@ -23,6 +23,9 @@ pub enum Error {
         line: usize,
         msg: String,
     },
+    /// Any other file clsnorm reads back (run summaries, report records).
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
     #[error("{0}")]
     Invalid(String),
     #[error("libtorch: {0}")]

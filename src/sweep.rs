@@ -93,7 +93,7 @@ pub struct SweepPlan {
 pub const PLAN_FILE: &str = "sweep.json";
 
 fn invalid(path: &Path, msg: impl std::fmt::Display) -> Error {
-    Error::Config {
+    Error::File {
         path: path.to_path_buf(),
         msg: msg.to_string(),
     }
@@ -409,7 +409,7 @@ impl Shard {
 }
 
 /// Where a run stands, judged from its directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     /// `summary.json` says the run finished.

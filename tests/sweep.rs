@@ -607,3 +607,128 @@ fn gradient_scales_are_medians_over_updates_then_seeds_relative_to_none() {
         "{csv}"
     );
 }
+
+#[test]
+fn a_report_takes_the_runs_it_lacks_from_an_earlier_reports_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = dir.path().join("sw");
+    let text = format!(
+        "output = {sweep:?}\ntasks = [\"RTE\"]\nseeds = [1, 2]\n[[norm]]\nname = \"none\"\n[[norm]]\nname = \"isobn\"\n"
+    );
+    let p = plan(dir.path(), &text).unwrap();
+    std::fs::create_dir_all(&sweep).unwrap();
+    clsnorm::atomic::write_json(&sweep.join("sweep.json"), &p).unwrap();
+    // none 0.50/0.60, isobn 0.55/0.70 -> paired +5, +10; [CLS] gradient medians 2, 4 and 20, 40.
+    for (name, acc, g) in [
+        ("RTE_none_s1", 0.50, 2.0),
+        ("RTE_none_s2", 0.60, 4.0),
+        ("RTE_isobn_s1", 0.55, 20.0),
+        ("RTE_isobn_s2", 0.70, 40.0),
+    ] {
+        fake_run(&sweep.join(name), "accuracy", &[acc - 0.1, acc]);
+        fake_grads(&sweep.join(name), &[g, g, 100.0 * g, g]);
+    }
+    let earlier = dir.path().join("earlier");
+    let full = Report::build(&sweep).unwrap();
+    full.write(&earlier).unwrap();
+    let recorded = earlier.join("results.json");
+
+    // Three run directories go; the fourth is rerun with another result, which must win.
+    for name in ["RTE_none_s1", "RTE_none_s2", "RTE_isobn_s1"] {
+        std::fs::remove_dir_all(sweep.join(name)).unwrap();
+    }
+    std::fs::remove_dir_all(sweep.join("RTE_isobn_s2")).unwrap();
+    fake_run(&sweep.join("RTE_isobn_s2"), "accuracy", &[0.80]);
+    assert_eq!(
+        Report::build(&sweep).unwrap().rows[0].done,
+        0,
+        "without records the none runs are missing"
+    );
+
+    let records = clsnorm::report::Records::read(&recorded).unwrap();
+    let r = Report::from_plan_and_records(&p, &[records]).unwrap();
+    let run = |n: &str| r.runs.iter().find(|x| x.name == n).unwrap();
+    assert_eq!(run("RTE_none_s1").from_records.as_deref(), Some(&*recorded));
+    assert_eq!(run("RTE_none_s1").epochs, [40.0, 50.0]);
+    assert_eq!(run("RTE_isobn_s2").from_records, None);
+    assert!((run("RTE_isobn_s2").best.unwrap() - 80.0).abs() < 1e-9);
+    let row = |v: &str| r.rows.iter().find(|x| x.variant == v).unwrap();
+    assert_eq!(row("none").done, 2);
+    let d = row("isobn").vs_none.as_ref().unwrap();
+    assert!((d.mean_diff - 12.5).abs() < 1e-9, "{}", d.mean_diff); // +5 and +20
+                                                                   // Gradient medians come from the records (none: 2, 4 -> 3); the rerun has no trace.
+    let none_grad = row("none").cls_grad.unwrap();
+    assert_eq!((none_grad.median, none_grad.seeds), (3.0, 2));
+    let iso_grad = row("isobn").cls_grad.unwrap();
+    assert_eq!(
+        (iso_grad.median, iso_grad.vs_none),
+        (20.0, Some(20.0 / 3.0))
+    );
+    let out = dir.path().join("joined");
+    r.write(&out).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("4 of 4 runs finished"), "{md}");
+    assert!(
+        md.contains(&format!(
+            "for want of their run directories: 3 from `{}`",
+            recorded.display()
+        )),
+        "{md}"
+    );
+    // The joined report's records say where each run came from, so they can be joined again.
+    let again = clsnorm::report::Records::read(&out.join("results.json")).unwrap();
+    let none_s1 = again.runs.iter().find(|x| x.name == "RTE_none_s1").unwrap();
+    assert_eq!(none_s1.from_records.as_deref(), Some(&*recorded));
+    assert_eq!(none_s1.cls_grad_median, Some(2.0));
+
+    // Through the binary, and what it refuses: another sweep's records, and a file that is
+    // not a report's results.json.
+    let ok = clsnorm(
+        &[
+            "report",
+            sweep.to_str().unwrap(),
+            "--runs-from",
+            recorded.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let json = std::fs::read_to_string(&recorded).unwrap();
+    let other = dir.path().join("other.json");
+    std::fs::write(
+        &other,
+        json.replacen("\"sweep\": \"sweep\"", "\"sweep\": \"elsewhere\"", 1),
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"runs\": 3}").unwrap();
+    for (file, expected) in [
+        (
+            &other,
+            "holds the runs of sweep `elsewhere`, not of `sweep`",
+        ),
+        (&bad, "not the results.json of a `clsnorm report`"),
+    ] {
+        let out = clsnorm(
+            &[
+                "report",
+                sweep.to_str().unwrap(),
+                "--runs-from",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains(expected),
+            "{err}"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser};
-use clsnorm::report::{Invocation, Report, INVOCATIONS_FILE};
+use clsnorm::report::{Invocation, Records, Report, INVOCATIONS_FILE};
 use clsnorm::sweep::{status, RunStatus, Shard, SweepConfig, SweepPlan, PLAN_FILE};
 
 #[derive(Debug, Args)]
@@ -41,6 +41,11 @@ pub struct ReportArgs {
     /// sweep directory).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Take the finished runs that the sweep directory lacks from the results.json of an
+    /// earlier report of the same sweep (e.g. after deleting run directories to free disk).
+    /// Repeatable; a finished run directory wins over any record.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    pub runs_from: Vec<PathBuf>,
 }
 
 /// Parses every run's command as `clsnorm` would, so that a typo fails now and not hours in.
@@ -363,7 +368,12 @@ pub fn report(a: ReportArgs) -> anyhow::Result<()> {
         (None, Some(cfg)) => SweepConfig::from_file(cfg)?.expand(cfg)?,
         (None, None) => bail!("give a sweep directory or --config"),
     };
-    let report = Report::from_plan(&plan)?;
+    let records: Vec<Records> = a
+        .runs_from
+        .iter()
+        .map(|p| Records::read(p))
+        .collect::<Result<_, _>>()?;
+    let report = Report::from_plan_and_records(&plan, &records)?;
     let out = a.output.unwrap_or_else(|| plan.dir.clone());
     report.write(&out)?;
     let done = report.runs.iter().filter(|r| r.best.is_some()).count();

@@ -6,7 +6,7 @@ pub mod plots;
 pub mod stats;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +17,7 @@ use crate::train::{EpochRecord, GradRecord, LossRecord, Summary, LOSS_FILE};
 use stats::{sign_flip_p, spread, Spread};
 
 /// What one run directory holds (metric values are x100, as GLUE tables print them).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
     pub name: String,
     pub task: String,
@@ -36,6 +36,16 @@ pub struct RunResult {
     /// Builds of clsnorm that trained the run (finished runs; empty for runs made before
     /// builds were recorded).
     pub builds: Vec<String>,
+    /// Median over updates of the [CLS] and of the global gradient norm (finished, traced
+    /// runs), kept so that a report rebuilt from these records still has the gradient scale.
+    #[serde(default)]
+    pub cls_grad_median: Option<f64>,
+    #[serde(default)]
+    pub global_grad_median: Option<f64>,
+    /// The `results.json` this run was taken from, when its run directory was not there
+    /// ([`Records`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_records: Option<PathBuf>,
     #[serde(skip)]
     pub loss: Vec<(usize, f64)>,
     #[serde(skip)]
@@ -74,6 +84,9 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
         epochs: epochs.iter().map(|e| 100.0 * e.primary).collect(),
         wall_secs: None,
         builds: Vec::new(),
+        cls_grad_median: None,
+        global_grad_median: None,
+        from_records: None,
         loss: read_jsonl::<LossRecord>(&dir.join(LOSS_FILE))
             .into_iter()
             .map(|r| (r.step, r.loss))
@@ -84,9 +97,9 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
     if st == RunStatus::Done {
         let path = dir.join("summary.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let s: Summary = serde_json::from_str(&text).map_err(|e| Error::Config {
+        let s: Summary = serde_json::from_str(&text).map_err(|e| Error::File {
             path: path.clone(),
-            msg: e.to_string(),
+            msg: format!("not a run summary: {e}"),
         })?;
         let primary_of = |dev: &[(String, BTreeMap<String, f64>)]| {
             dev.first()
@@ -98,8 +111,72 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
         res.metric = Some(s.primary_metric.clone());
         res.wall_secs = Some(s.wall_secs);
         res.builds = s.builds;
+        res.cls_grad_median = median_of(&res.cls_grad);
+        res.global_grad_median = median_of(&res.global_grad);
     }
     Ok(res)
+}
+
+/// Median of a traced series' values; `None` for an empty or non-finite one.
+fn median_of(series: &[(usize, f64)]) -> Option<f64> {
+    let values: Vec<f64> = series.iter().map(|p| p.1).collect();
+    (!values.is_empty())
+        .then(|| stats::median(&values))
+        .filter(|m| m.is_finite())
+}
+
+/// The runs recorded in the `results.json` of an earlier report of the same sweep. They stand
+/// in for finished runs whose directories are gone (deleted to free disk, or left on another
+/// machine): their metrics per epoch, wall time, builds and gradient medians are kept, their
+/// loss and gradient curves are not.
+#[derive(Debug, Clone)]
+pub struct Records {
+    pub path: PathBuf,
+    pub sweep: String,
+    pub runs: Vec<RunResult>,
+    pub invocations: Vec<Invocation>,
+}
+
+impl Records {
+    /// Reads the `results.json` that [`Report::write`] wrote.
+    pub fn read(path: &Path) -> Result<Records> {
+        #[derive(Deserialize)]
+        struct File {
+            sweep: String,
+            runs: Vec<RunResult>,
+            #[serde(default)]
+            invocations: Vec<Invocation>,
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let f: File = serde_json::from_str(&text).map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            msg: format!("not the results.json of a `clsnorm report`: {e}"),
+        })?;
+        Ok(Records {
+            path: path.to_path_buf(),
+            sweep: f.sweep,
+            runs: f.runs,
+            invocations: f.invocations,
+        })
+    }
+
+    /// The finished record of `run`, if there is one.
+    fn finished(&self, run: &PlannedRun) -> Option<RunResult> {
+        self.runs
+            .iter()
+            .find(|r| {
+                r.name == run.name
+                    && r.task == run.task
+                    && r.variant == run.variant
+                    && r.seed == run.seed
+                    && r.status == RunStatus::Done
+                    && r.best.is_some()
+            })
+            .map(|r| RunResult {
+                from_records: Some(r.from_records.clone().unwrap_or_else(|| self.path.clone())),
+                ..r.clone()
+            })
+    }
 }
 
 /// The paired comparison of a variant with `none` over the seeds both finished.
@@ -143,14 +220,9 @@ pub struct GradScale {
 }
 
 impl GradScale {
-    /// From the per-update norms of finished runs; runs without a trace are left out.
-    fn of(series: &[&[(usize, f64)]]) -> Option<GradScale> {
-        let per_run: Vec<f64> = series
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| stats::median(&s.iter().map(|p| p.1).collect::<Vec<f64>>()))
-            .filter(|m| m.is_finite())
-            .collect();
+    /// From the per-run medians of finished runs; runs without a trace are left out.
+    fn of(per_run: &[Option<f64>]) -> Option<GradScale> {
+        let per_run: Vec<f64> = per_run.iter().flatten().copied().collect();
         (!per_run.is_empty()).then(|| GradScale {
             median: stats::median(&per_run),
             seeds: per_run.len(),
@@ -255,11 +327,32 @@ impl Report {
 
     /// Reads every run of `plan` from its sweep directory.
     pub fn from_plan(plan: &SweepPlan) -> Result<Report> {
+        Report::from_plan_and_records(plan, &[])
+    }
+
+    /// Reads every run of `plan` from its sweep directory, taking a run that has not finished
+    /// there from the first of `records` that holds it finished.
+    pub fn from_plan_and_records(plan: &SweepPlan, records: &[Records]) -> Result<Report> {
         let sweep_dir = plan.dir.as_path();
+        if let Some(other) = records.iter().find(|r| r.sweep != plan.name) {
+            return Err(Error::File {
+                path: other.path.clone(),
+                msg: format!(
+                    "holds the runs of sweep `{}`, not of `{}`",
+                    other.sweep, plan.name
+                ),
+            });
+        }
         let runs: Vec<RunResult> = plan
             .runs
             .iter()
-            .map(|r| read_run(sweep_dir, r))
+            .map(|r| {
+                let found = read_run(sweep_dir, r)?;
+                if found.status == RunStatus::Done {
+                    return Ok(found);
+                }
+                Ok(records.iter().find_map(|x| x.finished(r)).unwrap_or(found))
+            })
             .collect::<Result<_>>()?;
         let mut rows = Vec::new();
         // Per row, the `none` variant it is compared with (itself for `none`).
@@ -305,9 +398,8 @@ impl Report {
                 .filter(|r| r.status == RunStatus::Done)
                 .collect();
             baselines.push(baseline);
-            let cls: Vec<&[(usize, f64)]> = finished.iter().map(|r| &r.cls_grad[..]).collect();
-            let global: Vec<&[(usize, f64)]> =
-                finished.iter().map(|r| &r.global_grad[..]).collect();
+            let cls: Vec<Option<f64>> = finished.iter().map(|r| r.cls_grad_median).collect();
+            let global: Vec<Option<f64>> = finished.iter().map(|r| r.global_grad_median).collect();
             rows.push(Row {
                 cls_grad: GradScale::of(&cls),
                 global_grad: GradScale::of(&global),
@@ -361,9 +453,23 @@ impl Report {
                 }
             })
             .collect();
+        // The records' invocations ran the same sweep elsewhere or earlier: list them first.
+        let mut invocations: Vec<Invocation> = Vec::new();
+        for inv in records
+            .iter()
+            .flat_map(|r| r.invocations.iter().cloned())
+            .chain(read_jsonl::<Invocation>(&sweep_dir.join(INVOCATIONS_FILE)))
+        {
+            if !invocations
+                .iter()
+                .any(|i| i.started_unix == inv.started_unix)
+            {
+                invocations.push(inv);
+            }
+        }
         Ok(Report {
             sweep: plan.name.clone(),
-            invocations: read_jsonl(&sweep_dir.join(INVOCATIONS_FILE)),
+            invocations,
             runs,
             rows,
             averages,
@@ -439,6 +545,26 @@ impl Report {
             .collect();
         format!(
             "Builds of clsnorm (`git describe`) that trained the finished runs: {}.\n",
+            parts.join("; ")
+        )
+    }
+
+    /// Which finished runs were taken from records, and what they lack.
+    fn records_line(&self) -> String {
+        let from: Vec<(Option<PathBuf>, Vec<&RunResult>)> =
+            groups(&self.runs, |r| r.from_records.clone());
+        let parts: Vec<String> = from
+            .iter()
+            .filter_map(|(path, runs)| {
+                let path = path.as_ref()?;
+                Some(format!("{} from `{}`", runs.len(), path.display()))
+            })
+            .collect();
+        if parts.is_empty() {
+            return String::new();
+        }
+        format!(
+            "Finished runs taken from the records of an earlier report, for want of their run directories: {} (their dev metrics per epoch, wall times, builds and gradient medians where recorded; not their loss and gradient curves).\n",
             parts.join("; ")
         )
     }
@@ -558,6 +684,7 @@ impl Report {
             run_secs / 3600.0
         );
         md.push_str(&self.builds_line());
+        md.push_str(&self.records_line());
         if !self.invocations.is_empty() {
             md.push_str("\n`clsnorm sweep` invocations (shard, parallel jobs, runs executed, wall time):\n\n");
             for i in &self.invocations {
