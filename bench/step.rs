@@ -74,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         cls_source: ClsSource::Pooler,
         norm: NormConfig::None,
         dropout: 0.1,
+        bias_init: Default::default(),
     };
     let model = Classifier::new(enc, head, 1);
     let adam = AdamWConfig {

@@ -4,8 +4,9 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::batch::Batch;
-use crate::data::LabelSpace;
+use crate::data::{Dataset, Label, LabelSpace};
 use crate::encoder::Encoder;
+use crate::error::{Error, Result};
 use crate::normalize::{NormConfig, Normalizer};
 
 /// Which vector feeds the head.
@@ -19,6 +20,19 @@ pub enum ClsSource {
     Hidden,
 }
 
+/// How the output layer's bias starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BiasInit {
+    /// Zero, as Hugging Face and the papers.
+    #[default]
+    Zero,
+    /// The training labels' prior ([`label_prior`]): the head starts by predicting their mean
+    /// score or class shares, so it needs no offset from the normalized vector (which
+    /// batch-centring normalizers remove).
+    Prior,
+}
+
 /// The head's shape and options; saved as part of every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadConfig {
@@ -27,6 +41,56 @@ pub struct HeadConfig {
     pub norm: NormConfig,
     /// Dropout before the linear layer.
     pub dropout: f64,
+    /// How the output bias started (zero in runs from before this option).
+    #[serde(default)]
+    pub bias_init: BiasInit,
+}
+
+/// The output bias that predicts the labels of `train` before any training: their mean for
+/// regression; for classes, the log of each class's share with one added count per class (so
+/// that a class missing from the data gets a finite bias).
+pub fn label_prior(labels: &LabelSpace, train: &Dataset) -> Result<Vec<f64>> {
+    let no_labels = || {
+        Error::Invalid(format!(
+            "{}: no labelled example to take the label prior from",
+            train.path.display()
+        ))
+    };
+    match labels {
+        LabelSpace::Regression => {
+            let scores: Vec<f64> = train
+                .examples
+                .iter()
+                .filter_map(|e| match e.label {
+                    Some(Label::Score(v)) => Some(f64::from(v)),
+                    _ => None,
+                })
+                .collect();
+            if scores.is_empty() {
+                return Err(no_labels());
+            }
+            Ok(vec![scores.iter().sum::<f64>() / scores.len() as f64])
+        }
+        LabelSpace::Classes(names) => {
+            let mut counts = vec![0usize; names.len()];
+            for e in &train.examples {
+                if let Some(Label::Class(c)) = e.label {
+                    if let Some(n) = counts.get_mut(c) {
+                        *n += 1;
+                    }
+                }
+            }
+            let n: usize = counts.iter().sum();
+            if n == 0 {
+                return Err(no_labels());
+            }
+            let total = (n + names.len()) as f64;
+            Ok(counts
+                .iter()
+                .map(|&c| ((c + 1) as f64 / total).ln())
+                .collect())
+        }
+    }
 }
 
 /// What one forward pass produces.
@@ -138,6 +202,25 @@ impl Classifier {
             }
         });
         crate::batch::restore_order(&Tensor::cat(&parts, 0), &order)
+    }
+
+    /// Sets the output bias to `bias` (one value per output), e.g. [`label_prior`].
+    pub fn set_output_bias(&self, bias: &[f64]) -> Result<()> {
+        let Some(bs) = self.linear.bs.as_ref() else {
+            return Err(Error::Invalid("the head has no bias".into()));
+        };
+        if bias.len() as i64 != bs.size1()? {
+            return Err(Error::Invalid(format!(
+                "{} bias values for {} outputs",
+                bias.len(),
+                bs.size1()?
+            )));
+        }
+        let values = Tensor::from_slice(bias)
+            .to_kind(bs.kind())
+            .to_device(bs.device());
+        tch::no_grad(|| bs.shallow_clone().copy_(&values));
+        Ok(())
     }
 
     /// The normalizer (for statistics fitting and inspection).

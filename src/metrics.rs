@@ -19,6 +19,9 @@ pub enum Metric {
     AccF1,
     /// Mean of Pearson and Spearman (STS-B model selection).
     PearsonSpearman,
+    /// Mean squared error (lower is better; never a primary metric): unlike the correlations it
+    /// sees predictions that are shifted or scaled away from the labels.
+    Mse,
 }
 
 impl Metric {
@@ -31,6 +34,7 @@ impl Metric {
             Metric::Spearman => "spearman",
             Metric::AccF1 => "acc_and_f1",
             Metric::PearsonSpearman => "pearson_spearman",
+            Metric::Mse => "mse",
         }
     }
 }
@@ -138,6 +142,18 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     pearson(&ranks(x), &ranks(y))
 }
 
+/// Mean squared difference; 0 for no pairs.
+pub fn mse(pred: &[f64], gold: &[f64]) -> f64 {
+    if gold.is_empty() {
+        return 0.0;
+    }
+    pred.iter()
+        .zip(gold)
+        .map(|(p, g)| (p - g).powi(2))
+        .sum::<f64>()
+        / gold.len() as f64
+}
+
 /// Computes `metrics` on `outputs`; metrics that do not apply to the output type are skipped.
 pub fn compute(metrics: &[Metric], outputs: &Outputs) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
@@ -154,6 +170,7 @@ pub fn compute(metrics: &[Metric], outputs: &Outputs) -> BTreeMap<String, f64> {
             (Metric::PearsonSpearman, Outputs::Scores { pred, gold }) => {
                 (pearson(pred, gold) + spearman(pred, gold)) / 2.0
             }
+            (Metric::Mse, Outputs::Scores { pred, gold }) => mse(pred, gold),
             _ => continue,
         };
         out.insert(m.name().to_string(), v);
@@ -231,5 +248,21 @@ mod tests {
         );
         assert_eq!(m.len(), 3);
         close(m["acc_and_f1"], (0.75 + 0.8) / 2.0);
+    }
+
+    #[test]
+    fn mse_sees_a_shift_that_the_correlations_do_not() {
+        let gold = [1.0, 2.0, 4.0, 5.0];
+        let shifted: Vec<f64> = gold.iter().map(|g| g - 2.5).collect();
+        let o = Outputs::Scores {
+            pred: shifted,
+            gold: gold.to_vec(),
+        };
+        let m = compute(&[Metric::PearsonSpearman, Metric::Mse], &o);
+        close(m["pearson_spearman"], 1.0);
+        close(m["mse"], 6.25);
+        // (0.5^2 + 1^2 + 0 + 2^2) / 4
+        close(mse(&[1.5, 3.0, 4.0, 3.0], &gold), 5.25 / 4.0);
+        assert_eq!(mse(&[], &[]), 0.0);
     }
 }

@@ -418,3 +418,74 @@ fn analyze_and_compare_grads_write_reports_and_pictures() {
         "--trace-grads",
     );
 }
+
+#[test]
+fn head_bias_init_prior_reaches_the_trained_head() {
+    let _g = common::torch_rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (tmp.path().join("m"), tmp.path().join("glue"));
+    common::tiny_model_dir(&model, 3);
+    common::write_toy_sst(&data, 40, 8, 2);
+    // Unbalance the classes, so that the prior differs between them.
+    let train_file = data.join("SST-2/train.tsv");
+    let mut text = std::fs::read_to_string(&train_file).unwrap();
+    text.push_str(&"a good movie\t1\n".repeat(12));
+    std::fs::write(&train_file, text).unwrap();
+    let bias_after_one_tiny_update = |init: &str| {
+        let run = tmp.path().join(init);
+        ok(&clsnorm(&[
+            "finetune",
+            "--model",
+            p(&model),
+            "--task",
+            "sst2",
+            "--data-dir",
+            p(&data),
+            "--batch-size",
+            "8",
+            "--max-len",
+            "16",
+            "--max-steps",
+            "1",
+            "--lr",
+            "1e-12",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--quiet",
+            "--head-bias-init",
+            init,
+            "--output",
+            p(&run),
+        ]));
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["head"]["bias_init"], init);
+        let head =
+            tch::Tensor::read_safetensors(run.join("last").join("head.safetensors")).unwrap();
+        let (_, bias) = head
+            .into_iter()
+            .find(|(n, _)| n == "classifier.bias")
+            .unwrap();
+        Vec::<f64>::try_from(bias.to_kind(tch::Kind::Double)).unwrap()
+    };
+    let task = clsnorm::data::glue_task("sst2").unwrap();
+    let opts = clsnorm::data::ReadOptions {
+        skip_bad_rows: false,
+        require_label: true,
+    };
+    let train = clsnorm::data::read_dataset(&train_file, &task, opts).unwrap();
+    let prior = clsnorm::classifier::label_prior(&task.labels, &train).unwrap();
+    assert!(
+        (prior[0] - prior[1]).abs() > 1e-3,
+        "the toy classes should not be balanced"
+    );
+    for (init, want) in [("zero", vec![0.0, 0.0]), ("prior", prior)] {
+        let got = bias_after_one_tiny_update(init);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-6, "{init}: {got:?} vs {want:?}");
+        }
+    }
+}

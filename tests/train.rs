@@ -67,6 +67,7 @@ fn run(
             cls_source: ClsSource::Pooler,
             norm: NormConfig::None,
             dropout: 0.1,
+            bias_init: Default::default(),
         },
         train: read_dataset(&train, &task, opts).unwrap(),
         dev: dev
@@ -362,6 +363,7 @@ fn refuses_to_overwrite_a_run_and_validates_options() {
                 cls_source: ClsSource::Hidden,
                 norm: NormConfig::None,
                 dropout: 0.1,
+                bias_init: Default::default(),
             },
             train: ds.clone(),
             dev: vec![("dev".into(), ds.clone())],
@@ -461,4 +463,105 @@ fn traced_gradients_are_recorded_per_update_and_survive_resume() {
             r.global_grad_norm
         );
     }
+}
+
+fn labelled(labels: &[clsnorm::data::Label]) -> clsnorm::data::Dataset {
+    clsnorm::data::Dataset {
+        path: "train.tsv".into(),
+        examples: labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| clsnorm::data::Example {
+                line: i + 2,
+                text: ["the cat sat", "a good movie", "it was not very bad", "dog"][i % 4].into(),
+                text_pair: None,
+                label: Some(*l),
+            })
+            .collect(),
+        skipped: 0,
+    }
+}
+
+#[test]
+fn prior_bias_init_starts_the_head_at_the_label_prior() {
+    use clsnorm::classifier::{label_prior, BiasInit, Classifier};
+    use clsnorm::data::{Label, LabelSpace};
+    let _lock = common::torch_rng_lock();
+    // Regression: the mean score.
+    let scores = labelled(&[
+        Label::Score(1.0),
+        Label::Score(2.0),
+        Label::Score(4.5),
+        Label::Score(0.5),
+    ]);
+    assert_eq!(
+        label_prior(&LabelSpace::Regression, &scores).unwrap(),
+        [2.0]
+    );
+    // Classes: log shares with one count added per class (3, 1, 0 of 4 -> 4/7, 2/7, 1/7).
+    let classes = LabelSpace::Classes(vec!["a".into(), "b".into(), "c".into()]);
+    let counted = labelled(&[
+        Label::Class(0),
+        Label::Class(1),
+        Label::Class(0),
+        Label::Class(0),
+    ]);
+    let prior = label_prior(&classes, &counted).unwrap();
+    for (p, want) in prior.iter().zip([4.0 / 7.0, 2.0 / 7.0, 1.0 / 7.0_f64]) {
+        assert!((p - want.ln()).abs() < 1e-12, "{prior:?}");
+    }
+    let empty = clsnorm::data::Dataset {
+        path: "empty.tsv".into(),
+        examples: Vec::new(),
+        skipped: 0,
+    };
+    let err = label_prior(&LabelSpace::Regression, &empty)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("empty.tsv") && err.contains("no labelled example"),
+        "{err}"
+    );
+
+    // On a model with batchnorm, which removes every batch mean in training: the head's batch
+    // mean prediction is its bias, so a zero bias predicts 0 and the prior predicts the mean.
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_model_dir(dir.path(), 5);
+    let tok = clsnorm::tokenize::TextTokenizer::load(dir.path(), 16).unwrap();
+    let encs: Vec<_> = scores
+        .examples
+        .iter()
+        .map(|e| tok.encode(&e.text, None).unwrap())
+        .collect();
+    let refs: Vec<_> = encs.iter().collect();
+    let batch = clsnorm::batch::Batch::collate(&refs, tok.pad_id(), Device::Cpu);
+    let head = |bias_init| HeadConfig {
+        labels: LabelSpace::Regression,
+        cls_source: ClsSource::Pooler,
+        norm: NormConfig::Batchnorm {
+            momentum: 0.1,
+            eps: 1e-5,
+            affine: true,
+        },
+        dropout: 0.0,
+        bias_init,
+    };
+    for (bias_init, want) in [(BiasInit::Zero, 0.0), (BiasInit::Prior, 2.0)] {
+        let encoder = clsnorm::encoder::Encoder::load(dir.path(), Device::Cpu, false).unwrap();
+        let model = Classifier::new(encoder, head(bias_init), 1);
+        if bias_init == BiasInit::Prior {
+            model.set_output_bias(&[2.0]).unwrap();
+        }
+        let logits = model.forward(&batch, true).logits;
+        let mean = logits.mean(tch::Kind::Float).double_value(&[]);
+        assert!((mean - want).abs() < 1e-5, "{bias_init:?}: {mean}");
+        assert!(
+            logits.std(true).double_value(&[]) > 1e-4,
+            "not a constant output"
+        );
+    }
+    let encoder = clsnorm::encoder::Encoder::load(dir.path(), Device::Cpu, false).unwrap();
+    let model = Classifier::new(encoder, head(BiasInit::Prior), 1);
+    let err = model.set_output_bias(&[1.0, 2.0]).unwrap_err().to_string();
+    assert!(err.contains("2 bias values for 1 outputs"), "{err}");
 }

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use clsnorm::classifier::{ClsSource, HeadConfig};
+use clsnorm::classifier::{BiasInit, ClsSource, HeadConfig};
 use clsnorm::data::read::{infer_classes, read_rows};
 use clsnorm::data::{glue_task, read_dataset, Format, LabelSpace, ReadOptions, TaskSpec};
 use clsnorm::device::set_threads;
@@ -99,6 +99,11 @@ pub struct FinetuneArgs {
     /// Vector fed to the head.
     #[arg(long, value_enum, default_value_t = ClsSource::Pooler)]
     pub cls_source: ClsSource,
+    /// How the head's output bias starts: zero (as Hugging Face), or the training labels'
+    /// prior (mean score; log class shares), which batch-centring normalizers need on
+    /// regression tasks (docs/results.md, STS-B).
+    #[arg(long, value_enum, default_value_t = BiasInit::Zero)]
+    pub head_bias_init: BiasInit,
     #[command(flatten)]
     pub norm: NormArgs,
     /// Run directory (default: runs/TASK-NORM-seedSEED).
@@ -468,6 +473,7 @@ fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
         cls_source: a.cls_source,
         norm,
         dropout,
+        bias_init: a.head_bias_init,
     };
     let config = TrainConfig {
         lr: a.lr,

@@ -156,7 +156,7 @@ const GLUE: &[Glue] = &[
         text_pair: Some(Col::N("sentence2")),
         label: Col::N("score"),
         classes: None,
-        metrics: &[Pearson, Spearman, PearsonSpearman],
+        metrics: &[Pearson, Spearman, PearsonSpearman, Mse],
         primary: PearsonSpearman,
         dev: DEV,
     },

@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::atomic;
 use crate::batch::Batch;
-use crate::classifier::{Classifier, HeadConfig};
+use crate::classifier::{label_prior, BiasInit, Classifier, HeadConfig};
 use crate::data::{Dataset, Label, TaskSpec};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
@@ -596,6 +596,9 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                 )));
             }
             let model = Classifier::new(encoder, job.head.clone(), cfg.seed as i64);
+            if job.head.bias_init == BiasInit::Prior {
+                model.set_output_bias(&label_prior(&job.head.labels, &job.train)?)?;
+            }
             if model.normalizer().needs_fit() {
                 let cache = out.join("normalizer_stats.safetensors");
                 fit_normalizer(&model, &train, cfg, tok.pad_id(), &cache)?;
