@@ -732,3 +732,26 @@ fn a_report_takes_the_runs_it_lacks_from_an_earlier_reports_records() {
         );
     }
 }
+
+#[test]
+fn every_example_sweep_file_plans_runs_that_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        // `--list` validates every run's command before printing; nothing is run or written.
+        let out = Command::new(env!("CARGO_BIN_EXE_clsnorm"))
+            .args(["sweep", "--config", path.to_str().unwrap(), "--list"])
+            .current_dir(root)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {err}", path.display());
+        assert!(!out.stdout.is_empty(), "{}: no runs", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} sweep files in examples/");
+}
