@@ -2,7 +2,31 @@
 //! predict, and errors with a non-zero exit.
 mod common;
 
+use std::path::Path;
+
 use common::{clsnorm, fails, ok, p};
+
+/// `clsnorm finetune` of a tiny model on toy SST-2 data on the CPU (batch 8, length 16,
+/// quiet), then `rest`.
+fn toy_finetune<'a>(model: &'a Path, data: &'a Path, rest: &[&'a str]) -> Vec<&'a str> {
+    let shared = [
+        "finetune",
+        "--model",
+        p(model),
+        "--task",
+        "sst2",
+        "--data-dir",
+        p(data),
+        "--batch-size",
+        "8",
+        "--max-len",
+        "16",
+        "--device",
+        "cpu",
+        "--quiet",
+    ];
+    [&shared[..], rest].concat()
+}
 
 #[test]
 fn finetune_evaluate_predict_round_trip() {
@@ -251,32 +275,15 @@ fn every_normalizer_fine_tunes() {
         ("l2", &[][..]),
     ] {
         let run = tmp.path().join(norm);
-        let args = [
+        let args = toy_finetune(
+            &model,
+            &data,
             &[
-                "finetune",
-                "--model",
-                p(&model),
-                "--task",
-                "sst2",
-                "--data-dir",
-                p(&data),
-                "--batch-size",
-                "8",
-                "--max-len",
-                "16",
-                "--max-steps",
-                "6",
-                "--device",
-                "cpu",
-                "--quiet",
-                "--norm",
-                norm,
-                "--output",
-                p(&run),
-            ][..],
-            extra,
-        ]
-        .concat();
+                &["--max-steps", "6", "--norm", norm, "--output", p(&run)][..],
+                extra,
+            ]
+            .concat(),
+        );
         let summary: serde_json::Value = serde_json::from_str(&ok(&clsnorm(&args))).unwrap();
         assert!(
             summary["best_primary"].as_f64().unwrap().is_finite(),
@@ -433,32 +440,22 @@ fn head_bias_init_prior_reaches_the_trained_head() {
     std::fs::write(&train_file, text).unwrap();
     let bias_after_one_tiny_update = |init: &str| {
         let run = tmp.path().join(init);
-        ok(&clsnorm(&[
-            "finetune",
-            "--model",
-            p(&model),
-            "--task",
-            "sst2",
-            "--data-dir",
-            p(&data),
-            "--batch-size",
-            "8",
-            "--max-len",
-            "16",
-            "--max-steps",
-            "1",
-            "--lr",
-            "1e-12",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--quiet",
-            "--head-bias-init",
-            init,
-            "--output",
-            p(&run),
-        ]));
+        ok(&clsnorm(&toy_finetune(
+            &model,
+            &data,
+            &[
+                "--max-steps",
+                "1",
+                "--lr",
+                "1e-12",
+                "--threads",
+                "1",
+                "--head-bias-init",
+                init,
+                "--output",
+                p(&run),
+            ],
+        )));
         let config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap())
                 .unwrap();
