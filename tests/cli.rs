@@ -384,29 +384,19 @@ fn analyze_and_compare_grads_write_reports_and_pictures() {
     let mut runs = Vec::new();
     for norm in ["none", "isobn"] {
         let run = tmp.path().join(norm);
-        ok(&clsnorm(&[
-            "finetune",
-            "--model",
-            p(&model),
-            "--task",
-            "sst2",
-            "--data-dir",
-            p(&data),
-            "--max-steps",
-            "4",
-            "--batch-size",
-            "8",
-            "--max-len",
-            "16",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--trace-grads",
-            "--norm",
-            norm,
-            "--output",
-            p(&run),
-        ]));
+        ok(&clsnorm(&toy_finetune(
+            &model,
+            &data,
+            &[
+                "--max-steps",
+                "4",
+                "--trace-grads",
+                "--norm",
+                norm,
+                "--output",
+                p(&run),
+            ],
+        )));
         runs.push(run);
     }
     let pics = tmp.path().join("pics");
