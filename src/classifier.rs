@@ -209,11 +209,11 @@ impl Classifier {
         let Some(bs) = self.linear.bs.as_ref() else {
             return Err(Error::Invalid("the head has no bias".into()));
         };
-        if bias.len() as i64 != bs.size1()? {
+        let outputs = bs.size1()?;
+        if bias.len() as i64 != outputs {
             return Err(Error::Invalid(format!(
-                "{} bias values for {} outputs",
-                bias.len(),
-                bs.size1()?
+                "{} bias values for {outputs} outputs",
+                bias.len()
             )));
         }
         let values = Tensor::from_slice(bias)
