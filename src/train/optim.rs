@@ -557,7 +557,12 @@ mod tests {
 
     /// Random weights (a decayed matrix larger than a fused span, an exempt bias) and the
     /// targets of a quadratic loss, one per step.
+    /// Serialises draws from libtorch's global generator: the tests run on parallel threads,
+    /// and interleaved draws would give each test other numbers than its seed names.
+    static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn problem(steps: usize) -> (Vec<Tensor>, Vec<Vec<Tensor>>) {
+        let _draws = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(3);
         let init = vec![
             Tensor::randn([3, 50_000], (Kind::Double, tch::Device::Cpu)),
