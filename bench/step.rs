@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     let mut opt = AdamW::new(adam, model.trainable());
     let encs = fixed_batch(a.batch, a.seq);
     let refs: Vec<&Encoded> = encs.iter().collect();
-    let batch = Batch::collate(&refs, 0, device);
+    let batch = Batch::collate(&refs, 0, &model.encoder.limits(), device)?;
     let labels =
         Tensor::from_slice(&(0..a.batch as i64).map(|i| i % 2).collect::<Vec<_>>()).to(device);
     // What the training loop does per update: forward, loss, backward, global gradient norm

@@ -1,7 +1,95 @@
 //! Tokenized examples to padded tensors (dynamic padding: each batch to its own longest).
 use tch::{Device, Tensor};
 
-use crate::tokenize::Encoded;
+use crate::encoder::BertConfig;
+use crate::error::{Error, Result};
+use crate::tokenize::{Encoded, TextTokenizer};
+
+/// What an encoder accepts: the sizes of its embedding tables. Every batch is checked against
+/// them before it reaches libtorch, whose index errors abort the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    pub vocab_size: i64,
+    pub type_vocab_size: i64,
+    pub max_positions: usize,
+}
+
+impl InputLimits {
+    pub fn of(config: &BertConfig) -> Self {
+        InputLimits {
+            vocab_size: config.vocab_size,
+            type_vocab_size: config.type_vocab_size,
+            max_positions: usize::try_from(config.max_position_embeddings).unwrap_or(0),
+        }
+    }
+
+    /// Checks a tokenizer against the model before any text is encoded, so that a mismatch is
+    /// reported as such and not as a bad example: every token id must have an embedding row,
+    /// the truncation length a position, and sentence pairs need two token types.
+    pub fn check_tokenizer(&self, tok: &TextTokenizer, pairs: bool) -> Result<()> {
+        let ids = tok.id_bound();
+        if ids > self.vocab_size as u64 {
+            return Err(Error::Invalid(format!(
+                "the tokenizer ({}) has token ids up to {} but the model's embedding matrix has {} rows",
+                tok.path().display(),
+                ids.saturating_sub(1),
+                self.vocab_size
+            )));
+        }
+        if tok.max_len() > self.max_positions {
+            return Err(Error::Invalid(format!(
+                "max length {} exceeds the model's {} position embeddings (lower --max-len)",
+                tok.max_len(),
+                self.max_positions
+            )));
+        }
+        if pairs && self.type_vocab_size < 2 {
+            return Err(Error::Invalid(format!(
+                "sentence pairs need two token types, but the model has type_vocab_size {}",
+                self.type_vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks one example.
+    fn check(&self, e: &Encoded, pad_id: i64) -> Result<()> {
+        if e.len() > self.max_positions {
+            return Err(Error::Invalid(format!(
+                "an input of {} tokens is longer than the model's {} position embeddings (lower --max-len)",
+                e.len(),
+                self.max_positions
+            )));
+        }
+        if let Some(id) = e
+            .input_ids
+            .iter()
+            .chain([&pad_id])
+            .find(|&&i| !(0..self.vocab_size).contains(&i))
+        {
+            return Err(Error::Invalid(format!(
+                "token id {id} is outside the model's vocabulary of {} (does the tokenizer belong to this model?)",
+                self.vocab_size
+            )));
+        }
+        if let Some(t) = e
+            .token_type_ids
+            .iter()
+            .find(|&&t| !(0..self.type_vocab_size).contains(&t))
+        {
+            return Err(Error::Invalid(format!(
+                "token type {t} is outside the model's {} token types (sentence pairs need 2)",
+                self.type_vocab_size
+            )));
+        }
+        if e.token_type_ids.len() != e.input_ids.len() {
+            return Err(Error::Invalid(
+                "token ids and token types differ in length".into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Model inputs for one batch, on the target device.
 #[derive(Debug)]
@@ -18,8 +106,17 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Pads `examples` to the longest of them with `pad_id`.
-    pub fn collate(examples: &[&Encoded], pad_id: i64, device: Device) -> Batch {
+    /// Pads `examples` to the longest of them with `pad_id`, after checking every id against
+    /// the model's `limits`.
+    pub fn collate(
+        examples: &[&Encoded],
+        pad_id: i64,
+        limits: &InputLimits,
+        device: Device,
+    ) -> Result<Batch> {
+        for e in examples {
+            limits.check(e, pad_id)?;
+        }
         let b = examples.len();
         let s = examples.iter().map(|e| e.len()).max().unwrap_or(0);
         let mut ids = vec![pad_id; b * s];
@@ -35,12 +132,12 @@ impl Batch {
         }
         let shape = [b as i64, s as i64];
         let t = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
-        Batch {
+        Ok(Batch {
             input_ids: t(&ids),
             token_type_ids: t(&types),
             attention_mask: (n_tokens < b * s).then(|| t(&mask)),
             n_tokens,
-        }
+        })
     }
 
     pub fn size(&self) -> i64 {

@@ -181,14 +181,15 @@ impl Classifier {
         encs: &[crate::tokenize::Encoded],
         batch_size: usize,
         pad_id: i64,
-    ) -> Tensor {
+    ) -> Result<Tensor> {
         let order = crate::batch::length_order(encs);
+        let limits = self.encoder.limits();
         let mut parts = Vec::new();
-        tch::no_grad(|| {
+        tch::no_grad(|| -> Result<()> {
             for chunk in order.chunks(batch_size.max(1)) {
                 let refs: Vec<&crate::tokenize::Encoded> =
                     chunk.iter().map(|&i| &encs[i]).collect();
-                let batch = Batch::collate(&refs, pad_id, self.device());
+                let batch = Batch::collate(&refs, pad_id, &limits, self.device())?;
                 let out = self.encoder.model.forward(
                     &batch.input_ids,
                     &batch.token_type_ids,
@@ -200,8 +201,9 @@ impl Classifier {
                     ClsSource::Hidden => out.cls,
                 });
             }
-        });
-        crate::batch::restore_order(&Tensor::cat(&parts, 0), &order)
+            Ok(())
+        })?;
+        Ok(crate::batch::restore_order(&Tensor::cat(&parts, 0), &order))
     }
 
     /// Sets the output bias to `bias` (one value per output), e.g. [`label_prior`].

@@ -74,6 +74,12 @@ impl DeviceChoice {
 pub fn set_threads(threads: Option<usize>) -> Result<usize> {
     let n = match threads {
         Some(0) => return Err(Error::Invalid("--threads must be at least 1".into())),
+        Some(n) if n > crate::train::limits::MAX_THREADS => {
+            return Err(Error::Invalid(format!(
+                "--threads must be at most {}, got {n}",
+                crate::train::limits::MAX_THREADS
+            )))
+        }
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };

@@ -6,29 +6,49 @@ use tch::{Device, Kind, Tensor};
 use crate::batch::Batch;
 use crate::classifier::Classifier;
 use crate::data::{Label, LabelSpace};
+use crate::error::{Error, Result};
 use crate::metrics::{self, Metric, Outputs};
 use crate::tokenize::Encoded;
 
 /// Runs the model in eval mode over `encs` and returns the logits `[n, outputs]` on the CPU,
 /// in input order. Examples are batched by length so that little padding is computed.
-pub fn logits(model: &Classifier, encs: &[Encoded], batch_size: usize, pad_id: i64) -> Tensor {
+/// Outputs that are NaN or infinite are an error naming the first such example (0-based
+/// position in `encs`), not a metric.
+pub fn logits(
+    model: &Classifier,
+    encs: &[Encoded],
+    batch_size: usize,
+    pad_id: i64,
+) -> Result<Tensor> {
     let order = crate::batch::length_order(encs);
     let device = model.device();
+    let limits = model.encoder.limits();
     let mut parts = Vec::new();
-    tch::no_grad(|| {
+    tch::no_grad(|| -> Result<()> {
         for chunk in order.chunks(batch_size.max(1)) {
             let refs: Vec<&Encoded> = chunk.iter().map(|&i| &encs[i]).collect();
-            let batch = Batch::collate(&refs, pad_id, device);
+            let batch = Batch::collate(&refs, pad_id, &limits, device)?;
             parts.push(model.forward(&batch, false).logits.to_kind(Kind::Float));
         }
-    });
+        Ok(())
+    })?;
     if parts.is_empty() {
-        return Tensor::zeros(
+        return Ok(Tensor::zeros(
             [0, model.config.labels.num_outputs() as i64],
             (Kind::Float, Device::Cpu),
-        );
+        ));
     }
-    crate::batch::restore_order(&Tensor::cat(&parts, 0).to_device(Device::Cpu), &order)
+    let out = crate::batch::restore_order(&Tensor::cat(&parts, 0).to_device(Device::Cpu), &order);
+    let finite: Vec<bool> = Vec::try_from(out.isfinite().all_dim(-1, false))?;
+    let bad = finite.iter().filter(|f| !**f).count();
+    if let Some(first) = finite.iter().position(|f| !f) {
+        return Err(Error::Invalid(format!(
+            "the model's outputs are NaN or infinite for {bad} of {} examples (the first is example {}): its weights or normalizer statistics are broken",
+            finite.len(),
+            first + 1
+        )));
+    }
+    Ok(out)
 }
 
 /// Predicted class indices (argmax) or scores from logits.
@@ -87,8 +107,8 @@ pub fn evaluate(
     metrics: &[Metric],
     batch_size: usize,
     pad_id: i64,
-) -> BTreeMap<String, f64> {
-    let l = logits(model, encs, batch_size, pad_id);
+) -> Result<BTreeMap<String, f64>> {
+    let l = logits(model, encs, batch_size, pad_id)?;
     let out = with_gold(decode(&model.config.labels, &l), gold);
-    metrics::compute(metrics, &out)
+    Ok(metrics::compute(metrics, &out))
 }

@@ -216,6 +216,17 @@ impl SweepConfig {
         if self.seeds.is_empty() {
             return Err(err("`seeds` is empty".into()));
         }
+        // A task name is a GLUE task, or the name of custom data given with `train_file`: a
+        // typo fails now, not when its runs start.
+        let custom = self.args.contains_key("train_file") || self.args.contains_key("train-file");
+        for t in &self.tasks {
+            if crate::data::task::glue_task(t).is_none() && !custom {
+                return Err(err(format!(
+                    "unknown task '{t}': expected one of {} (or give custom data with `args.train_file`)",
+                    crate::data::task::glue_task_names().join(", ")
+                )));
+            }
+        }
         let mut seen_seeds = self.seeds.clone();
         seen_seeds.sort_unstable();
         seen_seeds.dedup();
@@ -418,30 +429,63 @@ pub enum RunStatus {
     Interrupted,
     /// Nothing there yet.
     Pending,
+    /// Another process (another sweep, shard or user) holds the run's lock: it is training.
+    Running,
 }
 
-/// The status of the run in `dir`.
-pub fn status(dir: &Path) -> RunStatus {
-    let finished = std::fs::read_to_string(dir.join("summary.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .is_some_and(|v| v.get("interrupted") == Some(&serde_json::Value::Bool(false)));
-    if finished {
-        RunStatus::Done
-    } else if dir.join("config.json").is_file() {
+impl RunStatus {
+    /// How the status reads in listings.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RunStatus::Done => "done",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running elsewhere",
+        }
+    }
+}
+
+/// The status of the run in `dir`. A `summary.json` that cannot be read or is not a run
+/// summary is an error naming the file (never taken for "not finished", which would train the
+/// run again over it).
+pub fn status(dir: &Path) -> Result<RunStatus> {
+    if crate::rundir::is_locked(dir) {
+        return Ok(RunStatus::Running);
+    }
+    /// All that the status needs of `summary.json`.
+    #[derive(Deserialize)]
+    struct Finished {
+        interrupted: bool,
+    }
+    let path = dir.join("summary.json");
+    if std::fs::symlink_metadata(&path).is_ok() {
+        let bytes = crate::fsread::read_regular(
+            &path,
+            crate::fsread::MAX_SMALL_BYTES,
+            crate::fsread::Links::Follow,
+        )?;
+        let s: Finished = serde_json::from_slice(&bytes).map_err(|e| Error::File {
+            path: path.clone(),
+            msg: format!("not a run summary (corrupt?): {e}"),
+        })?;
+        if !s.interrupted {
+            return Ok(RunStatus::Done);
+        }
+    }
+    Ok(if dir.join("config.json").is_file() {
         RunStatus::Interrupted
     } else {
         RunStatus::Pending
-    }
+    })
 }
 
 impl SweepPlan {
     /// The `finetune` arguments that bring the run to completion from where it stands, or
-    /// `None` when it is done.
-    pub fn next_command(&self, run: &PlannedRun) -> Option<Vec<String>> {
+    /// `None` when there is nothing for this process to do (done, or running elsewhere).
+    pub fn next_command(&self, run: &PlannedRun, status: RunStatus) -> Option<Vec<String>> {
         let dir = self.dir.join(&run.dir);
-        match status(&dir) {
-            RunStatus::Done => None,
+        match status {
+            RunStatus::Done | RunStatus::Running => None,
             RunStatus::Interrupted => Some(vec![
                 "finetune".into(),
                 "--resume".into(),

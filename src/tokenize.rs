@@ -13,6 +13,57 @@ use tokenizers::{
 
 use crate::error::{Error, Result};
 
+/// The tokenizer files of a model directory or checkpoint, read once into memory: a run
+/// tokenizes and saves with exactly these bytes, even if the directory changes later.
+#[derive(Debug, Clone)]
+pub struct TokenizerFiles {
+    /// Where they were read from (for messages).
+    pub dir: PathBuf,
+    files: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl TokenizerFiles {
+    /// The files a BERT tokenizer may come with, in the order they are looked for.
+    pub const NAMES: &'static [&'static str] = &[
+        "tokenizer.json",
+        "vocab.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ];
+
+    /// Reads those of [`Self::NAMES`] that `dir` holds.
+    pub fn read(dir: &Path) -> Result<Self> {
+        use crate::fsread::{read_regular, Links, MAX_SMALL_BYTES};
+        let mut files = Vec::new();
+        for name in Self::NAMES {
+            let p = dir.join(name);
+            if std::fs::symlink_metadata(&p).is_ok() {
+                files.push((*name, read_regular(&p, MAX_SMALL_BYTES, Links::Follow)?));
+            }
+        }
+        Ok(TokenizerFiles {
+            dir: dir.to_path_buf(),
+            files,
+        })
+    }
+
+    /// The bytes of one file, if present.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.files
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| b.as_slice())
+    }
+
+    /// Writes the files into `dir` (a checkpoint being written).
+    pub fn write_into(&self, dir: &Path) -> Result<()> {
+        for (name, bytes) in &self.files {
+            crate::atomic::write_bytes(&dir.join(name), bytes)?;
+        }
+        Ok(())
+    }
+}
+
 /// One tokenized example: ids and token types, unpadded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
@@ -75,27 +126,32 @@ impl TextTokenizer {
     /// Loads the tokenizer of a model directory: `tokenizer.json` when present, else a BERT
     /// WordPiece tokenizer built from `vocab.txt` with the casing of `tokenizer_config.json`.
     pub fn load(dir: &Path, max_len: usize) -> Result<Self> {
+        Self::from_files(&TokenizerFiles::read(dir)?, max_len)
+    }
+
+    /// Builds the tokenizer from files already read (see [`TokenizerFiles`]).
+    pub fn from_files(files: &TokenizerFiles, max_len: usize) -> Result<Self> {
+        let dir = &files.dir;
         let config_path = dir.join("tokenizer_config.json");
-        let config: TokenizerConfig = if config_path.is_file() {
-            let text =
-                std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-            serde_json::from_str(&text).map_err(|e| Error::Tokenizer {
+        let config: TokenizerConfig = match files.get("tokenizer_config.json") {
+            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| Error::Tokenizer {
                 path: config_path.clone(),
                 msg: e.to_string(),
-            })?
-        } else {
-            serde_json::from_str("{}").unwrap_or_else(|_| unreachable!("all fields default"))
+            })?,
+            None => {
+                serde_json::from_str("{}").unwrap_or_else(|_| unreachable!("all fields default"))
+            }
         };
         let json = dir.join("tokenizer.json");
         let vocab = dir.join("vocab.txt");
-        let (mut inner, path) = if json.is_file() {
-            let t = Tokenizer::from_file(&json).map_err(|e| Error::Tokenizer {
+        let (mut inner, path) = if let Some(bytes) = files.get("tokenizer.json") {
+            let t = Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
                 path: json.clone(),
                 msg: e.to_string(),
             })?;
             (t, json)
-        } else if vocab.is_file() {
-            (wordpiece_from_vocab(&vocab, &config)?, vocab)
+        } else if let Some(bytes) = files.get("vocab.txt") {
+            (wordpiece_from_vocab(&vocab, bytes, &config)?, vocab)
         } else {
             return Err(Error::Tokenizer {
                 path: dir.to_path_buf(),
@@ -157,6 +213,17 @@ impl TextTokenizer {
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// One more than the largest token id the tokenizer can produce (ids of added tokens need
+    /// not be contiguous, so this can exceed [`Self::vocab_size`]).
+    pub fn id_bound(&self) -> u64 {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&m| u64::from(m) + 1)
+            .max(self.pad_id as u64 + 1)
     }
 
     /// The file the tokenizer was built from.
@@ -221,15 +288,14 @@ impl TextTokenizer {
 }
 
 /// HF `BertTokenizerFast` assembled from a WordPiece vocabulary.
-fn wordpiece_from_vocab(vocab: &Path, config: &TokenizerConfig) -> Result<Tokenizer> {
+fn wordpiece_from_vocab(vocab: &Path, bytes: &[u8], config: &TokenizerConfig) -> Result<Tokenizer> {
     let err = |msg: String| Error::Tokenizer {
         path: vocab.to_path_buf(),
         msg,
     };
-    let vocab_str = vocab
-        .to_str()
-        .ok_or_else(|| err("path is not valid UTF-8".into()))?;
-    let model = WordPiece::from_file(vocab_str)
+    let words = WordPiece::read_bytes(bytes).map_err(|e| err(e.to_string()))?;
+    let model = WordPiece::builder()
+        .vocab(words)
         .unk_token("[UNK]".into())
         .build()
         .map_err(|e| err(e.to_string()))?;

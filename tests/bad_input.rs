@@ -212,7 +212,10 @@ fn model_defects_are_refused_before_training() {
                 v.push_str("extra1\nextra2\n");
                 std::fs::write(d.join("vocab.txt"), v).unwrap();
             }),
-            vec!["tokenizer has 27 tokens", "embedding matrix has 25 rows"],
+            vec![
+                "has token ids up to 26 but the model's embedding matrix has 25 rows",
+                "embedding matrix has 25 rows",
+            ],
         ),
         (
             "pickle without permission",
@@ -238,7 +241,7 @@ fn model_defects_are_refused_before_training() {
     args[i + 1] = "512";
     fails(
         &clsnorm(&args),
-        "--max-len 512 exceeds the model's 128 position embeddings",
+        "max length 512 exceeds the model's 128 position embeddings",
     );
     assert!(!out.exists());
 }
@@ -255,21 +258,40 @@ fn conflicting_or_out_of_range_options_are_rejected_before_any_work() {
     let cases: &[(&[&str], &str)] = &[
         (
             &["--eval-batch-size", "0"],
-            "batch sizes must be at least 1",
+            "--eval-batch-size must be between 1 and 65536",
         ),
         (
             &["--warmup-ratio", "1.5"],
             "--warmup-ratio must be in [0, 1)",
         ),
-        (&["--max-steps", "0"], "--max-steps must be at least 1"),
+        (&["--max-steps", "0"], "--max-steps must be between 1 and"),
         (
             &["--weight-decay=-0.1"],
-            "--weight-decay must not be negative",
+            "--weight-decay must be a non-negative number",
         ),
         (
-            &["--max-grad-norm", "0"],
-            "--max-grad-norm must be positive",
+            &["--weight-decay", "inf"],
+            "--weight-decay must be a non-negative number",
         ),
+        (&["--adam-eps", "inf"], "Adam eps must be a positive number"),
+        (
+            &["--max-grad-norm", "0"],
+            "--max-grad-norm must be a positive number",
+        ),
+        (
+            &["--max-grad-norm", "inf"],
+            "--max-grad-norm must be a positive number",
+        ),
+        (
+            &["--eval-batch-size", "99999999"],
+            "--eval-batch-size must be between 1 and 65536",
+        ),
+        (
+            &["--max-steps", "18446744073709551615"],
+            "--max-steps must be between 1 and",
+        ),
+        (&["--save-every", "0"], "--save-every must be between 1 and"),
+        (&["--dropout", "nan"], "--dropout must be in [0, 1)"),
         (&["--lr", "nan"], "--lr must be a positive number"),
         (&["--resume", "somewhere"], "cannot be used with"),
         (&["--norm", "zca"], "invalid value 'zca'"),

@@ -225,7 +225,7 @@ fn bad_input_exits_non_zero_with_a_message() {
             "2",
             "cat",
         ]),
-        "too short",
+        "expected a whole number from 3 to 65536",
     );
     fails(
         &clsnorm(&["finetune", "--resume", p(&tmp.path().join("nothing"))]),

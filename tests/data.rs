@@ -254,7 +254,7 @@ fn custom(
     )
     .unwrap();
     if !regression {
-        let (rows, _) = read_rows(file, &spec, STRICT).unwrap();
+        let rows = read_rows(file, &spec, STRICT).unwrap().rows;
         spec.labels = LabelSpace::Classes(infer_classes(&rows));
     }
     spec

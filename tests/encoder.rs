@@ -28,7 +28,7 @@ fn random_batch(cfg: &BertConfig, lens: &[usize], seed: i64) -> (Vec<Encoded>, B
         })
         .collect();
     let refs: Vec<&Encoded> = encs.iter().collect();
-    let batch = Batch::collate(&refs, 0, Device::Cpu);
+    let batch = Batch::collate(&refs, 0, &common::LIMITS, Device::Cpu).unwrap();
     (encs, batch)
 }
 
@@ -131,7 +131,7 @@ fn padding_does_not_change_cls() {
         )
     });
     for (i, e) in encs.iter().enumerate() {
-        let single = Batch::collate(&[e], 0, Device::Cpu);
+        let single = Batch::collate(&[e], 0, &enc.limits(), Device::Cpu).unwrap();
         assert!(single.attention_mask.is_none());
         let o = tch::no_grad(|| {
             enc.model
@@ -382,7 +382,7 @@ fn tokenizer_from_vocab_pairs_truncate_longest_first_and_pad() {
         ["[CLS]", "cat", "##s", "[UNK]", "[SEP]"]
     );
     let short = tok.encode("good", None).unwrap();
-    let b = Batch::collate(&[&e, &short], tok.pad_id(), Device::Cpu);
+    let b = Batch::collate(&[&e, &short], tok.pad_id(), &common::LIMITS, Device::Cpu).unwrap();
     let mask: Vec<i64> = Vec::try_from(b.attention_mask.unwrap().flatten(0, -1)).unwrap();
     assert_eq!(mask, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]);
     let ids: Vec<i64> = Vec::try_from(b.input_ids.get(1)).unwrap();

@@ -40,7 +40,7 @@ fn single_sentence_matches_hf() {
     let e = m.tok.encode("A man is eating food.", None).unwrap();
     assert_eq!(e.input_ids, [101, 1037, 2158, 2003, 5983, 2833, 1012, 102]);
     assert_eq!(e.token_type_ids, [0; 8]);
-    let b = Batch::collate(&[&e], m.tok.pad_id(), Device::Cpu);
+    let b = Batch::collate(&[&e], m.tok.pad_id(), &m.enc.limits(), Device::Cpu).unwrap();
     let out = tch::no_grad(|| {
         m.enc.model.forward(
             &b.input_ids,
@@ -102,7 +102,7 @@ fn sentence_pair_matches_hf() {
         ]
     );
     assert_eq!(e.token_type_ids, [[0i64; 9], [1; 9]].concat());
-    let b = Batch::collate(&[&e], m.tok.pad_id(), Device::Cpu);
+    let b = Batch::collate(&[&e], m.tok.pad_id(), &m.enc.limits(), Device::Cpu).unwrap();
     let out = tch::no_grad(|| {
         m.enc.model.forward(
             &b.input_ids,
@@ -143,7 +143,7 @@ fn padded_batch_matches_single_and_sentence_similarity() {
         .tok
         .encode("A man is eating a piece of bread.", None)
         .unwrap();
-    let batch = Batch::collate(&[&a, &b], m.tok.pad_id(), Device::Cpu);
+    let batch = Batch::collate(&[&a, &b], m.tok.pad_id(), &m.enc.limits(), Device::Cpu).unwrap();
     assert!(
         batch.attention_mask.is_some(),
         "different lengths must be padded"

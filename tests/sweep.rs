@@ -149,15 +149,21 @@ fn finished_runs_are_skipped_and_interrupted_ones_resumed() {
     }
     std::fs::write(run_dir(0).join("summary.json"), r#"{"interrupted": false}"#).unwrap();
     std::fs::write(run_dir(1).join("summary.json"), r#"{"interrupted": true}"#).unwrap();
-    assert_eq!(status(&run_dir(0)), RunStatus::Done);
-    assert_eq!(status(&run_dir(1)), RunStatus::Interrupted);
-    assert_eq!(status(&run_dir(2)), RunStatus::Pending);
-    assert_eq!(p.next_command(&p.runs[0]), None);
+    assert_eq!(status(&run_dir(0)).unwrap(), RunStatus::Done);
+    assert_eq!(status(&run_dir(1)).unwrap(), RunStatus::Interrupted);
+    assert_eq!(status(&run_dir(2)).unwrap(), RunStatus::Pending);
     assert_eq!(
-        p.next_command(&p.runs[1]).unwrap(),
+        p.next_command(&p.runs[0], status(&run_dir(0)).unwrap()),
+        None
+    );
+    assert_eq!(
+        p.next_command(&p.runs[1], status(&run_dir(1)).unwrap())
+            .unwrap(),
         ["finetune", "--resume", &run_dir(1).display().to_string()]
     );
-    let fresh = p.next_command(&p.runs[2]).unwrap();
+    let fresh = p
+        .next_command(&p.runs[2], status(&run_dir(2)).unwrap())
+        .unwrap();
     assert_eq!(fresh, p.runs[2].command(&p.dir));
     assert!(fresh.ends_with(&["--output".into(), run_dir(2).display().to_string()]));
 }
@@ -387,7 +393,11 @@ fn a_tiny_sweep_runs_skips_resumes_and_reports() {
         "SST-2_isobn_s1",
         "SST-2_isobn_s2",
     ] {
-        assert_eq!(status(&sweep.join(name)), RunStatus::Done, "{name}");
+        assert_eq!(
+            status(&sweep.join(name)).unwrap(),
+            RunStatus::Done,
+            "{name}"
+        );
         assert!(sweep.join("logs").join(format!("{name}.log")).is_file());
     }
     // The training loss is logged every 10 updates and at the end of each epoch (48 / 8 = 6
@@ -498,7 +508,11 @@ fn a_signal_stops_the_sweep_and_leaves_its_runs_resumable() {
         .unwrap();
         assert_eq!(s["interrupted"], true, "{r}");
         assert!(s["global_steps"].as_u64().unwrap() < 300, "{r}: {s}");
-        assert_eq!(status(&sweep.join(r)), RunStatus::Interrupted, "{r}");
+        assert_eq!(
+            status(&sweep.join(r)).unwrap(),
+            RunStatus::Interrupted,
+            "{r}"
+        );
     }
     for r in ["SST-2_isobn_s1", "SST-2_isobn_s2"] {
         assert!(!sweep.join(r).exists(), "{r} must not have started");
@@ -527,7 +541,7 @@ fn a_signal_stops_the_sweep_and_leaves_its_runs_resumable() {
     for r in first {
         let log = std::fs::read_to_string(sweep.join("logs").join(format!("{r}.log"))).unwrap();
         assert!(log.contains("resuming from"), "{r}: {log}");
-        assert_eq!(status(&sweep.join(r)), RunStatus::Done, "{r}");
+        assert_eq!(status(&sweep.join(r)).unwrap(), RunStatus::Done, "{r}");
     }
     let o = clsnorm(&["report", sweep.to_str().unwrap()], &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -302,7 +302,8 @@ fn best_checkpoint_reloads_with_the_same_dev_metric() {
     )
     .unwrap();
     let t = clsnorm::train::Tokenized::new(&tok, &ds).unwrap();
-    let m = clsnorm::eval::evaluate(&model, &t.encs, &t.labels, &task.metrics, 7, tok.pad_id());
+    let m = clsnorm::eval::evaluate(&model, &t.encs, &t.labels, &task.metrics, 7, tok.pad_id())
+        .unwrap();
     assert_eq!(Some(m["accuracy"]), summary.best_primary);
     // HF-loadable layout: config.json + model.safetensors + tokenizer, verified by manifest.
     for f in [
@@ -479,6 +480,7 @@ fn labelled(labels: &[clsnorm::data::Label]) -> clsnorm::data::Dataset {
             })
             .collect(),
         skipped: 0,
+        sha256: String::new(),
     }
 }
 
@@ -514,6 +516,7 @@ fn prior_bias_init_starts_the_head_at_the_label_prior() {
         path: "empty.tsv".into(),
         examples: Vec::new(),
         skipped: 0,
+        sha256: String::new(),
     };
     let err = label_prior(&LabelSpace::Regression, &empty)
         .unwrap_err()
@@ -534,7 +537,8 @@ fn prior_bias_init_starts_the_head_at_the_label_prior() {
         .map(|e| tok.encode(&e.text, None).unwrap())
         .collect();
     let refs: Vec<_> = encs.iter().collect();
-    let batch = clsnorm::batch::Batch::collate(&refs, tok.pad_id(), Device::Cpu);
+    let batch =
+        clsnorm::batch::Batch::collate(&refs, tok.pad_id(), &common::LIMITS, Device::Cpu).unwrap();
     let head = |bias_init| HeadConfig {
         labels: LabelSpace::Regression,
         cls_source: ClsSource::Pooler,

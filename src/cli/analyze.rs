@@ -45,12 +45,12 @@ pub struct AnalyzeArgs {
     pub cls_source: Source,
     #[command(flatten)]
     pub norm: NormArgs,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = super::parse_max_len)]
     pub max_len: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::parse_batch_size)]
     pub batch_size: usize,
-    /// Vectors in the pairwise-cosine subset.
-    #[arg(long, default_value_t = 2000)]
+    /// Vectors in the pairwise-cosine subset (at most 20,000: the pairs grow quadratically).
+    #[arg(long, default_value_t = 2000, value_parser = parse_cosine_sample)]
     pub cosine_sample: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -62,6 +62,13 @@ pub struct AnalyzeArgs {
     pub quiet: bool,
 }
 
+fn parse_cosine_sample(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v) if (2..=20_000).contains(&v) => Ok(v),
+        _ => Err("expected a whole number from 2 to 20000".into()),
+    }
+}
+
 /// Pooler outputs and raw [CLS] states of every example, in input order.
 fn embed_all(
     enc: &Encoder,
@@ -69,8 +76,9 @@ fn embed_all(
     batch_size: usize,
     pad: i64,
     quiet: bool,
-) -> (Tensor, Tensor) {
+) -> anyhow::Result<(Tensor, Tensor)> {
     let device = enc.vs.device();
+    let limits = enc.limits();
     let order = clsnorm::batch::length_order(encs);
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
@@ -78,10 +86,10 @@ fn embed_all(
         indicatif::ProgressBar::new(encs.len() as u64)
     };
     let (mut pooled, mut cls) = (Vec::new(), Vec::new());
-    tch::no_grad(|| {
+    tch::no_grad(|| -> anyhow::Result<()> {
         for chunk in order.chunks(batch_size.max(1)) {
             let refs: Vec<&Encoded> = chunk.iter().map(|&i| &encs[i]).collect();
-            let b = Batch::collate(&refs, pad, device);
+            let b = Batch::collate(&refs, pad, &limits, device)?;
             let out = enc.model.forward(
                 &b.input_ids,
                 &b.token_type_ids,
@@ -92,12 +100,13 @@ fn embed_all(
             cls.push(out.cls.to_device(tch::Device::Cpu));
             bar.inc(chunk.len() as u64);
         }
-    });
+        Ok(())
+    })?;
     bar.finish_and_clear();
-    (
+    Ok((
         clsnorm::batch::restore_order(&Tensor::cat(&pooled, 0), &order),
         clsnorm::batch::restore_order(&Tensor::cat(&cls, 0), &order),
-    )
+    ))
 }
 
 /// Applies a normalizer as training would leave it: frozen statistics are fitted, running
@@ -122,7 +131,7 @@ fn normalize_all(norm: &NormConfig, x: &Tensor, seed: u64) -> anyhow::Result<Ten
 pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
     set_threads(a.rt.threads)?;
     let device = a.rt.device.resolve()?;
-    let (task, task_dir) = resolve_task(&a.data)?;
+    let (task, task_dir, _) = resolve_task(&a.data)?;
     let (model_dir, enc) = match &a.checkpoint {
         Some(dir) => {
             let (model, _) = clsnorm::train::checkpoint::load_model(dir, device)
@@ -135,6 +144,8 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
         ),
     };
     let tok = TextTokenizer::load(&model_dir, a.max_len)?;
+    enc.limits()
+        .check_tokenizer(&tok, task.text_pair.is_some())?;
     let (train_path, dev_paths) = task.paths(task_dir.as_deref());
     let path = match a.split {
         Split::Train => train_path,
@@ -151,12 +162,13 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let inputs = ds.inputs();
     let encs = tok.encode_batch(&inputs)?;
-    let (pooler, cls) = embed_all(&enc, &encs, a.batch_size, tok.pad_id(), a.quiet);
+    let (pooler, cls) = embed_all(&enc, &encs, a.batch_size, tok.pad_id(), a.quiet)?;
     let embed_secs = t0.elapsed().as_secs_f64();
     let out_dir = a
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from("analysis").join(&task.name));
+    clsnorm::rundir::check_output_dir(&out_dir, "analysis.json")?;
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let norm = a.norm.config()?;
     let sources: Vec<(&str, &Tensor)> = match a.cls_source {

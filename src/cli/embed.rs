@@ -13,9 +13,10 @@ use super::RuntimeArgs;
 pub struct EmbedArgs {
     #[command(flatten)]
     pub rt: RuntimeArgs,
-    /// Truncate to this many tokens (special tokens included).
-    #[arg(long, default_value_t = 512)]
-    pub max_len: usize,
+    /// Truncate to this many tokens, special tokens included (default: the model's position
+    /// embeddings, at most 512).
+    #[arg(long, value_parser = super::parse_max_len)]
+    pub max_len: Option<usize>,
     /// The sentence.
     pub text: String,
     /// Optional second sentence of a pair.
@@ -31,11 +32,14 @@ fn vector_json(t: &tch::Tensor) -> anyhow::Result<serde_json::Value> {
 pub fn run(a: EmbedArgs) -> anyhow::Result<()> {
     set_threads(a.rt.threads)?;
     let device = a.rt.device.resolve()?;
-    let tok = TextTokenizer::load(&a.rt.model, a.max_len)?;
     let enc = Encoder::load(&a.rt.model, device, a.rt.allow_pickle)
         .with_context(|| format!("loading model {}", a.rt.model.display()))?;
+    let limits = enc.limits();
+    let max_len = a.max_len.unwrap_or(limits.max_positions.min(512));
+    let tok = TextTokenizer::load(&a.rt.model, max_len)?;
+    limits.check_tokenizer(&tok, a.pair_text.is_some())?;
     let e = tok.encode(&a.text, a.pair_text.as_deref())?;
-    let batch = Batch::collate(&[&e], tok.pad_id(), device);
+    let batch = Batch::collate(&[&e], tok.pad_id(), &limits, device)?;
     let out = tch::no_grad(|| {
         enc.model.forward(
             &batch.input_ids,

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use clsnorm::classifier::{BiasInit, ClsSource, HeadConfig};
-use clsnorm::data::read::{infer_classes, read_rows};
+use clsnorm::data::read::{dataset_from_rows, infer_classes, read_rows, RawFile};
 use clsnorm::data::{glue_task, read_dataset, Format, LabelSpace, ReadOptions, TaskSpec};
 use clsnorm::device::set_threads;
 use clsnorm::normalize::{NormConfig, NORM_NAMES};
@@ -288,8 +288,11 @@ fn format_of(args: &DataArgs, path: &Path) -> anyhow::Result<Format> {
     }
 }
 
-/// The task spec and the directory its relative file names are under.
-pub fn resolve_task(args: &DataArgs) -> anyhow::Result<(TaskSpec, Option<PathBuf>)> {
+/// The task spec, the directory its relative file names are under, and, for custom
+/// classification data, the training file's rows (read once: its classes come from them).
+pub fn resolve_task(
+    args: &DataArgs,
+) -> anyhow::Result<(TaskSpec, Option<PathBuf>, Option<RawFile>)> {
     let opts = ReadOptions {
         skip_bad_rows: args.skip_bad_rows,
         require_label: true,
@@ -313,14 +316,15 @@ pub fn resolve_task(args: &DataArgs) -> anyhow::Result<(TaskSpec, Option<PathBuf
         )
         .map_err(anyhow::Error::msg)?;
         if !args.regression {
-            let (rows, _) = read_rows(train, &spec, opts)?;
-            let classes = infer_classes(&rows);
+            let raw = read_rows(train, &spec, opts)?;
+            let classes = infer_classes(&raw.rows);
             if classes.len() < 2 {
                 bail!("{}: found {} distinct label(s); classification needs at least 2 (use --regression for scores)", train.display(), classes.len());
             }
             spec.labels = LabelSpace::Classes(classes);
+            return Ok((spec, None, Some(raw)));
         }
-        return Ok((spec, None));
+        return Ok((spec, None, None));
     }
     let Some(name) = &args.task else {
         bail!("give --task (a GLUE task) or --train-file (custom data)");
@@ -337,27 +341,66 @@ pub fn resolve_task(args: &DataArgs) -> anyhow::Result<(TaskSpec, Option<PathBuf
             spec.name
         );
     };
-    Ok((spec.clone(), Some(dir.join(&spec.name))))
+    Ok((spec.clone(), Some(dir.join(&spec.name)), None))
+}
+
+/// `--resume` continues a run exactly as it was configured, so any other option that would
+/// change it is refused rather than silently ignored. Options about how this process runs
+/// (threads, device, progress bar, logging) are allowed.
+pub fn refuse_ignored_flags(m: &clap::ArgMatches) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    const ALLOWED: &[&str] = &[
+        "resume",
+        "threads",
+        "device",
+        "quiet",
+        "allow_pickle",
+        "verbose",
+    ];
+    let cmd = super::Cli::command();
+    let args: Vec<String> = cmd
+        .find_subcommand("finetune")
+        .map(|c| c.get_arguments().map(|a| a.get_id().to_string()).collect())
+        .unwrap_or_default();
+    let ignored: Vec<String> = m
+        .ids()
+        .map(|id| id.as_str())
+        .filter(|id| args.iter().any(|a| a == id) && !ALLOWED.contains(id))
+        .filter(|id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    if !ignored.is_empty() {
+        bail!(
+            "--resume continues the run with the settings in its config.json, so {} would be ignored; \
+             start a new run (another --output) to change them",
+            ignored.join(", ")
+        );
+    }
+    Ok(())
 }
 
 pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
-    let (job_parts, recorded_threads) = match &a.resume {
+    let (job_parts, recorded) = match &a.resume {
         Some(run_dir) => {
-            let (parts, threads) = from_run_dir(run_dir)?;
-            (parts, Some(threads))
+            let (parts, threads, skip) = from_run_dir(run_dir)?;
+            (parts, Some((threads, skip)))
         }
         None => (from_args(&a)?, None),
     };
     let resume = a.resume.is_some();
-    let threads = set_threads(resume_threads(a.rt.threads, recorded_threads))?;
+    let threads = set_threads(resume_threads(a.rt.threads, recorded.map(|r| r.0)))?;
     let device = a.rt.device.resolve()?;
-    let (task, task_dir, head, config, model_dir, output) = job_parts;
+    let (task, task_dir, train_rows, head, config, model_dir, output) = job_parts;
     let opts = ReadOptions {
-        skip_bad_rows: a.data.skip_bad_rows,
+        // A resumed run reads its data as it did at the start.
+        skip_bad_rows: recorded.map_or(a.data.skip_bad_rows, |r| r.1),
         require_label: true,
     };
     let (train_path, dev_paths) = task.paths(task_dir.as_deref());
-    let train = read_dataset(&train_path, &task, opts)?;
+    let train = match train_rows {
+        Some(raw) => dataset_from_rows(raw, &task, opts)?,
+        None => read_dataset(&train_path, &task, opts)?,
+    };
     if dev_paths.is_empty() {
         bail!("task {} has no dev file: give --dev-file", task.name);
     }
@@ -449,6 +492,7 @@ fn on_signal(first: &mut Option<std::time::Instant>, now: std::time::Instant) ->
 type JobParts = (
     TaskSpec,
     Option<PathBuf>,
+    Option<RawFile>,
     HeadConfig,
     TrainConfig,
     PathBuf,
@@ -456,7 +500,7 @@ type JobParts = (
 );
 
 fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
-    let (task, task_dir) = resolve_task(&a.data)?;
+    let (task, task_dir, train_rows) = resolve_task(&a.data)?;
     let dropout = match a.dropout {
         Some(p) => p,
         None => {
@@ -501,7 +545,15 @@ fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
     let output = a.output.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!("{}-{}-seed{}", task.name, head.norm.name(), a.seed))
     });
-    Ok((task, task_dir, head, config, a.rt.model.clone(), output))
+    Ok((
+        task,
+        task_dir,
+        train_rows,
+        head,
+        config,
+        a.rt.model.clone(),
+        output,
+    ))
 }
 
 /// The thread count for a run: `--threads` if given, else the count a resumed run recorded.
@@ -521,26 +573,14 @@ fn resume_threads(given: Option<usize>, recorded: Option<usize>) -> Option<usize
     }
 }
 
-/// The job a run directory describes, and the libtorch thread count it ran with.
-fn from_run_dir(run_dir: &Path) -> anyhow::Result<(JobParts, usize)> {
+/// The job a run directory describes, the libtorch thread count it ran with, and whether it
+/// skipped bad rows.
+fn from_run_dir(run_dir: &Path) -> anyhow::Result<(JobParts, usize, bool)> {
     let path = run_dir.join("config.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("--resume: reading {}", path.display()))?;
     let rc: RunConfig = serde_json::from_str(&text)
         .with_context(|| format!("--resume: {} is not a clsnorm run config", path.display()))?;
-    // Data files are re-read from where the run found them, and must be unchanged.
-    for (what, info) in std::iter::once(("train", &rc.train_file))
-        .chain(rc.dev_files.iter().map(|(n, i)| (n.as_str(), i)))
-    {
-        let now = clsnorm::train::checkpoint::sha256_file(&info.path)?;
-        if now != info.sha256 {
-            bail!(
-                "--resume: the {what} file {} changed since the run started (sha256 {now}, was {})",
-                info.path.display(),
-                info.sha256
-            );
-        }
-    }
     let mut task = rc.task.clone();
     task.train_file = rc.train_file.path.to_string_lossy().into_owned();
     task.dev_files = rc
@@ -552,12 +592,16 @@ fn from_run_dir(run_dir: &Path) -> anyhow::Result<(JobParts, usize)> {
         (
             task,
             None,
+            None,
             rc.head,
             rc.train,
             rc.model,
             run_dir.to_path_buf(),
         ),
         rc.threads,
+        std::iter::once(&rc.train_file)
+            .chain(rc.dev_files.iter().map(|(_, i)| i))
+            .any(|i| i.skipped > 0),
     ))
 }
 

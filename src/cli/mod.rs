@@ -56,11 +56,33 @@ pub struct RuntimeArgs {
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
     /// libtorch CPU threads (default: all cores; with --resume, the count the run used).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_threads)]
     pub threads: Option<usize>,
     /// Allow reading pytorch_model.bin, a Python pickle that can run code when loaded.
     #[arg(long)]
     pub allow_pickle: bool,
+}
+
+/// A batch size: 1 to 65,536.
+pub fn parse_batch_size(s: &str) -> Result<usize, String> {
+    parse_count(s, 1, clsnorm::train::limits::MAX_BATCH)
+}
+
+/// A thread count: 1 to 1,024.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    parse_count(s, 1, clsnorm::train::limits::MAX_THREADS)
+}
+
+/// A token count: 3 to 65,536.
+pub fn parse_max_len(s: &str) -> Result<usize, String> {
+    parse_count(s, 3, clsnorm::train::limits::MAX_LEN)
+}
+
+fn parse_count(s: &str, min: usize, max: usize) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
+    }
 }
 
 pub fn parse_device(s: &str) -> Result<DeviceChoice, String> {
@@ -83,10 +105,17 @@ pub fn init_logging(verbose: u8) {
         .init();
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     match cli.command {
         Command::Embed(a) => embed::run(a),
-        Command::Finetune(a) => finetune::run(*a),
+        Command::Finetune(a) => {
+            if a.resume.is_some() {
+                if let Some(("finetune", sub)) = matches.subcommand() {
+                    finetune::refuse_ignored_flags(sub)?;
+                }
+            }
+            finetune::run(*a)
+        }
         Command::Predict(a) => predict::predict(a),
         Command::Evaluate(a) => predict::evaluate(a),
         Command::Analyze(a) => analyze::run(*a),

@@ -20,9 +20,9 @@ pub struct CheckpointArgs {
     pub checkpoint: PathBuf,
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
-    #[arg(long)]
+    #[arg(long, value_parser = super::parse_threads)]
     pub threads: Option<usize>,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::parse_batch_size)]
     pub batch_size: usize,
     /// Skip malformed rows (counted and logged) instead of stopping at the first.
     #[arg(long)]
@@ -65,6 +65,10 @@ fn load(ck: &CheckpointArgs) -> anyhow::Result<Loaded> {
     let (model, meta) = checkpoint::load_model(&ck.checkpoint, device)
         .with_context(|| format!("loading checkpoint {}", ck.checkpoint.display()))?;
     let tok = TextTokenizer::load(&ck.checkpoint, meta.max_len)?;
+    model
+        .encoder
+        .limits()
+        .check_tokenizer(&tok, meta.task.text_pair.is_some())?;
     Ok((model, meta, tok))
 }
 
@@ -81,7 +85,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let ds = read_dataset(&a.input, &task, opts)?;
     let inputs = ds.inputs();
     let encs = tok.encode_batch(&inputs)?;
-    let logits = clsnorm::eval::logits(&model, &encs, a.ck.batch_size, tok.pad_id());
+    let logits = clsnorm::eval::logits(&model, &encs, a.ck.batch_size, tok.pad_id())?;
     let mut text = String::new();
     match &meta.task.labels {
         LabelSpace::Classes(classes) => {
@@ -160,7 +164,7 @@ pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
             &metrics,
             a.ck.batch_size,
             tok.pad_id(),
-        );
+        )?;
         report.insert(
             name,
             json!({"file": path, "examples": ds.examples.len(), "metrics": m}),

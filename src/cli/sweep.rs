@@ -97,15 +97,19 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         let mut out = String::new();
         for &i in &selected {
             let run = &plan.runs[i];
-            let st = status(&plan.dir.join(&run.dir));
-            let cmd = plan
-                .next_command(run)
-                .unwrap_or_else(|| run.command(&plan.dir));
+            let (st, cmd) = match status(&plan.dir.join(&run.dir)) {
+                Ok(st) => (
+                    st.describe().to_string(),
+                    plan.next_command(run, st)
+                        .unwrap_or_else(|| run.command(&plan.dir)),
+                ),
+                Err(e) => (format!("unreadable: {e}"), run.command(&plan.dir)),
+            };
             let words = std::iter::once("clsnorm".to_string()).chain(cmd);
             out.push_str(&format!(
                 "{}\t{}\t{}\n",
                 run.name,
-                serde_json::to_value(st)?.as_str().unwrap_or("?"),
+                st,
                 shell_words::join(words)
             ));
         }
@@ -116,11 +120,27 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", plan.dir.display()))?;
     clsnorm::atomic::write_json(&plan.dir.join(PLAN_FILE), &plan)?;
 
-    let todo: VecDeque<(usize, Vec<String>)> = selected
-        .iter()
-        .filter_map(|&i| plan.next_command(&plan.runs[i]).map(|c| (i, c)))
-        .collect();
-    let skipped = selected.len() - todo.len();
+    let mut todo: VecDeque<(usize, Vec<String>)> = VecDeque::new();
+    let mut elsewhere = Vec::new();
+    let mut unreadable = Vec::new();
+    for &i in &selected {
+        let run = &plan.runs[i];
+        match status(&plan.dir.join(&run.dir)) {
+            Ok(RunStatus::Running) => {
+                tracing::warn!(
+                    "{}: running elsewhere (another process holds its lock); skipped",
+                    run.name
+                );
+                elsewhere.push(run.name.clone());
+            }
+            Ok(st) => todo.extend(plan.next_command(run, st).map(|c| (i, c))),
+            Err(e) => {
+                tracing::error!("{}: {e}; not run (fix or remove the file)", run.name);
+                unreadable.push(run.name.clone());
+            }
+        }
+    }
+    let skipped = selected.len() - todo.len() - elsewhere.len() - unreadable.len();
     let jobs = usize::from(a.jobs);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) / jobs;
     tracing::info!(
@@ -142,6 +162,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     let queue = Mutex::new(todo);
     let failed: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let interrupted: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let taken_elsewhere: Mutex<Vec<String>> = Mutex::new(elsewhere);
     let stop = std::sync::Arc::new(Stop::default());
     {
         let stop = stop.clone();
@@ -181,10 +202,15 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                 let result = stop.wait(child, &log);
                 let secs = t0.elapsed().as_secs_f64();
                 // A run the signal stopped, at whatever point, is started or resumed by a rerun.
-                let stopped =
-                    stop.signalled() && status(&plan.dir.join(&run.dir)) != RunStatus::Done;
+                let stopped = stop.signalled()
+                    && status(&plan.dir.join(&run.dir)).is_ok_and(|s| s != RunStatus::Done);
+                // Another process took the run between the plan and the start: not a failure.
+                let taken = result.is_err()
+                    && !stopped
+                    && status(&plan.dir.join(&run.dir)).is_ok_and(|s| s == RunStatus::Running);
                 bar.suspend(|| match &result {
                     Ok(()) => tracing::info!("{} finished in {:.1} min", run.name, secs / 60.0),
+                    Err(_) if taken => tracing::warn!("{}: running elsewhere; skipped", run.name),
                     Err(_) if stopped => tracing::warn!(
                         "{} interrupted after {:.1} min; rerunning the sweep resumes it",
                         run.name,
@@ -194,6 +220,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                 });
                 let list = match (&result, stopped) {
                     (Ok(()), _) => None,
+                    (Err(_), _) if taken => Some(&taken_elsewhere),
                     (Err(_), true) => Some(&interrupted),
                     (Err(_), false) => Some(&failed),
                 };
@@ -205,8 +232,10 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         }
     });
     bar.finish_and_clear();
-    let failed = failed.into_inner().unwrap_or_default();
+    let mut failed = failed.into_inner().unwrap_or_default();
+    failed.extend(unreadable);
     let interrupted = interrupted.into_inner().unwrap_or_default();
+    let elsewhere = taken_elsewhere.into_inner().unwrap_or_default();
     let inv = Invocation {
         shard: format!("{}/{}", shard.index, shard.count),
         jobs,
@@ -219,11 +248,12 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     };
     append_invocation(&plan.dir, &inv)?;
     tracing::info!(
-        "{} run(s) executed, {} already done, {} failed, {} interrupted, in {:.1} min; `clsnorm report {}` writes the comparison",
+        "{} run(s) executed, {} already done, {} failed, {} interrupted, {} running elsewhere, in {:.1} min; `clsnorm report {}` writes the comparison",
         inv.executed,
         skipped,
         failed.len(),
         interrupted.len(),
+        elsewhere.len(),
         inv.wall_secs / 60.0,
         plan.dir.display()
     );

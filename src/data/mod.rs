@@ -31,6 +31,8 @@ pub struct Dataset {
     pub examples: Vec<Example>,
     /// Rows dropped by `--skip-bad-rows`.
     pub skipped: usize,
+    /// sha256 of the bytes the examples were parsed from.
+    pub sha256: String,
 }
 
 impl Dataset {

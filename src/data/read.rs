@@ -326,9 +326,22 @@ fn read_jsonl(bytes: &[u8], spec: &TaskSpec, rows: &mut Rows) -> Result<()> {
     Ok(())
 }
 
-/// Reads the rows of `path` in the spec's format.
-pub fn read_rows(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<(Vec<RawRow>, usize)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+/// The rows of one file, read once, and the sha256 of exactly the bytes they were parsed from.
+#[derive(Debug, Clone)]
+pub struct RawFile {
+    pub path: PathBuf,
+    pub rows: Vec<RawRow>,
+    /// Rows dropped by `--skip-bad-rows`.
+    pub skipped: usize,
+    pub sha256: String,
+}
+
+/// Reads the rows of `path` in the spec's format. Only a regular file is read (a FIFO or
+/// device is refused without blocking), at most [`crate::fsread::MAX_DATA_BYTES`].
+pub fn read_rows(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<RawFile> {
+    use crate::fsread::{read_regular, Links, MAX_DATA_BYTES};
+    let bytes = read_regular(path, MAX_DATA_BYTES, Links::Follow)?;
+    let sha256 = crate::fsread::sha256_hex(&bytes);
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::Data {
             path: path.to_path_buf(),
@@ -364,7 +377,12 @@ pub fn read_rows(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<(Vec
             msg: "no usable rows".into(),
         });
     }
-    Ok((rows.rows, rows.bad.len()))
+    Ok(RawFile {
+        path: path.to_path_buf(),
+        skipped: rows.bad.len(),
+        rows: rows.rows,
+        sha256,
+    })
 }
 
 /// The class names of a custom classification file: its distinct labels, numerically sorted
@@ -380,7 +398,13 @@ pub fn infer_classes(rows: &[RawRow]) -> Vec<String> {
 
 /// Reads a file into labelled (or, for prediction, possibly unlabelled) examples.
 pub fn read_dataset(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<Dataset> {
-    let (rows, mut skipped) = read_rows(path, spec, opts)?;
+    dataset_from_rows(read_rows(path, spec, opts)?, spec, opts)
+}
+
+/// Interprets the labels of rows already read (see [`read_rows`]).
+pub fn dataset_from_rows(raw: RawFile, spec: &TaskSpec, opts: ReadOptions) -> Result<Dataset> {
+    let path = raw.path.as_path();
+    let (rows, mut skipped) = (raw.rows, raw.skipped);
     let index: HashMap<&str, usize> = match &spec.labels {
         LabelSpace::Classes(c) => c.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect(),
         LabelSpace::Regression => HashMap::new(),
@@ -435,5 +459,6 @@ pub fn read_dataset(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<D
         path: PathBuf::from(path),
         examples,
         skipped,
+        sha256: raw.sha256,
     })
 }

@@ -198,6 +198,51 @@ impl BertConfig {
         Ok(())
     }
 
+    /// The name and shape of every parameter of a `BertModel` with this config, computed
+    /// without allocating it (HF names). Checked against a weights file before the model is
+    /// built, so that a config asking for huge matrices fails instead of allocating them.
+    pub fn expected_shapes(&self) -> std::collections::BTreeMap<String, Vec<i64>> {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let mut m = std::collections::BTreeMap::new();
+        let mut put = |name: String, shape: Vec<i64>| {
+            m.insert(name, shape);
+        };
+        put(
+            "embeddings.word_embeddings.weight".into(),
+            vec![self.vocab_size, h],
+        );
+        put(
+            "embeddings.position_embeddings.weight".into(),
+            vec![self.max_position_embeddings, h],
+        );
+        put(
+            "embeddings.token_type_embeddings.weight".into(),
+            vec![self.type_vocab_size, h],
+        );
+        let linear = |put: &mut dyn FnMut(String, Vec<i64>), p: String, inp: i64, out: i64| {
+            put(format!("{p}.weight"), vec![out, inp]);
+            put(format!("{p}.bias"), vec![out]);
+        };
+        let norm = |put: &mut dyn FnMut(String, Vec<i64>), p: String| {
+            put(format!("{p}.weight"), vec![h]);
+            put(format!("{p}.bias"), vec![h]);
+        };
+        norm(&mut put, "embeddings.LayerNorm".into());
+        for l in 0..self.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            for q in ["query", "key", "value"] {
+                linear(&mut put, format!("{p}.attention.self.{q}"), h, h);
+            }
+            linear(&mut put, format!("{p}.attention.output.dense"), h, h);
+            norm(&mut put, format!("{p}.attention.output.LayerNorm"));
+            linear(&mut put, format!("{p}.intermediate.dense"), h, i);
+            linear(&mut put, format!("{p}.output.dense"), i, h);
+            norm(&mut put, format!("{p}.output.LayerNorm"));
+        }
+        linear(&mut put, "pooler.dense".into(), h, h);
+        m
+    }
+
     /// Size of one attention head.
     pub fn head_dim(&self) -> i64 {
         self.hidden_size / self.num_attention_heads

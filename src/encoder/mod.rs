@@ -40,9 +40,18 @@ impl Encoder {
     pub fn load(dir: &Path, device: Device, allow_pickle: bool) -> Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
         let ckpt = weights::read_model_dir(dir, allow_pickle)?;
+        // Shapes first: the weights (bounded by the file's size) must be what the config
+        // describes before the model is allocated from the config.
+        weights::check_shapes(&ckpt, &config.expected_shapes())?;
         let enc = Self::random(&config, device, 0);
         weights::load_into(&enc.vs, &ckpt)?;
+        weights::check_finite(&ckpt)?;
         Ok(enc)
+    }
+
+    /// What the encoder's embedding tables accept.
+    pub fn limits(&self) -> crate::batch::InputLimits {
+        crate::batch::InputLimits::of(&self.model.config)
     }
 
     /// Saves `config.json` and `model.safetensors` into `dir` in HF `BertModel` layout.

@@ -64,16 +64,107 @@ const ALLOWED_GLOBALS: &[&str] = &[
     "torch._utils._rebuild_parameter",
 ];
 
+/// Resource budgets: a few hundred bytes of pickle can ask for exponential memory (a memoized
+/// list appended to itself, fetched again and again) or unbounded nesting. A state dict of
+/// even a large model needs a small fraction of these.
+pub mod budget {
+    /// Values created in all (memo fetches copy, and count again).
+    pub const MAX_NODES: usize = 4_000_000;
+    /// Bytes of strings created in all.
+    pub const MAX_STRING_BYTES: usize = 64 << 20;
+    /// Nesting of containers.
+    pub const MAX_DEPTH: usize = 32;
+    /// Bytes of the pickle program (`data.pkl`).
+    pub const MAX_PICKLE_BYTES: u64 = 64 << 20;
+}
+
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Value>,
     memo: HashMap<u32, Value>,
+    nodes: usize,
+    string_bytes: usize,
+}
+
+/// Values and string bytes in `v`, and its nesting depth. The recursion is bounded by
+/// [`budget::MAX_DEPTH`]: no container deeper than that is ever built.
+fn measure(v: &Value) -> (usize, usize, usize) {
+    let items: &[Value] = match v {
+        Value::Str(s) => return (1, s.len(), 0),
+        Value::Tuple(x) | Value::List(x) => x,
+        Value::Dict(d) => {
+            let (mut n, mut b, mut depth) = (1, 0, 0);
+            for (k, v) in d {
+                for x in [k, v] {
+                    let (n2, b2, d2) = measure(x);
+                    n += n2;
+                    b += b2;
+                    depth = depth.max(d2 + 1);
+                }
+            }
+            return (n, b, depth);
+        }
+        Value::Tensor(t) => return (1 + t.size.len() + t.stride.len(), t.key.len(), 1),
+        Value::Storage(_, k) => return (1, k.len(), 0),
+        Value::Global(g) => return (1, g.len(), 0),
+        _ => return (1, 0, 0),
+    };
+    let (mut n, mut b, mut depth) = (1, 0, 0);
+    for x in items {
+        let (n2, b2, d2) = measure(x);
+        n += n2;
+        b += b2;
+        depth = depth.max(d2 + 1);
+    }
+    (n, b, depth)
 }
 
 type R<T> = std::result::Result<T, String>;
 
 impl<'a> Machine<'a> {
+    /// Counts `nodes` new values and `bytes` new string bytes against the budgets.
+    fn charge(&mut self, nodes: usize, bytes: usize) -> R<()> {
+        self.nodes = self.nodes.saturating_add(nodes);
+        self.string_bytes = self.string_bytes.saturating_add(bytes);
+        if self.nodes > budget::MAX_NODES || self.string_bytes > budget::MAX_STRING_BYTES {
+            return Err(format!(
+                "refusing to load: the pickle builds more than {} values or {} bytes of strings, far beyond any state dict",
+                budget::MAX_NODES,
+                budget::MAX_STRING_BYTES
+            ));
+        }
+        Ok(())
+    }
+
+    /// A copy of `v` (memo put and fetch), charged in full.
+    fn copy(&mut self, v: &Value) -> R<Value> {
+        let (n, b, _) = measure(v);
+        self.charge(n, b)?;
+        Ok(v.clone())
+    }
+
+    /// Checks that `items` may go into a container.
+    fn nest(items: &[Value]) -> R<()> {
+        items.iter().try_for_each(Self::nest_one)
+    }
+
+    fn nest_one(x: &Value) -> R<()> {
+        if measure(x).2 + 1 > budget::MAX_DEPTH {
+            return Err(format!(
+                "refusing to load: the pickle nests containers deeper than {}",
+                budget::MAX_DEPTH
+            ));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, v: Value) -> R<()> {
+        self.charge(1, 0)?;
+        self.stack.push(v);
+        Ok(())
+    }
+
     fn take(&mut self, n: usize) -> R<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
         let end = end.ok_or_else(|| format!("pickle truncated at byte {}", self.pos))?;
@@ -124,7 +215,9 @@ impl<'a> Machine<'a> {
             .ok_or_else(|| "pickle stack empty".into())
     }
     fn str(&mut self, n: usize) -> R<()> {
-        let s = String::from_utf8(self.take(n)?.to_vec()).map_err(|e| e.to_string())?;
+        let bytes = self.take(n)?;
+        self.charge(1, n)?;
+        let s = String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string())?;
         self.stack.push(Value::Str(s));
         Ok(())
     }
@@ -215,21 +308,21 @@ impl<'a> Machine<'a> {
                     self.take(8)?; // FRAME
                 }
                 b'.' => return self.pop(), // STOP
-                b'(' => self.stack.push(Value::Mark),
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool),
-                0x89 => self.stack.push(Value::Bool),
+                b'(' => self.push(Value::Mark)?,
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool)?,
+                0x89 => self.push(Value::Bool)?,
                 b'J' => {
                     let v = self.u32()? as i32;
-                    self.stack.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.stack.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 b'M' => {
                     let v = self.u16()?;
-                    self.stack.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()))?;
                 }
                 0x8a => {
                     // LONG1: little-endian two's complement of n bytes
@@ -244,11 +337,11 @@ impl<'a> Machine<'a> {
                         [0u8; 8]
                     };
                     buf[..n].copy_from_slice(b);
-                    self.stack.push(Value::Int(i64::from_le_bytes(buf)));
+                    self.push(Value::Int(i64::from_le_bytes(buf)))?;
                 }
                 b'G' => {
                     self.take(8)?;
-                    self.stack.push(Value::Float);
+                    self.push(Value::Float)?;
                 }
                 b'X' => {
                     let n = self.u32()? as usize;
@@ -266,10 +359,11 @@ impl<'a> Machine<'a> {
                     let n = self.u32()? as usize;
                     self.str(n)?;
                 }
-                b')' => self.stack.push(Value::Tuple(Vec::new())),
+                b')' => self.push(Value::Tuple(Vec::new()))?,
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items));
+                    Self::nest(&items)?;
+                    self.push(Value::Tuple(items))?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -277,12 +371,14 @@ impl<'a> Machine<'a> {
                         return Err("pickle stack underflow".into());
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(items));
+                    Self::nest(&items)?;
+                    self.push(Value::Tuple(items))?;
                 }
-                b']' => self.stack.push(Value::List(Vec::new())),
-                b'}' => self.stack.push(Value::Dict(Vec::new())),
+                b']' => self.push(Value::List(Vec::new()))?,
+                b'}' => self.push(Value::Dict(Vec::new()))?,
                 b'a' => {
                     let v = self.pop()?;
+                    Self::nest(std::slice::from_ref(&v))?;
                     match self.top()? {
                         Value::List(l) => l.push(v),
                         _ => return Err("APPEND to a non-list".into()),
@@ -290,6 +386,7 @@ impl<'a> Machine<'a> {
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
+                    Self::nest(&items)?;
                     match self.top()? {
                         Value::List(l) => l.extend(items),
                         _ => return Err("APPENDS to a non-list".into()),
@@ -298,6 +395,8 @@ impl<'a> Machine<'a> {
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
+                    Self::nest_one(&k)?;
+                    Self::nest_one(&v)?;
                     match self.top()? {
                         Value::Dict(d) => d.push((k, v)),
                         _ => return Err("SETITEM on a non-dict".into()),
@@ -305,6 +404,7 @@ impl<'a> Machine<'a> {
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
+                    Self::nest(&items)?;
                     if items.len() % 2 != 0 {
                         return Err("SETITEMS with an odd number of items".into());
                     }
@@ -322,7 +422,7 @@ impl<'a> Machine<'a> {
                     let module = self.line()?;
                     let name = self.line()?;
                     let g = self.global(&module, &name)?;
-                    self.stack.push(g);
+                    self.push(g)?;
                 }
                 0x93 => {
                     let name = self.pop()?;
@@ -330,7 +430,7 @@ impl<'a> Machine<'a> {
                     match (module, name) {
                         (Value::Str(m), Value::Str(n)) => {
                             let g = self.global(&m, &n)?;
-                            self.stack.push(g);
+                            self.push(g)?;
                         }
                         _ => return Err("STACK_GLOBAL needs two strings".into()),
                     }
@@ -339,7 +439,7 @@ impl<'a> Machine<'a> {
                     let args = self.pop()?;
                     let f = self.pop()?;
                     let v = self.reduce(f, args)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'b' => {
                     // BUILD: state for an object; tensors and dicts ignore it.
@@ -348,32 +448,37 @@ impl<'a> Machine<'a> {
                 b'Q' => {
                     let pid = self.pop()?;
                     let v = self.persistent_load(pid)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'q' => {
                     let i = self.u8()? as u32;
-                    let v = self.top()?.clone();
+                    let top = self.top()?.clone();
+                    let v = self.copy(&top)?;
                     self.memo.insert(i, v);
                 }
                 b'r' => {
                     let i = self.u32()?;
-                    let v = self.top()?.clone();
+                    let top = self.top()?.clone();
+                    let v = self.copy(&top)?;
                     self.memo.insert(i, v);
                 }
                 0x94 => {
                     let i = self.memo.len() as u32;
-                    let v = self.top()?.clone();
+                    let top = self.top()?.clone();
+                    let v = self.copy(&top)?;
                     self.memo.insert(i, v);
                 }
                 b'h' => {
                     let i = self.u8()? as u32;
-                    let v = self.memo.get(&i).cloned().ok_or("pickle memo miss")?;
-                    self.stack.push(v);
+                    let m = self.memo.get(&i).cloned().ok_or("pickle memo miss")?;
+                    let v = self.copy(&m)?;
+                    self.push(v)?;
                 }
                 b'j' => {
                     let i = self.u32()?;
-                    let v = self.memo.get(&i).cloned().ok_or("pickle memo miss")?;
-                    self.stack.push(v);
+                    let m = self.memo.get(&i).cloned().ok_or("pickle memo miss")?;
+                    let v = self.copy(&m)?;
+                    self.push(v)?;
                 }
                 other => {
                     return Err(format!(
@@ -386,13 +491,46 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// Checks that a tensor's view lies inside its storage and has no more elements than it (a view
+/// with zero strides could otherwise ask for any amount of memory when made contiguous).
+fn check_view(t: &TensorRef, storage_len: u64) -> R<()> {
+    if t.size.len() != t.stride.len() {
+        return Err("size and stride differ in length".into());
+    }
+    if t.offset < 0 || t.size.iter().chain(&t.stride).any(|&v| v < 0) {
+        return Err("negative size, stride or offset".into());
+    }
+    let mut numel: u64 = 1;
+    let mut last: u64 = t.offset as u64;
+    for (&n, &st) in t.size.iter().zip(&t.stride) {
+        numel = numel.checked_mul(n as u64).ok_or("size overflows")?;
+        if n > 0 {
+            let reach = (n as u64 - 1)
+                .checked_mul(st as u64)
+                .ok_or("stride overflows")?;
+            last = last.checked_add(reach).ok_or("stride overflows")?;
+        }
+    }
+    if numel > 0 && (last >= storage_len || numel > storage_len) {
+        return Err(format!(
+            "size {:?} with stride {:?} and offset {} does not fit its storage of {storage_len} elements",
+            t.size, t.stride, t.offset
+        ));
+    }
+    Ok(())
+}
+
 /// Reads the named tensors of a `torch.save` zip archive without executing any code.
 pub fn read_torch_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let err = |msg: String| Error::Weights {
         path: path.to_path_buf(),
         msg,
     };
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let (file, file_len) = crate::fsread::open_regular(
+        path,
+        crate::fsread::MAX_WEIGHTS_BYTES,
+        crate::fsread::Links::Follow,
+    )?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| {
         err(format!(
             "not a torch.save zip archive (legacy pre-1.6 pickles are not supported): {e}"
@@ -407,18 +545,29 @@ pub fn read_torch_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .find(|n| n.ends_with("/data.pkl"))
         .ok_or_else(|| err("archive has no data.pkl".into()))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    let mut read_entry = |name: &str| -> Result<Vec<u8>> {
-        let mut f = zip.by_name(name).map_err(|e| err(format!("{name}: {e}")))?;
+    // torch.save stores entries uncompressed, so none can be larger than the archive; the
+    // limit holds whatever an entry's header claims (a zip bomb stops there).
+    let mut read_entry = |name: &str, limit: u64| -> Result<Vec<u8>> {
+        let f = zip.by_name(name).map_err(|e| err(format!("{name}: {e}")))?;
         let mut buf = Vec::new();
-        f.read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
+        f.take(limit + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(path, e))?;
+        if buf.len() as u64 > limit {
+            return Err(err(format!(
+                "{name}: larger than the archive itself ({limit} bytes)"
+            )));
+        }
         Ok(buf)
     };
-    let pkl = read_entry(&pkl_name)?;
+    let pkl = read_entry(&pkl_name, file_len.min(budget::MAX_PICKLE_BYTES))?;
     let mut m = Machine {
         data: &pkl,
         pos: 0,
         stack: Vec::new(),
         memo: HashMap::new(),
+        nodes: 0,
+        string_bytes: 0,
     };
     let root = m.run().map_err(err)?;
     let Value::Dict(items) = root else {
@@ -431,11 +580,13 @@ pub fn read_torch_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
             return Err(err("state dict entries must be name -> tensor".into()));
         };
         if !storages.contains_key(&t.key) {
-            let bytes = read_entry(&format!("{prefix}data/{}", t.key))?;
+            let bytes = read_entry(&format!("{prefix}data/{}", t.key), file_len)?;
             storages.insert(t.key.clone(), bytes);
         }
         let bytes = &storages[&t.key];
         let elt = t.kind.elt_size_in_bytes();
+        check_view(&t, (bytes.len() / elt) as u64)
+            .map_err(|m| err(format!("tensor {name}: {m}")))?;
         let storage = Tensor::f_from_data_size(bytes, &[(bytes.len() / elt) as i64], t.kind)
             .map_err(|e| err(format!("tensor {name}: {e}")))?;
         let view = storage

@@ -97,7 +97,8 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
 
 /// Reads every tensor of a safetensors file onto the CPU, validating header and offsets.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    use crate::fsread::{read_regular, Links, MAX_WEIGHTS_BYTES};
+    let bytes = read_regular(path, MAX_WEIGHTS_BYTES, Links::Follow)?;
     let err = |msg: String| Error::Weights {
         path: path.to_path_buf(),
         msg,
@@ -129,7 +130,7 @@ fn read_sharded(index: &Path) -> Result<Vec<(String, Tensor)>> {
     struct Index {
         weight_map: BTreeMap<String, String>,
     }
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let text = crate::fsread::read_text(index, crate::fsread::MAX_SMALL_BYTES)?;
     let idx: Index = serde_json::from_str(&text).map_err(|e| Error::Weights {
         path: index.to_path_buf(),
         msg: format!("invalid shard index: {e}"),
@@ -140,6 +141,16 @@ fn read_sharded(index: &Path) -> Result<Vec<(String, Tensor)>> {
     shards.dedup();
     let mut out = Vec::new();
     for shard in shards {
+        // A plain file name beside the index: no path may lead out of the model directory.
+        let plain = Path::new(shard)
+            .file_name()
+            .is_some_and(|n| n == shard.as_str());
+        if !plain {
+            return Err(Error::Weights {
+                path: index.to_path_buf(),
+                msg: format!("shard '{}' is not a plain file name", shard.escape_debug()),
+            });
+        }
         out.extend(read_safetensors(&dir.join(shard))?);
     }
     Ok(out)
@@ -220,10 +231,8 @@ fn encoder_name(name: &str, prefixed: bool) -> Option<String> {
     Some(renamed)
 }
 
-/// Copies a checkpoint's encoder tensors into `vs`, whose variables use HF's `BertModel`
-/// names. Every variable must be present with its shape; tensors the encoder does not know
-/// are an error. All problems are reported together.
-pub fn load_into(vs: &nn::VarStore, ckpt: &Checkpoint) -> Result<()> {
+/// The checkpoint's encoder tensors under the encoder's names.
+fn encoder_tensors(ckpt: &Checkpoint) -> BTreeMap<String, &Tensor> {
     let prefixed = ckpt.tensors.iter().any(|(n, _)| n.starts_with("bert."));
     let mut found: BTreeMap<String, &Tensor> = BTreeMap::new();
     let mut ignored = Vec::new();
@@ -242,14 +251,19 @@ pub fn load_into(vs: &nn::VarStore, ckpt: &Checkpoint) -> Result<()> {
             ignored.join(", ")
         );
     }
-    let vars = vs.variables();
+    found
+}
+
+/// Checks that a checkpoint holds exactly the tensors `expected` names, with those shapes and
+/// a floating-point dtype. All problems are reported together.
+pub fn check_shapes(ckpt: &Checkpoint, expected: &BTreeMap<String, Vec<i64>>) -> Result<()> {
+    let found = encoder_tensors(ckpt);
     let mut problems = Vec::new();
-    for (name, var) in &vars {
+    for (name, shape) in expected {
         match found.get(name) {
-            None => problems.push(format!("missing: {name} (expected shape {:?})", var.size())),
-            Some(t) if t.size() != var.size() => problems.push(format!(
-                "wrong shape: {name}: expected {:?}, found {:?}",
-                var.size(),
+            None => problems.push(format!("missing: {name} (expected shape {shape:?})")),
+            Some(t) if &t.size() != shape => problems.push(format!(
+                "wrong shape: {name}: expected {shape:?}, found {:?}",
                 t.size()
             )),
             Some(t) if !t.is_floating_point() => problems.push(format!(
@@ -260,20 +274,54 @@ pub fn load_into(vs: &nn::VarStore, ckpt: &Checkpoint) -> Result<()> {
         }
     }
     for (name, t) in &found {
-        if !vars.contains_key(name) {
+        if !expected.contains_key(name) {
             problems.push(format!("unexpected: {name} (shape {:?})", t.size()));
         }
     }
-    if !problems.is_empty() {
-        return Err(Error::Weights {
-            path: ckpt.path.clone(),
-            msg: format!(
-                "checkpoint does not match the model config ({} problem(s)):\n  {}",
-                problems.len(),
-                problems.join("\n  ")
-            ),
-        });
+    if problems.is_empty() {
+        return Ok(());
     }
+    Err(Error::Weights {
+        path: ckpt.path.clone(),
+        msg: format!(
+            "checkpoint does not match the model config ({} problem(s)):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        ),
+    })
+}
+
+/// Refuses weights holding NaN or infinity (a diverged or corrupted model would only produce
+/// meaningless metrics).
+pub fn check_finite(ckpt: &Checkpoint) -> Result<()> {
+    let bad: Vec<&str> = ckpt
+        .tensors
+        .iter()
+        .filter(|(_, t)| t.is_floating_point())
+        .filter(|(_, t)| t.isfinite().all().int64_value(&[]) == 0)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Weights {
+        path: ckpt.path.clone(),
+        msg: format!(
+            "{} tensor(s) hold NaN or infinite values: {}",
+            bad.len(),
+            bad.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
+/// Copies a checkpoint's encoder tensors into `vs`, whose variables use HF's `BertModel`
+/// names. Every variable must be present with its shape; tensors the encoder does not know
+/// are an error. All problems are reported together.
+pub fn load_into(vs: &nn::VarStore, ckpt: &Checkpoint) -> Result<()> {
+    let vars = vs.variables();
+    let expected = vars.iter().map(|(n, v)| (n.clone(), v.size())).collect();
+    check_shapes(ckpt, &expected)?;
+    let found = encoder_tensors(ckpt);
     tch::no_grad(|| -> Result<()> {
         for (name, mut var) in vars {
             if let Some(src) = found.get(&name) {

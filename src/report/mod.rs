@@ -68,7 +68,7 @@ fn read_jsonl<R: serde::de::DeserializeOwned>(path: &Path) -> Vec<R> {
 /// Reads the run directory of `run` in the sweep at `sweep_dir`.
 pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
     let dir = sweep_dir.join(&run.dir);
-    let st = status(&dir);
+    let st = status(&dir)?;
     let epochs: Vec<EpochRecord> = read_jsonl(&dir.join("metrics.jsonl"));
     let grads: Vec<GradRecord> = read_jsonl(&dir.join("grads.jsonl"));
     let mut res = RunResult {
@@ -95,12 +95,7 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
         global_grad: grads.iter().map(|r| (r.step, r.global_grad_norm)).collect(),
     };
     if st == RunStatus::Done {
-        let path = dir.join("summary.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let s: Summary = serde_json::from_str(&text).map_err(|e| Error::File {
-            path: path.clone(),
-            msg: format!("not a run summary: {e}"),
-        })?;
+        let s = Summary::read(&dir.join("summary.json"))?;
         let primary_of = |dev: &[(String, BTreeMap<String, f64>)]| {
             dev.first()
                 .and_then(|(_, m)| m.get(&s.primary_metric))
@@ -772,6 +767,10 @@ impl Report {
                     match r.status {
                         RunStatus::Interrupted => format!(
                             "interrupted after {} epoch(s); `clsnorm sweep` resumes it",
+                            r.epochs.len()
+                        ),
+                        RunStatus::Running => format!(
+                            "running elsewhere (another process holds its lock), {} epoch(s) so far",
                             r.epochs.len()
                         ),
                         _ => "not started".into(),

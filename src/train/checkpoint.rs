@@ -16,18 +16,14 @@ use crate::classifier::{Classifier, HeadConfig};
 use crate::data::TaskSpec;
 use crate::encoder::weights;
 use crate::error::{Error, Result};
+use crate::tokenize::TokenizerFiles;
 
 pub const HEAD_FILE: &str = "head.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const META_FILE: &str = "clsnorm.json";
 pub const MANIFEST_FILE: &str = "manifest.json";
-/// Tokenizer files copied from the model directory when present.
-pub const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer.json",
-    "vocab.txt",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-];
+/// Tokenizer files saved with a checkpoint when the model came with them.
+pub const TOKENIZER_FILES: &[&str] = TokenizerFiles::NAMES;
 
 /// Where training stands; enough to continue exactly.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -75,12 +71,28 @@ pub struct CheckpointMeta {
     pub state: TrainState,
 }
 
+/// Files a checkpoint must hold.
+pub const REQUIRED_FILES: &[&str] = &[
+    "config.json",
+    weights::SAFETENSORS_FILE,
+    HEAD_FILE,
+    META_FILE,
+];
+
+/// Whether `name` is a file that belongs in a checkpoint (and so in its manifest).
+fn is_checkpoint_file(name: &str) -> bool {
+    REQUIRED_FILES.contains(&name) || name == OPTIMIZER_FILE || TOKENIZER_FILES.contains(&name)
+}
+
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
-    Ok(format!("{:x}", h.finalize()))
+    crate::fsread::sha256_file(path, crate::fsread::Links::Follow)
+}
+
+/// Whether `dir` holds a checkpoint whose writing finished (its manifest, written last, is
+/// there); [`verify`] checks the contents.
+pub fn is_complete(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join(MANIFEST_FILE)).is_ok_and(|m| m.is_file())
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
@@ -98,13 +110,13 @@ pub fn save(
     model: &Classifier,
     meta: &CheckpointMeta,
     optimizer: Option<&[(String, Tensor)]>,
-    tokenizer_dir: &Path,
+    tokenizer: &TokenizerFiles,
 ) -> Result<()> {
     let tmp = sibling(dir, &format!("tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    if let Err(e) = write_files(&tmp, model, meta, optimizer, tokenizer_dir) {
+    if let Err(e) = write_files(&tmp, model, meta, optimizer, tokenizer) {
         // E.g. a full disk: give the space back; the previous checkpoint is untouched.
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -129,7 +141,7 @@ fn write_files(
     model: &Classifier,
     meta: &CheckpointMeta,
     optimizer: Option<&[(String, Tensor)]>,
-    tokenizer_dir: &Path,
+    tokenizer: &TokenizerFiles,
 ) -> Result<()> {
     std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
     model.encoder.save(tmp)?;
@@ -140,13 +152,7 @@ fn write_files(
     if let Some(opt) = optimizer {
         weights::write_safetensors(&tmp.join(OPTIMIZER_FILE), opt)?;
     }
-    for f in TOKENIZER_FILES {
-        let src = tokenizer_dir.join(f);
-        if src.is_file() {
-            let dst = tmp.join(f);
-            std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
-        }
-    }
+    tokenizer.write_into(tmp)?;
     atomic::write_json(&tmp.join(META_FILE), meta)?;
     let mut manifest = BTreeMap::new();
     for entry in std::fs::read_dir(tmp).map_err(|e| Error::io(tmp, e))? {
@@ -172,19 +178,62 @@ pub fn locate(dir: &Path) -> Option<PathBuf> {
     }
 }
 
-/// Checks every file of a checkpoint against its manifest.
+/// Checks a checkpoint against its manifest, treating everything in it as untrusted: the
+/// manifest may name only the plain file names a checkpoint holds (no paths, no `..`), must
+/// name the required ones and every checkpoint file present, and each named file must be a
+/// regular file in the directory (a link, FIFO or device is refused without being opened)
+/// whose sha256 matches. Messages name files, never the hashes of other files.
 pub fn verify(dir: &Path) -> Result<()> {
+    use crate::fsread::{open_regular, read_regular, Links, MAX_SMALL_BYTES};
     let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let manifest: BTreeMap<String, String> = serde_json::from_str(&text)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    for (name, want) in manifest {
-        let got = sha256_file(&dir.join(&name))?;
-        if got != want {
-            return Err(Error::Invalid(format!(
-                "checkpoint {} is corrupted: {name} has sha256 {got}, manifest says {want}",
-                dir.display()
+    let bad = |msg: String| Error::File {
+        path: path.clone(),
+        msg,
+    };
+    let bytes = read_regular(&path, MAX_SMALL_BYTES, Links::Refuse)?;
+    let manifest: BTreeMap<String, String> = serde_json::from_slice(&bytes)
+        .map_err(|e| bad(format!("not a checkpoint manifest (name -> sha256): {e}")))?;
+    for (name, hash) in &manifest {
+        if !is_checkpoint_file(name) {
+            let shown: String = name.chars().take(80).collect();
+            return Err(bad(format!(
+                "names '{}', which is not a file of a clsnorm checkpoint",
+                shown.escape_debug()
             )));
+        }
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(format!(
+                "the entry of {name} is not a sha256 hex digest"
+            )));
+        }
+    }
+    for name in REQUIRED_FILES {
+        if !manifest.contains_key(*name) {
+            return Err(bad(format!(
+                "does not list {name}, which every checkpoint holds"
+            )));
+        }
+    }
+    for name in TOKENIZER_FILES.iter().chain([&OPTIMIZER_FILE]) {
+        if !manifest.contains_key(*name) && std::fs::symlink_metadata(dir.join(name)).is_ok() {
+            return Err(bad(format!(
+                "does not list {name}, which is in the checkpoint: the file was added afterwards"
+            )));
+        }
+    }
+    for (name, want) in manifest {
+        let file = dir.join(&name);
+        let (mut f, _) = open_regular(&file, u64::MAX, Links::Refuse)?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h).map_err(|e| Error::io(&file, e))?;
+        if format!("{:x}", h.finalize()) != want.to_ascii_lowercase() {
+            return Err(Error::File {
+                path: file,
+                msg: format!(
+                    "does not match the checkpoint's manifest: checkpoint {} is corrupted or was modified",
+                    dir.display()
+                ),
+            });
         }
     }
     Ok(())
@@ -192,22 +241,75 @@ pub fn verify(dir: &Path) -> Result<()> {
 
 /// Reads `clsnorm.json` of a checkpoint.
 pub fn read_meta(dir: &Path) -> Result<CheckpointMeta> {
+    use crate::fsread::{read_regular, Links, MAX_SMALL_BYTES};
     let path = dir.join(META_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+    let bytes = read_regular(&path, MAX_SMALL_BYTES, Links::Refuse)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::File {
+        path,
+        msg: format!("not a clsnorm checkpoint description: {e}"),
+    })
 }
 
-/// Loads a verified checkpoint's model onto `device`.
+/// Loads a verified checkpoint's model onto `device`. Every cross-reference between its files
+/// is checked before anything is allocated from them: the task's labels against the head's,
+/// the head's outputs and width against `head.safetensors`, the config against the weights
+/// (see [`crate::encoder::Encoder::load`]); NaN or infinite weights are refused.
 pub fn load_model(dir: &Path, device: tch::Device) -> Result<(Classifier, CheckpointMeta)> {
     verify(dir)?;
     let meta = read_meta(dir)?;
+    let meta_path = dir.join(META_FILE);
+    let bad = |msg: String| Error::File {
+        path: meta_path.clone(),
+        msg,
+    };
+    if meta.head.labels != meta.task.labels {
+        return Err(bad("the head's labels differ from the task's".into()));
+    }
+    meta.head.norm.validate().map_err(|e| bad(e.to_string()))?;
+    if !(0.0..1.0).contains(&meta.head.dropout) {
+        return Err(bad(format!(
+            "dropout {} is not in [0, 1)",
+            meta.head.dropout
+        )));
+    }
+    if meta.max_len < 3 {
+        return Err(bad(format!("max_len {} is below 3", meta.max_len)));
+    }
+    let config = crate::encoder::BertConfig::from_file(&dir.join("config.json"))?;
+    if meta.max_len as u64 > config.max_position_embeddings as u64 {
+        return Err(bad(format!(
+            "max_len {} exceeds the model's {} position embeddings",
+            meta.max_len, config.max_position_embeddings
+        )));
+    }
+    let head_path = dir.join(HEAD_FILE);
+    let head = weights::Checkpoint {
+        tensors: weights::read_safetensors(&head_path)?,
+        path: head_path.clone(),
+    };
+    let outputs = meta.head.labels.num_outputs() as i64;
+    let h = config.hidden_size;
+    for (name, want) in [
+        ("classifier.weight", vec![outputs, h]),
+        ("classifier.bias", vec![outputs]),
+    ] {
+        let got = head
+            .tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.size());
+        if got.as_ref() != Some(&want) {
+            return Err(Error::Weights {
+                path: head_path,
+                msg: format!(
+                    "{name} has shape {got:?}, but the task's {outputs} output(s) on a hidden size of {h} need {want:?}"
+                ),
+            });
+        }
+    }
+    weights::check_finite(&head)?;
     let encoder = crate::encoder::Encoder::load(dir, device, false)?;
     let model = Classifier::new(encoder, meta.head.clone(), 0);
-    let head = weights::read_safetensors(&dir.join(HEAD_FILE))?;
-    let ckpt = weights::Checkpoint {
-        path: dir.join(HEAD_FILE),
-        tensors: head,
-    };
-    weights::load_into(&model.head_vs, &ckpt)?;
+    weights::load_into(&model.head_vs, &head)?;
     Ok((model, meta))
 }

@@ -19,7 +19,7 @@ use crate::data::{Dataset, Label, TaskSpec};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::eval;
-use crate::tokenize::{Encoded, TextTokenizer};
+use crate::tokenize::{Encoded, TextTokenizer, TokenizerFiles};
 use checkpoint::{CheckpointMeta, TrainState};
 use optim::{AdamW, AdamWConfig};
 use schedule::LinearSchedule;
@@ -83,20 +83,36 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Rejects values that cannot work, before any work starts.
+    /// Rejects values that cannot work, before any work starts: every count is bounded and
+    /// every real number finite, so that no later arithmetic overflows.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad(format!("--lr must be a positive number, got {}", self.lr));
         }
-        if self.batch_size == 0 || self.eval_batch_size == 0 {
-            return bad("batch sizes must be at least 1".into());
+        for (flag, v) in [
+            ("--batch-size", Some(self.batch_size)),
+            ("--eval-batch-size", Some(self.eval_batch_size)),
+            ("--epochs", Some(self.epochs)),
+            ("--max-steps", self.max_steps),
+            ("--warmup-steps", self.warmup_steps),
+            ("--save-every", self.save_every),
+            ("--max-len", Some(self.max_len)),
+        ] {
+            let (min, max) = match flag {
+                "--epochs" | "--warmup-steps" => (0, limits::MAX_EPOCHS_OR_STEPS),
+                "--batch-size" | "--eval-batch-size" => (1, limits::MAX_BATCH),
+                "--max-len" => (3, limits::MAX_LEN),
+                _ => (1, limits::MAX_EPOCHS_OR_STEPS),
+            };
+            if let Some(v) = v {
+                if v < min || v > max {
+                    return bad(format!("{flag} must be between {min} and {max}, got {v}"));
+                }
+            }
         }
         if self.epochs == 0 && self.max_steps.is_none() {
             return bad("--epochs must be at least 1 (or give --max-steps)".into());
-        }
-        if self.max_steps == Some(0) {
-            return bad("--max-steps must be at least 1".into());
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             return bad(format!(
@@ -104,21 +120,53 @@ impl TrainConfig {
                 self.warmup_ratio
             ));
         }
-        if self.max_grad_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
-            return bad("--max-grad-norm must be positive".into());
-        }
-        if self.adam.eps.is_nan()
-            || self.adam.eps <= 0.0
-            || !(0.0..1.0).contains(&self.adam.beta1)
-            || !(0.0..1.0).contains(&self.adam.beta2)
+        if self
+            .max_grad_norm
+            .is_some_and(|c| !(c > 0.0 && c.is_finite()))
         {
-            return bad("Adam eps must be positive and betas in [0, 1)".into());
+            return bad("--max-grad-norm must be a positive number".into());
         }
-        if self.adam.weight_decay < 0.0 {
-            return bad("--weight-decay must not be negative".into());
+        let adam_ok = self.adam.eps > 0.0
+            && self.adam.eps.is_finite()
+            && (0.0..1.0).contains(&self.adam.beta1)
+            && (0.0..1.0).contains(&self.adam.beta2);
+        if !adam_ok {
+            return bad("Adam eps must be a positive number and betas in [0, 1)".into());
+        }
+        if !(self.adam.weight_decay >= 0.0 && self.adam.weight_decay.is_finite()) {
+            return bad(format!(
+                "--weight-decay must be a non-negative number, got {}",
+                self.adam.weight_decay
+            ));
         }
         Ok(())
     }
+
+    /// Updates per epoch and in all, for `n` training examples.
+    pub fn steps(&self, n: usize) -> Result<(usize, usize)> {
+        let steps_per_epoch = n.div_ceil(self.batch_size);
+        let all = self.epochs.checked_mul(steps_per_epoch).ok_or_else(|| {
+            Error::Invalid(format!(
+                "--epochs {} x {steps_per_epoch} updates per epoch is too many updates",
+                self.epochs
+            ))
+        })?;
+        let total = match self.max_steps {
+            Some(m) if self.epochs == 0 => m,
+            Some(m) => m.min(all),
+            None => all,
+        };
+        Ok((steps_per_epoch, total))
+    }
+}
+
+/// Upper bounds of the numeric options (far beyond any real use; they keep arithmetic on
+/// counts from overflowing and allocations from being absurd).
+pub mod limits {
+    pub const MAX_EPOCHS_OR_STEPS: usize = 1_000_000_000;
+    pub const MAX_BATCH: usize = 1 << 16;
+    pub const MAX_LEN: usize = 1 << 16;
+    pub const MAX_THREADS: usize = 1024;
 }
 
 /// Provenance of an input file.
@@ -131,10 +179,12 @@ pub struct FileInfo {
 }
 
 impl FileInfo {
+    /// The record of a dataset: its absolute path (a resume from another working directory
+    /// finds it) and the hash of the bytes that were parsed.
     pub fn of(ds: &Dataset) -> Result<Self> {
         Ok(FileInfo {
-            path: ds.path.clone(),
-            sha256: checkpoint::sha256_file(&ds.path)?,
+            path: std::path::absolute(&ds.path).map_err(|e| Error::io(&ds.path, e))?,
+            sha256: ds.sha256.clone(),
             rows: ds.examples.len(),
             skipped: ds.skipped,
         })
@@ -302,6 +352,21 @@ pub struct Summary {
     pub builds: Vec<String>,
 }
 
+impl Summary {
+    /// Reads a run's `summary.json`; an unreadable or malformed file is an error naming it.
+    pub fn read(path: &Path) -> Result<Summary> {
+        let bytes = crate::fsread::read_regular(
+            path,
+            crate::fsread::MAX_SMALL_BYTES,
+            crate::fsread::Links::Follow,
+        )?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            msg: format!("not a run summary (corrupt?): {e}"),
+        })
+    }
+}
+
 /// Inputs of a fine-tuning run.
 pub struct Finetune<'a> {
     pub model_dir: &'a Path,
@@ -400,40 +465,6 @@ fn append_line(path: &Path, value: &impl Serialize) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
-/// Name of the lock file in a run directory.
-pub const LOCK_FILE: &str = ".lock";
-
-/// Takes the run directory's lock (an advisory `flock` on `RUN/.lock`, released when the process
-/// ends, however it ends) so that two processes never write one run.
-fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
-    use std::io::{Read, Seek, Write};
-    let path = out.join(LOCK_FILE);
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = f.read_to_string(&mut holder);
-            return Err(Error::Invalid(format!(
-                "{} is in use by another clsnorm process ({}); wait for it to finish or stop it first",
-                out.display(),
-                holder.trim()
-            )));
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
-    }
-    let _ = f.set_len(0);
-    let _ = f.rewind();
-    let _ = write!(f, "pid {}", std::process::id());
-    Ok(f)
-}
-
 /// Rewrites a JSON-lines file of per-update records, keeping those of updates up to `last`.
 fn keep_steps_up_to<R: serde::de::DeserializeOwned>(
     path: &Path,
@@ -470,14 +501,14 @@ fn dev_metrics(
     dev: &[(String, Tokenized)],
     cfg: &TrainConfig,
     pad: i64,
-) -> Vec<(String, std::collections::BTreeMap<String, f64>)> {
+) -> Result<Vec<(String, std::collections::BTreeMap<String, f64>)>> {
     let mut metrics = task.metrics.clone();
     if !metrics.contains(&task.primary) {
         metrics.push(task.primary);
     }
     dev.iter()
         .map(|(name, t)| {
-            (
+            Ok((
                 name.clone(),
                 eval::evaluate(
                     model,
@@ -486,25 +517,10 @@ fn dev_metrics(
                     &metrics,
                     cfg.eval_batch_size,
                     pad,
-                ),
-            )
+                )?,
+            ))
         })
         .collect()
-}
-
-/// A run directory this process created: removed again if the run fails before its
-/// `config.json` is written (bad model, tokenizer or options), so a failed start leaves
-/// nothing behind.
-struct NewRunDir<'p> {
-    path: Option<&'p Path>,
-}
-
-impl Drop for NewRunDir<'_> {
-    fn drop(&mut self) {
-        if let Some(p) = self.path {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
 }
 
 /// Runs (or resumes) fine-tuning and returns the summary; everything lands in `output`.
@@ -518,26 +534,117 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
     let metrics_path = out.join("metrics.jsonl");
     let grads_path = out.join("grads.jsonl");
     let loss_path = out.join(LOSS_FILE);
-    if job.resume {
-        if !run_config_path.is_file() {
+    // Before anything else: the directory is this process's to write, and locked.
+    let mut run_dir = crate::rundir::RunDir::open(out, job.resume)?;
+    let recorded: Option<RunConfig> = if job.resume {
+        let bytes = crate::fsread::read_regular(
+            &run_config_path,
+            crate::fsread::MAX_SMALL_BYTES,
+            crate::fsread::Links::Refuse,
+        )?;
+        Some(serde_json::from_slice(&bytes).map_err(|e| Error::File {
+            path: run_config_path.clone(),
+            msg: format!("not a clsnorm run config: {e}"),
+        })?)
+    } else {
+        None
+    };
+
+    if let Some(rc) = &recorded {
+        // The data must be what the run started on: same bytes, same rows.
+        let now = std::iter::once(("train", &job.train))
+            .chain(job.dev.iter().map(|(n, d)| (n.as_str(), d)));
+        let then = std::iter::once(&rc.train_file).chain(rc.dev_files.iter().map(|(_, i)| i));
+        if job.dev.len() != rc.dev_files.len() {
             return Err(Error::Invalid(format!(
-                "--resume: {} is not a run directory (no config.json)",
-                out.display()
+                "--resume: the run has {} dev file(s), {} given",
+                rc.dev_files.len(),
+                job.dev.len()
             )));
         }
-    } else if run_config_path.exists() {
-        return Err(Error::Invalid(format!(
-            "{} already holds a run; pass --resume to continue it, or choose another --output",
-            out.display()
-        )));
+        for ((what, ds), info) in now.zip(then) {
+            if ds.sha256 != info.sha256 || ds.examples.len() != info.rows {
+                return Err(Error::Invalid(format!(
+                    "--resume: the {what} file {} changed since the run started (its bytes or \
+                     usable rows differ from those recorded in {})",
+                    ds.path.display(),
+                    run_config_path.display()
+                )));
+            }
+        }
     }
-    let mut new_dir = NewRunDir {
-        path: (!out.exists()).then_some(out),
-    };
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let _lock = lock_run_dir(out)?;
 
-    let tok = TextTokenizer::load(job.model_dir, cfg.max_len)?;
+    // Model, tokenizer, optimizer, state: fresh from the model directory, or all from the last
+    // checkpoint (the model directory may have changed or moved since the run started).
+    let resume_from = if job.resume {
+        checkpoint::locate(&last_dir)
+    } else {
+        None
+    };
+    let (model, tok_files, state, opt_state) = match &resume_from {
+        Some(dir) => {
+            let (model, meta) = checkpoint::load_model(dir, job.device)?;
+            if meta.head != job.head || meta.task.labels != job.task.labels {
+                return Err(Error::File {
+                    path: dir.join(checkpoint::META_FILE),
+                    msg: format!(
+                        "the checkpoint's head or labels differ from the run's {}",
+                        run_config_path.display()
+                    ),
+                });
+            }
+            if meta.state.best_epoch.is_some() && !checkpoint::is_complete(&best_dir) {
+                return Err(Error::Invalid(format!(
+                    "{}: the best checkpoint (epoch {}) is missing or incomplete, so the run \
+                     cannot report its best epoch; restore it, or start a new run",
+                    best_dir.display(),
+                    meta.state.best_epoch.unwrap_or_default()
+                )));
+            }
+            let opt =
+                crate::encoder::weights::read_safetensors(&dir.join(checkpoint::OPTIMIZER_FILE))?;
+            tracing::info!(
+                epoch = meta.state.epoch + 1,
+                batch = meta.state.batch,
+                step = meta.state.global_step,
+                "resuming from {}",
+                dir.display()
+            );
+            (model, TokenizerFiles::read(dir)?, meta.state, Some(opt))
+        }
+        None => {
+            if job.resume {
+                tracing::warn!(
+                    "no complete checkpoint in {}: starting from scratch",
+                    last_dir.display()
+                );
+            }
+            tch::manual_seed(cfg.seed as i64);
+            if let Some(rc) = &recorded {
+                if rc.model_weights_sha256 != model_weights_sha(job.model_dir, job.allow_pickle)? {
+                    return Err(Error::Invalid(format!(
+                        "--resume: the weights in {} changed since the run started, and the run \
+                         has no checkpoint yet to continue from; start a new run",
+                        job.model_dir.display()
+                    )));
+                }
+            }
+            let encoder = Encoder::load(job.model_dir, job.device, job.allow_pickle)?;
+            let model = Classifier::new(encoder, job.head.clone(), cfg.seed as i64);
+            if job.head.bias_init == BiasInit::Prior {
+                model.set_output_bias(&label_prior(&job.head.labels, &job.train)?)?;
+            }
+            (
+                model,
+                TokenizerFiles::read(job.model_dir)?,
+                TrainState::default(),
+                None,
+            )
+        }
+    };
+    let tok = TextTokenizer::from_files(&tok_files, cfg.max_len)?;
+    let limits = model.encoder.limits();
+    limits.check_tokenizer(&tok, job.task.text_pair.is_some())?;
     let t0 = Instant::now();
     let train = Tokenized::new(&tok, &job.train)?;
     let dev: Vec<(String, Tokenized)> = job
@@ -551,61 +658,16 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         secs = format!("{:.1}", t0.elapsed().as_secs_f64()),
         "tokenized"
     );
-
-    // Model, optimizer, state: fresh or from the last checkpoint.
-    let resume_from = if job.resume {
-        checkpoint::locate(&last_dir)
-    } else {
-        None
-    };
-    let (model, state, opt_state) = match &resume_from {
-        Some(dir) => {
-            checkpoint::verify(dir)?;
-            let (model, meta) = checkpoint::load_model(dir, job.device)?;
-            let opt =
-                crate::encoder::weights::read_safetensors(&dir.join(checkpoint::OPTIMIZER_FILE))?;
-            tracing::info!(
-                epoch = meta.state.epoch + 1,
-                batch = meta.state.batch,
-                step = meta.state.global_step,
-                "resuming from {}",
-                dir.display()
-            );
-            (model, meta.state, Some(opt))
+    if resume_from.is_none() && model.normalizer().needs_fit() {
+        // The cache of a run that started (config.json written) is reused; one left by a
+        // start that never got that far is fitted again.
+        let cache = out.join("normalizer_stats.safetensors");
+        let reuse = job.resume && cache.is_file();
+        fit_normalizer(&model, &train, cfg, tok.pad_id(), &cache, reuse)?;
+        if !reuse {
+            run_dir.created(cache);
         }
-        None => {
-            if job.resume {
-                tracing::warn!(
-                    "no complete checkpoint in {}: starting from scratch",
-                    last_dir.display()
-                );
-            }
-            tch::manual_seed(cfg.seed as i64);
-            let encoder = Encoder::load(job.model_dir, job.device, job.allow_pickle)?;
-            if tok.vocab_size() > encoder.model.config.vocab_size as usize {
-                return Err(Error::Invalid(format!(
-                    "tokenizer has {} tokens but the model's embedding matrix has {} rows",
-                    tok.vocab_size(),
-                    encoder.model.config.vocab_size
-                )));
-            }
-            if cfg.max_len > encoder.model.config.max_position_embeddings as usize {
-                return Err(Error::Invalid(format!(
-                    "--max-len {} exceeds the model's {} position embeddings",
-                    cfg.max_len, encoder.model.config.max_position_embeddings
-                )));
-            }
-            let model = Classifier::new(encoder, job.head.clone(), cfg.seed as i64);
-            if job.head.bias_init == BiasInit::Prior {
-                model.set_output_bias(&label_prior(&job.head.labels, &job.train)?)?;
-            }
-            if model.normalizer().needs_fit() {
-                let cache = out.join("normalizer_stats.safetensors");
-                fit_normalizer(&model, &train, cfg, tok.pad_id(), &cache)?;
-            }
-            (model, TrainState::default(), None)
-        }
-    };
+    }
     let mut state = state;
     if state.builds.last().map(String::as_str) != Some(BUILD) {
         if state.global_step > 0 {
@@ -621,16 +683,15 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         state.builds.push(BUILD.into());
     }
 
-    if resume_from.is_none() {
-        let weights_path =
-            crate::encoder::weights::read_model_dir(job.model_dir, job.allow_pickle)?.path;
+    if recorded.is_none() {
         let run_config = RunConfig {
             clsnorm_version: env!("CARGO_PKG_VERSION").into(),
             clsnorm_build: BUILD.into(),
             tch_version: "0.26.0".into(),
             libtorch_version: "2.13.0".into(),
-            model: job.model_dir.to_path_buf(),
-            model_weights_sha256: checkpoint::sha256_file(&weights_path)?,
+            // Absolute, so that a resume from another working directory finds it.
+            model: std::path::absolute(job.model_dir).map_err(|e| Error::io(job.model_dir, e))?,
+            model_weights_sha256: model_weights_sha(job.model_dir, job.allow_pickle)?,
             task: job.task.clone(),
             train_file: FileInfo::of(&job.train)?,
             dev_files: job
@@ -644,7 +705,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
             threads: job.threads,
         };
         atomic::write_json(&run_config_path, &run_config)?;
-        new_dir.path = None;
+        run_dir.commit();
         let _ = std::fs::remove_file(&metrics_path);
     }
     let mut records = read_records(&metrics_path, state.epoch + 1)?;
@@ -667,12 +728,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
 
     let n = train.encs.len();
     let lengths: Vec<usize> = train.encs.iter().map(Encoded::len).collect();
-    let steps_per_epoch = n.div_ceil(cfg.batch_size);
-    let total_steps = match cfg.max_steps {
-        Some(m) if cfg.epochs == 0 => m,
-        Some(m) => m.min(cfg.epochs * steps_per_epoch),
-        None => cfg.epochs * steps_per_epoch,
-    };
+    let (steps_per_epoch, total_steps) = cfg.steps(n)?;
     let epochs = total_steps.div_ceil(steps_per_epoch);
     let warmup = cfg
         .warmup_steps
@@ -724,7 +780,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
             let step_start = Instant::now();
             let idx = &batches[state.batch];
             let refs: Vec<&Encoded> = idx.iter().map(|&i| &train.encs[i]).collect();
-            let batch = Batch::collate(&refs, pad, job.device);
+            let batch = Batch::collate(&refs, pad, &limits, job.device)?;
             let labels = train.label_tensor(idx, job.device);
             tch::manual_seed(step_seed(cfg.seed, state.global_step));
             let out = model.forward(&batch, true);
@@ -843,7 +899,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                     &model,
                     &meta_for(&state),
                     Some(&opt.state()),
-                    job.model_dir,
+                    &tok_files,
                 )?;
                 state.loss_pending = 0.0;
                 state.pending_updates = 0;
@@ -860,7 +916,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
 
         // End of epoch: evaluate, record, checkpoint.
         let eval_start = Instant::now();
-        let dev_m = dev_metrics(&model, &job.task, &dev, cfg, pad);
+        let dev_m = dev_metrics(&model, &job.task, &dev, cfg, pad)?;
         let primary = dev_m
             .first()
             .and_then(|(_, m)| m.get(job.task.primary.name()).copied())
@@ -903,7 +959,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
             state.best_metric = Some(primary);
             state.best_epoch = Some(finished_epoch);
             state.elapsed_secs = elapsed_before + run_start.elapsed().as_secs_f64();
-            checkpoint::save(&best_dir, &model, &meta_for(&state), None, job.model_dir)?;
+            checkpoint::save(&best_dir, &model, &meta_for(&state), None, &tok_files)?;
         }
         state.elapsed_secs = elapsed_before + run_start.elapsed().as_secs_f64();
         checkpoint::save(
@@ -911,7 +967,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
             &model,
             &meta_for(&state),
             Some(&opt.state()),
-            job.model_dir,
+            &tok_files,
         )?;
         records.push(record);
         let stop = job.should_stop(state.global_step);
@@ -946,6 +1002,22 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
     Ok(summary)
 }
 
+/// sha256 of the weights file of a model directory, without reading its tensors.
+fn model_weights_sha(dir: &Path, allow_pickle: bool) -> Result<String> {
+    use crate::encoder::weights::{PICKLE_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
+    let found = [SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE]
+        .into_iter()
+        .chain(allow_pickle.then_some(PICKLE_FILE))
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file());
+    match found {
+        Some(p) => checkpoint::sha256_file(&p),
+        // Let the weights reader say what is missing.
+        None => crate::encoder::weights::read_model_dir(dir, allow_pickle)
+            .and_then(|c| checkpoint::sha256_file(&c.path)),
+    }
+}
+
 /// Fits frozen normalizer statistics on the pre-trained model's training-set vectors, and
 /// caches them (the fitted `normalizer.*` tensors) in the run directory.
 fn fit_normalizer(
@@ -954,9 +1026,10 @@ fn fit_normalizer(
     cfg: &TrainConfig,
     pad: i64,
     cache: &Path,
+    reuse: bool,
 ) -> Result<()> {
     use crate::encoder::weights;
-    if cache.is_file() {
+    if reuse {
         let ckpt = weights::Checkpoint {
             path: cache.to_path_buf(),
             tensors: weights::read_safetensors(cache)?,
@@ -973,7 +1046,7 @@ fn fit_normalizer(
         });
     }
     let t0 = Instant::now();
-    let cls = model.cls_vectors(&train.encs, cfg.eval_batch_size, pad);
+    let cls = model.cls_vectors(&train.encs, cfg.eval_batch_size, pad)?;
     model.normalizer().fit(&cls)?;
     let tensors: Vec<(String, Tensor)> = weights::named_variables(&model.head_vs)
         .into_iter()

@@ -40,8 +40,53 @@ pub struct AdamW {
     /// which cost more than the arithmetic.
     scratch: Tensor,
     flat: Option<Flat>,
+    /// Workers of the single-pass CPU update, created once (see [`UpdatePool`]).
+    pool: UpdatePool,
     /// Number of updates taken.
     pub step: i64,
+}
+
+/// The threads that share the single-pass CPU update. They are created once, when the
+/// optimizer is, not per update: spawning can fail on a loaded machine (it did, mid-epoch,
+/// losing a run), and then the pool holds as many as could be created, down to none (the
+/// update runs on the calling thread) instead of failing.
+pub struct UpdatePool {
+    pool: Option<rayon::ThreadPool>,
+    threads: usize,
+}
+
+impl UpdatePool {
+    /// A pool of up to `threads` threads; fewer if the system refuses to create more.
+    pub fn new(threads: usize) -> Self {
+        let mut n = threads.max(1);
+        while n > 1 {
+            match rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("clsnorm-adamw-{i}"))
+                .build()
+            {
+                Ok(pool) => {
+                    return UpdatePool {
+                        pool: Some(pool),
+                        threads: n,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("cannot start {n} optimizer threads ({e}); trying {}", n / 2);
+                    n /= 2;
+                }
+            }
+        }
+        UpdatePool {
+            pool: None,
+            threads: 1,
+        }
+    }
+
+    /// Threads the update is shared between.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
 }
 
 /// Flat mode, for parameters off the CPU (CUDA): both moments live in one buffer each (the
@@ -96,12 +141,18 @@ impl AdamW {
             [size as i64],
             options.unwrap_or((Kind::Float, tch::Device::Cpu)),
         );
+        let pool = if flat.is_none() {
+            UpdatePool::new(tch::get_num_threads().max(1) as usize)
+        } else {
+            UpdatePool::new(1)
+        };
         AdamW {
             cfg,
             params,
             grads: Vec::new(),
             scratch,
             flat,
+            pool,
             step: 0,
         }
     }
@@ -246,7 +297,7 @@ impl AdamW {
                 .defined_grads()
                 .flat_map(|(p, g)| Span::split(p, g, 1.0 - lr * p.weight_decay))
                 .collect();
-            fused_update(&spans, c.to_f32(), tch::get_num_threads().max(1) as usize);
+            fused_update(&spans, c.to_f32(), &self.pool);
             return;
         }
         let scratch = &self.scratch;
@@ -434,8 +485,9 @@ impl Span {
 }
 
 /// The AdamW update in one pass over memory (torch's single-tensor AdamW makes about ten),
-/// parallel over `threads`.
-fn fused_update(spans: &[Span], c: Coeffs<f32>, threads: usize) {
+/// shared out over the pool's threads.
+fn fused_update(spans: &[Span], c: Coeffs<f32>, pool: &UpdatePool) {
+    let threads = pool.threads();
     let total: usize = spans.iter().map(|s| s.len).sum();
     let per_thread = total.div_ceil(threads.max(1)).max(1);
     let mut parts: Vec<&[Span]> = Vec::new();
@@ -465,18 +517,14 @@ fn fused_update(spans: &[Span], c: Coeffs<f32>, threads: usize) {
             adamw_kernel(p, g, m, v, s.decay, &c);
         }
     };
-    if parts.len() <= 1 {
-        if let Some(p) = parts.first() {
-            run(p);
-        }
-        return;
+    match &pool.pool {
+        Some(p) if parts.len() > 1 => p.scope(|scope| {
+            for part in &parts {
+                scope.spawn(|_| run(part));
+            }
+        }),
+        _ => parts.iter().for_each(|p| run(p)),
     }
-    std::thread::scope(|scope| {
-        for part in &parts[1..] {
-            scope.spawn(|| run(part));
-        }
-        run(parts[0]);
-    });
 }
 
 /// `torch.optim.AdamW`'s element-wise update, written so that it vectorizes.

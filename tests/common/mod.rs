@@ -140,3 +140,11 @@ pub fn write_file(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
     std::fs::write(&p, body).unwrap();
     p
 }
+
+/// Input limits wide enough for the tests' tiny models and hand-made batches.
+#[allow(dead_code)]
+pub const LIMITS: clsnorm::batch::InputLimits = clsnorm::batch::InputLimits {
+    vocab_size: 1 << 20,
+    type_vocab_size: 2,
+    max_positions: 512,
+};

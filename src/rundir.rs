@@ -1,0 +1,323 @@
+//! A run directory: created by clsnorm or recognised as one of its runs, locked before anything
+//! is written in it, and cleaned up only of what this process created.
+//!
+//! Users point `--output` at folders they did not make (a home directory, `/`, a shared sweep
+//! directory), and several processes may start on the same new directory at the same moment
+//! (sweeps, cluster array jobs). The rules that keep their files safe:
+//! - a fresh run goes into a directory that this process creates (atomically, `mkdir`), into
+//!   an empty one, or into one that clsnorm marked as a run directory ([`MARKER`]); any other
+//!   existing directory is refused without writing anything in it;
+//! - the lock ([`LOCK_FILE`], an advisory `flock`) is taken before anything else is written;
+//! - a start that fails before the run's `config.json` exists removes the files it created,
+//!   and the directory only when it created it and it is then empty (`rmdir`, never a
+//!   recursive delete), and only while it still holds the lock;
+//! - leftovers of a killed process (temporary checkpoint directories and files, a checkpoint
+//!   left as `NAME.old` between its two renames) are recovered or removed under the lock.
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Marks a directory as a clsnorm run directory (written when a run starts in it).
+pub const MARKER: &str = ".clsnorm-run";
+/// Name of the lock file in a run directory.
+pub const LOCK_FILE: &str = ".lock";
+/// The file whose presence means a run was started in a directory.
+pub const CONFIG_FILE: &str = "config.json";
+/// The checkpoint directories of a run.
+pub const CHECKPOINTS: &[&str] = &["best", "last"];
+
+/// An open, locked run directory. Dropping it without [`RunDir::commit`] undoes what this
+/// process created in it.
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+    /// Held for the life of the value: the kernel releases it however the process ends.
+    lock: Option<File>,
+    /// Whether this process made the directory itself.
+    created_dir: bool,
+    /// Files this process created in it, removed again if the start fails.
+    created: Vec<PathBuf>,
+    committed: bool,
+}
+
+fn invalid(msg: String) -> Error {
+    Error::Invalid(msg)
+}
+
+/// Whether `name` is a file clsnorm itself puts into a fresh run directory before the run
+/// starts (an empty directory holding only these may be used for a new run).
+fn is_bookkeeping(name: &str) -> bool {
+    // The marker's temporary name too: another process may be writing it right now.
+    name == MARKER || name == LOCK_FILE || name.starts_with(&format!(".{MARKER}.tmp-"))
+}
+
+/// Whether `dir` is a clsnorm run directory: it carries the [`MARKER`], or (runs from before
+/// the marker) its `config.json` is a clsnorm run config.
+pub fn is_run_dir(dir: &Path) -> bool {
+    if dir.join(MARKER).is_file() {
+        return true;
+    }
+    std::fs::read(dir.join(CONFIG_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v.get("clsnorm_version").is_some() && v.get("train").is_some())
+}
+
+/// Whether another process holds the lock of the run directory `dir` (a run in progress).
+/// Never creates the lock file.
+pub fn is_locked(dir: &Path) -> bool {
+    let Ok(f) = File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
+impl RunDir {
+    /// Opens `path` for a new run (`resume == false`) or to continue the run in it.
+    pub fn open(path: &Path, resume: bool) -> Result<RunDir> {
+        if path.as_os_str().is_empty() {
+            return Err(invalid("the run directory path is empty".into()));
+        }
+        let mut run = RunDir {
+            path: path.to_path_buf(),
+            lock: None,
+            created_dir: false,
+            created: Vec::new(),
+            committed: false,
+        };
+        if resume {
+            if !path.join(CONFIG_FILE).is_file() || !is_run_dir(path) {
+                return Err(invalid(format!(
+                    "--resume: {} is not a clsnorm run directory (no run config.json)",
+                    path.display()
+                )));
+            }
+            run.committed = true; // nothing of an existing run is ever removed
+        } else {
+            run.create_or_adopt()?;
+        }
+        run.lock()?;
+        if !resume {
+            // Checked again under the lock: another process may have started a run here.
+            if path.join(CONFIG_FILE).exists() {
+                return Err(invalid(format!(
+                    "{} already holds a run; pass --resume to continue it, or choose another --output",
+                    path.display()
+                )));
+            }
+            let marker = path.join(MARKER);
+            if !marker.exists() {
+                crate::atomic::write_bytes(&marker, b"clsnorm run directory\n")?;
+                run.created.push(marker);
+            }
+        }
+        run.recover_leftovers()?;
+        Ok(run)
+    }
+
+    /// Creates the directory, or accepts an existing one that is empty or a clsnorm run
+    /// directory; anything else is refused before a file is written in it.
+    fn create_or_adopt(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        match std::fs::create_dir(&path) {
+            Ok(()) => {
+                self.created_dir = true;
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+        if !meta.is_dir() {
+            return Err(invalid(format!(
+                "{} exists and is not a directory; choose another --output",
+                path.display()
+            )));
+        }
+        if is_run_dir(&path) {
+            return Ok(());
+        }
+        let mut foreign = Vec::new();
+        for entry in std::fs::read_dir(&path).map_err(|e| Error::io(&path, e))? {
+            let entry = entry.map_err(|e| Error::io(&path, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_bookkeeping(&name) {
+                foreign.push(name);
+                if foreign.len() == 3 {
+                    break;
+                }
+            }
+        }
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        foreign.sort();
+        Err(invalid(format!(
+            "{} is not empty and is not a clsnorm run directory (it holds {}{}); clsnorm writes a \
+             new run only into a new or empty directory: choose another --output",
+            path.display(),
+            foreign.join(", "),
+            if foreign.len() == 3 { ", ..." } else { "" }
+        )))
+    }
+
+    /// Takes the advisory lock on `RUN/.lock`.
+    fn lock(&mut self) -> Result<()> {
+        use std::io::{Read, Seek, Write};
+        let path = self.path.join(LOCK_FILE);
+        let existed = path.exists();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = f.read_to_string(&mut holder);
+                return Err(invalid(format!(
+                    "{} is in use by another clsnorm process ({}); wait for it to finish or stop it first",
+                    self.path.display(),
+                    holder.trim()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        // A process that failed its start may have removed the lock file after we opened it:
+        // then the lock we hold is on a file nobody else will ever see.
+        if !same_file(&f, &path) {
+            return Err(invalid(format!(
+                "{} was being set up by another clsnorm process at the same moment; try again",
+                self.path.display()
+            )));
+        }
+        let _ = f.set_len(0);
+        let _ = f.rewind();
+        let _ = write!(f, "pid {}", std::process::id());
+        if !existed {
+            self.created.push(path);
+        }
+        self.lock = Some(f);
+        Ok(())
+    }
+
+    /// Removes what killed processes left behind, and puts back a checkpoint that a kill left
+    /// as `NAME.old` between its two renames. Only runs under the lock.
+    fn recover_leftovers(&self) -> Result<()> {
+        for name in CHECKPOINTS {
+            let dir = self.path.join(name);
+            let old = self.path.join(format!("{name}.old"));
+            if !old.exists() {
+                continue;
+            }
+            if crate::train::checkpoint::is_complete(&dir) {
+                remove_dir_all(&old)?;
+            } else if crate::train::checkpoint::is_complete(&old) {
+                if dir.exists() {
+                    remove_dir_all(&dir)?;
+                }
+                std::fs::rename(&old, &dir).map_err(|e| Error::io(&old, e))?;
+                tracing::info!(
+                    "recovered the checkpoint {} from {}",
+                    dir.display(),
+                    old.display()
+                );
+            }
+        }
+        let entries = std::fs::read_dir(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let p = entry.path();
+            let is_tmp_checkpoint = CHECKPOINTS
+                .iter()
+                .any(|c| name.strip_prefix(c).is_some_and(|r| r.starts_with(".tmp-")));
+            let is_tmp_file = name.starts_with('.') && name.contains(".tmp-");
+            let Ok(ft) = entry.file_type() else { continue };
+            if is_tmp_checkpoint && ft.is_dir() {
+                tracing::info!("removing {} left by an interrupted process", p.display());
+                remove_dir_all(&p)?;
+            } else if is_tmp_file && ft.is_file() {
+                tracing::info!("removing {} left by an interrupted process", p.display());
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records a file this process created, to be removed if the start fails.
+    pub fn created(&mut self, path: PathBuf) {
+        self.created.push(path);
+    }
+
+    /// The run has started (its `config.json` is written): from now on nothing is removed.
+    pub fn commit(&mut self) {
+        self.committed = true;
+    }
+}
+
+/// Checks that `dir` may receive a command's output files: it does not exist yet, is empty, or
+/// holds `own_file`, which marks an earlier output of the same command (whose files are then
+/// replaced). Any other existing directory is refused: its files are not clsnorm's to replace.
+pub fn check_output_dir(dir: &Path, own_file: &str) -> Result<()> {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    if !meta.is_dir() {
+        return Err(invalid(format!(
+            "{} exists and is not a directory",
+            dir.display()
+        )));
+    }
+    if dir.join(own_file).is_file() {
+        return Ok(());
+    }
+    let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "{} is not empty and holds no {own_file} of an earlier clsnorm output: choose a new or \
+         empty --output directory",
+        dir.display()
+    )))
+}
+
+fn remove_dir_all(p: &Path) -> Result<()> {
+    std::fs::remove_dir_all(p).map_err(|e| Error::io(p, e))
+}
+
+fn same_file(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.committed || self.lock.is_none() {
+            return;
+        }
+        // Lock file last: while it exists and is locked, no other process starts here.
+        for p in self.created.iter().rev() {
+            let _ = std::fs::remove_file(p);
+        }
+        if self.created_dir {
+            // Fails, and so keeps the directory, if anything else is in it.
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}

@@ -1,0 +1,645 @@
+//! Issue 19: every entry point against hostile input, through the binary where a user would
+//! meet it. Each case asserts the exit code, the message, and that no file of the user's was
+//! touched. `CLSNORM_RACE_TRIES` sets the number of simultaneous starts (default 100).
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{clsnorm, fails, ok, p};
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    model: PathBuf,
+    data: PathBuf,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let model = root.join("model");
+    common::tiny_model_dir(&model, 3);
+    let data = root.join("glue");
+    common::write_toy_sst(&data, 16, 8, 1);
+    Setup {
+        _tmp: tmp,
+        root,
+        model,
+        data,
+    }
+}
+
+fn train_args<'a>(s: &'a Setup, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "finetune",
+        "--model",
+        p(&s.model),
+        "--task",
+        "sst2",
+        "--data-dir",
+        p(&s.data),
+        "--output",
+        p(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-len",
+        "16",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
+}
+
+/// Every file under `dir` with its bytes (directories as empty entries), to prove nothing
+/// changed.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                out.insert(path.clone(), Vec::new());
+                stack.push(path);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn output_directories_that_are_not_clsnorm_runs_are_refused_and_untouched() {
+    let s = setup();
+    // A folder of the user's that happens to hold files with clsnorm's names.
+    let user = s.root.join("my-project");
+    for f in [
+        "best/model.safetensors",
+        "last/notes.txt",
+        "metrics.jsonl",
+        "summary.json",
+    ] {
+        common::write_file(&user, f, b"the user's own bytes");
+    }
+    let before = snapshot(&user);
+    fails(
+        &clsnorm(&train_args(&s, &user)),
+        "is not empty and is not a clsnorm run directory",
+    );
+    assert_eq!(snapshot(&user), before, "the user's folder was modified");
+
+    fails(
+        &clsnorm(&train_args(&s, Path::new("/"))),
+        "is not a clsnorm run directory",
+    );
+    let file = common::write_file(&s.root, "a-file", b"keep me");
+    fails(&clsnorm(&train_args(&s, &file)), "is not a directory");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+    // An empty folder the user made is used, and kept (empty) when the start fails.
+    let empty = s.root.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let mut bad_model = train_args(&s, &empty);
+    bad_model[2] = "/nonexistent-model";
+    fails(&clsnorm(&bad_model), "nonexistent-model");
+    assert!(
+        empty.is_dir(),
+        "a folder this process did not create was removed"
+    );
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    ok(&clsnorm(&train_args(&s, &empty)));
+    assert!(empty.join("summary.json").is_file());
+
+    // A new directory whose start fails is removed again, with nothing left behind.
+    let fresh = s.root.join("fresh");
+    let mut bad_model = train_args(&s, &fresh);
+    bad_model[2] = "/nonexistent-model";
+    fails(&clsnorm(&bad_model), "nonexistent-model");
+    assert!(!fresh.exists());
+
+    // analyze writes only into a new or empty directory, or over an earlier analysis.
+    let before = snapshot(&user);
+    fails(
+        &clsnorm(&[
+            "analyze",
+            "--model",
+            p(&s.model),
+            "--task",
+            "sst2",
+            "--data-dir",
+            p(&s.data),
+            "--output",
+            p(&user),
+            "--max-len",
+            "16",
+            "--quiet",
+        ]),
+        "holds no analysis.json",
+    );
+    assert_eq!(snapshot(&user), before);
+}
+
+#[test]
+fn simultaneous_starts_on_one_new_output_never_lose_the_winners_run() {
+    let s = setup();
+    let tries: usize = std::env::var("CLSNORM_RACE_TRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let mut outcomes = BTreeMap::new();
+    for i in 0..tries {
+        let out = s.root.join(format!("race/{i}"));
+        let spawn = || {
+            Command::new(env!("CARGO_BIN_EXE_clsnorm"))
+                .args(train_args(&s, &out))
+                .args(["--max-steps", "1"])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let results = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let wins = results.iter().filter(|o| o.status.success()).count();
+        for o in results.iter().filter(|o| !o.status.success()) {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let known = [
+                "in use by another clsnorm process",
+                "already holds a run",
+                "was being set up by another clsnorm process",
+            ];
+            let kind = known.iter().find(|k| err.contains(*k));
+            assert!(kind.is_some(), "try {i}: unexpected failure:\n{err}");
+            *outcomes.entry(*kind.unwrap()).or_insert(0) += 1;
+        }
+        assert!(wins >= 1, "try {i}: both starts failed");
+        assert!(
+            out.join("summary.json").is_file() && out.join("best").is_dir(),
+            "try {i}: the winner's run is incomplete"
+        );
+        *outcomes.entry("won").or_insert(0) += wins;
+    }
+    eprintln!("{tries} simultaneous pairs: {outcomes:?}");
+}
+
+#[test]
+fn leftovers_of_a_killed_process_are_recovered_under_the_lock() {
+    let s = setup();
+    let out = s.root.join("run");
+    ok(&clsnorm(&train_args(&s, &out)));
+    // A kill between the two renames of a checkpoint save, and temporary files of a dead pid.
+    std::fs::rename(out.join("last"), out.join("last.old")).unwrap();
+    common::write_file(&out, "last.tmp-999999/model.safetensors", b"partial");
+    common::write_file(&out, "best.tmp-999999/head.safetensors", b"partial");
+    common::write_file(&out, ".summary.json.tmp-999999", b"{");
+    // A stale best.old beside a complete best.
+    std::fs::create_dir(out.join("best.old")).unwrap();
+    ok(&clsnorm(&["finetune", "--resume", p(&out), "--quiet"]));
+    assert!(
+        out.join("last/manifest.json").is_file(),
+        "last not recovered"
+    );
+    for gone in [
+        "last.old",
+        "best.old",
+        "last.tmp-999999",
+        "best.tmp-999999",
+        ".summary.json.tmp-999999",
+    ] {
+        assert!(!out.join(gone).exists(), "{gone} left behind");
+    }
+    clsnorm::train::checkpoint::verify(&out.join("last")).unwrap();
+}
+
+/// Rewrites `name` in checkpoint `dir` and puts its new hash into the manifest, as an attacker
+/// who knows the format would.
+fn forge(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::write(dir.join(name), bytes).unwrap();
+    rehash(dir, name);
+}
+
+fn rehash(dir: &Path, name: &str) {
+    let path = dir.join("manifest.json");
+    let mut m: BTreeMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let sha =
+        clsnorm::fsread::sha256_file(&dir.join(name), clsnorm::fsread::Links::Follow).unwrap();
+    m.insert(name.into(), sha);
+    std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn checkpoints_are_untrusted_input() {
+    let s = setup();
+    let out = s.root.join("run");
+    ok(&clsnorm(&train_args(&s, &out)));
+    let good = out.join("best");
+    let evaluate = |ck: &Path| {
+        clsnorm(&[
+            "evaluate",
+            "--checkpoint",
+            p(ck),
+            "--data-dir",
+            p(&s.data),
+            "--device",
+            "cpu",
+        ])
+    };
+    ok(&evaluate(&good));
+    let secret = common::write_file(&s.root, "secret.txt", b"not for the checkpoint");
+    let secret_sha = clsnorm::fsread::sha256_file(&secret, clsnorm::fsread::Links::Follow).unwrap();
+    let mut n = 0;
+    let mut case = |edit: &dyn Fn(&Path), want: &str| {
+        n += 1;
+        let ck = s.root.join(format!("ck{n}"));
+        copy_dir(&good, &ck);
+        edit(&ck);
+        let o = evaluate(&ck);
+        fails(&o, want);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !err.contains(&secret_sha),
+            "a message echoed another file's hash: {err}"
+        );
+    };
+    let with_entry = |name: &str, sha: &str| {
+        let (name, sha) = (name.to_string(), sha.to_string());
+        move |ck: &Path| {
+            let path = ck.join("manifest.json");
+            let mut m: BTreeMap<String, String> =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            m.insert(name.clone(), sha.clone());
+            std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+        }
+    };
+    let outside = format!("../{}", "secret.txt");
+    case(
+        &with_entry(&outside, &secret_sha),
+        "not a file of a clsnorm checkpoint",
+    );
+    case(
+        &with_entry(p(&secret), &secret_sha),
+        "not a file of a clsnorm checkpoint",
+    );
+    case(
+        &with_entry("/dev/zero", &secret_sha),
+        "not a file of a clsnorm checkpoint",
+    );
+    case(
+        &with_entry("head.safetensors", "not-a-hash"),
+        "not a sha256 hex digest",
+    );
+    case(
+        &|ck: &Path| {
+            std::fs::remove_file(ck.join("head.safetensors")).unwrap();
+            std::os::unix::fs::symlink(&secret, ck.join("head.safetensors")).unwrap();
+            rehash(ck, "head.safetensors");
+        },
+        "is a symbolic link",
+    );
+    case(
+        &|ck: &Path| {
+            std::fs::remove_file(ck.join("head.safetensors")).unwrap();
+            let fifo = std::ffi::CString::new(p(&ck.join("head.safetensors"))).unwrap();
+            assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        },
+        "is not a regular file",
+    );
+    case(
+        &|ck: &Path| std::fs::write(ck.join("tokenizer.json"), b"{}").unwrap(),
+        "the file was added afterwards",
+    );
+    case(
+        &|ck: &Path| {
+            let mut b = std::fs::read(ck.join("head.safetensors")).unwrap();
+            let last = b.len() - 1;
+            b[last] ^= 0xff;
+            std::fs::write(ck.join("head.safetensors"), b).unwrap();
+        },
+        "does not match the checkpoint's manifest",
+    );
+    // Cross-references between the checkpoint's own files.
+    fn edit_meta(f: fn(&mut serde_json::Value)) -> impl Fn(&Path) {
+        move |ck: &Path| {
+            let mut v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(ck.join("clsnorm.json")).unwrap())
+                    .unwrap();
+            f(&mut v);
+            forge(ck, "clsnorm.json", v.to_string().as_bytes());
+        }
+    }
+    case(
+        &edit_meta(|v| v["head"]["labels"]["classes"] = serde_json::json!(["0", "1", "2"])),
+        "the head's labels differ from the task's",
+    );
+    case(
+        &edit_meta(|v| {
+            v["head"]["labels"]["classes"] = serde_json::json!(["0", "1", "2"]);
+            v["task"]["labels"]["classes"] = serde_json::json!(["0", "1", "2"]);
+        }),
+        "classifier.weight has shape Some([2, 32]), but the task's 3 output(s)",
+    );
+    case(
+        &edit_meta(|v| v["max_len"] = serde_json::json!(100_000)),
+        "exceeds the model's 128 position embeddings",
+    );
+    case(
+        &|ck: &Path| {
+            let mut v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap())
+                    .unwrap();
+            v["vocab_size"] = serde_json::json!(10_000_000_000i64);
+            forge(ck, "config.json", v.to_string().as_bytes());
+        },
+        "wrong shape: embeddings.word_embeddings.weight: expected [10000000000, 32]",
+    );
+    case(
+        &|ck: &Path| {
+            let t = tch::Tensor::from_slice(&[f32::NAN, 0.0]);
+            let head =
+                clsnorm::encoder::weights::read_safetensors(&ck.join("head.safetensors")).unwrap();
+            let head: Vec<(String, tch::Tensor)> = head
+                .into_iter()
+                .map(|(n, v)| {
+                    if n == "classifier.bias" {
+                        (n, t.shallow_clone())
+                    } else {
+                        (n, v)
+                    }
+                })
+                .collect();
+            clsnorm::encoder::weights::write_safetensors(&ck.join("head.safetensors"), &head)
+                .unwrap();
+            rehash(ck, "head.safetensors");
+        },
+        "hold NaN or infinite values: classifier.bias",
+    );
+}
+
+#[test]
+fn token_ids_are_checked_against_the_model_in_every_command() {
+    let s = setup();
+    // A model with a single token type cannot take sentence pairs.
+    let one_type = s.root.join("one-type");
+    let mut cfg = clsnorm::encoder::BertConfig::tiny(common::TINY_VOCAB.len() as i64, 32, 1, 4);
+    cfg.type_vocab_size = 1;
+    clsnorm::encoder::Encoder::random(&cfg, tch::Device::Cpu, 1)
+        .save(&one_type)
+        .unwrap();
+    common::write_tiny_vocab(&one_type);
+    let m = p(&one_type);
+    ok(&clsnorm(&[
+        "embed", "--model", m, "--device", "cpu", "the cat",
+    ]));
+    fails(
+        &clsnorm(&["embed", "--model", m, "--device", "cpu", "the cat", "a dog"]),
+        "sentence pairs need two token types, but the model has type_vocab_size 1",
+    );
+    // Long text with a --max-len beyond the position embeddings.
+    let long = "cat ".repeat(400);
+    fails(
+        &clsnorm(&[
+            "embed",
+            "--model",
+            m,
+            "--device",
+            "cpu",
+            "--max-len",
+            "512",
+            &long,
+        ]),
+        "max length 512 exceeds the model's 128 position embeddings",
+    );
+    // The default --max-len fits the model: long text is truncated, not a crash.
+    ok(&clsnorm(&["embed", "--model", m, "--device", "cpu", &long]));
+    fails(
+        &clsnorm(&[
+            "analyze",
+            "--model",
+            m,
+            "--task",
+            "sst2",
+            "--data-dir",
+            p(&s.data),
+            "--max-len",
+            "300",
+            "--output",
+            p(&s.root.join("an")),
+            "--quiet",
+        ]),
+        "max length 300 exceeds the model's 128 position embeddings",
+    );
+}
+
+#[test]
+fn resume_is_the_same_run_or_refuses() {
+    let s = setup();
+    // Relative paths, from the root as working directory.
+    let run = |args: &[&str], cwd: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_clsnorm"))
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let args = [
+        "finetune",
+        "--model",
+        "model",
+        "--task",
+        "sst2",
+        "--data-dir",
+        "glue",
+        "--output",
+        "run",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-len",
+        "16",
+        "--threads",
+        "1",
+        "--quiet",
+    ];
+    ok(&run(&args, &s.root));
+    let out = s.root.join("run");
+    // Flags that --resume would ignore are refused.
+    fails(
+        &clsnorm(&[
+            "finetune",
+            "--resume",
+            p(&out),
+            "--lr",
+            "1e-3",
+            "--epochs",
+            "5",
+        ]),
+        "--lr, --epochs would be ignored",
+    );
+    // The model directory is gone and the working directory is another: the run's own
+    // checkpoint and its absolute data paths are enough.
+    std::fs::rename(&s.model, s.root.join("model-moved")).unwrap();
+    ok(&run(
+        &["finetune", "--resume", p(&out), "--quiet"],
+        Path::new("/"),
+    ));
+    // Data changed since the start.
+    let train = s.data.join("SST-2/train.tsv");
+    let original = std::fs::read(&train).unwrap();
+    let mut changed = original.clone();
+    changed.extend_from_slice(b"one more good line\t1\n");
+    std::fs::write(&train, &changed).unwrap();
+    fails(
+        &clsnorm(&["finetune", "--resume", p(&out)]),
+        "changed since the run started",
+    );
+    std::fs::write(&train, &original).unwrap();
+    // A missing best checkpoint is reported.
+    std::fs::remove_dir_all(out.join("best")).unwrap();
+    fails(
+        &clsnorm(&["finetune", "--resume", p(&out)]),
+        "the best checkpoint (epoch",
+    );
+    // A FIFO as data file is refused at once, not waited on.
+    let fifo_dir = s.root.join("fifo-glue/SST-2");
+    std::fs::create_dir_all(&fifo_dir).unwrap();
+    let fifo = std::ffi::CString::new(p(&fifo_dir.join("train.tsv"))).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::fs::copy(s.data.join("SST-2/dev.tsv"), fifo_dir.join("dev.tsv")).unwrap();
+    let (fifo_run, moved) = (s.root.join("fifo-run"), s.root.join("model-moved"));
+    let mut a = train_args(&s, &fifo_run);
+    a[2] = p(&moved);
+    a[6] = p(fifo_dir.parent().unwrap());
+    fails(&clsnorm(&a), "is not a regular file");
+}
+
+/// A `torch.save` zip whose data.pkl is `pkl`.
+fn torch_zip(path: &Path, pkl: &[u8]) {
+    use std::io::Write;
+    let f = std::fs::File::create(path).unwrap();
+    let mut z = zip::ZipWriter::new(f);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("archive/data.pkl", opts).unwrap();
+    z.write_all(pkl).unwrap();
+    z.finish().unwrap();
+}
+
+#[test]
+fn small_pickles_cannot_exhaust_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    // "Billion laughs": a list memoized, then a pair of it memoized again, 64 times (2^64
+    // values from 300 bytes).
+    let mut laughs = b"\x80\x02]q\x00".to_vec();
+    for _ in 0..64 {
+        laughs.extend_from_slice(b"h\x00h\x00\x86q\x00");
+    }
+    laughs.push(b'.');
+    // Nesting 100,000 deep.
+    let mut deep = b"\x80\x02N".to_vec();
+    deep.extend(std::iter::repeat_n(0x85u8, 100_000));
+    deep.push(b'.');
+    // One 1 MiB string, fetched from the memo 100 times.
+    let mut strings = b"\x80\x02X\x00\x00\x10\x00".to_vec();
+    strings.extend(std::iter::repeat_n(b'a', 1 << 20));
+    strings.extend_from_slice(b"q\x00(");
+    for _ in 0..100 {
+        strings.extend_from_slice(b"h\x00");
+    }
+    strings.extend_from_slice(b"l.");
+    for (name, pkl, want) in [
+        ("laughs", laughs, "refusing to load"),
+        ("deep", deep, "nests containers deeper than 32"),
+        ("strings", strings, "refusing to load"),
+    ] {
+        let path = tmp.path().join(format!("{name}.bin"));
+        torch_zip(&path, &pkl);
+        let t0 = std::time::Instant::now();
+        let err = clsnorm::encoder::pickle::read_torch_zip(&path)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(want), "{name}: {err}");
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "{name}: took {:?}",
+            t0.elapsed()
+        );
+    }
+}
+
+#[test]
+fn sweeps_check_task_names_and_report_locked_and_corrupt_runs() {
+    let s = setup();
+    let cfg = s.root.join("sweep.toml");
+    let sweep_dir = s.root.join("sw");
+    let write = |tasks: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "output = \"{}\"\nmodel = \"{}\"\ntasks = [{tasks}]\nseeds = [1, 2]\n[args]\nepochs = 1\nbatch-size = 8\nmax-len = 16\n[[norm]]\nname = \"none\"\n",
+                p(&sweep_dir),
+                p(&s.model)
+            ),
+        )
+        .unwrap()
+    };
+    write("\"sst2\", \"RTEE\"");
+    fails(
+        &clsnorm(&["sweep", "--config", p(&cfg), "--list"]),
+        "unknown task 'RTEE'",
+    );
+    write("\"sst2\"");
+    let env_sweep = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_clsnorm"))
+            .args(args)
+            .env("GLUE_DIR", &s.data)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    ok(&env_sweep(&["sweep", "--config", p(&cfg), "--jobs", "1"]));
+    let runs: Vec<PathBuf> = ["SST-2_none_s1", "SST-2_none_s2"]
+        .iter()
+        .map(|r| sweep_dir.join(r))
+        .collect();
+    // Another process holds run 1's lock: it is running elsewhere, not failed.
+    let lock = std::fs::File::open(runs[0].join(".lock")).unwrap();
+    lock.try_lock().unwrap();
+    std::fs::remove_file(runs[0].join("summary.json")).unwrap();
+    std::fs::write(runs[1].join("summary.json"), b"{ torn").unwrap();
+    let list = env_sweep(&["sweep", "--config", p(&cfg), "--list"]);
+    let text = ok(&list);
+    assert!(text.contains("SST-2_none_s1\trunning elsewhere"), "{text}");
+    assert!(text.contains("SST-2_none_s2\tunreadable:"), "{text}");
+    assert!(text.contains("not a run summary (corrupt?)"), "{text}");
+    let o = env_sweep(&["sweep", "--config", p(&cfg), "--jobs", "1"]);
+    fails(&o, "1 run(s) failed");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("SST-2_none_s2/summary.json: not a run summary"),
+        "{err}"
+    );
+    assert!(err.contains("SST-2_none_s1: running elsewhere"), "{err}");
+    fails(
+        &clsnorm(&["report", p(&sweep_dir), "--output", p(&s.root.join("rep"))]),
+        "SST-2_none_s2/summary.json: not a run summary",
+    );
+    drop(lock);
+}
