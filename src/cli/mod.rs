@@ -89,6 +89,43 @@ pub fn parse_device(s: &str) -> Result<DeviceChoice, String> {
     s.parse().map_err(|e: clsnorm::Error| e.to_string())
 }
 
+/// libtorch's OpenMP threads spin at every barrier by default: on a machine where another
+/// process uses a core, the spinning takes that core's time slices from the thread that has
+/// work, and a 2-thread MiniLM step beside one busy process took 1.5x as long as a 1-thread
+/// step (10x was seen on a loaded machine). With `OMP_WAIT_POLICY=PASSIVE` the same step costs
+/// what the lost core is worth, for about 3% on an idle machine (docs/performance.md).
+/// libgomp reads the variable once, when it is loaded, before `main`; so a command that will
+/// run libtorch on more than one thread re-executes itself once with the variable set
+/// (same pid, arguments and streams). A value the user set is kept.
+pub fn passive_openmp(cli: &Cli) {
+    use std::os::unix::process::CommandExt;
+    const VAR: &str = "OMP_WAIT_POLICY";
+    let threads = match &cli.command {
+        Command::Embed(a) => a.rt.threads,
+        Command::Finetune(a) => a.rt.threads,
+        Command::Analyze(a) => a.rt.threads,
+        Command::Predict(a) => a.ck.threads,
+        Command::Evaluate(a) => a.ck.threads,
+        // Its runs are processes of their own, which inherit the variable.
+        Command::Sweep(_) => None,
+        Command::CompareGrads(_) | Command::Report(_) => return,
+    };
+    if threads == Some(1) || std::env::var_os(VAR).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        cmd.arg0(arg0);
+    }
+    // Returns only if the exec failed; then this process simply continues.
+    let e = cmd.args(args).env(VAR, "PASSIVE").exec();
+    eprintln!("note: could not re-execute with {VAR}=PASSIVE ({e}); continuing");
+}
+
 pub fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "info",

@@ -58,13 +58,23 @@ pub struct UpdatePool {
 impl UpdatePool {
     /// A pool of up to `threads` threads; fewer if the system refuses to create more.
     pub fn new(threads: usize) -> Self {
-        let mut n = threads.max(1);
-        while n > 1 {
-            match rayon::ThreadPoolBuilder::new()
+        Self::build_with(threads, |n| {
+            rayon::ThreadPoolBuilder::new()
                 .num_threads(n)
                 .thread_name(|i| format!("clsnorm-adamw-{i}"))
                 .build()
-            {
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// [`Self::new`] with the pool builder given (tests make it fail).
+    fn build_with(
+        threads: usize,
+        build: impl Fn(usize) -> std::result::Result<rayon::ThreadPool, String>,
+    ) -> Self {
+        let mut n = threads.max(1);
+        while n > 1 {
+            match build(n) {
                 Ok(pool) => {
                     return UpdatePool {
                         pool: Some(pool),
@@ -669,6 +679,56 @@ mod tests {
                     .double_value(&[])
             })
             .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn an_update_pool_that_cannot_start_threads_degrades_and_updates_the_same() {
+        // The system refuses more than 2 threads, then any: the pool takes what it gets.
+        let two = UpdatePool::build_with(8, |n| {
+            if n > 2 {
+                return Err("Resource temporarily unavailable".into());
+            }
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        assert_eq!(two.threads(), 2);
+        let none = UpdatePool::build_with(8, |_| Err("no threads".into()));
+        assert_eq!(none.threads(), 1);
+        assert!(none.pool.is_none());
+        // The update is the same, element for element, whatever the pool.
+        let _draws = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(5);
+        let run = |pool: &UpdatePool| {
+            let p = Tensor::randn([300_000], (Kind::Float, tch::Device::Cpu));
+            let g = Tensor::randn([300_000], (Kind::Float, tch::Device::Cpu));
+            let param = Param {
+                name: "w".into(),
+                weight_decay: 0.01,
+                m: p.zeros_like(),
+                v: p.zeros_like(),
+                var: p.copy(),
+            };
+            let c = Coeffs {
+                one_minus_b1: 0.1,
+                b2: 0.999,
+                one_minus_b2: 0.001,
+                bc2_sqrt: 0.03,
+                eps: 1e-6,
+                step_size: 0.01,
+            };
+            fused_update(&Span::split(&param, &g, 0.999), c.to_f32(), pool);
+            (p, param.var)
+        };
+        let (p0, a) = run(&UpdatePool::new(4));
+        tch::manual_seed(5);
+        let (p1, b) = run(&none);
+        assert!(p0.equal(&p1));
+        assert!(
+            a.equal(&b) && !a.equal(&p0),
+            "the update differs by pool, or did nothing"
+        );
     }
 
     #[test]
