@@ -615,6 +615,26 @@ fn sweeps_check_task_names_and_report_locked_and_corrupt_runs() {
             .unwrap()
     };
     ok(&env_sweep(&["sweep", "--config", p(&cfg), "--jobs", "1"]));
+    // A report goes into the sweep, a new or empty directory, or over an earlier report.
+    let before = snapshot(&s.data);
+    fails(
+        &clsnorm(&["report", p(&sweep_dir), "--output", p(&s.data)]),
+        "holds no results.json",
+    );
+    assert_eq!(snapshot(&s.data), before);
+    ok(&clsnorm(&["report", p(&sweep_dir)]));
+    ok(&clsnorm(&[
+        "report",
+        p(&sweep_dir),
+        "--output",
+        p(&s.root.join("rep0")),
+    ]));
+    ok(&clsnorm(&[
+        "report",
+        p(&sweep_dir),
+        "--output",
+        p(&s.root.join("rep0")),
+    ]));
     let runs: Vec<PathBuf> = ["SST-2_none_s1", "SST-2_none_s2"]
         .iter()
         .map(|r| sweep_dir.join(r))

@@ -43,6 +43,7 @@ pub fn run(a: CompareGradsArgs) -> anyhow::Result<()> {
         );
         traces.push((label, recs));
     }
+    clsnorm::rundir::check_output_dir(&a.output, "grads_cls.png")?;
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("creating {}", a.output.display()))?;
     let curves = |f: &dyn Fn(&GradRecord) -> f64| -> Vec<Curve> {

@@ -405,6 +405,10 @@ pub fn report(a: ReportArgs) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let report = Report::from_plan_and_records(&plan, &records)?;
     let out = a.output.unwrap_or_else(|| plan.dir.clone());
+    // The sweep's own directory, an earlier report, or a new or empty directory.
+    if !out.join(PLAN_FILE).is_file() {
+        clsnorm::rundir::check_output_dir(&out, "results.json")?;
+    }
     report.write(&out)?;
     let done = report.runs.iter().filter(|r| r.best.is_some()).count();
     tracing::info!(
