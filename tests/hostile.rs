@@ -663,3 +663,22 @@ fn sweeps_check_task_names_and_report_locked_and_corrupt_runs() {
     );
     drop(lock);
 }
+
+#[test]
+fn a_label_column_of_ten_thousand_values_is_refused_before_a_head_is_built() {
+    let s = setup();
+    let mut body = String::from("text,label\n");
+    for i in 0..10_001 {
+        body.push_str(&format!("the cat {i},id{i}\n"));
+    }
+    let train = common::write_file(&s.root, "ids.csv", body.as_bytes());
+    let out = s.root.join("ids-run");
+    fails(
+        &clsnorm(&[
+            "finetune", "--model", p(&s.model), "--train-file", p(&train), "--dev-file",
+            p(&train), "--output", p(&out), "--threads", "1", "--quiet",
+        ]),
+        "found 10001 distinct labels in column 'label'; clsnorm classifies into at most 10000 classes",
+    );
+    assert!(!out.exists());
+}

@@ -288,6 +288,9 @@ fn format_of(args: &DataArgs, path: &Path) -> anyhow::Result<Format> {
     }
 }
 
+/// Most classes a custom classification task may have (each is a row of the head).
+const MAX_CLASSES: usize = 10_000;
+
 /// The task spec, the directory its relative file names are under, and, for custom
 /// classification data, the training file's rows (read once: its classes come from them).
 pub fn resolve_task(
@@ -320,6 +323,14 @@ pub fn resolve_task(
             let classes = infer_classes(&raw.rows);
             if classes.len() < 2 {
                 bail!("{}: found {} distinct label(s); classification needs at least 2 (use --regression for scores)", train.display(), classes.len());
+            }
+            if classes.len() > MAX_CLASSES {
+                bail!(
+                    "{}: found {} distinct labels in column '{}'; clsnorm classifies into at most {MAX_CLASSES} classes (is --label-col the label? use --regression for scores)",
+                    train.display(),
+                    classes.len(),
+                    args.label_col
+                );
             }
             spec.labels = LabelSpace::Classes(classes);
             return Ok((spec, None, Some(raw)));
