@@ -102,7 +102,13 @@ pub fn passive_openmp(cli: &Cli) {
     const VAR: &str = "OMP_WAIT_POLICY";
     let threads = match &cli.command {
         Command::Embed(a) => a.rt.threads,
-        Command::Finetune(a) => a.rt.threads,
+        // A resumed run keeps the thread count it recorded.
+        Command::Finetune(a) => a.rt.threads.or_else(|| {
+            let dir = a.resume.as_ref()?;
+            let bytes = std::fs::read(dir.join("config.json")).ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+            v.get("threads")?.as_u64().map(|t| t as usize)
+        }),
         Command::Analyze(a) => a.rt.threads,
         Command::Predict(a) => a.ck.threads,
         Command::Evaluate(a) => a.ck.threads,
