@@ -75,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         norm: NormConfig::None,
         dropout: 0.1,
         bias_init: Default::default(),
+        classifier_init: Default::default(),
     };
     let model = Classifier::new(enc, head, 1);
     let adam = AdamWConfig {

@@ -33,6 +33,18 @@ pub enum BiasInit {
     Prior,
 }
 
+/// How the output layer's weights start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassifierInit {
+    /// N(0, initializer_range) weights, zero bias: Hugging Face's `_init_weights`.
+    #[default]
+    Hf,
+    /// PyTorch's `nn.Linear` default, U(-1/sqrt(hidden), 1/sqrt(hidden)) for weights and bias
+    /// (weights first), as the IsoBN code's classifier.
+    Torch,
+}
+
 /// The head's shape and options; saved as part of every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadConfig {
@@ -44,6 +56,9 @@ pub struct HeadConfig {
     /// How the output bias started (zero in runs from before this option).
     #[serde(default)]
     pub bias_init: BiasInit,
+    /// How the output weights started (HF's in runs from before this option).
+    #[serde(default)]
+    pub classifier_init: ClassifierInit,
 }
 
 /// The output bias that predicts the labels of `train` before any training: their mean for
@@ -116,21 +131,30 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Adds a freshly initialised head (HF's init: N(0, initializer_range), zero bias) drawn
-    /// from `seed`.
+    /// Adds a freshly initialised head (see [`ClassifierInit`]) drawn from `seed`.
     pub fn new(encoder: Encoder, config: HeadConfig, seed: i64) -> Self {
         tch::manual_seed(seed);
         let head_vs = nn::VarStore::new(encoder.vs.device());
         let hidden = encoder.model.config.hidden_size;
         let root = head_vs.root();
         let normalizer = config.norm.build(&(&root / "normalizer"), hidden);
-        let lc = nn::LinearConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: encoder.model.config.initializer_range,
+        let lc = match config.classifier_init {
+            ClassifierInit::Hf => nn::LinearConfig {
+                ws_init: nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: encoder.model.config.initializer_range,
+                },
+                bs_init: Some(nn::Init::Const(0.0)),
+                bias: true,
             },
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
+            ClassifierInit::Torch => {
+                let b = 1.0 / (hidden as f64).sqrt();
+                nn::LinearConfig {
+                    ws_init: nn::Init::Uniform { lo: -b, up: b },
+                    bs_init: Some(nn::Init::Uniform { lo: -b, up: b }),
+                    bias: true,
+                }
+            }
         };
         let linear = nn::linear(
             &root / "classifier",

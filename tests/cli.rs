@@ -476,3 +476,55 @@ fn head_bias_init_prior_reaches_the_trained_head() {
         }
     }
 }
+
+#[test]
+fn protocol_options_of_other_codebases_are_applied_and_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (tmp.path().join("m"), tmp.path().join("glue"));
+    common::tiny_model_dir(&model, 4);
+    // 20 examples in batches of 8: 3 batches an epoch, the last of 4 examples.
+    common::write_toy_sst(&data, 20, 4, 2);
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let args = toy_finetune(
+            &model,
+            &data,
+            &[
+                &["--epochs", "2", "--threads", "1"],
+                extra,
+                &["--output", p(&out)],
+            ]
+            .concat(),
+        );
+        ok(&clsnorm(&args));
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        let sm: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        let head = clsnorm::encoder::weights::read_safetensors(&out.join("best/head.safetensors"))
+            .unwrap();
+        (cfg, sm, head)
+    };
+    let (cfg, sm, _) = run("default", &[]);
+    assert_eq!(sm["global_steps"], 6);
+    assert_eq!(cfg["train"]["drop_last"], false);
+    assert_eq!(cfg["train"]["warmup_rounding"], "ceil");
+    assert_eq!(cfg["head"]["classifier_init"], "hf");
+    let (cfg, sm, _) = run(
+        "isobn-protocol",
+        &[
+            "--drop-last",
+            "--warmup-rounding",
+            "floor",
+            "--classifier-init",
+            "torch",
+        ],
+    );
+    // The partial batch is dropped: 2 updates an epoch.
+    assert_eq!(sm["global_steps"], 4);
+    assert_eq!(cfg["train"]["drop_last"], true);
+    assert_eq!(cfg["train"]["warmup_rounding"], "floor");
+    assert_eq!(cfg["head"]["classifier_init"], "torch");
+}

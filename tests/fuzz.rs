@@ -188,6 +188,7 @@ fn pristine_checkpoint() -> &'static Path {
             norm: NormConfig::with_defaults("batchnorm").unwrap(),
             dropout: 0.1,
             bias_init: Default::default(),
+            classifier_init: Default::default(),
         };
         let model_head = Classifier::new(enc, head.clone(), 1);
         let meta = CheckpointMeta {

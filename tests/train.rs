@@ -68,6 +68,7 @@ fn run(
             norm: NormConfig::None,
             dropout: 0.1,
             bias_init: Default::default(),
+            classifier_init: Default::default(),
         },
         train: read_dataset(&train, &task, opts).unwrap(),
         dev: dev
@@ -365,6 +366,7 @@ fn refuses_to_overwrite_a_run_and_validates_options() {
                 norm: NormConfig::None,
                 dropout: 0.1,
                 bias_init: Default::default(),
+                classifier_init: Default::default(),
             },
             train: ds.clone(),
             dev: vec![("dev".into(), ds.clone())],
@@ -549,6 +551,7 @@ fn prior_bias_init_starts_the_head_at_the_label_prior() {
         },
         dropout: 0.0,
         bias_init,
+        classifier_init: Default::default(),
     };
     for (bias_init, want) in [(BiasInit::Zero, 0.0), (BiasInit::Prior, 2.0)] {
         let encoder = clsnorm::encoder::Encoder::load(dir.path(), Device::Cpu, false).unwrap();
@@ -568,4 +571,52 @@ fn prior_bias_init_starts_the_head_at_the_label_prior() {
     let model = Classifier::new(encoder, head(BiasInit::Prior), 1);
     let err = model.set_output_bias(&[1.0, 2.0]).unwrap_err().to_string();
     assert!(err.contains("2 bias values for 1 outputs"), "{err}");
+}
+
+#[test]
+fn classifier_init_follows_hugging_face_or_torch_linear() {
+    use clsnorm::classifier::{Classifier, ClassifierInit};
+    let _g = common::torch_rng_lock();
+    let cfg = clsnorm::encoder::BertConfig::tiny(40, 64, 1, 4);
+    let head = |init| {
+        let enc = clsnorm::encoder::Encoder::random(&cfg, Device::Cpu, 0);
+        let c = Classifier::new(
+            enc,
+            HeadConfig {
+                labels: clsnorm::data::LabelSpace::Classes(
+                    (0..50).map(|i| i.to_string()).collect(),
+                ),
+                cls_source: ClsSource::Pooler,
+                norm: NormConfig::None,
+                dropout: 0.1,
+                bias_init: Default::default(),
+                classifier_init: init,
+            },
+            3,
+        );
+        let vars = c.head_vs.variables();
+        (
+            vars["classifier.weight"].copy(),
+            vars["classifier.bias"].copy(),
+        )
+    };
+    let (w, b) = head(ClassifierInit::Hf);
+    let std = w.std(true).double_value(&[]);
+    assert!((std - 0.02).abs() < 0.002, "hf weights' std {std}");
+    assert_eq!(b.abs().max().double_value(&[]), 0.0);
+    let (w, b) = head(ClassifierInit::Torch);
+    let bound = 1.0 / 64f64.sqrt();
+    for t in [&w, &b] {
+        let max = t.abs().max().double_value(&[]);
+        assert!(
+            max <= bound && max > 0.9 * bound,
+            "torch init max |x| {max}, bound {bound}"
+        );
+    }
+    // U(-b, b) has std b / sqrt(3).
+    let std = w.std(true).double_value(&[]);
+    assert!(
+        (std - bound / 3f64.sqrt()).abs() < 0.01,
+        "torch weights' std {std}"
+    );
 }

@@ -3,13 +3,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use clsnorm::classifier::{BiasInit, ClsSource, HeadConfig};
+use clsnorm::classifier::{BiasInit, ClassifierInit, ClsSource, HeadConfig};
 use clsnorm::data::read::{dataset_from_rows, infer_classes, read_rows, RawFile};
 use clsnorm::data::{glue_task, read_dataset, Format, LabelSpace, ReadOptions, TaskSpec};
 use clsnorm::device::set_threads;
 use clsnorm::normalize::{NormConfig, NORM_NAMES};
 use clsnorm::train::optim::AdamWConfig;
-use clsnorm::train::{finetune, Finetune, RunConfig, TrainConfig};
+use clsnorm::train::{finetune, Finetune, Rounding, RunConfig, TrainConfig};
 
 use super::RuntimeArgs;
 
@@ -104,6 +104,17 @@ pub struct FinetuneArgs {
     /// regression tasks (docs/results.md, STS-B).
     #[arg(long, value_enum, default_value_t = BiasInit::Zero)]
     pub head_bias_init: BiasInit,
+    /// How the classifier's weights start: hf (N(0, initializer_range), zero bias, as Hugging
+    /// Face) or torch (nn.Linear's default uniform, as the IsoBN code).
+    #[arg(long, value_enum, default_value_t = ClassifierInit::Hf)]
+    pub classifier_init: ClassifierInit,
+    /// Rounding of warmup updates from --warmup-ratio: ceil (Hugging Face Trainer) or floor
+    /// (the IsoBN code's int()).
+    #[arg(long, value_enum, default_value_t = Rounding::Ceil)]
+    pub warmup_rounding: Rounding,
+    /// Skip the last partial batch of every epoch (as the IsoBN code's DataLoader).
+    #[arg(long)]
+    pub drop_last: bool,
     #[command(flatten)]
     pub norm: NormArgs,
     /// Run directory (default: runs/TASK-NORM-seedSEED).
@@ -529,6 +540,7 @@ fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
         norm,
         dropout,
         bias_init: a.head_bias_init,
+        classifier_init: a.classifier_init,
     };
     let config = TrainConfig {
         lr: a.lr,
@@ -551,6 +563,8 @@ fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
         trace_grads: a.trace_grads,
         skip_nonfinite: a.skip_nonfinite,
         group_by_length: a.group_by_length,
+        warmup_rounding: a.warmup_rounding,
+        drop_last: a.drop_last,
     };
     config.validate()?;
     let output = a.output.clone().unwrap_or_else(|| {

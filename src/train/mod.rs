@@ -53,6 +53,23 @@ pub struct TrainConfig {
     /// Batch examples of similar length (see [`epoch_batches`]): less padding, same epochs.
     #[serde(default)]
     pub group_by_length: bool,
+    /// How the warmup length is rounded from `warmup_ratio` x updates.
+    #[serde(default)]
+    pub warmup_rounding: Rounding,
+    /// Skip the last, partial batch of every epoch (PyTorch `DataLoader(drop_last=True)`, as
+    /// the IsoBN code); off by default, as Hugging Face's Trainer.
+    #[serde(default)]
+    pub drop_last: bool,
+}
+
+/// Rounding of the warmup length: `ceil` as Hugging Face's Trainer (clsnorm's default), `floor`
+/// as the IsoBN code's `int(warmup_ratio * total)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Rounding {
+    #[default]
+    Ceil,
+    Floor,
 }
 
 impl Default for TrainConfig {
@@ -78,6 +95,8 @@ impl Default for TrainConfig {
             trace_grads: false,
             skip_nonfinite: false,
             group_by_length: false,
+            warmup_rounding: Rounding::Ceil,
+            drop_last: false,
         }
     }
 }
@@ -142,9 +161,30 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// Warmup updates for a run of `total` updates.
+    pub fn warmup(&self, total: usize) -> usize {
+        self.warmup_steps.unwrap_or_else(|| {
+            let w = self.warmup_ratio * total as f64;
+            match self.warmup_rounding {
+                Rounding::Ceil => w.ceil() as usize,
+                Rounding::Floor => w.floor() as usize,
+            }
+        })
+    }
+
     /// Updates per epoch and in all, for `n` training examples.
     pub fn steps(&self, n: usize) -> Result<(usize, usize)> {
-        let steps_per_epoch = n.div_ceil(self.batch_size);
+        let steps_per_epoch = if self.drop_last {
+            n / self.batch_size
+        } else {
+            n.div_ceil(self.batch_size)
+        };
+        if steps_per_epoch == 0 {
+            return Err(Error::Invalid(format!(
+                "{n} training examples make no full batch of {} (--drop-last)",
+                self.batch_size
+            )));
+        }
         let all = self.epochs.checked_mul(steps_per_epoch).ok_or_else(|| {
             Error::Invalid(format!(
                 "--epochs {} x {steps_per_epoch} updates per epoch is too many updates",
@@ -730,9 +770,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
     let lengths: Vec<usize> = train.encs.iter().map(Encoded::len).collect();
     let (steps_per_epoch, total_steps) = cfg.steps(n)?;
     let epochs = total_steps.div_ceil(steps_per_epoch);
-    let warmup = cfg
-        .warmup_steps
-        .unwrap_or((cfg.warmup_ratio * total_steps as f64).ceil() as usize);
+    let warmup = cfg.warmup(total_steps);
     let sched = LinearSchedule {
         lr: cfg.lr,
         warmup_steps: warmup,
@@ -764,13 +802,17 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
     let mut interrupted = false;
 
     while state.global_step < total_steps && state.epoch < epochs {
-        let batches = epoch_batches(
+        let mut batches = epoch_batches(
             &lengths,
             cfg.batch_size,
             cfg.seed,
             state.epoch,
             cfg.group_by_length,
         );
+        if cfg.drop_last {
+            // Wherever grouping put it, the one partial batch is the one dropped.
+            batches.retain(|b| b.len() == cfg.batch_size);
+        }
         let mut loss_acc = Tensor::from(state.loss_pending).to_device(job.device);
         let mut window_updates = state.pending_updates;
         state.loss_pending = 0.0;
@@ -1073,4 +1115,33 @@ fn progress_bar(show: bool, len: u64, pos: u64) -> indicatif::ProgressBar {
     }
     bar.set_position(pos);
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_rounding_and_drop_last_reproduce_both_protocols() {
+        // RTE: 2,490 examples, batch 16, 3 epochs, warmup 6%.
+        let hf = TrainConfig::default();
+        let (per_epoch, total) = hf.steps(2490).unwrap();
+        assert_eq!((per_epoch, total, hf.warmup(total)), (156, 468, 29));
+        let isobn = TrainConfig {
+            drop_last: true,
+            warmup_rounding: Rounding::Floor,
+            ..TrainConfig::default()
+        };
+        let (per_epoch, total) = isobn.steps(2490).unwrap();
+        assert_eq!((per_epoch, total, isobn.warmup(total)), (155, 465, 27));
+        // --warmup-steps wins over the ratio either way.
+        let fixed = TrainConfig {
+            warmup_steps: Some(5),
+            ..isobn.clone()
+        };
+        assert_eq!(fixed.warmup(465), 5);
+        // Fewer examples than a batch: no full batch to train on.
+        assert!(isobn.steps(15).is_err());
+        assert_eq!(hf.steps(15).unwrap(), (1, 3));
+    }
 }
