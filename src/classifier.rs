@@ -147,14 +147,12 @@ impl Classifier {
                 bs_init: Some(nn::Init::Const(0.0)),
                 bias: true,
             },
-            ClassifierInit::Torch => {
-                let b = 1.0 / (hidden as f64).sqrt();
-                nn::LinearConfig {
-                    ws_init: nn::Init::Uniform { lo: -b, up: b },
-                    bs_init: Some(nn::Init::Uniform { lo: -b, up: b }),
-                    bias: true,
-                }
-            }
+            // Drawn below, in nn.Linear's order (tch would draw the bias first).
+            ClassifierInit::Torch => nn::LinearConfig {
+                ws_init: nn::Init::Const(0.0),
+                bs_init: Some(nn::Init::Const(0.0)),
+                bias: true,
+            },
         };
         let linear = nn::linear(
             &root / "classifier",
@@ -162,6 +160,15 @@ impl Classifier {
             config.labels.num_outputs() as i64,
             lc,
         );
+        if config.classifier_init == ClassifierInit::Torch {
+            let b = 1.0 / (hidden as f64).sqrt();
+            tch::no_grad(|| {
+                let _ = linear.ws.shallow_clone().uniform_(-b, b);
+                if let Some(bs) = &linear.bs {
+                    let _ = bs.shallow_clone().uniform_(-b, b);
+                }
+            });
+        }
         Classifier {
             encoder,
             head_vs,
