@@ -65,7 +65,8 @@ pub fn is_run_dir(dir: &Path) -> bool {
 }
 
 /// Whether another process holds the lock of the run directory `dir` (a run in progress).
-/// Never creates the lock file.
+/// Never creates the lock file. The probe takes the lock for an instant when it is free;
+/// [`RunDir::open`] retries for ~100 ms, so a start never fails because of a probe.
 pub fn is_locked(dir: &Path) -> bool {
     let Ok(f) = File::open(dir.join(LOCK_FILE)) else {
         return false;
@@ -177,7 +178,16 @@ impl RunDir {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        match f.try_lock() {
+        // A few tries: `is_locked` (a sweep's status probe) holds the lock for an instant.
+        let mut result = f.try_lock();
+        for _ in 0..10 {
+            if !matches!(result, Err(std::fs::TryLockError::WouldBlock)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            result = f.try_lock();
+        }
+        match result {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
