@@ -37,22 +37,54 @@ TASKS = {
 }
 
 
-class Classifier(nn.Module):
-    """BertModel's pooler output -> dropout -> linear, as BertForSequenceClassification."""
+class IsoBN(nn.Module):
+    """IsoBN as the official code (shared/docs/paper.md), with its defaults; the state is
+    updated from the detached batch in training, and the scale is detached."""
 
-    def __init__(self, encoder, n_labels, dropout=0.1):
+    def __init__(self, dim, momentum=0.05, eps=1e-3, beta=0.5):
+        super().__init__()
+        self.register_buffer("cov", torch.zeros(dim, dim))
+        self.register_buffer("std", torch.zeros(dim))
+        self.momentum, self.eps, self.beta = momentum, eps, beta
+
+    def forward(self, h):
+        if self.training:
+            with torch.no_grad():
+                x = h.detach()
+                y = x - x.mean(0, keepdim=True)
+                self.cov += self.momentum * (y.t() @ y / x.size(0) - self.cov)
+                self.std += self.momentum * (y.pow(2).mean(0).sqrt() - self.std)
+        with torch.no_grad():
+            c, sd = self.cov, self.std
+            denom = torch.outer(sd, sd)
+            rho = torch.where(denom > 0, c / denom, torch.zeros_like(c)).clamp(-1, 1)
+            gamma = rho.pow(2).mean(1)
+            a = (gamma * sd + self.eps).pow(-self.beta)
+            diag = c.diagonal()
+            a = a * (diag.sum() / ((diag * a.pow(2)).sum() + self.eps)).sqrt()
+            a = torch.where(diag.sum() > 0, a, torch.ones_like(a))
+        return h * a
+
+
+class Classifier(nn.Module):
+    """BertModel's pooler output -> normalizer -> dropout -> linear, as
+    BertForSequenceClassification with the IsoBN code's normalizer."""
+
+    def __init__(self, encoder, n_labels, dropout=0.1, norm="none", init="hf"):
         super().__init__()
         self.bert = encoder
+        self.norm = IsoBN(encoder.config.hidden_size) if norm == "isobn" else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(encoder.config.hidden_size, n_labels)
-        nn.init.normal_(self.classifier.weight, std=encoder.config.initializer_range)
-        nn.init.zeros_(self.classifier.bias)
+        if init == "hf":
+            nn.init.normal_(self.classifier.weight, std=encoder.config.initializer_range)
+            nn.init.zeros_(self.classifier.bias)
 
     def forward(self, input_ids, token_type_ids, attention_mask):
         out = self.bert(
             input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
         )
-        return self.classifier(self.dropout(out.pooler_output))
+        return self.classifier(self.dropout(self.norm(out.pooler_output)))
 
 
 def load_encoder(model):
@@ -62,9 +94,12 @@ def load_encoder(model):
     return AutoModel.from_pretrained(model)
 
 
-def optimizer_and_schedule(model, lr, total_steps, warmup_ratio=0.06):
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
-    warmup = math.ceil(warmup_ratio * total_steps)
+def optimizer_and_schedule(model, lr, total_steps, warmup_ratio=0.06, rounding="ceil", fused=False):
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
+        **({"fused": True} if fused else {}),
+    )
+    warmup = (math.ceil if rounding == "ceil" else math.floor)(warmup_ratio * total_steps)
 
     def factor(step):  # transformers.get_linear_schedule_with_warmup, as clsnorm's schedule
         if step < warmup:
@@ -179,14 +214,31 @@ def finetune_mode(a):
     dev = read_tsv(os.path.join(a.data, a.task, "dev.tsv"), a.task)
     ids, types, labels = encode(tok, train, a.max_len)
     dev_ids, dev_types, dev_labels = encode(tok, dev, a.max_len)
-    model = Classifier(AutoModel.from_pretrained(a.model), len(TASKS[a.task][3])).to(device)
-    steps_per_epoch = math.ceil(len(ids) / a.batch_size)
-    opt, sched = optimizer_and_schedule(model, a.lr, a.epochs * steps_per_epoch)
+    model = Classifier(
+        AutoModel.from_pretrained(a.model), len(TASKS[a.task][3]), norm=a.norm, init=a.classifier_init
+    ).to(device)
+    steps_per_epoch = len(ids) // a.batch_size if a.drop_last else math.ceil(len(ids) / a.batch_size)
+    opt, sched = optimizer_and_schedule(
+        model, a.lr, a.epochs * steps_per_epoch, rounding=a.warmup_rounding, fused=a.fused_adamw
+    )
     loss_fn = nn.CrossEntropyLoss()
     label_t = torch.tensor(labels)
     gen = torch.Generator().manual_seed(a.seed)
     t_setup = time.perf_counter() - t_start
     train_secs, tokens, padded, loss_sum = 0.0, 0, 0, 0.0
+
+    def evaluate():
+        model.eval()
+        preds = []
+        with torch.no_grad():
+            for b in range(0, len(dev_ids), a.eval_batch_size):
+                idx = list(range(b, min(len(dev_ids), b + a.eval_batch_size)))
+                x, tt, m = collate(dev_ids, dev_types, idx, tok.pad_token_id)
+                preds += model(x.to(device), tt.to(device), m.to(device)).argmax(-1).tolist()
+        return dev_metrics(dev_labels, preds)
+
+    per_epoch = []
+    eval_secs = 0.0
     for _ in range(a.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -205,15 +257,13 @@ def finetune_mode(a):
             loss_sum += loss.item()
         sync()
         train_secs += time.perf_counter() - t0
-    model.eval()
+        if a.eval_every_epoch:
+            t0 = time.perf_counter()
+            per_epoch.append(evaluate())
+            eval_secs += time.perf_counter() - t0
     t0 = time.perf_counter()
-    preds = []
-    with torch.no_grad():
-        for b in range(0, len(dev_ids), a.eval_batch_size):
-            idx = list(range(b, min(len(dev_ids), b + a.eval_batch_size)))
-            x, tt, m = collate(dev_ids, dev_types, idx, tok.pad_token_id)
-            preds += model(x.to(device), tt.to(device), m.to(device)).argmax(-1).tolist()
-    eval_secs = time.perf_counter() - t0
+    final = per_epoch[-1] if per_epoch else evaluate()
+    eval_secs += time.perf_counter() - t0
     dev_tokens = sum(len(x) for x in dev_ids)
     print(json.dumps({
         "side": "reference", "task": a.task, "epochs": a.epochs, "seed": a.seed,
@@ -221,7 +271,13 @@ def finetune_mode(a):
         "train_tokens": tokens, "train_padded_tokens": padded,
         "train_loss": loss_sum / (a.epochs * steps_per_epoch),
         "eval_secs": eval_secs, "dev_tokens": dev_tokens,
-        "dev": dev_metrics(dev_labels, preds),
+        "dev": final,
+        "dev_per_epoch": per_epoch,
+        "best_accuracy": max((e["accuracy"] for e in per_epoch), default=final["accuracy"]),
+        "protocol": {
+            "norm": a.norm, "drop_last": a.drop_last, "warmup_rounding": a.warmup_rounding,
+            "classifier_init": a.classifier_init, "fused_adamw": a.fused_adamw,
+        },
     }))
 
 
@@ -248,6 +304,12 @@ def main():
     f.add_argument("--seed", type=int, default=1)
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--device", default="cpu")
+    f.add_argument("--norm", default="none", choices=["none", "isobn"])
+    f.add_argument("--drop-last", action="store_true", help="skip each epoch's partial batch")
+    f.add_argument("--warmup-rounding", default="ceil", choices=["ceil", "floor"])
+    f.add_argument("--classifier-init", default="hf", choices=["hf", "torch"])
+    f.add_argument("--fused-adamw", action="store_true", help="torch.optim.AdamW(fused=True)")
+    f.add_argument("--eval-every-epoch", action="store_true", help="dev metrics after each epoch")
     a = p.parse_args()
     step_mode(a) if a.mode == "step" else finetune_mode(a)
     return 0
