@@ -39,7 +39,7 @@ def run_clsnorm(a, norm, seed):
     else:
         cmd = [exe, "finetune", "--task", a.task, "--data-dir", a.data, "--norm", norm,
                "--seed", str(seed), "--epochs", str(a.epochs), "--threads", str(a.threads),
-               "--output", out, "--quiet", *PROTOCOL]
+               "--device", a.device, "--output", out, "--quiet", *PROTOCOL]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(out, "summary.json")) as f:
         s = json.load(f)
@@ -52,6 +52,7 @@ def run_reference(a, norm, seed):
     cmd = [sys.executable, os.path.join(ROOT, "bench/reference/reference.py"), "finetune",
            "--task", a.task, "--data", a.data, "--norm", norm, "--seed", str(seed),
            "--epochs", str(a.epochs), "--threads", str(a.threads), "--eval-every-epoch",
+           "--device", a.device,
            "--model", os.path.join(ROOT, "models/all-MiniLM-L6-v2"), *PROTOCOL]
     r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
     return {"best": r["best_accuracy"], "epochs": [e["accuracy"] for e in r["dev_per_epoch"]],
@@ -117,6 +118,7 @@ def main():
     p.add_argument("--sides", default="clsnorm,reference")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda, for both sides")
     p.add_argument("--out", default=os.path.join(ROOT, "bench/out/rte-seeds"))
     p.add_argument("--summarize", action="store_true")
     a = p.parse_args()
