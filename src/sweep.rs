@@ -457,7 +457,8 @@ pub fn status(dir: &Path) -> Result<RunStatus> {
     struct Finished {
         interrupted: bool,
     }
-    let path = dir.join("summary.json");
+    let layout = crate::rundir::Layout::new(dir);
+    let path = layout.summary();
     if std::fs::symlink_metadata(&path).is_ok() {
         let bytes = crate::fsread::read_regular(
             &path,
@@ -472,7 +473,7 @@ pub fn status(dir: &Path) -> Result<RunStatus> {
             return Ok(RunStatus::Done);
         }
     }
-    Ok(if dir.join("config.json").is_file() {
+    Ok(if layout.config().is_file() {
         RunStatus::Interrupted
     } else {
         RunStatus::Pending

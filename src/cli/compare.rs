@@ -19,21 +19,14 @@ pub struct CompareGradsArgs {
 pub fn run(a: CompareGradsArgs) -> anyhow::Result<()> {
     let mut traces = Vec::new();
     for run in &a.runs {
-        let path = run.join("grads.jsonl");
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "{} (was the run trained with --trace-grads?)",
+        let path = clsnorm::rundir::Layout::new(run).grads();
+        if !path.is_file() {
+            bail!(
+                "{}: no gradient trace (was the run trained with --trace-grads?)",
                 path.display()
-            )
-        })?;
-        let recs = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str::<GradRecord>(l)
-                    .with_context(|| format!("{}:{}: not a gradient record", path.display(), i + 1))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            );
+        }
+        let recs: Vec<GradRecord> = clsnorm::rundir::records::read_all(&path)?;
         if recs.is_empty() {
             bail!("{} is empty", path.display());
         }

@@ -381,15 +381,10 @@ impl Stop {
 }
 
 fn append_invocation(dir: &Path, inv: &Invocation) -> anyhow::Result<()> {
-    use std::io::Write;
-    let path = dir.join(INVOCATIONS_FILE);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    writeln!(f, "{}", serde_json::to_string(inv)?)
-        .with_context(|| format!("writing {}", path.display()))
+    Ok(clsnorm::rundir::records::append(
+        &dir.join(INVOCATIONS_FILE),
+        inv,
+    )?)
 }
 
 pub fn report(a: ReportArgs) -> anyhow::Result<()> {

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic;
 use crate::error::{Error, Result};
+use crate::rundir::records::{self, EpochRecord, GradRecord, LossRecord, Summary};
+use crate::rundir::Layout;
 use crate::sweep::{status, PlannedRun, RunStatus, SweepPlan};
-use crate::train::{EpochRecord, GradRecord, LossRecord, Summary, LOSS_FILE};
 use stats::{sign_flip_p, spread, Spread};
 
 /// What one run directory holds (metric values are x100, as GLUE tables print them).
@@ -57,20 +58,13 @@ pub struct RunResult {
 
 /// Reads a JSON-lines file; a missing file is empty, and a torn last line (a run killed while
 /// appending) is ignored.
-fn read_jsonl<R: serde::de::DeserializeOwned>(path: &Path) -> Vec<R> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 /// Reads the run directory of `run` in the sweep at `sweep_dir`.
 pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
     let dir = sweep_dir.join(&run.dir);
+    let layout = Layout::new(&dir);
     let st = status(&dir)?;
-    let epochs: Vec<EpochRecord> = read_jsonl(&dir.join("metrics.jsonl"));
-    let grads: Vec<GradRecord> = read_jsonl(&dir.join("grads.jsonl"));
+    let epochs: Vec<EpochRecord> = records::read_all(&layout.metrics())?;
+    let grads: Vec<GradRecord> = records::read_all(&layout.grads())?;
     let mut res = RunResult {
         name: run.name.clone(),
         task: run.task.clone(),
@@ -87,7 +81,7 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
         cls_grad_median: None,
         global_grad_median: None,
         from_records: None,
-        loss: read_jsonl::<LossRecord>(&dir.join(LOSS_FILE))
+        loss: records::read_all::<LossRecord>(&layout.loss())?
             .into_iter()
             .map(|r| (r.step, r.loss))
             .collect(),
@@ -95,7 +89,7 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
         global_grad: grads.iter().map(|r| (r.step, r.global_grad_norm)).collect(),
     };
     if st == RunStatus::Done {
-        let s = Summary::read(&dir.join("summary.json"))?;
+        let s = Summary::read(&layout.summary())?;
         let primary_of = |dev: &[(String, BTreeMap<String, f64>)]| {
             dev.first()
                 .and_then(|(_, m)| m.get(&s.primary_metric))
@@ -450,10 +444,11 @@ impl Report {
             .collect();
         // The records' invocations ran the same sweep elsewhere or earlier: list them first.
         let mut invocations: Vec<Invocation> = Vec::new();
+        let here: Vec<Invocation> = records::read_all(&sweep_dir.join(INVOCATIONS_FILE))?;
         for inv in records
             .iter()
             .flat_map(|r| r.invocations.iter().cloned())
-            .chain(read_jsonl::<Invocation>(&sweep_dir.join(INVOCATIONS_FILE)))
+            .chain(here)
         {
             if !invocations
                 .iter()

@@ -92,7 +92,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// Whether `dir` holds a checkpoint whose writing finished (its manifest, written last, is
 /// there); [`verify`] checks the contents.
 pub fn is_complete(dir: &Path) -> bool {
-    std::fs::symlink_metadata(dir.join(MANIFEST_FILE)).is_ok_and(|m| m.is_file())
+    crate::rundir::checkpoint_complete(dir)
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {

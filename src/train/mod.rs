@@ -3,7 +3,6 @@ pub mod checkpoint;
 pub mod optim;
 pub mod schedule;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,6 +18,7 @@ use crate::data::{Dataset, Label, TaskSpec};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::eval;
+use crate::rundir::records;
 use crate::tokenize::{Encoded, TextTokenizer, TokenizerFiles};
 use checkpoint::{CheckpointMeta, TrainState};
 use optim::{AdamW, AdamWConfig};
@@ -303,62 +303,11 @@ impl Tokenized {
     }
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EpochRecord {
-    /// 1-based.
-    pub epoch: usize,
-    pub global_step: usize,
-    pub train_loss: f64,
-    /// Dev metrics per split.
-    pub dev: Vec<(String, std::collections::BTreeMap<String, f64>)>,
-    pub primary: f64,
-    pub lr: f64,
-    pub train_secs: f64,
-    pub eval_secs: f64,
-    /// Non-pad training tokens per second of training time.
-    pub train_tokens_per_sec: f64,
-}
+pub use crate::rundir::records::{EpochRecord, GradRecord, LossRecord, Summary};
+pub use crate::rundir::LOSS_FILE;
 
 /// `git describe` of the code this binary was built from (`unknown` outside git).
 pub const BUILD: &str = env!("CLSNORM_BUILD");
-
-/// Name of the training-loss log in a run directory.
-pub const LOSS_FILE: &str = "train_loss.jsonl";
-
-/// One line of `train_loss.jsonl`: the mean training loss of the updates since the previous
-/// line (written every 10 updates and at the end of each epoch).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LossRecord {
-    /// Update number of the last update in the window (1-based).
-    pub step: usize,
-    /// 1-based epoch.
-    pub epoch: usize,
-    pub loss: f64,
-    /// Updates averaged.
-    pub updates: usize,
-    /// Learning rate of the last update.
-    pub lr: f64,
-}
-
-/// One line of `grads.jsonl` (with `--trace-grads`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GradRecord {
-    /// 1-based update number.
-    pub step: usize,
-    pub loss: f64,
-    /// ||dL/d[CLS] vector|| before the normalizer (over the batch).
-    pub cls_grad_norm: f64,
-    /// ||dL/d normalized vector|| (the classifier's input).
-    pub normalized_grad_norm: f64,
-    /// Largest per-dimension gradient norm of the [CLS] vector, and its dimension.
-    pub max_dim_grad: f64,
-    pub max_dim: usize,
-    /// Global gradient norm over all parameters, before clipping.
-    pub global_grad_norm: f64,
-    /// Gradient norms per group: `embeddings`, `layer.0` ..., `pooler`, `classifier`, `normalizer`.
-    pub groups: std::collections::BTreeMap<String, f64>,
-}
 
 /// The gradient group of a parameter name.
 pub fn grad_group(name: &str) -> String {
@@ -367,43 +316,6 @@ pub fn grad_group(name: &str) -> String {
         format!("layer.{layer:0>2}")
     } else {
         name.split('.').next().unwrap_or(name).to_string()
-    }
-}
-
-/// `summary.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Summary {
-    pub task: String,
-    pub primary_metric: String,
-    pub best_epoch: Option<usize>,
-    pub best_primary: Option<f64>,
-    pub best_dev: Vec<(String, std::collections::BTreeMap<String, f64>)>,
-    pub final_dev: Vec<(String, std::collections::BTreeMap<String, f64>)>,
-    pub epochs: usize,
-    pub global_steps: usize,
-    pub wall_secs: f64,
-    /// True when the run stopped early and can be continued with `--resume`.
-    pub interrupted: bool,
-    /// Updates skipped for a non-finite loss or gradient (`--skip-nonfinite`).
-    #[serde(default)]
-    pub nonfinite_skipped: usize,
-    /// Builds of clsnorm that trained the run, in order (see [`TrainState::builds`]).
-    #[serde(default)]
-    pub builds: Vec<String>,
-}
-
-impl Summary {
-    /// Reads a run's `summary.json`; an unreadable or malformed file is an error naming it.
-    pub fn read(path: &Path) -> Result<Summary> {
-        let bytes = crate::fsread::read_regular(
-            path,
-            crate::fsread::MAX_SMALL_BYTES,
-            crate::fsread::Links::Follow,
-        )?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::File {
-            path: path.to_path_buf(),
-            msg: format!("not a run summary (corrupt?): {e}"),
-        })
     }
 }
 
@@ -493,48 +405,6 @@ pub fn epoch_batches(
     batches
 }
 
-fn append_line(path: &Path, value: &impl Serialize) -> Result<()> {
-    let line = serde_json::to_string(value).map_err(|e| Error::Invalid(e.to_string()))?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    writeln!(f, "{line}")
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(path, e))
-}
-
-/// Rewrites a JSON-lines file of per-update records, keeping those of updates up to `last`.
-fn keep_steps_up_to<R: serde::de::DeserializeOwned>(
-    path: &Path,
-    last: usize,
-    step: impl Fn(&R) -> usize,
-) -> Result<()> {
-    let kept: String = std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| serde_json::from_str::<R>(l).is_ok_and(|r| step(&r) <= last))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    atomic::write_bytes(path, kept.as_bytes())
-}
-
-/// Reads `metrics.jsonl`, keeping the records of epochs before `before` (1-based epochs <
-/// `before`): on resume, records written after the checkpoint are dropped.
-fn read_records(path: &Path, before: usize) -> Result<Vec<EpochRecord>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(path, e)),
-    };
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<EpochRecord>(l).ok())
-        .filter(|r| r.epoch < before)
-        .collect())
-}
-
 fn dev_metrics(
     model: &Classifier,
     task: &TaskSpec,
@@ -568,12 +438,10 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
     let cfg = &job.config;
     cfg.validate()?;
     let out = job.output;
-    let run_config_path = out.join("config.json");
-    let last_dir = out.join("last");
-    let best_dir = out.join("best");
-    let metrics_path = out.join("metrics.jsonl");
-    let grads_path = out.join("grads.jsonl");
-    let loss_path = out.join(LOSS_FILE);
+    let layout = crate::rundir::Layout::new(out);
+    let run_config_path = layout.config();
+    let (last_dir, best_dir) = (layout.last(), layout.best());
+    let (metrics_path, grads_path, loss_path) = (layout.metrics(), layout.grads(), layout.loss());
     // Before anything else: the directory is this process's to write, and locked.
     let mut run_dir = crate::rundir::RunDir::open(out, job.resume)?;
     let recorded: Option<RunConfig> = if job.resume {
@@ -701,7 +569,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
     if resume_from.is_none() && model.normalizer().needs_fit() {
         // The cache of a run that started (config.json written) is reused; one left by a
         // start that never got that far is fitted again.
-        let cache = out.join("normalizer_stats.safetensors");
+        let cache = layout.normalizer_cache();
         let reuse = job.resume && cache.is_file();
         fit_normalizer(&model, &train, cfg, tok.pad_id(), &cache, reuse)?;
         if !reuse {
@@ -748,18 +616,11 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         run_dir.commit();
         let _ = std::fs::remove_file(&metrics_path);
     }
-    let mut records = read_records(&metrics_path, state.epoch + 1)?;
-    let body: String = records
-        .iter()
-        .filter_map(|r| serde_json::to_string(r).ok())
-        .map(|l| l + "\n")
-        .collect();
-    atomic::write_bytes(&metrics_path, body.as_bytes())?;
-
-    // Keep the per-update records up to the checkpoint (a resumed run rewrites the rest).
-    keep_steps_up_to::<LossRecord>(&loss_path, state.global_step, |r| r.step)?;
+    // Records written after the checkpoint are dropped: the resumed run writes them again.
+    let mut records = records::retain(&metrics_path, |r: &EpochRecord| r.epoch <= state.epoch)?;
+    records::retain(&loss_path, |r: &LossRecord| r.step <= state.global_step)?;
     if cfg.trace_grads {
-        keep_steps_up_to::<GradRecord>(&grads_path, state.global_step, |r| r.step)?;
+        records::retain(&grads_path, |r: &GradRecord| r.step <= state.global_step)?;
     }
     let mut opt = AdamW::new(cfg.adam, model.trainable());
     if let Some(t) = &opt_state {
@@ -859,7 +720,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                     global_grad_norm: grad_norm.double_value(&[]),
                     groups: opt.grad_norms_by(grad_group)?,
                 };
-                append_line(&grads_path, &rec)?;
+                records::append(&grads_path, &rec)?;
             }
             let lr = sched.lr_at(state.global_step);
             let finite = loss
@@ -903,7 +764,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
                 let window_sum = loss_acc.double_value(&[]);
                 state.loss_sum += window_sum;
                 if window_updates > 0 {
-                    append_line(
+                    records::append(
                         &loss_path,
                         &LossRecord {
                             step: state.global_step,
@@ -996,7 +857,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         // The epoch's record goes first: if the process dies before the `last` checkpoint
         // below, a resumed run drops the record (its epoch is not in the checkpoint) and
         // writes it again; written after, it could be lost for good.
-        append_line(&metrics_path, &record)?;
+        records::append(&metrics_path, &record)?;
         if improved {
             state.best_metric = Some(primary);
             state.best_epoch = Some(finished_epoch);
@@ -1040,7 +901,7 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         nonfinite_skipped: state.nonfinite_skipped,
         builds: state.builds.clone(),
     };
-    atomic::write_json(&out.join("summary.json"), &summary)?;
+    atomic::write_json(&layout.summary(), &summary)?;
     Ok(summary)
 }
 

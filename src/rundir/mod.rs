@@ -13,6 +13,8 @@
 //!   recursive delete), and only while it still holds the lock;
 //! - leftovers of a killed process (temporary checkpoint directories and files, a checkpoint
 //!   left as `NAME.old` between its two renames) are recovered or removed under the lock.
+pub mod records;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +28,60 @@ pub const LOCK_FILE: &str = ".lock";
 pub const CONFIG_FILE: &str = "config.json";
 /// The checkpoint directories of a run.
 pub const CHECKPOINTS: &[&str] = &["best", "last"];
+/// The training-loss log.
+pub const LOSS_FILE: &str = "train_loss.jsonl";
+
+/// Where each file of a run directory is.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(dir: &Path) -> Self {
+        Layout {
+            dir: dir.to_path_buf(),
+        }
+    }
+    /// Every setting of the run ([`crate::train::RunConfig`]).
+    pub fn config(&self) -> PathBuf {
+        self.dir.join(CONFIG_FILE)
+    }
+    /// One [`records::EpochRecord`] per epoch.
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+    /// [`records::LossRecord`]s.
+    pub fn loss(&self) -> PathBuf {
+        self.dir.join(LOSS_FILE)
+    }
+    /// One [`records::GradRecord`] per update (with `--trace-grads`).
+    pub fn grads(&self) -> PathBuf {
+        self.dir.join("grads.jsonl")
+    }
+    /// The [`records::Summary`].
+    pub fn summary(&self) -> PathBuf {
+        self.dir.join("summary.json")
+    }
+    /// The best epoch's checkpoint.
+    pub fn best(&self) -> PathBuf {
+        self.dir.join(CHECKPOINTS[0])
+    }
+    /// The latest position's checkpoint.
+    pub fn last(&self) -> PathBuf {
+        self.dir.join(CHECKPOINTS[1])
+    }
+    /// Frozen normalizer statistics fitted before training.
+    pub fn normalizer_cache(&self) -> PathBuf {
+        self.dir.join("normalizer_stats.safetensors")
+    }
+}
+
+/// Whether the checkpoint `dir` was written to the end (its manifest, written last, is there);
+/// `crate::train::checkpoint::verify` checks its contents.
+pub fn checkpoint_complete(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join("manifest.json")).is_ok_and(|m| m.is_file())
+}
 
 /// An open, locked run directory. Dropping it without [`RunDir::commit`] undoes what this
 /// process created in it.
@@ -227,9 +283,9 @@ impl RunDir {
             if !old.exists() {
                 continue;
             }
-            if crate::train::checkpoint::is_complete(&dir) {
+            if checkpoint_complete(&dir) {
                 remove_dir_all(&old)?;
-            } else if crate::train::checkpoint::is_complete(&old) {
+            } else if checkpoint_complete(&old) {
                 if dir.exists() {
                     remove_dir_all(&dir)?;
                 }
