@@ -9,7 +9,38 @@ use std::process::Command;
 
 fn main() {
     stamp_build();
+    stamp_versions();
     link_libtorch();
+}
+
+/// `CLSNORM_LIBTORCH_VERSION` (from the `version.py` of the torch package that `LIBTORCH` points
+/// at, e.g. a GPU build against another libtorch) and `CLSNORM_TCH_VERSION` (from Cargo.lock),
+/// which every run records; `unknown` where they cannot be read.
+fn stamp_versions() {
+    let libtorch = std::env::var_os("LIBTORCH")
+        .map(PathBuf::from)
+        .map(|d| d.join("version.py"))
+        .and_then(|p| {
+            println!("cargo:rerun-if-changed={}", p.display());
+            std::fs::read_to_string(p).ok()
+        })
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("__version__ = "))
+                .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=CLSNORM_LIBTORCH_VERSION={libtorch}");
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    let tch = std::fs::read_to_string("Cargo.lock")
+        .ok()
+        .and_then(|t| {
+            let at = t.find("name = \"tch\"\nversion = \"")?;
+            let rest = &t[at + "name = \"tch\"\nversion = \"".len()..];
+            rest.split('"').next().map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=CLSNORM_TCH_VERSION={tch}");
 }
 
 /// `CLSNORM_BUILD` = `git describe` of the checkout (`<commit>`, `<commit>-dirty` when tracked

@@ -512,6 +512,17 @@ fn protocol_options_of_other_codebases_are_applied_and_recorded() {
     assert_eq!(cfg["train"]["drop_last"], false);
     assert_eq!(cfg["train"]["warmup_rounding"], "ceil");
     assert_eq!(cfg["head"]["classifier_init"], "hf");
+    // The versions of this build, not constants.
+    let installed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deps/libtorch/torch/version.py"),
+    )
+    .unwrap();
+    let v = cfg["libtorch_version"].as_str().unwrap();
+    assert!(
+        v.starts_with("2.13.0") && installed.contains(&format!("'{v}'")),
+        "{v}"
+    );
+    assert_eq!(cfg["tch_version"], "0.26.0");
     let (cfg, sm, _) = run(
         "isobn-protocol",
         &[

@@ -276,6 +276,19 @@ fn custom_csv_jsonl_and_tsv_files() {
         ds.examples[2].line, 5,
         "CSV line numbers count the embedded newline"
     );
+    let short = write(
+        d.path(),
+        "s.csv",
+        b"id,review,stars
+1,fine,pos
+2,no stars
+",
+    );
+    let (l, msg) = err_of(read_dataset(&short, &spec, STRICT));
+    assert!(
+        l == 3 && msg.contains("expected 3 comma-separated columns"),
+        "{msg}"
+    );
     let jl = write(d.path(), "a.jsonl", b"{\"q\": \"x?\", \"a\": \"y\", \"y\": 10}\n\n{\"q\": \"z?\", \"a\": \"w\", \"y\": 2}\n{\"q\": \"k\", \"a\": \"v\", \"y\": 2}\n");
     let spec = custom(Format::Jsonl, &jl, false, true, ("q", Some("a"), "y"));
     assert_eq!(

@@ -143,10 +143,14 @@ fn row_from_fields(
         + 1;
     match r.width {
         Some(w) if fields.len() != w => {
+            let kind = match spec.format {
+                Format::Csv => "comma-separated",
+                _ => "tab-separated",
+            };
             return Err(bad(format!(
-                "expected {w} tab-separated columns (as in the header), found {}",
+                "expected {w} {kind} columns (as in the header), found {}",
                 fields.len()
-            )))
+            )));
         }
         None if fields.len() < need => {
             return Err(bad(format!(

@@ -173,7 +173,9 @@ mod tests {
         assert_eq!(text, format!("{}\n{}\n", lines[0], lines[1]));
         append(&path, &kept[0]).unwrap();
         assert_eq!(read_all::<LossRecord>(&path).unwrap().len(), 3);
-        assert!(read_all::<LossRecord>(&dir.join("absent.jsonl")).unwrap().is_empty());
+        assert!(read_all::<LossRecord>(&dir.join("absent.jsonl"))
+            .unwrap()
+            .is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -595,8 +595,9 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         let run_config = RunConfig {
             clsnorm_version: env!("CARGO_PKG_VERSION").into(),
             clsnorm_build: BUILD.into(),
-            tch_version: "0.26.0".into(),
-            libtorch_version: "2.13.0".into(),
+            // Of the build, not hard-coded: a GPU build may link another libtorch.
+            tch_version: env!("CLSNORM_TCH_VERSION").into(),
+            libtorch_version: env!("CLSNORM_LIBTORCH_VERSION").into(),
             // Absolute, so that a resume from another working directory finds it.
             model: std::path::absolute(job.model_dir).map_err(|e| Error::io(job.model_dir, e))?,
             model_weights_sha256: model_weights_sha(job.model_dir, job.allow_pickle)?,
