@@ -145,6 +145,40 @@ impl Batch {
     }
 }
 
+/// Runs `f` without gradient over batches of `encs` taken in length order (little padding) and
+/// returns each of its outputs concatenated over all examples, back in input order. `f` gets
+/// one checked batch and returns its outputs (`[batch, ...]` each, on any device).
+pub fn infer(
+    encs: &[Encoded],
+    batch_size: usize,
+    pad_id: i64,
+    limits: &InputLimits,
+    device: Device,
+    mut f: impl FnMut(&Batch) -> Vec<Tensor>,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<Tensor>> {
+    let order = length_order(encs);
+    let mut parts: Vec<Vec<Tensor>> = Vec::new();
+    tch::no_grad(|| -> Result<()> {
+        for chunk in order.chunks(batch_size.max(1)) {
+            let refs: Vec<&Encoded> = chunk.iter().map(|&i| &encs[i]).collect();
+            let batch = Batch::collate(&refs, pad_id, limits, device)?;
+            for (k, t) in f(&batch).into_iter().enumerate() {
+                if parts.len() <= k {
+                    parts.push(Vec::new());
+                }
+                parts[k].push(t);
+            }
+            progress(chunk.len());
+        }
+        Ok(())
+    })?;
+    Ok(parts
+        .iter()
+        .map(|p| restore_order(&Tensor::cat(p, 0), &order))
+        .collect())
+}
+
 /// Example indices sorted by length, for inference batches with little padding.
 pub fn length_order(encs: &[Encoded]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..encs.len()).collect();

@@ -184,12 +184,7 @@ impl Classifier {
 
     /// Runs encoder and head; dropout and statistics updates only when `train`.
     pub fn forward(&self, batch: &Batch, train: bool) -> HeadOutput {
-        let out = self.encoder.model.forward(
-            &batch.input_ids,
-            &batch.token_type_ids,
-            batch.attention_mask.as_ref(),
-            train,
-        );
+        let out = self.encoder.forward(batch, train);
         let cls = match self.config.cls_source {
             ClsSource::Pooler => out.pooler_output,
             ClsSource::Hidden => out.cls,
@@ -213,28 +208,28 @@ impl Classifier {
         batch_size: usize,
         pad_id: i64,
     ) -> Result<Tensor> {
-        let order = crate::batch::length_order(encs);
-        let limits = self.encoder.limits();
-        let mut parts = Vec::new();
-        tch::no_grad(|| -> Result<()> {
-            for chunk in order.chunks(batch_size.max(1)) {
-                let refs: Vec<&crate::tokenize::Encoded> =
-                    chunk.iter().map(|&i| &encs[i]).collect();
-                let batch = Batch::collate(&refs, pad_id, &limits, self.device())?;
-                let out = self.encoder.model.forward(
-                    &batch.input_ids,
-                    &batch.token_type_ids,
-                    batch.attention_mask.as_ref(),
-                    false,
-                );
-                parts.push(match self.config.cls_source {
+        let (limits, device) = (self.encoder.limits(), self.device());
+        let out = crate::batch::infer(
+            encs,
+            batch_size,
+            pad_id,
+            &limits,
+            device,
+            |batch| {
+                let out = self.encoder.forward(batch, false);
+                vec![match self.config.cls_source {
                     ClsSource::Pooler => out.pooler_output,
                     ClsSource::Hidden => out.cls,
-                });
-            }
-            Ok(())
-        })?;
-        Ok(crate::batch::restore_order(&Tensor::cat(&parts, 0), &order))
+                }]
+            },
+            |_| {},
+        )?;
+        Ok(out.into_iter().next().unwrap_or_else(|| {
+            Tensor::zeros(
+                [0, self.encoder.model.config.hidden_size],
+                (Kind::Float, device),
+            )
+        }))
     }
 
     /// Sets the output bias to `bias` (one value per output), e.g. [`label_prior`].

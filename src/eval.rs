@@ -3,7 +3,6 @@ use std::collections::BTreeMap;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::batch::Batch;
 use crate::classifier::Classifier;
 use crate::data::{Label, LabelSpace};
 use crate::error::{Error, Result};
@@ -20,25 +19,22 @@ pub fn logits(
     batch_size: usize,
     pad_id: i64,
 ) -> Result<Tensor> {
-    let order = crate::batch::length_order(encs);
-    let device = model.device();
     let limits = model.encoder.limits();
-    let mut parts = Vec::new();
-    tch::no_grad(|| -> Result<()> {
-        for chunk in order.chunks(batch_size.max(1)) {
-            let refs: Vec<&Encoded> = chunk.iter().map(|&i| &encs[i]).collect();
-            let batch = Batch::collate(&refs, pad_id, &limits, device)?;
-            parts.push(model.forward(&batch, false).logits.to_kind(Kind::Float));
-        }
-        Ok(())
-    })?;
-    if parts.is_empty() {
+    let out = crate::batch::infer(
+        encs,
+        batch_size,
+        pad_id,
+        &limits,
+        model.device(),
+        |batch| vec![model.forward(batch, false).logits.to_kind(Kind::Float)],
+        |_| {},
+    )?;
+    let Some(out) = out.into_iter().next().map(|t| t.to_device(Device::Cpu)) else {
         return Ok(Tensor::zeros(
             [0, model.config.labels.num_outputs() as i64],
             (Kind::Float, Device::Cpu),
         ));
-    }
-    let out = crate::batch::restore_order(&Tensor::cat(&parts, 0).to_device(Device::Cpu), &order);
+    };
     let finite: Vec<bool> = Vec::try_from(out.isfinite().all_dim(-1, false))?;
     let bad = finite.iter().filter(|f| !**f).count();
     if let Some(first) = finite.iter().position(|f| !f) {

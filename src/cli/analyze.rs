@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use clsnorm::analyze::{self, plots, EmbeddingStats};
-use clsnorm::batch::Batch;
 use clsnorm::data::{read_dataset, ReadOptions};
 use clsnorm::device::set_threads;
 use clsnorm::encoder::Encoder;
@@ -77,36 +76,31 @@ fn embed_all(
     pad: i64,
     quiet: bool,
 ) -> anyhow::Result<(Tensor, Tensor)> {
-    let device = enc.vs.device();
-    let limits = enc.limits();
-    let order = clsnorm::batch::length_order(encs);
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
         indicatif::ProgressBar::new(encs.len() as u64)
     };
-    let (mut pooled, mut cls) = (Vec::new(), Vec::new());
-    tch::no_grad(|| -> anyhow::Result<()> {
-        for chunk in order.chunks(batch_size.max(1)) {
-            let refs: Vec<&Encoded> = chunk.iter().map(|&i| &encs[i]).collect();
-            let b = Batch::collate(&refs, pad, &limits, device)?;
-            let out = enc.model.forward(
-                &b.input_ids,
-                &b.token_type_ids,
-                b.attention_mask.as_ref(),
-                false,
-            );
-            pooled.push(out.pooler_output.to_device(tch::Device::Cpu));
-            cls.push(out.cls.to_device(tch::Device::Cpu));
-            bar.inc(chunk.len() as u64);
-        }
-        Ok(())
-    })?;
+    let out = clsnorm::batch::infer(
+        encs,
+        batch_size,
+        pad,
+        &enc.limits(),
+        enc.vs.device(),
+        |b| {
+            let out = enc.forward(b, false);
+            vec![
+                out.pooler_output.to_device(tch::Device::Cpu),
+                out.cls.to_device(tch::Device::Cpu),
+            ]
+        },
+        |n| bar.inc(n as u64),
+    )?;
     bar.finish_and_clear();
-    Ok((
-        clsnorm::batch::restore_order(&Tensor::cat(&pooled, 0), &order),
-        clsnorm::batch::restore_order(&Tensor::cat(&cls, 0), &order),
-    ))
+    match <[Tensor; 2]>::try_from(out) {
+        Ok([pooled, cls]) => Ok((pooled, cls)),
+        Err(_) => bail!("no examples to analyse"),
+    }
 }
 
 /// Applies a normalizer as training would leave it: frozen statistics are fitted, running

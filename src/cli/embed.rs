@@ -40,14 +40,7 @@ pub fn run(a: EmbedArgs) -> anyhow::Result<()> {
     limits.check_tokenizer(&tok, a.pair_text.is_some())?;
     let e = tok.encode(&a.text, a.pair_text.as_deref())?;
     let batch = Batch::collate(&[&e], tok.pad_id(), &limits, device)?;
-    let out = tch::no_grad(|| {
-        enc.model.forward(
-            &batch.input_ids,
-            &batch.token_type_ids,
-            batch.attention_mask.as_ref(),
-            false,
-        )
-    });
+    let out = tch::no_grad(|| enc.forward(&batch, false));
     let report = json!({
         "model": a.rt.model,
         "device": format!("{device:?}"),

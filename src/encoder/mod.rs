@@ -49,6 +49,16 @@ impl Encoder {
         Ok(enc)
     }
 
+    /// Runs the encoder on a batch (dropout only when `train`).
+    pub fn forward(&self, batch: &crate::batch::Batch, train: bool) -> BertOutput {
+        self.model.forward(
+            &batch.input_ids,
+            &batch.token_type_ids,
+            batch.attention_mask.as_ref(),
+            train,
+        )
+    }
+
     /// What the encoder's embedding tables accept.
     pub fn limits(&self) -> crate::batch::InputLimits {
         crate::batch::InputLimits::of(&self.model.config)
