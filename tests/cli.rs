@@ -101,6 +101,28 @@ fn finetune_evaluate_predict_round_trip() {
         .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["line"], 2);
+    // Predicting again replaces the earlier prediction; any other existing file is refused.
+    let predict_to = |out: &Path| {
+        clsnorm(&[
+            "predict",
+            "--checkpoint",
+            p(&best_dir),
+            "--input",
+            p(&input),
+            "--output",
+            p(out),
+            "--device",
+            "cpu",
+        ])
+    };
+    ok(&predict_to(&preds));
+    let notes = tmp.path().join("notes.txt");
+    std::fs::write(&notes, "my notes\n").unwrap();
+    fails(
+        &predict_to(&notes),
+        "exists and is not an earlier clsnorm prediction",
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes\n");
     let probs = lines[0]["probabilities"].as_object().unwrap();
     let total: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
     assert!((total - 1.0).abs() < 1e-5);

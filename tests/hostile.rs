@@ -362,10 +362,10 @@ fn checkpoints_are_untrusted_input() {
             let mut v: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(ck.join("config.json")).unwrap())
                     .unwrap();
-            v["vocab_size"] = serde_json::json!(10_000_000_000i64);
+            v["vocab_size"] = serde_json::json!(10_000_000);
             forge(ck, "config.json", v.to_string().as_bytes());
         },
-        "wrong shape: embeddings.word_embeddings.weight: expected [10000000000, 32]",
+        "wrong shape: embeddings.word_embeddings.weight: expected [10000000, 32]",
     );
     case(
         &|ck: &Path| {
@@ -426,6 +426,21 @@ fn token_ids_are_checked_against_the_model_in_every_command() {
     );
     // The default --max-len fits the model: long text is truncated, not a crash.
     ok(&clsnorm(&["embed", "--model", m, "--device", "cpu", &long]));
+    // A config asking for 10^9 layers is refused before anything is enumerated or allocated.
+    let huge = s.root.join("huge");
+    std::fs::create_dir(&huge).unwrap();
+    for f in ["model.safetensors", "vocab.txt"] {
+        std::fs::copy(one_type.join(f), huge.join(f)).unwrap();
+    }
+    let mut cfg_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(one_type.join("config.json")).unwrap())
+            .unwrap();
+    cfg_json["num_hidden_layers"] = serde_json::json!(1_000_000_000);
+    std::fs::write(huge.join("config.json"), cfg_json.to_string()).unwrap();
+    fails(
+        &clsnorm(&["embed", "--model", p(&huge), "--device", "cpu", "the cat"]),
+        "num_hidden_layers 1000000000 is beyond what clsnorm accepts (1024)",
+    );
     fails(
         &clsnorm(&[
             "analyze",

@@ -117,7 +117,10 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         }
     }
     match &a.output {
-        Some(p) => clsnorm::atomic::write_bytes(p, text.as_bytes())?,
+        Some(p) => {
+            check_prediction_output(p)?;
+            clsnorm::atomic::write_bytes(p, text.as_bytes())?
+        }
         None => {
             let mut out = std::io::stdout().lock();
             if let Err(e) = out.write_all(text.as_bytes()) {
@@ -132,6 +135,32 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         skipped = ds.skipped,
         "predicted"
     );
+    Ok(())
+}
+
+/// `--output` may name a new file, an empty one, or an earlier prediction (JSON lines with a
+/// `line` field), which is replaced; any other existing file is not clsnorm's to overwrite.
+fn check_prediction_output(path: &std::path::Path) -> anyhow::Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let earlier = meta.is_file()
+        && (meta.len() == 0 || {
+            use std::io::BufRead;
+            let mut first = String::new();
+            std::fs::File::open(path)
+                .map(std::io::BufReader::new)
+                .and_then(|mut r| r.read_line(&mut first))
+                .is_ok()
+                && serde_json::from_str::<serde_json::Value>(&first)
+                    .is_ok_and(|v| v.get("line").is_some())
+        });
+    if !earlier {
+        bail!(
+            "{} exists and is not an earlier clsnorm prediction; choose another --output",
+            path.display()
+        );
+    }
     Ok(())
 }
 

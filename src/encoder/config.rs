@@ -166,6 +166,25 @@ impl BertConfig {
                 return Err(format!("{name} must be positive, found {v}"));
             }
         }
+        // Far beyond any real encoder; a hostile config must not make clsnorm enumerate
+        // 10^9 layers (or allocate for them) before the weights are compared.
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            ("num_attention_heads", self.num_attention_heads, 1 << 12),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 20,
+            ),
+            ("type_vocab_size", self.type_vocab_size, 1 << 16),
+        ] {
+            if v > max {
+                return Err(format!("{name} {v} is beyond what clsnorm accepts ({max})"));
+            }
+        }
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
