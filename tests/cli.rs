@@ -83,25 +83,6 @@ fn finetune_evaluate_predict_round_trip() {
     let input = tmp.path().join("in.tsv");
     std::fs::write(&input, "sentence\nthe movie was good\nthe movie was bad\n").unwrap();
     let preds = tmp.path().join("preds.jsonl");
-    ok(&clsnorm(&[
-        "predict",
-        "--checkpoint",
-        p(&best_dir),
-        "--input",
-        p(&input),
-        "--output",
-        p(&preds),
-        "--device",
-        "cpu",
-    ]));
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&preds)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 2);
-    assert_eq!(lines[0]["line"], 2);
-    // Predicting again replaces the earlier prediction; any other existing file is refused.
     let predict_to = |out: &Path| {
         clsnorm(&[
             "predict",
@@ -115,6 +96,15 @@ fn finetune_evaluate_predict_round_trip() {
             "cpu",
         ])
     };
+    ok(&predict_to(&preds));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&preds)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["line"], 2);
+    // Predicting again replaces the earlier prediction; any other existing file is refused.
     ok(&predict_to(&preds));
     let notes = tmp.path().join("notes.txt");
     std::fs::write(&notes, "my notes\n").unwrap();
