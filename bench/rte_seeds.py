@@ -33,7 +33,7 @@ def done(results):
 
 def run_clsnorm(a, norm, seed):
     out = os.path.join(a.out, "runs", f"{a.task}-{norm}-s{seed}")
-    exe = os.path.join(ROOT, "target/release/clsnorm")
+    exe = a.clsnorm
     if os.path.exists(os.path.join(out, "config.json")):
         cmd = [exe, "finetune", "--resume", out, "--quiet"]
     else:
@@ -119,6 +119,8 @@ def main():
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda, for both sides")
+    p.add_argument("--clsnorm", default=os.path.join(ROOT, "target/release/clsnorm"),
+                   help="the clsnorm binary (a copy keeps a long study off a binary being rebuilt)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench/out/rte-seeds"))
     p.add_argument("--summarize", action="store_true")
     a = p.parse_args()

@@ -1,7 +1,6 @@
 //! Tokenized examples to padded tensors (dynamic padding: each batch to its own longest).
 use tch::{Device, Tensor};
 
-use crate::encoder::BertConfig;
 use crate::error::{Error, Result};
 use crate::tokenize::{Encoded, TextTokenizer};
 
@@ -15,14 +14,6 @@ pub struct InputLimits {
 }
 
 impl InputLimits {
-    pub fn of(config: &BertConfig) -> Self {
-        InputLimits {
-            vocab_size: config.vocab_size,
-            type_vocab_size: config.type_vocab_size,
-            max_positions: usize::try_from(config.max_position_embeddings).unwrap_or(0),
-        }
-    }
-
     /// Checks a tokenizer against the model before any text is encoded, so that a mismatch is
     /// reported as such and not as a bad example: every token id must have an embedding row,
     /// the truncation length a position, and sentence pairs need two token types.

@@ -7,7 +7,7 @@ use crate::batch::Batch;
 use crate::data::{Dataset, Label, LabelSpace};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
-use crate::normalize::{NormConfig, Normalizer};
+use crate::normalize::{NormConfig, Normalizer, Normalizers};
 
 /// Which vector feeds the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -131,18 +131,24 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Adds a freshly initialised head (see [`ClassifierInit`]) drawn from `seed`.
-    pub fn new(encoder: Encoder, config: HeadConfig, seed: i64) -> Self {
+    /// Adds a freshly initialised head (see [`ClassifierInit`]) drawn from `seed`, with the
+    /// normalizer `config.norm` names in `norms`.
+    pub fn new(
+        encoder: Encoder,
+        config: HeadConfig,
+        seed: i64,
+        norms: &Normalizers,
+    ) -> Result<Self> {
         tch::manual_seed(seed);
         let head_vs = nn::VarStore::new(encoder.vs.device());
-        let hidden = encoder.model.config.hidden_size;
+        let hidden = encoder.config.hidden_size();
         let root = head_vs.root();
-        let normalizer = config.norm.build(&(&root / "normalizer"), hidden);
+        let normalizer = norms.build(&config.norm, &(&root / "normalizer"), hidden)?;
         let lc = match config.classifier_init {
             ClassifierInit::Hf => nn::LinearConfig {
                 ws_init: nn::Init::Randn {
                     mean: 0.0,
-                    stdev: encoder.model.config.initializer_range,
+                    stdev: encoder.config.initializer_range(),
                 },
                 bs_init: Some(nn::Init::Const(0.0)),
                 bias: true,
@@ -169,13 +175,13 @@ impl Classifier {
                 }
             });
         }
-        Classifier {
+        Ok(Classifier {
             encoder,
             head_vs,
             config,
             normalizer,
             linear,
-        }
+        })
     }
 
     pub fn device(&self) -> tch::Device {
@@ -226,7 +232,7 @@ impl Classifier {
         )?;
         Ok(out.into_iter().next().unwrap_or_else(|| {
             Tensor::zeros(
-                [0, self.encoder.model.config.hidden_size],
+                [0, self.encoder.config.hidden_size()],
                 (Kind::Float, device),
             )
         }))

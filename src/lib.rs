@@ -1,6 +1,10 @@
 //! clsnorm: fine-tune BERT-family encoders with a normalized [CLS] embedding.
 //!
-//! The crate follows the data: [`tokenize`] -> [`batch`] -> [`encoder`] -> [CLS] vector.
+//! The crate follows the data: [`data`] -> [`tokenize`] -> [`batch`] -> [`encoder`] -> [CLS]
+//! vector -> [`normalize`] -> head and loss ([`classifier`]) -> [`train`] (optimizer,
+//! schedule, checkpoints), then [`eval`] and [`metrics`] -> run directories ([`rundir`]) ->
+//! [`sweep`] -> [`report`]; [`analyze`] measures the [CLS] embedding itself. [`registry`] names
+//! what can be built (normalizers, model families).
 pub mod analyze;
 pub mod atomic;
 pub mod batch;
@@ -14,6 +18,7 @@ pub mod fsread;
 pub mod metrics;
 pub mod normalize;
 mod plot;
+pub mod registry;
 pub mod report;
 pub mod rundir;
 pub mod sweep;
@@ -21,3 +26,4 @@ pub mod tokenize;
 pub mod train;
 
 pub use error::{Error, Result};
+pub use registry::Registry;

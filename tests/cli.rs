@@ -270,17 +270,19 @@ fn every_normalizer_fine_tunes() {
         ("none", &[][..]),
         ("center", &[][..]),
         ("standardize", &[][..]),
-        ("batchnorm", &["--affine"][..]),
-        ("layernorm", &["--affine"][..]),
+        ("batchnorm", &["--norm-opt", "affine"][..]),
+        ("layernorm", &["--norm-opt", "affine=true"][..]),
         (
             "isobn",
             &[
-                "--isobn-beta",
-                "0.5",
-                "--isobn-momentum",
-                "0.05",
-                "--isobn-eps",
-                "1e-3",
+                "--norm-opt",
+                "beta=0.5",
+                "--norm-opt",
+                "momentum=0.05",
+                "--norm-opt",
+                "eps=1e-3",
+                "--norm-opt",
+                "bias-correction",
             ][..],
         ),
         ("whiten", &[][..]),
@@ -327,14 +329,25 @@ fn every_normalizer_fine_tunes() {
     // Options that do not apply, or are out of range, are rejected before any work.
     for (norm_flags, want) in [
         (
-            &["isobn", "--affine"][..],
-            "--affine does not apply to --norm isobn",
+            &["isobn", "--norm-opt", "affine"][..],
+            "unknown field `affine`, expected one of `momentum`, `eps`, `beta`, `bias_correction`",
         ),
         (
-            &["isobn", "--isobn-beta", "2"],
-            "--isobn-beta must be in [0, 1]",
+            &["isobn", "--norm-opt", "beta=2"],
+            "--norm isobn: beta must be in [0, 1], got 2",
         ),
-        (&["fancy"], "fancy"),
+        (
+            &["isobn", "--norm-opt", "beta=high"],
+            "invalid type: string \"high\", expected f64",
+        ),
+        (
+            &["isobn", "--norm-opt", "beta=0.5", "--norm-opt", "beta=0.25"],
+            "--norm-opt beta is given twice",
+        ),
+        (
+            &["fancy"],
+            "unknown normalizer 'fancy': expected one of none, center",
+        ),
     ] {
         let mut args = vec![
             "finetune",

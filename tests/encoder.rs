@@ -54,7 +54,7 @@ fn tiny_round_trip_is_identical_and_runs() {
     let cfg = tiny();
     let enc = Encoder::random(&cfg, Device::Cpu, 7);
     let (_dir, back) = save_and_reload(&enc);
-    let mut saved = back.model.config.clone();
+    let mut saved: BertConfig = serde_json::from_value(back.config.to_hf_json()).unwrap();
     assert_eq!(
         saved.extra.remove("architectures"),
         Some(serde_json::json!(["BertModel"]))
@@ -235,7 +235,7 @@ fn load_err(cfg: &BertConfig, tensors: Vec<(String, Tensor)>) -> String {
         path: "x.safetensors".into(),
         tensors,
     };
-    weights::load_into(&target.vs, &ckpt)
+    weights::load_into(&target.vs, &ckpt, "bert.")
         .unwrap_err()
         .to_string()
 }
@@ -302,7 +302,7 @@ fn prefixed_checkpoints_with_heads_and_gamma_beta_load() {
         path: "x".into(),
         tensors: t,
     };
-    weights::load_into(&target.vs, &ckpt).unwrap();
+    weights::load_into(&target.vs, &ckpt, "bert.").unwrap();
     assert_same_weights(&enc, &target);
 }
 

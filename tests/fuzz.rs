@@ -173,7 +173,7 @@ proptest! {
 /// A valid checkpoint of a tiny model (made once), which the checkpoint property mutates.
 fn pristine_checkpoint() -> &'static Path {
     use clsnorm::classifier::{Classifier, ClsSource, HeadConfig};
-    use clsnorm::normalize::NormConfig;
+    use clsnorm::normalize::Normalizers;
     use clsnorm::train::checkpoint::{self, CheckpointMeta};
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
@@ -185,12 +185,12 @@ fn pristine_checkpoint() -> &'static Path {
         let head = HeadConfig {
             labels: task.labels.clone(),
             cls_source: ClsSource::Pooler,
-            norm: NormConfig::with_defaults("batchnorm").unwrap(),
+            norm: Normalizers::builtin().defaults("batchnorm").unwrap(),
             dropout: 0.1,
             bias_init: Default::default(),
             classifier_init: Default::default(),
         };
-        let model_head = Classifier::new(enc, head.clone(), 1);
+        let model_head = Classifier::new(enc, head.clone(), 1, &Normalizers::builtin()).unwrap();
         let meta = CheckpointMeta {
             clsnorm_version: "0.1.0".into(),
             task,
@@ -344,7 +344,7 @@ proptest! {
             manifest[*name] = serde_json::json!(hash);
         }
         std::fs::write(&mpath, manifest.to_string()).unwrap();
-        if let Ok((model, meta)) = clsnorm::train::checkpoint::load_model(&ck, tch::Device::Cpu) {
+        if let Ok((model, meta)) = clsnorm::train::checkpoint::load_model(&ck, tch::Device::Cpu, &clsnorm::Registry::builtin()) {
             // What loads is usable: its tokenizer fits it, and it predicts without a panic.
             let tok = TextTokenizer::load(&ck, meta.max_len).unwrap();
             model.encoder.limits().check_tokenizer(&tok, false).unwrap();

@@ -3,15 +3,29 @@
 mod common;
 
 use clsnorm::encoder::weights;
-use clsnorm::normalize::{IsoBn, NormConfig, Normalizer};
+use clsnorm::normalize::{
+    BatchNormOptions, CenterOptions, IsoBn, IsoBnOptions, L2Options, LayerNormOptions, NormConfig,
+    Normalizer, Normalizers, StandardizeOptions, WhitenOptions,
+};
 use tch::{nn, Device, Kind, Tensor};
 
 /// Every normalizer `--norm` accepts.
-const ALL: &[&str] = clsnorm::normalize::NORM_NAMES;
+const ALL: &[&str] = &[
+    "none",
+    "center",
+    "standardize",
+    "batchnorm",
+    "layernorm",
+    "isobn",
+    "whiten",
+    "l2",
+];
 
 fn build(cfg: &NormConfig, hidden: i64, kind: Kind) -> (nn::VarStore, Box<dyn Normalizer>) {
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let n = cfg.build(&(vs.root() / "normalizer"), hidden);
+    let n = Normalizers::builtin()
+        .build(cfg, &(vs.root() / "normalizer"), hidden)
+        .unwrap();
     if kind == Kind::Double {
         vs.double();
     }
@@ -112,12 +126,12 @@ impl RefIsoBn {
 fn isobn_matches_the_paper_step_for_step() {
     let _g = common::torch_rng_lock();
     for bias_correction in [false, true] {
-        let cfg = NormConfig::Isobn {
+        let cfg = NormConfig::of(&IsoBnOptions {
             momentum: 0.05,
             eps: 1e-3,
             beta: 0.5,
             bias_correction,
-        };
+        });
         let (_vs, iso) = build(&cfg, 6, Kind::Double);
         let mut r = RefIsoBn::new(6, 0.05, 1e-3, 0.5, bias_correction);
         // Before any training step: identity, no NaN.
@@ -155,12 +169,12 @@ fn isobn_scale_for_a_known_covariance() {
     // Two perfectly correlated dims and one independent dim, all with std 1 once the EMA has
     // converged (momentum 1 keeps exactly the last batch): rho = [[1,1,0],[1,1,0],[0,0,1]],
     // gamma = (2/3, 2/3, 1/3), a = (gamma + eps)^-1/2, then rescaled to keep tr C = 3.
-    let cfg = NormConfig::Isobn {
+    let cfg = NormConfig::of(&IsoBnOptions {
         momentum: 1.0,
         eps: 0.0 + 1e-12,
         beta: 0.5,
         bias_correction: false,
-    };
+    });
     let (vs, iso) = build(&cfg, 3, Kind::Double);
     let x = Tensor::from_slice(&[
         1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0,
@@ -198,10 +212,10 @@ fn formulas_of_the_simple_normalizers() {
     let col_var = |t: &Tensor| t.var_dim(0, false, false);
     // layernorm: every row mean 0, std 1.
     let (_vs, ln) = build(
-        &NormConfig::Layernorm {
+        &NormConfig::of(&LayerNormOptions {
             eps: 1e-12,
             affine: false,
-        },
+        }),
         8,
         Kind::Double,
     );
@@ -222,11 +236,11 @@ fn formulas_of_the_simple_normalizers() {
     );
     // batchnorm (train): every column mean 0, biased var 1; running stats per PyTorch.
     let (vs, bn) = build(
-        &NormConfig::Batchnorm {
+        &NormConfig::of(&BatchNormOptions {
             momentum: 0.1,
             eps: 1e-12,
             affine: true,
-        },
+        }),
         8,
         Kind::Double,
     );
@@ -252,10 +266,18 @@ fn formulas_of_the_simple_normalizers() {
     );
     assert!(v.contains_key("normalizer.weight") && v.contains_key("normalizer.bias"));
     // center: columns mean 0 in training.
-    let (_vs, c) = build(&NormConfig::Center { momentum: 0.1 }, 8, Kind::Double);
+    let (_vs, c) = build(
+        &NormConfig::of(&CenterOptions { momentum: 0.1 }),
+        8,
+        Kind::Double,
+    );
     assert!(col_mean(&c.forward(&x, true)).abs().max().double_value(&[]) < 1e-9);
     // standardize: fitted on x, x itself comes out with mean 0 and variance 1.
-    let (_vs, st) = build(&NormConfig::Standardize { eps: 1e-12 }, 8, Kind::Double);
+    let (_vs, st) = build(
+        &NormConfig::of(&StandardizeOptions { eps: 1e-12 }),
+        8,
+        Kind::Double,
+    );
     assert!(st.needs_fit());
     st.fit(&x).unwrap();
     let y = st.forward(&x, true);
@@ -263,10 +285,10 @@ fn formulas_of_the_simple_normalizers() {
     assert!((col_var(&y) - 1.0).abs().max().double_value(&[]) < 1e-8);
     // l2: every row has norm = scale.
     let (_vs, l2) = build(
-        &NormConfig::L2 {
+        &NormConfig::of(&L2Options {
             scale: Some(3.0),
             fixed: true,
-        },
+        }),
         8,
         Kind::Double,
     );
@@ -280,11 +302,11 @@ fn whitened_output_has_identity_covariance() {
     let x = planted(256, 6, 4, Kind::Double);
     // Momentum 1: the (bias-corrected) running statistics are exactly this batch's.
     let (_vs, w) = build(
-        &NormConfig::Whiten {
+        &NormConfig::of(&WhitenOptions {
             momentum: 1.0,
             eps: 1e-10,
             grad_through_stats: false,
-        },
+        }),
         6,
         Kind::Double,
     );
@@ -307,7 +329,7 @@ fn whitened_output_has_identity_covariance() {
 fn running_statistics_change_in_training_only() {
     let _g = common::torch_rng_lock();
     for name in ALL {
-        let cfg = NormConfig::with_defaults(name).unwrap();
+        let cfg = Normalizers::builtin().defaults(name).unwrap();
         let (vs, n) = build(&cfg, 8, Kind::Float);
         let snapshot = || {
             weights::named_variables(&vs)
@@ -367,13 +389,12 @@ fn gradients_match_finite_differences() {
     let _g = common::torch_rng_lock();
     let x = planted(6, 5, 7, Kind::Double);
     for name in ALL {
-        let cfg = match NormConfig::with_defaults(name).unwrap() {
-            NormConfig::Batchnorm { momentum, eps, .. } => NormConfig::Batchnorm {
-                momentum,
-                eps,
+        let cfg = match *name {
+            "batchnorm" => NormConfig::of(&BatchNormOptions {
                 affine: true,
-            },
-            c => c,
+                ..Default::default()
+            }),
+            name => Normalizers::builtin().defaults(name).unwrap(),
         };
         let (_vs, n) = build(&cfg, 5, Kind::Double);
         if n.needs_fit() {
@@ -392,11 +413,11 @@ fn gradients_match_finite_differences() {
         }
     }
     let (_vs, n) = build(
-        &NormConfig::Whiten {
+        &NormConfig::of(&WhitenOptions {
             momentum: 0.1,
             eps: 1e-3,
             grad_through_stats: true,
-        },
+        }),
         5,
         Kind::Double,
     );
@@ -420,11 +441,11 @@ fn isobn_and_whiten_statistics_are_detached() {
         assert!(!t.requires_grad(), "{k} must not require grad");
     }
     let (vs, wh) = build(
-        &NormConfig::Whiten {
+        &NormConfig::of(&WhitenOptions {
             momentum: 0.1,
             eps: 1e-3,
             grad_through_stats: false,
-        },
+        }),
         5,
         Kind::Double,
     );
@@ -444,7 +465,11 @@ fn constant_dimensions_stay_finite() {
     let x = planted(32, 6, 3, Kind::Float);
     let _ = x.narrow(1, 2, 1).fill_(4.0);
     for name in ALL {
-        let (_vs, n) = build(&NormConfig::with_defaults(name).unwrap(), 6, Kind::Float);
+        let (_vs, n) = build(
+            &Normalizers::builtin().defaults(name).unwrap(),
+            6,
+            Kind::Float,
+        );
         if n.needs_fit() {
             n.fit(&x).unwrap();
         }
@@ -465,7 +490,7 @@ fn hidden_sizes_and_batch_of_one() {
     for hidden in [384, 768, 1024] {
         for name in ALL {
             let (_vs, n) = build(
-                &NormConfig::with_defaults(name).unwrap(),
+                &Normalizers::builtin().defaults(name).unwrap(),
                 hidden,
                 Kind::Float,
             );
@@ -492,7 +517,7 @@ fn state_round_trips_through_safetensors() {
     let _g = common::torch_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     for name in ALL {
-        let cfg = NormConfig::with_defaults(name).unwrap();
+        let cfg = Normalizers::builtin().defaults(name).unwrap();
         let (vs, n) = build(&cfg, 8, Kind::Float);
         if n.needs_fit() {
             n.fit(&planted(32, 8, 1, Kind::Float)).unwrap();
@@ -507,7 +532,7 @@ fn state_round_trips_through_safetensors() {
             path: path.clone(),
             tensors: weights::read_safetensors(&path).unwrap(),
         };
-        weights::load_into(&vs2, &ck).unwrap();
+        weights::load_into(&vs2, &ck, "").unwrap();
         let x = planted(5, 8, 30, Kind::Float);
         assert!(
             n.forward(&x, false).equal(&n2.forward(&x, false)),

@@ -27,8 +27,8 @@ seeds = [1, 2]
 name = "none"
 [[norm]]
 name = "isobn"
-isobn-beta = [0.25, 0.5]
-isobn-eps = 1e-3
+beta = [0.25, 0.5]
+eps = 1e-3
 [args]
 lr = [2e-5, 5e-5]
 epochs = 1
@@ -72,7 +72,7 @@ fn expansion_is_the_cross_product_with_deterministic_names() {
     assert_eq!(
         r.command(Path::new("OUT")).join(" "),
         "finetune --model models/all-MiniLM-L6-v2 --task MRPC --seed 2 --norm isobn \
-         --isobn-beta 0.5 --isobn-eps 0.001 --epochs 1 --lr 0.00005 --trace-grads \
+         --norm-opt beta=0.5 --norm-opt eps=0.001 --epochs 1 --lr 0.00005 --trace-grads \
          --output OUT/MRPC_isobn-beta=0.5_lr=0.00005_s2"
     );
     // The same file expands to the same plan.
@@ -88,7 +88,7 @@ fn bad_sweep_files_are_rejected_with_the_reason() {
         ("tasks = [\"RTE\"]\nseeds = []\n", "`seeds` is empty"),
         ("tasks = [\"RTE\"]\nseeds = [1, 1]\n", "seed twice"),
         ("tasks = [\"RTE\"]\nseeds = [1]\n[args]\nseed = 3\n", "set by the sweep itself"),
-        ("tasks = [\"RTE\"]\nseeds = [1]\n[args]\nisobn-beta = 0.3\n", "normalizer option"),
+        ("tasks = [\"RTE\"]\nseeds = [1]\n[args]\nnorm-opt = \"beta=0.3\"\n", "normalizer option"),
         ("tasks = [\"RTE\"]\nseeds = [1]\n[args]\nlr = []\n", "empty list"),
         ("tasks = [\"RTE\"]\nseeds = [1]\n[args]\nlr = [[1]]\n", "lists of lists"),
         (
@@ -106,7 +106,7 @@ fn bad_sweep_files_are_rejected_with_the_reason() {
     // Two entries of one normalizer are told apart by their options.
     let p = plan(
         dir.path(),
-        "tasks = [\"RTE\"]\nseeds = [1]\n[[norm]]\nname = \"isobn\"\nisobn-beta = 0.25\n[[norm]]\nname = \"isobn\"\nisobn-beta = 0.5\n",
+        "tasks = [\"RTE\"]\nseeds = [1]\n[[norm]]\nname = \"isobn\"\nbeta = 0.25\n[[norm]]\nname = \"isobn\"\nbeta = 0.5\n",
     )
     .unwrap();
     let v: Vec<&str> = p.runs.iter().map(|r| r.variant.as_str()).collect();
@@ -751,7 +751,7 @@ fn a_report_takes_the_runs_it_lacks_from_an_earlier_reports_records() {
 fn every_example_sweep_file_plans_runs_that_parse() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
-    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+    for entry in std::fs::read_dir(root.join("sweeps")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|e| e != "toml") {
             continue;
@@ -767,5 +767,5 @@ fn every_example_sweep_file_plans_runs_that_parse() {
         assert!(!out.stdout.is_empty(), "{}: no runs", path.display());
         checked += 1;
     }
-    assert!(checked >= 3, "only {checked} sweep files in examples/");
+    assert!(checked >= 3, "only {checked} sweep files in sweeps/");
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use clsnorm::classifier::{ClsSource, HeadConfig};
 use clsnorm::data::{glue_task, read_dataset, ReadOptions};
-use clsnorm::normalize::NormConfig;
+use clsnorm::normalize::{NormConfig, Normalizers};
 use clsnorm::train::{
     checkpoint, epoch_batches, epoch_order, finetune, EpochRecord, Finetune, Summary, TrainConfig,
     BUILD, LENGTH_GROUP_BATCHES,
@@ -65,7 +65,7 @@ fn run(
         head: HeadConfig {
             labels: task.labels.clone(),
             cls_source: ClsSource::Pooler,
-            norm: NormConfig::None,
+            norm: NormConfig::default(),
             dropout: 0.1,
             bias_init: Default::default(),
             classifier_init: Default::default(),
@@ -78,6 +78,7 @@ fn run(
         task,
         config: cfg,
         output: out,
+        registry: clsnorm::Registry::builtin(),
         resume,
         device: Device::Cpu,
         threads: 1,
@@ -289,7 +290,8 @@ fn best_checkpoint_reloads_with_the_same_dev_metric() {
         None,
     );
     let best = out.join("best");
-    let (model, meta) = checkpoint::load_model(&best, Device::Cpu).unwrap();
+    let (model, meta) =
+        checkpoint::load_model(&best, Device::Cpu, &clsnorm::Registry::builtin()).unwrap();
     assert_eq!(meta.state.best_epoch, summary.best_epoch);
     let tok = clsnorm::tokenize::TextTokenizer::load(&best, meta.max_len).unwrap();
     let task = glue_task("sst2").unwrap();
@@ -322,7 +324,7 @@ fn best_checkpoint_reloads_with_the_same_dev_metric() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&head, bytes).unwrap();
-    let err = checkpoint::load_model(&best, Device::Cpu)
+    let err = checkpoint::load_model(&best, Device::Cpu, &clsnorm::Registry::builtin())
         .unwrap_err()
         .to_string();
     assert!(
@@ -363,7 +365,7 @@ fn refuses_to_overwrite_a_run_and_validates_options() {
             head: HeadConfig {
                 labels: task.labels.clone(),
                 cls_source: ClsSource::Hidden,
-                norm: NormConfig::None,
+                norm: NormConfig::default(),
                 dropout: 0.1,
                 bias_init: Default::default(),
                 classifier_init: Default::default(),
@@ -373,6 +375,7 @@ fn refuses_to_overwrite_a_run_and_validates_options() {
             task: task.clone(),
             config: cfg,
             output: out,
+            registry: clsnorm::Registry::builtin(),
             resume: false,
             device: Device::Cpu,
             threads: 1,
@@ -544,18 +547,17 @@ fn prior_bias_init_starts_the_head_at_the_label_prior() {
     let head = |bias_init| HeadConfig {
         labels: LabelSpace::Regression,
         cls_source: ClsSource::Pooler,
-        norm: NormConfig::Batchnorm {
-            momentum: 0.1,
-            eps: 1e-5,
+        norm: NormConfig::of(&clsnorm::normalize::BatchNormOptions {
             affine: true,
-        },
+            ..Default::default()
+        }),
         dropout: 0.0,
         bias_init,
         classifier_init: Default::default(),
     };
     for (bias_init, want) in [(BiasInit::Zero, 0.0), (BiasInit::Prior, 2.0)] {
         let encoder = clsnorm::encoder::Encoder::load(dir.path(), Device::Cpu, false).unwrap();
-        let model = Classifier::new(encoder, head(bias_init), 1);
+        let model = Classifier::new(encoder, head(bias_init), 1, &Normalizers::builtin()).unwrap();
         if bias_init == BiasInit::Prior {
             model.set_output_bias(&[2.0]).unwrap();
         }
@@ -568,7 +570,8 @@ fn prior_bias_init_starts_the_head_at_the_label_prior() {
         );
     }
     let encoder = clsnorm::encoder::Encoder::load(dir.path(), Device::Cpu, false).unwrap();
-    let model = Classifier::new(encoder, head(BiasInit::Prior), 1);
+    let model =
+        Classifier::new(encoder, head(BiasInit::Prior), 1, &Normalizers::builtin()).unwrap();
     let err = model.set_output_bias(&[1.0, 2.0]).unwrap_err().to_string();
     assert!(err.contains("2 bias values for 1 outputs"), "{err}");
 }
@@ -587,13 +590,15 @@ fn classifier_init_follows_hugging_face_or_torch_linear() {
                     (0..50).map(|i| i.to_string()).collect(),
                 ),
                 cls_source: ClsSource::Pooler,
-                norm: NormConfig::None,
+                norm: NormConfig::default(),
                 dropout: 0.1,
                 bias_init: Default::default(),
                 classifier_init: init,
             },
             3,
-        );
+            &Normalizers::builtin(),
+        )
+        .unwrap();
         let vars = c.head_vs.variables();
         (
             vars["classifier.weight"].copy(),

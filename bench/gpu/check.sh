@@ -11,7 +11,7 @@
 #   embed  [CLS] and pooler of `clsnorm embed` on CUDA and CPU against transformers
 #   epoch  one RTE and one MRPC epoch, clsnorm (plain and length-grouped batching) vs reference
 #   step   training-step times on identical batches (bench/run.py step), MiniLM-L6 and BERT-base
-#   sweep  RTE, the six normalizers of examples/minilm-cpu.toml, seed 1, 3 epochs, on CUDA
+#   sweep  RTE, the six normalizers of sweeps/minilm-cpu.toml, seed 1, 3 epochs, on CUDA
 # CUDA_DEVICE=cpu runs the embed section without a GPU (a dry run of the script).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)

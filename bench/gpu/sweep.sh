@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# examples/minilm-cpu.toml on a lent GPU machine that has torch 2.11 and no network
+# sweeps/minilm-cpu.toml on a lent GPU machine that has torch 2.11 and no network
 # (docs/performance.md, section GPU; docs/results.md, the GPU replication).
 #
 #   bench/gpu/sweep.sh prepare NAME   # here: fills .gpu/ (git-ignored, under 64 MiB) to carry there
@@ -29,7 +29,7 @@ PY
     xz -T2 -6 -c "$bin/clsnorm" > .gpu/clsnorm.xz
     # The CPU sweep file with the GPU's paths, device = "cuda", and the longest tasks first.
     sed -e "s|^name = \"minilm-cpu\"|name = \"$name\"\noutput = \"/tmp/w/$name\"|" -e 's|^model = .*|model = "/tmp/minilm"|' \
-        -e 's|^tasks = .*|tasks = ["STS-B", "CoLA", "MRPC", "RTE"]|' examples/minilm-cpu.toml | grep -v '^#' > .gpu/sweep.toml
+        -e 's|^tasks = .*|tasks = ["STS-B", "CoLA", "MRPC", "RTE"]|' sweeps/minilm-cpu.toml | grep -v '^#' > .gpu/sweep.toml
     echo 'device = "cuda"' >> .gpu/sweep.toml
     echo "$name" > .gpu/name
     grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info && echo '/.gpu/' >> .git/info/exclude; }

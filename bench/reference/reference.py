@@ -6,7 +6,7 @@ linear warmup/decay schedule, with clsnorm's default hyperparameters. Two modes,
 one JSON line:
 
   reference.py step --model DIR|base --batch 32 --seq 64 --reps 5 --threads 2
-      training steps on the benchmark's fixed batch (the token formula of bench/step.rs)
+      training steps on the benchmark's fixed batch (the token formula of examples/bench_step.rs)
   reference.py finetune --model DIR --task RTE --data GLUE_DIR --epochs 1 --seed 1 --threads 2
       one full fine-tuning run, then the dev set; wall times, non-pad tokens and dev metrics
 

@@ -7,13 +7,13 @@ use clsnorm::analyze::{self, plots, EmbeddingStats};
 use clsnorm::data::{read_dataset, ReadOptions};
 use clsnorm::device::set_threads;
 use clsnorm::encoder::Encoder;
-use clsnorm::normalize::NormConfig;
 use clsnorm::tokenize::{Encoded, TextTokenizer};
+use clsnorm::Registry;
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use super::finetune::{resolve_task, DataArgs, NormArgs};
-use super::RuntimeArgs;
+use super::finetune::resolve_task;
+use super::{DataArgs, NormArgs, RuntimeArgs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Source {
@@ -103,32 +103,14 @@ fn embed_all(
     }
 }
 
-/// Applies a normalizer as training would leave it: frozen statistics are fitted, running
-/// statistics are accumulated over one pass of shuffled batches of 16 in training mode; then
-/// every vector goes through it in eval mode.
-fn normalize_all(norm: &NormConfig, x: &Tensor, seed: u64) -> anyhow::Result<Tensor> {
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let n = norm.build(&(vs.root() / "normalizer"), x.size()[1]);
-    if n.needs_fit() {
-        n.fit(x)?;
-    }
-    let order = clsnorm::train::epoch_order(x.size()[0] as usize, seed, 0);
-    tch::no_grad(|| {
-        for chunk in order.chunks(16) {
-            let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
-            let _ = n.forward(&x.index_select(0, &Tensor::from_slice(&idx)), true);
-        }
-    });
-    Ok(tch::no_grad(|| n.forward(x, false)))
-}
-
 pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
     set_threads(a.rt.threads)?;
     let device = a.rt.device.resolve()?;
+    let registry = Registry::builtin();
     let (task, task_dir, _) = resolve_task(&a.data)?;
     let (model_dir, enc) = match &a.checkpoint {
         Some(dir) => {
-            let (model, _) = clsnorm::train::checkpoint::load_model(dir, device)
+            let (model, _) = clsnorm::train::checkpoint::load_model(dir, device, &registry)
                 .with_context(|| format!("loading {}", dir.display()))?;
             (dir.clone(), model.encoder)
         }
@@ -164,7 +146,7 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("analysis").join(&task.name));
     clsnorm::rundir::check_output_dir(&out_dir, "analysis.json")?;
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let norm = a.norm.config()?;
+    let norm = a.norm.config(&registry.normalizers)?;
     let sources: Vec<(&str, &Tensor)> = match a.cls_source {
         Source::Pooler => vec![("pooler", &pooler)],
         Source::Hidden => vec![("hidden", &cls)],
@@ -177,8 +159,13 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
         let mut entry = json!({ "raw": raw });
         let mut after = None;
         let mut after_det = None;
-        if norm != NormConfig::None {
-            let y = normalize_all(&norm, &x.to_kind(Kind::Float), a.seed)?;
+        if !norm.is_none() {
+            let y = analyze::normalize_as_trained(
+                &registry.normalizers,
+                &norm,
+                &x.to_kind(Kind::Float),
+                a.seed,
+            )?;
             let (s, d) = analyze::compute(&y, a.cosine_sample, a.seed);
             entry["normalized"] = json!({ "norm": norm, "stats": s });
             after = Some(s);

@@ -7,50 +7,14 @@ use clsnorm::classifier::{BiasInit, ClassifierInit, ClsSource, HeadConfig};
 use clsnorm::data::read::{dataset_from_rows, infer_classes, read_rows, RawFile};
 use clsnorm::data::{glue_task, read_dataset, Format, LabelSpace, ReadOptions, TaskSpec};
 use clsnorm::device::set_threads;
-use clsnorm::normalize::{NormConfig, NORM_NAMES};
 use clsnorm::train::optim::AdamWConfig;
 use clsnorm::train::{finetune, Finetune, Rounding, RunConfig, TrainConfig};
+use clsnorm::Registry;
 
-use super::RuntimeArgs;
+use super::{DataArgs, NormArgs, RuntimeArgs};
 
-/// Where data comes from: a GLUE task under a data directory, or custom files.
-#[derive(Debug, Args)]
-pub struct DataArgs {
-    /// GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI; any case), or a name
-    /// for a custom task given with --train-file.
-    #[arg(long)]
-    pub task: Option<String>,
-    /// Directory holding GLUE's TASK/{train,dev}.tsv.
-    #[arg(long, env = "GLUE_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Custom training file (.tsv, .csv or .jsonl).
-    #[arg(long)]
-    pub train_file: Option<PathBuf>,
-    /// Custom dev file, same format as the training file.
-    #[arg(long, requires = "train_file")]
-    pub dev_file: Option<PathBuf>,
-    /// Format of custom files (default: from the extension).
-    #[arg(long, value_parser = ["tsv", "csv", "jsonl"])]
-    pub format: Option<String>,
-    /// Column (name, or 0-based index with --no-header) of the text.
-    #[arg(long, default_value = "text")]
-    pub text_col: String,
-    /// Column of the second text of a pair.
-    #[arg(long)]
-    pub text_pair_col: Option<String>,
-    /// Column of the label.
-    #[arg(long, default_value = "label")]
-    pub label_col: String,
-    /// Custom files have no header row.
-    #[arg(long)]
-    pub no_header: bool,
-    /// The custom label is a real number (one output, MSE loss).
-    #[arg(long)]
-    pub regression: bool,
-    /// Skip malformed rows (counted and logged) instead of stopping at the first.
-    #[arg(long)]
-    pub skip_bad_rows: bool,
-}
+/// The library's defaults, which the flags' defaults are.
+const DEFAULTS: TrainConfig = TrainConfig::DEFAULT;
 
 #[derive(Debug, Args)]
 pub struct FinetuneArgs {
@@ -59,28 +23,28 @@ pub struct FinetuneArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// Training epochs.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = DEFAULTS.epochs)]
     pub epochs: usize,
     /// Stop after this many updates.
     #[arg(long)]
     pub max_steps: Option<usize>,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = DEFAULTS.batch_size)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = DEFAULTS.eval_batch_size)]
     pub eval_batch_size: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 5e-5)]
+    #[arg(long, default_value_t = DEFAULTS.lr)]
     pub lr: f64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = DEFAULTS.adam.weight_decay)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = DEFAULTS.adam.eps)]
     pub adam_eps: f64,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = DEFAULTS.adam.beta1)]
     pub adam_beta1: f64,
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, default_value_t = DEFAULTS.adam.beta2)]
     pub adam_beta2: f64,
     /// Fraction of updates for linear warmup.
-    #[arg(long, default_value_t = 0.06)]
+    #[arg(long, default_value_t = DEFAULTS.warmup_ratio)]
     pub warmup_ratio: f64,
     /// Warmup updates (overrides --warmup-ratio).
     #[arg(long)]
@@ -92,9 +56,9 @@ pub struct FinetuneArgs {
     #[arg(long)]
     pub dropout: Option<f64>,
     /// Maximum tokens per example (longest-first truncation).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = DEFAULTS.max_len)]
     pub max_len: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = DEFAULTS.seed)]
     pub seed: u64,
     /// Vector fed to the head.
     #[arg(long, value_enum, default_value_t = ClsSource::Pooler)]
@@ -141,148 +105,6 @@ pub struct FinetuneArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-}
-
-/// The normalizer between the [CLS] vector and the classifier, and its options.
-#[derive(Debug, Args)]
-pub struct NormArgs {
-    /// none, center, standardize, batchnorm, layernorm, isobn, whiten or l2.
-    #[arg(long, default_value = "none", value_parser = clap::builder::PossibleValuesParser::new(NORM_NAMES))]
-    pub norm: String,
-    /// EMA momentum of running statistics (center, batchnorm, whiten; default 0.1, whiten 0.05).
-    #[arg(long)]
-    pub norm_momentum: Option<f64>,
-    /// Epsilon (standardize, batchnorm, layernorm: 1e-5; whiten: 1e-3).
-    #[arg(long)]
-    pub norm_eps: Option<f64>,
-    /// Learnable scale and shift (batchnorm, layernorm).
-    #[arg(long)]
-    pub affine: bool,
-    /// IsoBN exponent beta (default 0.5).
-    #[arg(long)]
-    pub isobn_beta: Option<f64>,
-    /// IsoBN EMA momentum (default 0.05).
-    #[arg(long)]
-    pub isobn_momentum: Option<f64>,
-    /// IsoBN epsilon (default 1e-3).
-    #[arg(long)]
-    pub isobn_eps: Option<f64>,
-    /// IsoBN with bias-corrected running statistics (clsnorm's variant; off in the paper).
-    #[arg(long)]
-    pub isobn_bias_correction: bool,
-    /// whiten: let the gradient flow through batch statistics in training.
-    #[arg(long)]
-    pub whiten_grad: bool,
-    /// l2: the scale (default sqrt(hidden)).
-    #[arg(long)]
-    pub l2_scale: Option<f64>,
-    /// l2: keep the scale fixed instead of learning it.
-    #[arg(long)]
-    pub l2_fixed: bool,
-}
-
-impl NormArgs {
-    /// The normalizer config; options that do not belong to the chosen method are rejected.
-    pub fn config(&self) -> anyhow::Result<NormConfig> {
-        let mut cfg = NormConfig::with_defaults(&self.norm)
-            .with_context(|| format!("unknown normalizer '{}'", self.norm))?;
-        let mut used: Vec<&str> = Vec::new();
-        match &mut cfg {
-            NormConfig::None => {}
-            NormConfig::Center { momentum } => {
-                if let Some(m) = self.norm_momentum {
-                    *momentum = m;
-                    used.push("--norm-momentum");
-                }
-            }
-            NormConfig::Standardize { eps } | NormConfig::Layernorm { eps, .. } => {
-                if let Some(e) = self.norm_eps {
-                    *eps = e;
-                    used.push("--norm-eps");
-                }
-            }
-            NormConfig::Batchnorm { momentum, eps, .. }
-            | NormConfig::Whiten { momentum, eps, .. } => {
-                if let Some(m) = self.norm_momentum {
-                    *momentum = m;
-                    used.push("--norm-momentum");
-                }
-                if let Some(e) = self.norm_eps {
-                    *eps = e;
-                    used.push("--norm-eps");
-                }
-            }
-            NormConfig::Isobn {
-                momentum,
-                eps,
-                beta,
-                bias_correction,
-            } => {
-                if let Some(m) = self.isobn_momentum {
-                    *momentum = m;
-                    used.push("--isobn-momentum");
-                }
-                if let Some(e) = self.isobn_eps {
-                    *eps = e;
-                    used.push("--isobn-eps");
-                }
-                if let Some(b) = self.isobn_beta {
-                    *beta = b;
-                    used.push("--isobn-beta");
-                }
-                if self.isobn_bias_correction {
-                    *bias_correction = true;
-                    used.push("--isobn-bias-correction");
-                }
-            }
-            NormConfig::L2 { scale, fixed } => {
-                if let Some(v) = self.l2_scale {
-                    *scale = Some(v);
-                    used.push("--l2-scale");
-                }
-                if self.l2_fixed {
-                    *fixed = true;
-                    used.push("--l2-fixed");
-                }
-            }
-        }
-        if let NormConfig::Batchnorm { affine, .. } | NormConfig::Layernorm { affine, .. } =
-            &mut cfg
-        {
-            if self.affine {
-                *affine = true;
-                used.push("--affine");
-            }
-        }
-        if let NormConfig::Whiten {
-            grad_through_stats, ..
-        } = &mut cfg
-        {
-            if self.whiten_grad {
-                *grad_through_stats = true;
-                used.push("--whiten-grad");
-            }
-        }
-        let given = [
-            ("--norm-momentum", self.norm_momentum.is_some()),
-            ("--norm-eps", self.norm_eps.is_some()),
-            ("--affine", self.affine),
-            ("--isobn-beta", self.isobn_beta.is_some()),
-            ("--isobn-momentum", self.isobn_momentum.is_some()),
-            ("--isobn-eps", self.isobn_eps.is_some()),
-            ("--isobn-bias-correction", self.isobn_bias_correction),
-            ("--whiten-grad", self.whiten_grad),
-            ("--l2-scale", self.l2_scale.is_some()),
-            ("--l2-fixed", self.l2_fixed),
-        ];
-        for (flag, set) in given {
-            if set && !used.contains(&flag) {
-                bail!("{flag} does not apply to --norm {}", self.norm);
-            }
-        }
-        cfg.validate().map_err(anyhow::Error::msg)?;
-        Ok(cfg)
-    }
 }
 
 fn format_of(args: &DataArgs, path: &Path) -> anyhow::Result<Format> {
@@ -444,6 +266,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
         device,
         threads,
         allow_pickle: a.rt.allow_pickle,
+        registry: Registry::builtin(),
         progress: !a.quiet,
         stop_after: None,
         stop: Some(&stop),
@@ -525,15 +348,14 @@ fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
     let (task, task_dir, train_rows) = resolve_task(&a.data)?;
     let dropout = match a.dropout {
         Some(p) => p,
-        None => {
-            clsnorm::encoder::BertConfig::from_file(&a.rt.model.join("config.json"))?
-                .hidden_dropout_prob
-        }
+        None => clsnorm::encoder::Families::builtin()
+            .read_config(&a.rt.model)?
+            .hidden_dropout_prob(),
     };
     if !(0.0..1.0).contains(&dropout) {
         bail!("--dropout must be in [0, 1), got {dropout}");
     }
-    let norm = a.norm.config()?;
+    let norm = a.norm.config(&Registry::builtin().normalizers)?;
     let head = HeadConfig {
         labels: task.labels.clone(),
         cls_source: a.cls_source,
@@ -601,11 +423,7 @@ fn resume_threads(given: Option<usize>, recorded: Option<usize>) -> Option<usize
 /// The job a run directory describes, the libtorch thread count it ran with, and whether it
 /// skipped bad rows.
 fn from_run_dir(run_dir: &Path) -> anyhow::Result<(JobParts, usize, bool)> {
-    let path = run_dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("--resume: reading {}", path.display()))?;
-    let rc: RunConfig = serde_json::from_str(&text)
-        .with_context(|| format!("--resume: {} is not a clsnorm run config", path.display()))?;
+    let rc = RunConfig::read(run_dir).context("--resume")?;
     let mut task = rc.task.clone();
     task.train_file = rc.train_file.path.to_string_lossy().into_owned();
     task.dev_files = rc

@@ -1,15 +1,15 @@
 //! Subcommands and the options they share.
 mod analyze;
+mod args;
 mod compare;
 mod embed;
 mod finetune;
 mod predict;
 mod sweep;
 
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
 
-use clap::{Args, Parser, Subcommand};
-use clsnorm::device::DeviceChoice;
+pub use args::{parse_batch_size, parse_max_len, CheckpointArgs, DataArgs, NormArgs, RuntimeArgs};
 
 /// Fine-tune BERT-family encoders with a normalized [CLS] embedding.
 #[derive(Debug, Parser)]
@@ -46,49 +46,6 @@ pub enum Command {
     Report(sweep::ReportArgs),
 }
 
-/// Options every command that runs a model takes.
-#[derive(Debug, Args)]
-pub struct RuntimeArgs {
-    /// Hugging Face model directory (config.json, tokenizer, weights).
-    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
-    pub model: PathBuf,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto", value_parser = parse_device)]
-    pub device: DeviceChoice,
-    /// libtorch CPU threads (default: all cores; with --resume, the count the run used).
-    #[arg(long, value_parser = parse_threads)]
-    pub threads: Option<usize>,
-    /// Allow reading pytorch_model.bin, a Python pickle that can run code when loaded.
-    #[arg(long)]
-    pub allow_pickle: bool,
-}
-
-/// A batch size: 1 to 65,536.
-pub fn parse_batch_size(s: &str) -> Result<usize, String> {
-    parse_count(s, 1, clsnorm::train::limits::MAX_BATCH)
-}
-
-/// A thread count: 1 to 1,024.
-pub fn parse_threads(s: &str) -> Result<usize, String> {
-    parse_count(s, 1, clsnorm::train::limits::MAX_THREADS)
-}
-
-/// A token count: 3 to 65,536.
-pub fn parse_max_len(s: &str) -> Result<usize, String> {
-    parse_count(s, 3, clsnorm::train::limits::MAX_LEN)
-}
-
-fn parse_count(s: &str, min: usize, max: usize) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(v) if (min..=max).contains(&v) => Ok(v),
-        _ => Err(format!("expected a whole number from {min} to {max}")),
-    }
-}
-
-pub fn parse_device(s: &str) -> Result<DeviceChoice, String> {
-    s.parse().map_err(|e: clsnorm::Error| e.to_string())
-}
-
 /// libtorch's OpenMP threads spin at every barrier by default: on a machine where another
 /// process uses a core, the spinning takes that core's time slices from the thread that has
 /// work, and a 2-thread MiniLM step beside one busy process took 1.5x as long as a 1-thread
@@ -105,9 +62,9 @@ pub fn passive_openmp(cli: &Cli) {
         // A resumed run keeps the thread count it recorded.
         Command::Finetune(a) => a.rt.threads.or_else(|| {
             let dir = a.resume.as_ref()?;
-            let bytes = std::fs::read(dir.join("config.json")).ok()?;
-            let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-            v.get("threads")?.as_u64().map(|t| t as usize)
+            clsnorm::train::RunConfig::read(dir)
+                .ok()
+                .map(|rc| rc.threads)
         }),
         Command::Analyze(a) => a.rt.threads,
         Command::Predict(a) => a.ck.threads,

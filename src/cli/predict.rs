@@ -5,29 +5,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use clsnorm::data::{read_dataset, Format, LabelSpace, ReadOptions};
-use clsnorm::device::{set_threads, DeviceChoice};
+use clsnorm::device::set_threads;
 use clsnorm::tokenize::TextTokenizer;
 use clsnorm::train::{checkpoint, Tokenized};
 use serde_json::json;
 
-use super::parse_device;
-
-/// Options shared by commands that load a checkpoint.
-#[derive(Debug, Args)]
-pub struct CheckpointArgs {
-    /// A checkpoint directory written by `clsnorm finetune` (e.g. runs/NAME/best).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    #[arg(long, default_value = "auto", value_parser = parse_device)]
-    pub device: DeviceChoice,
-    #[arg(long, value_parser = super::parse_threads)]
-    pub threads: Option<usize>,
-    #[arg(long, default_value_t = 64, value_parser = super::parse_batch_size)]
-    pub batch_size: usize,
-    /// Skip malformed rows (counted and logged) instead of stopping at the first.
-    #[arg(long)]
-    pub skip_bad_rows: bool,
-}
+use super::CheckpointArgs;
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -62,8 +45,9 @@ type Loaded = (
 fn load(ck: &CheckpointArgs) -> anyhow::Result<Loaded> {
     set_threads(ck.threads)?;
     let device = ck.device.resolve()?;
-    let (model, meta) = checkpoint::load_model(&ck.checkpoint, device)
-        .with_context(|| format!("loading checkpoint {}", ck.checkpoint.display()))?;
+    let (model, meta) =
+        checkpoint::load_model(&ck.checkpoint, device, &clsnorm::Registry::builtin())
+            .with_context(|| format!("loading checkpoint {}", ck.checkpoint.display()))?;
     let tok = TextTokenizer::load(&ck.checkpoint, meta.max_len)?;
     model
         .encoder

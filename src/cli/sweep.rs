@@ -2,19 +2,17 @@
 //! `clsnorm report` writes the comparison.
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser};
 use clsnorm::report::{Invocation, Records, Report, INVOCATIONS_FILE};
+use clsnorm::sweep::pool::{self, Stop};
 use clsnorm::sweep::{status, RunStatus, Shard, SweepConfig, SweepPlan, PLAN_FILE};
 
 #[derive(Debug, Args)]
 pub struct SweepArgs {
-    /// The sweep file (TOML; see examples/minilm-cpu.toml).
+    /// The sweep file (TOML; see sweeps/minilm-cpu.toml).
     #[arg(long)]
     pub config: PathBuf,
     /// Run only the runs at positions I, I+N, I+2N, ... of the plan (0-based I).
@@ -56,7 +54,7 @@ fn validate(plan: &SweepPlan) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("run {}: {}", run.name, e.render().to_string().trim()))?;
         if let super::Command::Finetune(a) = cli.command {
             a.norm
-                .config()
+                .config(&clsnorm::normalize::Normalizers::builtin())
                 .with_context(|| format!("run {}", run.name))?;
         }
     }
@@ -158,90 +156,24 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let total = todo.len();
-    let queue = Mutex::new(todo);
-    let failed: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let interrupted: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let taken_elsewhere: Mutex<Vec<String>> = Mutex::new(elsewhere);
     let stop = std::sync::Arc::new(Stop::default());
     {
         let stop = stop.clone();
         ctrlc::set_handler(move || stop.signal())
             .context("installing the SIGINT/SIGTERM handler")?;
     }
-    let executed = std::sync::atomic::AtomicUsize::new(0);
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} runs {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    std::thread::scope(|s| {
-        for _ in 0..jobs.min(total.max(1)) {
-            s.spawn(|| loop {
-                let next = queue.lock().map(|mut q| q.pop_front()).ok().flatten();
-                let Some((i, cmd)) = next else { break };
-                let run = &plan.runs[i];
-                bar.set_message(run.name.clone());
-                let t0 = Instant::now();
-                let log = plan.dir.join("logs").join(format!("{}.log", run.name));
-                let child = match stop.spawn(child_command(&exe, &cmd, threads.max(1)), &log) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break, // stopped before this run started
-                    Err(e) => {
-                        bar.suspend(|| tracing::error!("{} failed: {e:#}", run.name));
-                        if let Ok(mut f) = failed.lock() {
-                            f.push(run.name.clone());
-                        }
-                        bar.inc(1);
-                        continue;
-                    }
-                };
-                executed.fetch_add(1, Ordering::SeqCst);
-                let result = stop.wait(child, &log);
-                let secs = t0.elapsed().as_secs_f64();
-                // A run the signal stopped, at whatever point, is started or resumed by a rerun.
-                let stopped = stop.signalled()
-                    && status(&plan.dir.join(&run.dir)).is_ok_and(|s| s != RunStatus::Done);
-                // Another process took the run between the plan and the start: not a failure.
-                let taken = result.is_err()
-                    && !stopped
-                    && status(&plan.dir.join(&run.dir)).is_ok_and(|s| s == RunStatus::Running);
-                bar.suspend(|| match &result {
-                    Ok(()) => tracing::info!("{} finished in {:.1} min", run.name, secs / 60.0),
-                    Err(_) if taken => tracing::warn!("{}: running elsewhere; skipped", run.name),
-                    Err(_) if stopped => tracing::warn!(
-                        "{} interrupted after {:.1} min; rerunning the sweep resumes it",
-                        run.name,
-                        secs / 60.0
-                    ),
-                    Err(e) => tracing::error!("{} failed: {e:#}", run.name),
-                });
-                let list = match (&result, stopped) {
-                    (Ok(()), _) => None,
-                    (Err(_), _) if taken => Some(&taken_elsewhere),
-                    (Err(_), true) => Some(&interrupted),
-                    (Err(_), false) => Some(&failed),
-                };
-                if let Some(Ok(mut l)) = list.map(|l| l.lock()) {
-                    l.push(run.name.clone());
-                }
-                bar.inc(1);
-            });
-        }
-    });
-    bar.finish_and_clear();
-    let mut failed = failed.into_inner().unwrap_or_default();
+    let total = todo.len();
+    let out = pool::execute(&plan, todo, jobs, threads, &exe, &stop, true);
+    let mut failed = out.failed;
     failed.extend(unreadable);
-    let interrupted = interrupted.into_inner().unwrap_or_default();
-    let elsewhere = taken_elsewhere.into_inner().unwrap_or_default();
+    let interrupted = out.interrupted;
+    elsewhere.extend(out.elsewhere);
     let inv = Invocation {
         shard: format!("{}/{}", shard.index, shard.count),
         jobs,
         started_unix,
         wall_secs: started.elapsed().as_secs_f64(),
-        executed: executed.into_inner(),
+        executed: out.executed,
         failed: failed.len(),
         interrupted: interrupted.len(),
         stopped: stop.signalled(),
@@ -273,111 +205,6 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// `clsnorm CMD --quiet` with its thread budget, in its own process group so that a Ctrl-C at
-/// the terminal reaches only the sweep, which passes it on (see [`Stop`]).
-fn child_command(exe: &Path, cmd: &[String], threads: usize) -> std::process::Command {
-    use std::os::unix::process::CommandExt;
-    let mut c = std::process::Command::new(exe);
-    c.args(cmd).arg("--quiet");
-    if !cmd.iter().any(|w| w == "--threads") {
-        c.arg("--threads").arg(threads.to_string());
-    }
-    c.stdin(Stdio::null()).process_group(0);
-    c
-}
-
-/// What the sweep does on SIGINT/SIGTERM: start no further run, and pass every signal on to
-/// the running children as SIGTERM, so that each finishes its update and leaves a resumable
-/// checkpoint (a second signal makes them quit at once, as it does for `clsnorm finetune`).
-#[derive(Default)]
-struct Stop {
-    signals: AtomicUsize,
-    /// Process ids of the running children; spawning happens under this lock, so a child
-    /// either sees the signal count before it starts or is in the list when a signal comes.
-    children: Mutex<Vec<u32>>,
-}
-
-impl Stop {
-    fn signal(&self) {
-        let Ok(children) = self.children.lock() else {
-            return;
-        };
-        if self.signals.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!(
-                "interrupt: starting no more runs; the running ones checkpoint and stop (interrupt again to make them quit at once)"
-            );
-        }
-        for &pid in children.iter() {
-            if let Ok(pid) = libc::pid_t::try_from(pid) {
-                // SAFETY: kill(2) only sends a signal; `pid` is a child this process spawned
-                // and has not reaped yet (it leaves the list before `wait` returns it).
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-        }
-    }
-
-    fn signalled(&self) -> bool {
-        self.signals.load(Ordering::SeqCst) > 0
-    }
-
-    /// Starts `cmd` with its output appended to `log`, unless the sweep was already stopped.
-    fn spawn(
-        &self,
-        mut cmd: std::process::Command,
-        log: &Path,
-    ) -> anyhow::Result<Option<std::process::Child>> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let mut children = self
-            .children
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the child list lock is poisoned"))?;
-        if self.signalled() {
-            return Ok(None);
-        }
-        let child = cmd
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
-        children.push(child.id());
-        Ok(Some(child))
-    }
-
-    /// Waits for a child started by [`Stop::spawn`]; an error when it did not exit cleanly.
-    fn wait(&self, mut child: std::process::Child, log: &Path) -> anyhow::Result<()> {
-        let pid = child.id();
-        // Reaping and leaving the list happen under the lock, so `signal` never sends to a
-        // reaped process id that the system may already have reused.
-        let status = loop {
-            let mut children = self
-                .children
-                .lock()
-                .map_err(|_| anyhow::anyhow!("the child list lock is poisoned"))?;
-            match child.try_wait() {
-                Ok(None) => {}
-                Ok(Some(status)) => {
-                    children.retain(|&p| p != pid);
-                    break status;
-                }
-                Err(e) => {
-                    children.retain(|&p| p != pid);
-                    return Err(e).context("waiting for a run");
-                }
-            }
-            drop(children);
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        };
-        if !status.success() {
-            bail!("{status}; see {}", log.display());
-        }
-        Ok(())
-    }
 }
 
 fn append_invocation(dir: &Path, inv: &Invocation) -> anyhow::Result<()> {

@@ -3,7 +3,13 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use super::config::{BertConfig, HiddenAct};
+use super::{EncoderConfig, EncoderModel, EncoderOutput, Family};
+use crate::batch::InputLimits;
+use crate::error::Result;
 
 fn linear(p: nn::Path, cfg: &BertConfig, inp: i64, out: i64) -> nn::Linear {
     let c = nn::LinearConfig {
@@ -201,17 +207,6 @@ impl BertPooler {
     }
 }
 
-/// What the encoder returns for a batch.
-#[derive(Debug)]
-pub struct BertOutput {
-    /// `[batch, seq, hidden]`.
-    pub last_hidden_state: Tensor,
-    /// The raw last-layer state of the first ([CLS]) token, `[batch, hidden]`.
-    pub cls: Tensor,
-    /// `tanh(W cls + b)`, `[batch, hidden]`.
-    pub pooler_output: Tensor,
-}
-
 /// The BERT encoder with pooler (HF `BertModel`).
 #[derive(Debug)]
 pub struct BertModel {
@@ -236,16 +231,16 @@ impl BertModel {
             pooler: BertPooler::new(p / "pooler", config),
         }
     }
+}
 
-    /// Runs the encoder. `attention_mask` is `[batch, seq]` with 1 for real tokens and 0 for
-    /// padding, or `None` when nothing is padded. Dropout is active only when `train`.
-    pub fn forward(
+impl EncoderModel for BertModel {
+    fn forward(
         &self,
         input_ids: &Tensor,
         token_type_ids: &Tensor,
         attention_mask: Option<&Tensor>,
         train: bool,
-    ) -> BertOutput {
+    ) -> EncoderOutput {
         let mask = attention_mask.map(|m| m.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
         let mut xs = self.embeddings.forward(input_ids, token_type_ids, train);
         for layer in &self.layers {
@@ -253,10 +248,66 @@ impl BertModel {
         }
         let cls = xs.select(1, 0);
         let pooler_output = self.pooler.forward(&cls);
-        BertOutput {
+        EncoderOutput {
             last_hidden_state: xs,
             cls,
             pooler_output,
         }
+    }
+}
+
+/// The BERT family (`model_type` `bert`; MiniLM and other BERT-shaped checkpoints).
+#[derive(Debug, Clone, Copy)]
+pub struct BertFamily;
+
+impl Family for BertFamily {
+    fn model_types(&self) -> &'static [&'static str] {
+        &["bert"]
+    }
+
+    fn read_config(&self, path: &Path, text: &str) -> Result<Box<dyn EncoderConfig>> {
+        Ok(Box::new(BertConfig::from_str(path, text)?))
+    }
+}
+
+impl EncoderConfig for BertConfig {
+    fn hidden_size(&self) -> i64 {
+        self.hidden_size
+    }
+
+    fn hidden_dropout_prob(&self) -> f64 {
+        self.hidden_dropout_prob
+    }
+
+    fn initializer_range(&self) -> f64 {
+        self.initializer_range
+    }
+
+    fn limits(&self) -> InputLimits {
+        InputLimits {
+            vocab_size: self.vocab_size,
+            type_vocab_size: self.type_vocab_size,
+            max_positions: usize::try_from(self.max_position_embeddings).unwrap_or(0),
+        }
+    }
+
+    fn expected_shapes(&self) -> BTreeMap<String, Vec<i64>> {
+        BertConfig::expected_shapes(self)
+    }
+
+    fn checkpoint_prefix(&self) -> &'static str {
+        "bert."
+    }
+
+    fn to_hf_json(&self) -> serde_json::Value {
+        BertConfig::to_hf_json(self)
+    }
+
+    fn build(&self, p: &nn::Path) -> Box<dyn EncoderModel> {
+        Box::new(BertModel::new(p, self))
+    }
+
+    fn clone_box(&self) -> Box<dyn EncoderConfig> {
+        Box::new(self.clone())
     }
 }

@@ -127,8 +127,14 @@ impl BertConfig {
 
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: BertConfig = serde_json::from_str(&text).map_err(|e| Error::Config {
+        use crate::fsread::{read_regular, Links, MAX_SMALL_BYTES};
+        let bytes = read_regular(path, MAX_SMALL_BYTES, Links::Follow)?;
+        Self::from_str(path, &String::from_utf8_lossy(&bytes))
+    }
+
+    /// Parses and validates the text of `config.json` read from `path`.
+    pub fn from_str(path: &Path, text: &str) -> Result<Self> {
+        let cfg: BertConfig = serde_json::from_str(text).map_err(|e| Error::Config {
             path: path.to_path_buf(),
             msg: explain_serde(&e),
         })?;
@@ -280,7 +286,7 @@ impl BertConfig {
 }
 
 /// serde's message already names line and column; make unknown-variant errors list choices.
-fn explain_serde(e: &serde_json::Error) -> String {
+pub(crate) fn explain_serde(e: &serde_json::Error) -> String {
     let msg = e.to_string();
     if msg.contains("unknown variant") && msg.contains("gelu") {
         format!("unsupported hidden_act: {msg}")

@@ -1,56 +1,210 @@
-//! The BERT encoder: config, model and checkpoint I/O.
+//! Encoders: the seam every model family plugs into, and the BERT family.
+//!
+//! A family reads its `config.json` ([`Family::read_config`], chosen by the file's
+//! `model_type`), which knows the model's parameter names and shapes, its input limits and how
+//! to build it ([`EncoderConfig`]); the built model ([`EncoderModel`]) maps a batch to what the
+//! head needs ([`EncoderOutput`]). Adding a family: a module here with those two impls, and one
+//! `register` line in [`Families::builtin`].
 pub mod bert;
 pub mod config;
 pub mod pickle;
 pub mod weights;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use tch::{nn, Device};
+use tch::{nn, Device, Tensor};
 
-pub use bert::{BertModel, BertOutput};
+pub use bert::{BertFamily, BertModel};
 pub use config::{BertConfig, HiddenAct};
 
-use crate::error::Result;
+use crate::batch::{Batch, InputLimits};
+use crate::error::{Error, Result};
 
-/// A BERT encoder together with the `VarStore` that owns its parameters.
+/// What an encoder returns for a batch.
+#[derive(Debug)]
+pub struct EncoderOutput {
+    /// `[batch, seq, hidden]`.
+    pub last_hidden_state: Tensor,
+    /// The raw last-layer state of the first ([CLS]) token, `[batch, hidden]`.
+    pub cls: Tensor,
+    /// What the family's HF sequence classifier feeds its output layer (BERT: the pooler,
+    /// `tanh(W cls + b)`), `[batch, hidden]`.
+    pub pooler_output: Tensor,
+}
+
+/// A model of some family, built from its [`EncoderConfig`].
+pub trait EncoderModel: std::fmt::Debug + Send {
+    /// Runs the encoder. `attention_mask` is `[batch, seq]` with 1 for real tokens and 0 for
+    /// padding, or `None` when nothing is padded. Dropout is active only when `train`.
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> EncoderOutput;
+}
+
+/// A checked `config.json` of some family: what the rest of clsnorm needs to know of a model
+/// before (and without) allocating it.
+pub trait EncoderConfig: std::fmt::Debug + Send + Sync {
+    fn hidden_size(&self) -> i64;
+    /// Dropout inside the encoder (the head's default).
+    fn hidden_dropout_prob(&self) -> f64;
+    /// Standard deviation of HF's weight initialisation (the head's default).
+    fn initializer_range(&self) -> f64;
+    /// The sizes of the embedding tables, which every batch is checked against.
+    fn limits(&self) -> InputLimits;
+    /// The name and shape of every parameter, computed without allocating.
+    fn expected_shapes(&self) -> BTreeMap<String, Vec<i64>>;
+    /// Where a task model's checkpoint keeps the base model (`bert.` for
+    /// `BertForSequenceClassification`).
+    fn checkpoint_prefix(&self) -> &'static str;
+    /// `config.json` as Hugging Face writes it (saved with every checkpoint).
+    fn to_hf_json(&self) -> serde_json::Value;
+    /// Creates the model's variables under `p`, randomly initialised as HF does.
+    fn build(&self, p: &nn::Path) -> Box<dyn EncoderModel>;
+    fn clone_box(&self) -> Box<dyn EncoderConfig>;
+}
+
+/// A model family: the `model_type`s it reads and how.
+pub trait Family: Send + Sync {
+    /// The `model_type` values of `config.json` this family handles.
+    fn model_types(&self) -> &'static [&'static str];
+    /// Parses and checks `config.json` (the `text` of `path`), allocating nothing from it.
+    fn read_config(&self, path: &Path, text: &str) -> Result<Box<dyn EncoderConfig>>;
+}
+
+/// The model families a process knows. [`Families::builtin`] has clsnorm's; code that adds
+/// its own registers it on a value of its own and passes that along.
+pub struct Families {
+    families: Vec<Box<dyn Family>>,
+}
+
+impl std::fmt::Debug for Families {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.model_types()).finish()
+    }
+}
+
+impl Families {
+    pub fn builtin() -> Self {
+        let mut f = Families {
+            families: Vec::new(),
+        };
+        f.register(BertFamily);
+        f
+    }
+
+    /// Adds a family; it takes over the `model_type`s it names from earlier ones.
+    pub fn register(&mut self, family: impl Family + 'static) {
+        self.families.insert(0, Box::new(family));
+    }
+
+    /// Every `model_type` some family reads.
+    pub fn model_types(&self) -> Vec<&'static str> {
+        let mut v: Vec<&str> = self
+            .families
+            .iter()
+            .flat_map(|f| f.model_types().iter().copied())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Reads `config.json` of the model directory `dir` with the family its `model_type`
+    /// names (`bert` when absent, as old BERT checkpoints).
+    pub fn read_config(&self, dir: &Path) -> Result<Box<dyn EncoderConfig>> {
+        use crate::fsread::{read_regular, Links, MAX_SMALL_BYTES};
+        let path = dir.join("config.json");
+        let bytes = read_regular(&path, MAX_SMALL_BYTES, Links::Follow)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.clone(),
+            msg: config::explain_serde(&e),
+        })?;
+        let model_type = match json.get("model_type") {
+            None => "bert",
+            Some(serde_json::Value::String(s)) => s.as_str(),
+            Some(other) => {
+                return Err(Error::Config {
+                    path,
+                    msg: format!("model_type must be a string, found {other}"),
+                })
+            }
+        };
+        let family = self
+            .families
+            .iter()
+            .find(|f| f.model_types().contains(&model_type))
+            .ok_or_else(|| Error::Config {
+                path: path.clone(),
+                msg: format!(
+                    "model_type is '{model_type}', but clsnorm implements {}",
+                    self.model_types().join(", ")
+                ),
+            })?;
+        family.read_config(&path, &text)
+    }
+}
+
+/// An encoder together with its config and the `VarStore` that owns its parameters.
 pub struct Encoder {
     pub vs: nn::VarStore,
-    pub model: BertModel,
+    pub config: Box<dyn EncoderConfig>,
+    pub model: Box<dyn EncoderModel>,
 }
 
 impl std::fmt::Debug for Encoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Encoder")
-            .field("config", &self.model.config)
+            .field("config", &self.config)
             .finish()
     }
 }
 
 impl Encoder {
     /// A randomly initialised encoder (HF's initialisation) on `device`.
-    pub fn random(config: &BertConfig, device: Device, seed: i64) -> Self {
+    pub fn random(config: &dyn EncoderConfig, device: Device, seed: i64) -> Self {
         tch::manual_seed(seed);
         let vs = nn::VarStore::new(device);
-        let model = BertModel::new(&vs.root(), config);
-        Encoder { vs, model }
+        let model = config.build(&vs.root());
+        Encoder {
+            vs,
+            config: config.clone_box(),
+            model,
+        }
     }
 
-    /// Loads `config.json` and the weights of an HF model directory onto `device`.
+    /// Loads `config.json` and the weights of an HF model directory of a built-in family onto
+    /// `device`.
     pub fn load(dir: &Path, device: Device, allow_pickle: bool) -> Result<Self> {
-        let config = BertConfig::from_file(&dir.join("config.json"))?;
+        Self::load_with(dir, device, allow_pickle, &Families::builtin())
+    }
+
+    /// [`Encoder::load`] with the model families `families`.
+    pub fn load_with(
+        dir: &Path,
+        device: Device,
+        allow_pickle: bool,
+        families: &Families,
+    ) -> Result<Self> {
+        let config = families.read_config(dir)?;
         let ckpt = weights::read_model_dir(dir, allow_pickle)?;
         // Shapes first: the weights (bounded by the file's size) must be what the config
         // describes before the model is allocated from the config.
-        weights::check_shapes(&ckpt, &config.expected_shapes())?;
-        let enc = Self::random(&config, device, 0);
-        weights::load_into(&enc.vs, &ckpt)?;
+        let prefix = config.checkpoint_prefix();
+        weights::check_shapes(&ckpt, &config.expected_shapes(), prefix)?;
+        let enc = Self::random(config.as_ref(), device, 0);
+        weights::load_into(&enc.vs, &ckpt, prefix)?;
         weights::check_finite(&ckpt)?;
         Ok(enc)
     }
 
     /// Runs the encoder on a batch (dropout only when `train`).
-    pub fn forward(&self, batch: &crate::batch::Batch, train: bool) -> BertOutput {
+    pub fn forward(&self, batch: &Batch, train: bool) -> EncoderOutput {
         self.model.forward(
             &batch.input_ids,
             &batch.token_type_ids,
@@ -60,14 +214,14 @@ impl Encoder {
     }
 
     /// What the encoder's embedding tables accept.
-    pub fn limits(&self) -> crate::batch::InputLimits {
-        crate::batch::InputLimits::of(&self.model.config)
+    pub fn limits(&self) -> InputLimits {
+        self.config.limits()
     }
 
-    /// Saves `config.json` and `model.safetensors` into `dir` in HF `BertModel` layout.
+    /// Saves `config.json` and `model.safetensors` into `dir` in HF layout.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| crate::error::Error::io(dir, e))?;
-        crate::atomic::write_json(&dir.join("config.json"), &self.model.config.to_hf_json())?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        crate::atomic::write_json(&dir.join("config.json"), &self.config.to_hf_json())?;
         weights::write_safetensors(
             &dir.join(weights::SAFETENSORS_FILE),
             &weights::named_variables(&self.vs),

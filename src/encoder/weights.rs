@@ -26,41 +26,40 @@ pub struct Checkpoint {
     pub tensors: Vec<(String, Tensor)>,
 }
 
-/// Finds and reads the weights of the model directory `dir`.
-pub fn read_model_dir(dir: &Path, allow_pickle: bool) -> Result<Checkpoint> {
-    let st = dir.join(SAFETENSORS_FILE);
-    let index = dir.join(SAFETENSORS_INDEX_FILE);
-    let bin = dir.join(PICKLE_FILE);
-    if st.is_file() {
-        Ok(Checkpoint {
-            tensors: read_safetensors(&st)?,
-            path: st,
-        })
-    } else if index.is_file() {
-        Ok(Checkpoint {
-            tensors: read_sharded(&index)?,
-            path: index,
-        })
-    } else if bin.is_file() {
-        if !allow_pickle {
-            return Err(Error::Weights {
-                path: bin,
-                msg: "only a pickle checkpoint is present; pickles can run arbitrary code when \
-                      loaded, so pass --allow-pickle if you trust this file (or convert it to \
-                      model.safetensors)"
-                    .into(),
-            });
-        }
-        Ok(Checkpoint {
-            tensors: super::pickle::read_torch_zip(&bin)?,
+/// The weights file of the model directory `dir`: `model.safetensors`, else the sharded
+/// index, else (only when allowed) `pytorch_model.bin`.
+pub fn weights_file(dir: &Path, allow_pickle: bool) -> Result<PathBuf> {
+    let found = [SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, PICKLE_FILE]
+        .into_iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file());
+    match found {
+        Some(bin) if bin.ends_with(PICKLE_FILE) && !allow_pickle => Err(Error::Weights {
             path: bin,
-        })
-    } else {
-        Err(Error::Weights {
+            msg: "only a pickle checkpoint is present; pickles can run arbitrary code when \
+                  loaded, so pass --allow-pickle if you trust this file (or convert it to \
+                  model.safetensors)"
+                .into(),
+        }),
+        Some(path) => Ok(path),
+        None => Err(Error::Weights {
             path: dir.to_path_buf(),
             msg: format!("no weights found: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX_FILE} or {PICKLE_FILE}"),
-        })
+        }),
     }
+}
+
+/// Finds and reads the weights of the model directory `dir`.
+pub fn read_model_dir(dir: &Path, allow_pickle: bool) -> Result<Checkpoint> {
+    let path = weights_file(dir, allow_pickle)?;
+    let tensors = if path.ends_with(SAFETENSORS_FILE) {
+        read_safetensors(&path)?
+    } else if path.ends_with(SAFETENSORS_INDEX_FILE) {
+        read_sharded(&path)?
+    } else {
+        super::pickle::read_torch_zip(&path)?
+    };
+    Ok(Checkpoint { path, tensors })
 }
 
 fn kind_of(dtype: Dtype) -> Option<Kind> {
@@ -208,15 +207,14 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
     atomic::write_bytes(path, &bytes)
 }
 
-/// Maps a checkpoint name to the encoder's name, or `None` for tensors that are not part of
-/// the encoder (MLM/NSP heads under `cls.`, other task heads of a `bert.`-prefixed checkpoint,
-/// the `position_ids` buffer). Old TF-converted checkpoints name LayerNorm parameters
-/// `gamma`/`beta`; they are renamed as HF does.
-fn encoder_name(name: &str, prefixed: bool) -> Option<String> {
-    let inner = if prefixed {
-        name.strip_prefix("bert.")?
-    } else {
-        name
+/// Maps a checkpoint name to the model's name, or `None` for tensors that are not part of
+/// the model (MLM/NSP heads under `cls.`, the task heads of a checkpoint whose base model is
+/// under `prefix`, e.g. `bert.`, the `position_ids` buffer). Old TF-converted checkpoints name
+/// LayerNorm parameters `gamma`/`beta`; they are renamed as HF does.
+fn encoder_name<'n>(name: &'n str, prefix: Option<&str>) -> Option<String> {
+    let inner: &'n str = match prefix {
+        Some(p) => name.strip_prefix(p)?,
+        None => name,
     };
     if inner.starts_with("cls.") || inner.ends_with("position_ids") {
         return None;
@@ -231,13 +229,15 @@ fn encoder_name(name: &str, prefixed: bool) -> Option<String> {
     Some(renamed)
 }
 
-/// The checkpoint's encoder tensors under the encoder's names.
-fn encoder_tensors(ckpt: &Checkpoint) -> BTreeMap<String, &Tensor> {
-    let prefixed = ckpt.tensors.iter().any(|(n, _)| n.starts_with("bert."));
+/// The checkpoint's model tensors under the model's names; `prefix` is where a task model
+/// keeps its base model (`bert.`), used when some tensor name starts with it.
+fn encoder_tensors<'c>(ckpt: &'c Checkpoint, prefix: &str) -> BTreeMap<String, &'c Tensor> {
+    let prefix = (!prefix.is_empty() && ckpt.tensors.iter().any(|(n, _)| n.starts_with(prefix)))
+        .then_some(prefix);
     let mut found: BTreeMap<String, &Tensor> = BTreeMap::new();
     let mut ignored = Vec::new();
     for (name, t) in &ckpt.tensors {
-        match encoder_name(name, prefixed) {
+        match encoder_name(name, prefix) {
             Some(n) => {
                 found.insert(n, t);
             }
@@ -255,9 +255,13 @@ fn encoder_tensors(ckpt: &Checkpoint) -> BTreeMap<String, &Tensor> {
 }
 
 /// Checks that a checkpoint holds exactly the tensors `expected` names, with those shapes and
-/// a floating-point dtype. All problems are reported together.
-pub fn check_shapes(ckpt: &Checkpoint, expected: &BTreeMap<String, Vec<i64>>) -> Result<()> {
-    let found = encoder_tensors(ckpt);
+/// a floating-point dtype (`prefix` as in [`load_into`]). All problems are reported together.
+pub fn check_shapes(
+    ckpt: &Checkpoint,
+    expected: &BTreeMap<String, Vec<i64>>,
+    prefix: &str,
+) -> Result<()> {
+    let found = encoder_tensors(ckpt, prefix);
     let mut problems = Vec::new();
     for (name, shape) in expected {
         match found.get(name) {
@@ -314,14 +318,15 @@ pub fn check_finite(ckpt: &Checkpoint) -> Result<()> {
     })
 }
 
-/// Copies a checkpoint's encoder tensors into `vs`, whose variables use HF's `BertModel`
-/// names. Every variable must be present with its shape; tensors the encoder does not know
-/// are an error. All problems are reported together.
-pub fn load_into(vs: &nn::VarStore, ckpt: &Checkpoint) -> Result<()> {
+/// Copies a checkpoint's tensors into `vs`, whose variables use HF's names. A task model's
+/// checkpoint keeps the base model under `prefix` (`bert.`; empty: none). Every variable must
+/// be present with its shape; tensors the model does not know are an error. All problems are
+/// reported together.
+pub fn load_into(vs: &nn::VarStore, ckpt: &Checkpoint, prefix: &str) -> Result<()> {
     let vars = vs.variables();
     let expected = vars.iter().map(|(n, v)| (n.clone(), v.size())).collect();
-    check_shapes(ckpt, &expected)?;
-    let found = encoder_tensors(ckpt);
+    check_shapes(ckpt, &expected, prefix)?;
+    let found = encoder_tensors(ckpt, prefix);
     tch::no_grad(|| -> Result<()> {
         for (name, mut var) in vars {
             if let Some(src) = found.get(&name) {

@@ -1,9 +1,50 @@
 //! `batchnorm`: batch statistics in training (biased variance for normalizing, unbiased for the
 //! running estimate, as PyTorch), running statistics in eval, optional affine. A batch of one has
 //! no variance, so training then normalizes with the running statistics and does not update them.
+use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use super::Normalizer;
+use super::{check_eps, check_momentum, NormOptions, Normalizer};
+
+/// `--norm batchnorm` options (PyTorch `BatchNorm1d`'s defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchNormOptions {
+    pub momentum: f64,
+    pub eps: f64,
+    /// Learnable scale and shift.
+    pub affine: bool,
+}
+
+impl Default for BatchNormOptions {
+    fn default() -> Self {
+        BatchNormOptions {
+            momentum: 0.1,
+            eps: 1e-5,
+            affine: false,
+        }
+    }
+}
+
+impl NormOptions for BatchNormOptions {
+    const NAME: &'static str = "batchnorm";
+    const ABOUT: &'static str = "batch statistics in training, running statistics in eval";
+
+    fn validate(&self) -> Result<(), String> {
+        check_momentum(self.momentum)?;
+        check_eps(self.eps)
+    }
+
+    fn build(&self, p: &nn::Path, hidden: i64) -> Box<dyn Normalizer> {
+        Box::new(BatchNorm::new(
+            p,
+            hidden,
+            self.momentum,
+            self.eps,
+            self.affine,
+        ))
+    }
+}
 
 #[derive(Debug)]
 pub struct BatchNorm {

@@ -12,9 +12,58 @@
 //! identity instead of dividing 0 by 0. With `bias_correction` (clsnorm's variant, off by
 //! default) `C` and `s` are divided by `1 - (1 - m)^t` before use, as Adam corrects its moments,
 //! so that early correlations are not inflated by the zero initialisation.
+use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use super::{count_, ema_, Normalizer};
+use super::{check_eps, check_momentum, count_, ema_, NormOptions, Normalizer};
+
+/// `--norm isobn` options; the defaults are the official code's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IsoBnOptions {
+    pub momentum: f64,
+    pub eps: f64,
+    /// The exponent of the scale, in [0, 1].
+    pub beta: f64,
+    /// clsnorm's variant: bias-corrected running statistics (off in the paper).
+    pub bias_correction: bool,
+}
+
+impl Default for IsoBnOptions {
+    fn default() -> Self {
+        IsoBnOptions {
+            momentum: 0.05,
+            eps: 1e-3,
+            beta: 0.5,
+            bias_correction: false,
+        }
+    }
+}
+
+impl NormOptions for IsoBnOptions {
+    const NAME: &'static str = "isobn";
+    const ABOUT: &'static str = "IsoBN exactly as the official code";
+
+    fn validate(&self) -> Result<(), String> {
+        check_momentum(self.momentum)?;
+        check_eps(self.eps)?;
+        if !(0.0..=1.0).contains(&self.beta) {
+            return Err(format!("beta must be in [0, 1], got {}", self.beta));
+        }
+        Ok(())
+    }
+
+    fn build(&self, p: &nn::Path, hidden: i64) -> Box<dyn Normalizer> {
+        Box::new(IsoBn::new(
+            p,
+            hidden,
+            self.momentum,
+            self.eps,
+            self.beta,
+            self.bias_correction,
+        ))
+    }
+}
 
 #[derive(Debug)]
 pub struct IsoBn {

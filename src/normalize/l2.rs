@@ -1,8 +1,37 @@
 //! `l2`: `s * x / ||x||`. The scalar `s` is learnable (initialised to `sqrt(hidden)`, which keeps
 //! the average squared entry at 1) unless fixed.
+use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use super::Normalizer;
+use super::{NormOptions, Normalizer};
+
+/// `--norm l2` options.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct L2Options {
+    /// The scale (default `sqrt(hidden)`).
+    pub scale: Option<f64>,
+    /// Keep the scale fixed instead of learning it.
+    pub fixed: bool,
+}
+
+impl NormOptions for L2Options {
+    const NAME: &'static str = "l2";
+    const ABOUT: &'static str = "s x / ||x||, s learnable unless fixed";
+
+    fn validate(&self) -> Result<(), String> {
+        match self.scale {
+            Some(s) if !(s > 0.0 && s.is_finite()) => {
+                Err(format!("scale must be a positive number, got {s}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn build(&self, p: &nn::Path, hidden: i64) -> Box<dyn Normalizer> {
+        Box::new(L2::new(p, hidden, self.scale, self.fixed))
+    }
+}
 
 #[derive(Debug)]
 pub struct L2 {

@@ -1,7 +1,39 @@
 //! `layernorm`: each vector to mean 0 and variance 1 over its dimensions, optional affine.
+use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use super::Normalizer;
+use super::{check_eps, NormOptions, Normalizer};
+
+/// `--norm layernorm` options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LayerNormOptions {
+    pub eps: f64,
+    /// Learnable scale and shift.
+    pub affine: bool,
+}
+
+impl Default for LayerNormOptions {
+    fn default() -> Self {
+        LayerNormOptions {
+            eps: 1e-5,
+            affine: false,
+        }
+    }
+}
+
+impl NormOptions for LayerNormOptions {
+    const NAME: &'static str = "layernorm";
+    const ABOUT: &'static str = "each vector to mean 0, variance 1";
+
+    fn validate(&self) -> Result<(), String> {
+        check_eps(self.eps)
+    }
+
+    fn build(&self, p: &nn::Path, hidden: i64) -> Box<dyn Normalizer> {
+        Box::new(LayerNorm::new(p, hidden, self.eps, self.affine))
+    }
+}
 
 #[derive(Debug)]
 pub struct LayerNorm {

@@ -5,6 +5,9 @@
 //! head's `VarStore` under `normalizer.`, so it is saved and restored with every checkpoint and
 //! evaluation after a reload gives the same numbers as before it. Statistics are updated in
 //! training mode only, without gradient.
+//!
+//! Adding a normalizer: a file here with the [`Normalizer`] and its [`NormOptions`] (serde
+//! struct with defaults), and one `register` line in [`Normalizers::builtin`].
 mod batchnorm;
 mod center;
 mod isobn;
@@ -13,18 +16,19 @@ mod layernorm;
 mod standardize;
 mod whiten;
 
-pub use batchnorm::BatchNorm;
-pub use center::Center;
-pub use isobn::IsoBn;
-pub use l2::L2;
-pub use layernorm::LayerNorm;
-pub use standardize::Standardize;
-pub use whiten::Whiten;
+pub use batchnorm::{BatchNorm, BatchNormOptions};
+pub use center::{Center, CenterOptions};
+pub use isobn::{IsoBn, IsoBnOptions};
+pub use l2::{L2Options, L2};
+pub use layernorm::{LayerNorm, LayerNormOptions};
+pub use standardize::{Standardize, StandardizeOptions};
+pub use whiten::{Whiten, WhitenOptions};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A transformation of `[batch, hidden]` [CLS] vectors.
 pub trait Normalizer: std::fmt::Debug + Send {
@@ -42,166 +46,251 @@ pub trait Normalizer: std::fmt::Debug + Send {
     }
 }
 
-/// Which normalizer to use and its options; recorded in the run config and checkpoints.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "lowercase")]
-pub enum NormConfig {
-    /// The usual practice: no normalization.
-    #[default]
-    None,
-    /// Subtract the mean (batch mean in training, running mean in eval).
-    Center { momentum: f64 },
-    /// z-score with per-dimension statistics of the pre-trained model on the training set,
-    /// computed once before training and frozen.
-    Standardize { eps: f64 },
-    /// Batch normalization: batch statistics in training, running statistics in eval.
-    Batchnorm {
-        momentum: f64,
-        eps: f64,
-        affine: bool,
-    },
-    /// Layer normalization over the hidden dimension.
-    Layernorm { eps: f64, affine: bool },
-    /// IsoBN (paper B), exactly as its official code; `bias_correction` is clsnorm's variant.
-    Isobn {
-        momentum: f64,
-        eps: f64,
-        beta: f64,
-        bias_correction: bool,
-    },
-    /// ZCA whitening from a running mean and covariance.
-    Whiten {
-        momentum: f64,
-        eps: f64,
-        grad_through_stats: bool,
-    },
-    /// Unit L2 norm times a scalar (learnable unless `fixed`).
-    L2 { scale: Option<f64>, fixed: bool },
-}
+/// A normalizer's options: declared once, in the normalizer's own file, as a serde struct
+/// whose `Default` holds the defaults. The CLI (`--norm NAME --norm-opt KEY=VALUE`), sweep
+/// files (`[[norm]]` tables) and recorded configs all deserialize into it.
+pub trait NormOptions:
+    Serialize + DeserializeOwned + Default + Clone + std::fmt::Debug + 'static
+{
+    /// The name `--norm` takes.
+    const NAME: &'static str;
+    /// One line for `--help` and error messages.
+    const ABOUT: &'static str;
 
-/// Names accepted by `--norm`.
-pub const NORM_NAMES: &[&str] = &[
-    "none",
-    "center",
-    "standardize",
-    "batchnorm",
-    "layernorm",
-    "isobn",
-    "whiten",
-    "l2",
-];
-
-impl NormConfig {
-    pub fn name(&self) -> &'static str {
-        match self {
-            NormConfig::None => "none",
-            NormConfig::Center { .. } => "center",
-            NormConfig::Standardize { .. } => "standardize",
-            NormConfig::Batchnorm { .. } => "batchnorm",
-            NormConfig::Layernorm { .. } => "layernorm",
-            NormConfig::Isobn { .. } => "isobn",
-            NormConfig::Whiten { .. } => "whiten",
-            NormConfig::L2 { .. } => "l2",
-        }
-    }
-
-    /// The method `name` with its default options (IsoBN: the official code's m=0.05,
-    /// eps=1e-3, beta=0.5; batch statistics: PyTorch's momentum 0.1 and eps 1e-5).
-    pub fn with_defaults(name: &str) -> Option<NormConfig> {
-        Some(match name.to_ascii_lowercase().as_str() {
-            "none" => NormConfig::None,
-            "center" => NormConfig::Center { momentum: 0.1 },
-            "standardize" => NormConfig::Standardize { eps: 1e-5 },
-            "batchnorm" => NormConfig::Batchnorm {
-                momentum: 0.1,
-                eps: 1e-5,
-                affine: false,
-            },
-            "layernorm" => NormConfig::Layernorm {
-                eps: 1e-5,
-                affine: false,
-            },
-            "isobn" => NormConfig::Isobn {
-                momentum: 0.05,
-                eps: 1e-3,
-                beta: 0.5,
-                bias_correction: false,
-            },
-            "whiten" => NormConfig::Whiten {
-                momentum: 0.05,
-                eps: 1e-3,
-                grad_through_stats: false,
-            },
-            "l2" => NormConfig::L2 {
-                scale: None,
-                fixed: false,
-            },
-            _ => return None,
-        })
-    }
-
-    /// Checks option ranges.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        let momentum_ok = |m: f64| m > 0.0 && m <= 1.0;
-        let eps_ok = |e: f64| e > 0.0 && e.is_finite();
-        match *self {
-            NormConfig::None => Ok(()),
-            NormConfig::Center { momentum }
-            | NormConfig::Batchnorm { momentum, .. }
-            | NormConfig::Isobn { momentum, .. }
-            | NormConfig::Whiten { momentum, .. }
-                if !momentum_ok(momentum) =>
-            {
-                Err(format!(
-                    "normalizer momentum must be in (0, 1], got {momentum}"
-                ))
-            }
-            NormConfig::Standardize { eps }
-            | NormConfig::Batchnorm { eps, .. }
-            | NormConfig::Layernorm { eps, .. }
-            | NormConfig::Isobn { eps, .. }
-            | NormConfig::Whiten { eps, .. }
-                if !eps_ok(eps) =>
-            {
-                Err(format!("normalizer eps must be positive, got {eps}"))
-            }
-            NormConfig::Isobn { beta, .. } if !(0.0..=1.0).contains(&beta) => {
-                Err(format!("--isobn-beta must be in [0, 1], got {beta}"))
-            }
-            NormConfig::L2 { scale: Some(s), .. } if !(s > 0.0 && s.is_finite()) => {
-                Err(format!("--l2-scale must be positive, got {s}"))
-            }
-            _ => Ok(()),
-        }
+    /// Checks option ranges (serde has checked names and types).
+    fn validate(&self) -> std::result::Result<(), String> {
+        Ok(())
     }
 
     /// Creates the normalizer's variables under `p` for vectors of size `hidden`.
-    pub fn build(&self, p: &nn::Path, hidden: i64) -> Box<dyn Normalizer> {
-        match *self {
-            NormConfig::None => Box::new(Identity),
-            NormConfig::Center { momentum } => Box::new(Center::new(p, hidden, momentum)),
-            NormConfig::Standardize { eps } => Box::new(Standardize::new(p, hidden, eps)),
-            NormConfig::Batchnorm {
-                momentum,
-                eps,
-                affine,
-            } => Box::new(BatchNorm::new(p, hidden, momentum, eps, affine)),
-            NormConfig::Layernorm { eps, affine } => {
-                Box::new(LayerNorm::new(p, hidden, eps, affine))
-            }
-            NormConfig::Isobn {
-                momentum,
-                eps,
-                beta,
-                bias_correction,
-            } => Box::new(IsoBn::new(p, hidden, momentum, eps, beta, bias_correction)),
-            NormConfig::Whiten {
-                momentum,
-                eps,
-                grad_through_stats,
-            } => Box::new(Whiten::new(p, hidden, momentum, eps, grad_through_stats)),
-            NormConfig::L2 { scale, fixed } => Box::new(L2::new(p, hidden, scale, fixed)),
+    fn build(&self, p: &nn::Path, hidden: i64) -> Box<dyn Normalizer>;
+}
+
+/// Option values by name, as JSON values.
+pub type OptionMap = serde_json::Map<String, serde_json::Value>;
+
+/// A registered normalizer method, whatever its options type.
+trait Method: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn about(&self) -> &'static str;
+    /// The complete, checked options (defaults filled in) from those given.
+    fn resolve(&self, given: &OptionMap) -> std::result::Result<OptionMap, String>;
+    fn build(&self, options: &OptionMap, p: &nn::Path, hidden: i64) -> Result<Box<dyn Normalizer>>;
+}
+
+struct Registered<O>(std::marker::PhantomData<fn() -> O>);
+
+impl<O: NormOptions> Registered<O> {
+    fn parse(options: &OptionMap) -> std::result::Result<O, String> {
+        let o: O = serde_json::from_value(serde_json::Value::Object(options.clone()))
+            .map_err(|e| format!("--norm {}: {e}", O::NAME))?;
+        o.validate()
+            .map_err(|e| format!("--norm {}: {e}", O::NAME))?;
+        Ok(o)
+    }
+}
+
+impl<O: NormOptions> Method for Registered<O> {
+    fn name(&self) -> &'static str {
+        O::NAME
+    }
+
+    fn about(&self) -> &'static str {
+        O::ABOUT
+    }
+
+    fn resolve(&self, given: &OptionMap) -> std::result::Result<OptionMap, String> {
+        match serde_json::to_value(Self::parse(given)?) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            Ok(_) => Ok(OptionMap::new()),
+            Err(e) => Err(format!("--norm {}: {e}", O::NAME)),
         }
+    }
+
+    fn build(&self, options: &OptionMap, p: &nn::Path, hidden: i64) -> Result<Box<dyn Normalizer>> {
+        Ok(Self::parse(options)
+            .map_err(Error::Invalid)?
+            .build(p, hidden))
+    }
+}
+
+/// The normalizers a process knows, by name. [`Normalizers::builtin`] has clsnorm's; code that
+/// adds its own registers it on a registry of its own and passes that along.
+pub struct Normalizers {
+    methods: Vec<Box<dyn Method>>,
+}
+
+impl std::fmt::Debug for Normalizers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl Normalizers {
+    /// clsnorm's normalizers (shared/docs/paper.md), in the order `--help` lists them.
+    pub fn builtin() -> Self {
+        let mut r = Normalizers {
+            methods: Vec::new(),
+        };
+        r.register::<NoneOptions>();
+        r.register::<center::CenterOptions>();
+        r.register::<standardize::StandardizeOptions>();
+        r.register::<batchnorm::BatchNormOptions>();
+        r.register::<layernorm::LayerNormOptions>();
+        r.register::<isobn::IsoBnOptions>();
+        r.register::<whiten::WhitenOptions>();
+        r.register::<l2::L2Options>();
+        r
+    }
+
+    /// Adds a normalizer; one registered under the same name is replaced.
+    pub fn register<O: NormOptions>(&mut self) {
+        self.methods.retain(|m| m.name() != O::NAME);
+        self.methods
+            .push(Box::new(Registered::<O>(std::marker::PhantomData)));
+    }
+
+    /// The registered names.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.methods.iter().map(|m| m.name()).collect()
+    }
+
+    /// `name: about` lines, for help texts.
+    pub fn describe(&self) -> String {
+        self.methods
+            .iter()
+            .map(|m| format!("{}: {}", m.name(), m.about()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn method(&self, name: &str) -> Result<&dyn Method> {
+        self.methods
+            .iter()
+            .find(|m| m.name() == name)
+            .map(|m| m.as_ref())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "unknown normalizer '{name}': expected one of {}",
+                    self.names().join(", ")
+                ))
+            })
+    }
+
+    /// The config of normalizer `name` with the `given` options (names with `-` or `_`);
+    /// the others take their defaults. Unknown names, wrong types and out-of-range values are
+    /// errors that name the option.
+    pub fn config(&self, name: &str, given: &OptionMap) -> Result<NormConfig> {
+        let name = name.to_ascii_lowercase();
+        let method = self.method(&name)?;
+        let given: OptionMap = given
+            .iter()
+            .map(|(k, v)| (k.replace('-', "_"), v.clone()))
+            .collect();
+        Ok(NormConfig {
+            name: method.name().to_string(),
+            options: method.resolve(&given).map_err(Error::Invalid)?,
+        })
+    }
+
+    /// The config of normalizer `name` with its default options.
+    pub fn defaults(&self, name: &str) -> Result<NormConfig> {
+        self.config(name, &OptionMap::new())
+    }
+
+    /// Checks a recorded config (a checkpoint's, a run's) as [`Normalizers::config`] does.
+    pub fn check(&self, cfg: &NormConfig) -> Result<()> {
+        let resolved = self.config(&cfg.name, &cfg.options)?;
+        if resolved.options != cfg.options {
+            return Err(Error::Invalid(format!(
+                "normalizer options {} are not those of --norm {} ({})",
+                serde_json::Value::Object(cfg.options.clone()),
+                cfg.name,
+                serde_json::Value::Object(resolved.options)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates the normalizer of `cfg` under `p` for vectors of size `hidden`.
+    pub fn build(
+        &self,
+        cfg: &NormConfig,
+        p: &nn::Path,
+        hidden: i64,
+    ) -> Result<Box<dyn Normalizer>> {
+        self.method(&cfg.name)?.build(&cfg.options, p, hidden)
+    }
+}
+
+/// Which normalizer to use and its complete options; recorded in the run config and
+/// checkpoints as `{"name": ..., option: value, ...}`. Made by [`Normalizers::config`] (or
+/// [`NormConfig::of`]), so its options are always complete and checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NormConfig {
+    pub name: String,
+    #[serde(flatten)]
+    pub options: OptionMap,
+}
+
+impl Default for NormConfig {
+    fn default() -> Self {
+        NormConfig::of(&NoneOptions {})
+    }
+}
+
+impl NormConfig {
+    /// The config of a normalizer's typed options.
+    pub fn of<O: NormOptions>(options: &O) -> Self {
+        let options = match serde_json::to_value(options) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => OptionMap::new(),
+        };
+        NormConfig {
+            name: O::NAME.to_string(),
+            options,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this is `none` (no normalization).
+    pub fn is_none(&self) -> bool {
+        self.name == NoneOptions::NAME
+    }
+}
+
+/// `none` has no options.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoneOptions {}
+
+impl NormOptions for NoneOptions {
+    const NAME: &'static str = "none";
+    const ABOUT: &'static str = "no normalization (the usual practice)";
+
+    fn build(&self, _p: &nn::Path, _hidden: i64) -> Box<dyn Normalizer> {
+        Box::new(Identity)
+    }
+}
+
+/// Checks that an EMA momentum is in (0, 1].
+pub(crate) fn check_momentum(m: f64) -> std::result::Result<(), String> {
+    if m > 0.0 && m <= 1.0 {
+        Ok(())
+    } else {
+        Err(format!("momentum must be in (0, 1], got {m}"))
+    }
+}
+
+/// Checks that an epsilon is positive and finite.
+pub(crate) fn check_eps(e: f64) -> std::result::Result<(), String> {
+    if e > 0.0 && e.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("eps must be a positive number, got {e}"))
     }
 }
 

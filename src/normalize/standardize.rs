@@ -1,9 +1,37 @@
 //! `standardize`: `(x - mu) / sqrt(var + eps)` with `mu`, `var` of the pre-trained model's
 //! vectors over the training set, set once by [`Normalizer::fit`] and then frozen.
+use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use super::Normalizer;
+use super::{check_eps, NormOptions, Normalizer};
 use crate::error::{Error, Result};
+
+/// `--norm standardize` options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StandardizeOptions {
+    pub eps: f64,
+}
+
+impl Default for StandardizeOptions {
+    fn default() -> Self {
+        StandardizeOptions { eps: 1e-5 }
+    }
+}
+
+impl NormOptions for StandardizeOptions {
+    const NAME: &'static str = "standardize";
+    const ABOUT: &'static str =
+        "z-score with the pre-trained model's statistics on the training set, frozen";
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        check_eps(self.eps)
+    }
+
+    fn build(&self, p: &nn::Path, hidden: i64) -> Box<dyn Normalizer> {
+        Box::new(Standardize::new(p, hidden, self.eps))
+    }
+}
 
 #[derive(Debug)]
 pub struct Standardize {

@@ -5,9 +5,50 @@
 //! is the identity. By default no gradient flows through the statistics; with
 //! `grad_through_stats` training uses the batch mean and covariance with gradient (as
 //! decorrelated batch normalization), still updating the running estimate for eval.
+use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use super::{count_, ema_, Normalizer};
+use super::{check_eps, check_momentum, count_, ema_, NormOptions, Normalizer};
+
+/// `--norm whiten` options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WhitenOptions {
+    pub momentum: f64,
+    pub eps: f64,
+    /// Training uses the batch statistics, with gradient.
+    pub grad_through_stats: bool,
+}
+
+impl Default for WhitenOptions {
+    fn default() -> Self {
+        WhitenOptions {
+            momentum: 0.05,
+            eps: 1e-3,
+            grad_through_stats: false,
+        }
+    }
+}
+
+impl NormOptions for WhitenOptions {
+    const NAME: &'static str = "whiten";
+    const ABOUT: &'static str = "ZCA whitening from a running mean and covariance";
+
+    fn validate(&self) -> Result<(), String> {
+        check_momentum(self.momentum)?;
+        check_eps(self.eps)
+    }
+
+    fn build(&self, p: &nn::Path, hidden: i64) -> Box<dyn Normalizer> {
+        Box::new(Whiten::new(
+            p,
+            hidden,
+            self.momentum,
+            self.eps,
+            self.grad_through_stats,
+        ))
+    }
+}
 
 #[derive(Debug)]
 pub struct Whiten {

@@ -254,7 +254,11 @@ pub fn read_meta(dir: &Path) -> Result<CheckpointMeta> {
 /// is checked before anything is allocated from them: the task's labels against the head's,
 /// the head's outputs and width against `head.safetensors`, the config against the weights
 /// (see [`crate::encoder::Encoder::load`]); NaN or infinite weights are refused.
-pub fn load_model(dir: &Path, device: tch::Device) -> Result<(Classifier, CheckpointMeta)> {
+pub fn load_model(
+    dir: &Path,
+    device: tch::Device,
+    registry: &crate::Registry,
+) -> Result<(Classifier, CheckpointMeta)> {
     verify(dir)?;
     let meta = read_meta(dir)?;
     let meta_path = dir.join(META_FILE);
@@ -265,7 +269,10 @@ pub fn load_model(dir: &Path, device: tch::Device) -> Result<(Classifier, Checkp
     if meta.head.labels != meta.task.labels {
         return Err(bad("the head's labels differ from the task's".into()));
     }
-    meta.head.norm.validate().map_err(|e| bad(e.to_string()))?;
+    registry
+        .normalizers
+        .check(&meta.head.norm)
+        .map_err(|e| bad(e.to_string()))?;
     if !(0.0..1.0).contains(&meta.head.dropout) {
         return Err(bad(format!(
             "dropout {} is not in [0, 1)",
@@ -275,11 +282,12 @@ pub fn load_model(dir: &Path, device: tch::Device) -> Result<(Classifier, Checkp
     if meta.max_len < 3 {
         return Err(bad(format!("max_len {} is below 3", meta.max_len)));
     }
-    let config = crate::encoder::BertConfig::from_file(&dir.join("config.json"))?;
-    if meta.max_len as u64 > config.max_position_embeddings as u64 {
+    let config = registry.families.read_config(dir)?;
+    let positions = config.limits().max_positions;
+    if meta.max_len > positions {
         return Err(bad(format!(
-            "max_len {} exceeds the model's {} position embeddings",
-            meta.max_len, config.max_position_embeddings
+            "max_len {} exceeds the model's {positions} position embeddings",
+            meta.max_len
         )));
     }
     let head_path = dir.join(HEAD_FILE);
@@ -288,7 +296,7 @@ pub fn load_model(dir: &Path, device: tch::Device) -> Result<(Classifier, Checkp
         path: head_path.clone(),
     };
     let outputs = meta.head.labels.num_outputs() as i64;
-    let h = config.hidden_size;
+    let h = config.hidden_size();
     for (name, want) in [
         ("classifier.weight", vec![outputs, h]),
         ("classifier.bias", vec![outputs]),
@@ -308,8 +316,8 @@ pub fn load_model(dir: &Path, device: tch::Device) -> Result<(Classifier, Checkp
         }
     }
     weights::check_finite(&head)?;
-    let encoder = crate::encoder::Encoder::load(dir, device, false)?;
-    let model = Classifier::new(encoder, meta.head.clone(), 0);
-    weights::load_into(&model.head_vs, &head)?;
+    let encoder = crate::encoder::Encoder::load_with(dir, device, false, &registry.families)?;
+    let model = Classifier::new(encoder, meta.head.clone(), 0, &registry.normalizers)?;
+    weights::load_into(&model.head_vs, &head, "")?;
     Ok((model, meta))
 }

@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub mod pool;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// One `[[norm]]` entry: a normalizer and its `finetune` options (without leading dashes,
-/// e.g. `isobn-beta = 0.5`, `affine = true`); a list value expands into several variants.
+/// One `[[norm]]` entry: a normalizer and its options (those of `--norm-opt`, e.g.
+/// `beta = 0.5`, `affine = true`); a list value expands into several variants.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct NormEntry {
     pub name: String,
@@ -46,10 +48,8 @@ fn default_model() -> toml::Value {
     toml::Value::String("models/all-MiniLM-L6-v2".into())
 }
 
-/// Options that the sweep sets itself, and normalizer options that belong in `[[norm]]`.
+/// Options that the sweep sets itself.
 const RESERVED: &[&str] = &["task", "seed", "norm", "output", "resume", "model", "quiet"];
-const NORM_OPTION_PREFIXES: &[&str] = &["norm-", "isobn-", "whiten-", "l2-"];
-const NORM_FLAGS: &[&str] = &["affine"];
 
 /// One run of a sweep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +162,20 @@ fn flags(pairs: &[(String, toml::Value)]) -> std::result::Result<Vec<String>, St
     Ok(out)
 }
 
+/// `--norm-opt key=value` words for a normalizer's options.
+fn norm_flags(pairs: &[(String, toml::Value)]) -> std::result::Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        let w = match v {
+            toml::Value::Boolean(b) => b.to_string(),
+            v => word(k, v)?.unwrap_or_default(),
+        };
+        out.push("--norm-opt".into());
+        out.push(format!("{k}={w}"));
+    }
+    Ok(out)
+}
+
 /// `key=value` for a name: booleans become the bare key (true) or nothing (false).
 fn tag(key: &str, v: &toml::Value) -> Option<String> {
     match v {
@@ -239,9 +253,7 @@ impl SweepConfig {
                     "`args.{k}` is set by the sweep itself; use the top-level `tasks`, `seeds`, `model` or `[[norm]]`"
                 )));
             }
-            if NORM_FLAGS.contains(&k.as_str())
-                || NORM_OPTION_PREFIXES.iter().any(|p| k.starts_with(p))
-            {
+            if k == "norm-opt" || k == "norm_opt" {
                 return Err(err(format!(
                     "`args.{k}` is a normalizer option: put it in the `[[norm]]` entry it belongs to"
                 )));
@@ -297,16 +309,12 @@ impl SweepConfig {
                     if !named {
                         continue;
                     }
-                    let short = NORM_OPTION_PREFIXES
-                        .iter()
-                        .find_map(|p| k.strip_prefix(p))
-                        .unwrap_or(k);
-                    if let Some(t) = tag(short, v) {
+                    if let Some(t) = tag(k, v) {
                         label.push('-');
                         label.push_str(&t);
                     }
                 }
-                let f = flags(&combo).map_err(&err)?;
+                let f = norm_flags(&combo).map_err(&err)?;
                 variants.push((sanitize(&label), n.name.clone(), f));
             }
         }

@@ -12,7 +12,7 @@ use clsnorm::classifier::{Classifier, ClsSource, HeadConfig};
 use clsnorm::data::LabelSpace;
 use clsnorm::device::DeviceChoice;
 use clsnorm::encoder::{BertConfig, Encoder};
-use clsnorm::normalize::NormConfig;
+use clsnorm::normalize::{NormConfig, Normalizers};
 use clsnorm::tokenize::Encoded;
 use clsnorm::train::optim::{AdamW, AdamWConfig};
 use tch::{Device, Tensor};
@@ -72,12 +72,12 @@ fn main() -> anyhow::Result<()> {
     let head = HeadConfig {
         labels: LabelSpace::Classes(vec!["0".into(), "1".into()]),
         cls_source: ClsSource::Pooler,
-        norm: NormConfig::None,
+        norm: NormConfig::default(),
         dropout: 0.1,
         bias_init: Default::default(),
         classifier_init: Default::default(),
     };
-    let model = Classifier::new(enc, head, 1);
+    let model = Classifier::new(enc, head, 1, &Normalizers::builtin())?;
     let adam = AdamWConfig {
         beta1: 0.9,
         beta2: 0.999,

@@ -1,0 +1,146 @@
+//! The option groups several commands share, declared once.
+use std::path::PathBuf;
+
+use clap::Args;
+use clsnorm::device::DeviceChoice;
+use clsnorm::normalize::{NormConfig, Normalizers, OptionMap};
+
+/// Options every command that runs a model takes.
+#[derive(Debug, Args)]
+pub struct RuntimeArgs {
+    /// Hugging Face model directory (config.json, tokenizer, weights).
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    pub model: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+    /// libtorch CPU threads (default: all cores; with --resume, the count the run used).
+    #[arg(long, value_parser = parse_threads)]
+    pub threads: Option<usize>,
+    /// Allow reading pytorch_model.bin, a Python pickle that can run code when loaded.
+    #[arg(long)]
+    pub allow_pickle: bool,
+}
+
+/// A batch size: 1 to 65,536.
+pub fn parse_batch_size(s: &str) -> Result<usize, String> {
+    parse_count(s, 1, clsnorm::train::limits::MAX_BATCH)
+}
+
+/// A thread count: 1 to 1,024.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    parse_count(s, 1, clsnorm::train::limits::MAX_THREADS)
+}
+
+/// A token count: 3 to 65,536.
+pub fn parse_max_len(s: &str) -> Result<usize, String> {
+    parse_count(s, 3, clsnorm::train::limits::MAX_LEN)
+}
+
+fn parse_count(s: &str, min: usize, max: usize) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
+    }
+}
+
+pub fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse().map_err(|e: clsnorm::Error| e.to_string())
+}
+
+/// Options shared by commands that load a checkpoint.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// A checkpoint directory written by `clsnorm finetune` (e.g. runs/NAME/best).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+    #[arg(long, value_parser = parse_threads)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value_t = 64, value_parser = parse_batch_size)]
+    pub batch_size: usize,
+    /// Skip malformed rows (counted and logged) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_rows: bool,
+}
+
+/// Where data comes from: a GLUE task under a data directory, or custom files.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI; any case), or a name
+    /// for a custom task given with --train-file.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Directory holding GLUE's TASK/{train,dev}.tsv.
+    #[arg(long, env = "GLUE_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Custom training file (.tsv, .csv or .jsonl).
+    #[arg(long)]
+    pub train_file: Option<PathBuf>,
+    /// Custom dev file, same format as the training file.
+    #[arg(long, requires = "train_file")]
+    pub dev_file: Option<PathBuf>,
+    /// Format of custom files (default: from the extension).
+    #[arg(long, value_parser = ["tsv", "csv", "jsonl"])]
+    pub format: Option<String>,
+    /// Column (name, or 0-based index with --no-header) of the text.
+    #[arg(long, default_value = "text")]
+    pub text_col: String,
+    /// Column of the second text of a pair.
+    #[arg(long)]
+    pub text_pair_col: Option<String>,
+    /// Column of the label.
+    #[arg(long, default_value = "label")]
+    pub label_col: String,
+    /// Custom files have no header row.
+    #[arg(long)]
+    pub no_header: bool,
+    /// The custom label is a real number (one output, MSE loss).
+    #[arg(long)]
+    pub regression: bool,
+    /// Skip malformed rows (counted and logged) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_rows: bool,
+}
+
+/// The normalizer between the [CLS] vector and the classifier, and its options.
+#[derive(Debug, Args)]
+pub struct NormArgs {
+    /// none, center, standardize, batchnorm, layernorm, isobn, whiten or l2 (README,
+    /// "Normalizers").
+    #[arg(long, default_value = "none")]
+    pub norm: String,
+    /// An option of the normalizer, KEY=VALUE (repeatable; a bare KEY sets a switch), e.g.
+    /// `--norm isobn --norm-opt beta=0.25`, `--norm batchnorm --norm-opt affine`. The options
+    /// and their defaults are in the README's normalizer table.
+    #[arg(long = "norm-opt", value_name = "KEY=VALUE")]
+    pub norm_opt: Vec<String>,
+}
+
+impl NormArgs {
+    /// The normalizer config, checked against `norms`: unknown names and options, wrong types
+    /// and out-of-range values are refused.
+    pub fn config(&self, norms: &Normalizers) -> anyhow::Result<NormConfig> {
+        let mut given = OptionMap::new();
+        for opt in &self.norm_opt {
+            let (key, value) = parse_option(opt);
+            if given.insert(key.replace('-', "_"), value).is_some() {
+                anyhow::bail!("--norm-opt {key} is given twice");
+            }
+        }
+        Ok(norms.config(&self.norm, &given)?)
+    }
+}
+
+/// `KEY=VALUE` as a JSON value (a number, `true`/`false`, `null`, else a string); a bare `KEY`
+/// is `true`.
+fn parse_option(s: &str) -> (&str, serde_json::Value) {
+    match s.split_once('=') {
+        Some((k, v)) => (
+            k.trim(),
+            serde_json::from_str(v.trim()).unwrap_or_else(|_| serde_json::Value::String(v.into())),
+        ),
+        None => (s.trim(), serde_json::Value::Bool(true)),
+    }
+}

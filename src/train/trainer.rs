@@ -1,0 +1,646 @@
+//! The stages of a fine-tuning run, which [`super::finetune`] strings together: [`Trainer::start`]
+//! (run directory, data, model, resume), [`Trainer::step`] (one update),
+//! [`Trainer::end_epoch`] (evaluate, record, checkpoint) and [`Trainer::finish`] (summary).
+use std::path::Path;
+use std::time::Instant;
+
+use tch::{Kind, Tensor};
+
+use super::checkpoint::{self, CheckpointMeta, TrainState};
+use super::optim::AdamW;
+use super::schedule::LinearSchedule;
+use super::{
+    epoch_batches, grad_trace, step_seed, FileInfo, Finetune, RunConfig, Tokenized, BUILD,
+};
+use crate::atomic;
+use crate::batch::{Batch, InputLimits};
+use crate::classifier::{label_prior, BiasInit, Classifier};
+use crate::encoder::Encoder;
+use crate::error::{Error, Result};
+use crate::eval;
+use crate::rundir::records::{self, EpochRecord, GradRecord, LossRecord, Summary};
+use crate::rundir::{Layout, RunDir};
+use crate::tokenize::{Encoded, TextTokenizer, TokenizerFiles};
+
+/// A run in progress: what [`Trainer::start`] set up, and where training stands.
+pub struct Trainer<'a> {
+    job: Finetune<'a>,
+    layout: Layout,
+    /// Holds the run directory's lock until the trainer is dropped.
+    _run_dir: RunDir,
+    model: Classifier,
+    tok_files: TokenizerFiles,
+    pad: i64,
+    limits: InputLimits,
+    train: Tokenized,
+    lengths: Vec<usize>,
+    dev: Vec<(String, Tokenized)>,
+    opt: AdamW,
+    sched: LinearSchedule,
+    steps_per_epoch: usize,
+    epochs: usize,
+    /// Position, running sums and best epoch: what a checkpoint saves.
+    pub state: TrainState,
+    /// The epoch records so far (those of earlier sessions of a resumed run included).
+    records: Vec<EpochRecord>,
+    /// Losses of the current logging window, summed on the device, and its updates.
+    window_loss: Tensor,
+    window_updates: usize,
+    /// Start and non-pad tokens of the current throughput window.
+    window_clock: (Instant, usize),
+    started: Instant,
+    elapsed_before: f64,
+    bar: indicatif::ProgressBar,
+}
+
+impl<'a> Trainer<'a> {
+    /// Locks the run directory, checks a resumed run's data, loads or builds the model,
+    /// tokenizes, fits frozen normalizer statistics, writes `config.json` of a new run and
+    /// drops the records a resumed run will write again.
+    pub fn start(job: Finetune<'a>) -> Result<Self> {
+        let cfg = job.config.clone();
+        cfg.validate()?;
+        let layout = Layout::new(job.output);
+        // Before anything else: the directory is this process's to write, and locked.
+        let mut run_dir = RunDir::open(job.output, job.resume)?;
+        let recorded = if job.resume {
+            let rc = RunConfig::read(job.output)?;
+            check_same_data(&job, &rc, &layout.config())?;
+            Some(rc)
+        } else {
+            None
+        };
+        // Model, tokenizer, optimizer, state: fresh from the model directory, or all from the
+        // last checkpoint (the model directory may have changed or moved since the run started).
+        let resume_from = job
+            .resume
+            .then(|| checkpoint::locate(&layout.last()))
+            .flatten();
+        let (model, tok_files, mut state, opt_state) = match &resume_from {
+            Some(dir) => load_last(&job, dir, &layout)?,
+            None => {
+                if job.resume {
+                    tracing::warn!(
+                        "no complete checkpoint in {}: starting from scratch",
+                        layout.last().display()
+                    );
+                }
+                let (model, tok_files) = build_fresh(&job, recorded.as_ref())?;
+                (model, tok_files, TrainState::default(), None)
+            }
+        };
+        let tok = TextTokenizer::from_files(&tok_files, cfg.max_len)?;
+        let limits = model.encoder.limits();
+        limits.check_tokenizer(&tok, job.task.text_pair.is_some())?;
+        let t0 = Instant::now();
+        let train = Tokenized::new(&tok, &job.train)?;
+        let dev: Vec<(String, Tokenized)> = job
+            .dev
+            .iter()
+            .map(|(n, d)| Ok((n.clone(), Tokenized::new(&tok, d)?)))
+            .collect::<Result<_>>()?;
+        tracing::info!(
+            train = train.encs.len(),
+            dev = dev.iter().map(|d| d.1.encs.len()).sum::<usize>(),
+            secs = format!("{:.1}", t0.elapsed().as_secs_f64()),
+            "tokenized"
+        );
+        if resume_from.is_none() && model.normalizer().needs_fit() {
+            // The cache of a run that started (config.json written) is reused; one left by a
+            // start that never got that far is fitted again.
+            let cache = layout.normalizer_cache();
+            let reuse = job.resume && cache.is_file();
+            fit_normalizer(
+                &model,
+                &train,
+                cfg.eval_batch_size,
+                tok.pad_id(),
+                &cache,
+                reuse,
+            )?;
+            if !reuse {
+                run_dir.created(cache);
+            }
+        }
+        note_build(&mut state);
+        if recorded.is_none() {
+            atomic::write_json(&layout.config(), &RunConfig::of(&job)?)?;
+            run_dir.commit();
+            let _ = std::fs::remove_file(layout.metrics());
+        }
+        // Records written after the checkpoint are dropped: the resumed run writes them again.
+        let records = records::retain(&layout.metrics(), |r: &EpochRecord| r.epoch <= state.epoch)?;
+        records::retain(&layout.loss(), |r: &LossRecord| r.step <= state.global_step)?;
+        if cfg.trace_grads {
+            records::retain(&layout.grads(), |r: &GradRecord| {
+                r.step <= state.global_step
+            })?;
+        }
+        let mut opt = AdamW::new(cfg.adam, model.trainable());
+        if let Some(t) = &opt_state {
+            opt.load_state(t, state.global_step as i64)?;
+        }
+
+        let (steps_per_epoch, total_steps) = cfg.steps(train.encs.len())?;
+        let epochs = total_steps.div_ceil(steps_per_epoch);
+        let sched = LinearSchedule {
+            lr: cfg.lr,
+            warmup_steps: cfg.warmup(total_steps),
+            total_steps,
+        };
+        tracing::info!(
+            examples = train.encs.len(),
+            steps_per_epoch,
+            total_steps,
+            warmup = sched.warmup_steps,
+            epochs,
+            "training {}",
+            job.task.name
+        );
+        let bar = super::progress_bar(job.progress, total_steps as u64, state.global_step as u64);
+        Ok(Trainer {
+            lengths: train.encs.iter().map(Encoded::len).collect(),
+            pad: tok.pad_id(),
+            window_loss: Tensor::zeros([], (Kind::Float, job.device)),
+            window_updates: 0,
+            window_clock: (Instant::now(), 0),
+            started: Instant::now(),
+            elapsed_before: state.elapsed_secs,
+            job,
+            layout,
+            _run_dir: run_dir,
+            model,
+            tok_files,
+            limits,
+            train,
+            dev,
+            opt,
+            sched,
+            steps_per_epoch,
+            epochs,
+            state,
+            records,
+            bar,
+        })
+    }
+
+    /// Whether training is over: every update done.
+    pub fn done(&self) -> bool {
+        self.state.global_step >= self.sched.total_steps || self.state.epoch >= self.epochs
+    }
+
+    /// Updates per epoch.
+    pub fn steps_per_epoch(&self) -> usize {
+        self.steps_per_epoch
+    }
+
+    /// The batches of the current epoch (example indices), and the logging window reopened
+    /// where a checkpoint taken inside the epoch left it.
+    pub fn begin_epoch(&mut self) -> Vec<Vec<usize>> {
+        let cfg = &self.job.config;
+        let mut batches = epoch_batches(
+            &self.lengths,
+            cfg.batch_size,
+            cfg.seed,
+            self.state.epoch,
+            cfg.group_by_length,
+        );
+        if cfg.drop_last {
+            // Wherever grouping put it, the one partial batch is the one dropped.
+            batches.retain(|b| b.len() == cfg.batch_size);
+        }
+        self.window_loss = Tensor::from(self.state.loss_pending).to_device(self.job.device);
+        self.window_updates = self.state.pending_updates;
+        self.state.loss_pending = 0.0;
+        self.state.pending_updates = 0;
+        self.window_clock = (Instant::now(), 0);
+        batches
+    }
+
+    /// One update on the examples `idx`: forward, backward, gradient trace, finiteness check,
+    /// clipping, AdamW step, and the loss record every 10 updates and at the epoch's last batch
+    /// (of `epoch_len`).
+    pub fn step(&mut self, idx: &[usize], epoch_len: usize) -> Result<()> {
+        let cfg = &self.job.config;
+        let (device, model, opt) = (self.job.device, &self.model, &mut self.opt);
+        let step_start = Instant::now();
+        let refs: Vec<&Encoded> = idx.iter().map(|&i| &self.train.encs[i]).collect();
+        let batch = Batch::collate(&refs, self.pad, &self.limits, device)?;
+        let labels = self.train.label_tensor(idx, device);
+        tch::manual_seed(step_seed(cfg.seed, self.state.global_step));
+        let out = model.forward(&batch, true);
+        let loss = model.loss(&out.logits, &labels);
+        let extra: &[&Tensor] = if cfg.trace_grads {
+            &[&out.cls, &out.normalized]
+        } else {
+            &[]
+        };
+        let traced = opt.backward(&loss, extra);
+        // One global gradient norm per update serves the trace, the finiteness check and
+        // clipping.
+        let grad_norm = opt.grad_norm();
+        if let [cls_grad, normalized_grad] = traced.as_slice() {
+            let step = self.state.global_step + 1;
+            let rec = grad_trace::record(step, &loss, cls_grad, normalized_grad, &grad_norm, opt)?;
+            records::append(&self.layout.grads(), &rec)?;
+        }
+        let lr = self.sched.lr_at(self.state.global_step);
+        let finite = loss
+            .isfinite()
+            .logical_and(&grad_norm.isfinite())
+            .int64_value(&[])
+            != 0;
+        if finite {
+            if let Some(c) = cfg.max_grad_norm {
+                opt.clip_to(&grad_norm, c);
+            }
+            opt.step(lr);
+            self.window_loss += loss.detach();
+            self.window_updates += 1;
+            self.state.loss_count += 1;
+        } else if cfg.skip_nonfinite {
+            self.state.nonfinite_skipped += 1;
+            let (update, skipped) = (self.state.global_step + 1, self.state.nonfinite_skipped);
+            self.bar.suspend(|| {
+                tracing::warn!(
+                    "update {update}: non-finite loss or gradient ({}); update skipped ({skipped} so far)",
+                    loss.double_value(&[]),
+                )
+            });
+        } else {
+            // Nothing of this state is saved: the last checkpoint stays the last good one.
+            return Err(Error::Invalid(format!(
+                "update {}: the loss or a gradient is not finite (loss {}); stopped without saving this state, the last good checkpoint is in {}. Lower --lr, set --max-grad-norm, or pass --skip-nonfinite to skip such updates",
+                self.state.global_step + 1,
+                loss.double_value(&[]),
+                self.layout.last().display()
+            )));
+        }
+        let state = &mut self.state;
+        state.global_step += 1;
+        state.batch += 1;
+        state.epoch_tokens += batch.n_tokens;
+        self.window_clock.1 += batch.n_tokens;
+        state.epoch_train_secs += step_start.elapsed().as_secs_f64();
+        if state.global_step.is_multiple_of(10) || state.batch == epoch_len {
+            self.close_loss_window(lr)?;
+        }
+        self.bar.set_position(self.state.global_step as u64);
+        Ok(())
+    }
+
+    /// Adds the window's losses to the epoch's sum, records their mean and shows the progress.
+    fn close_loss_window(&mut self, lr: f64) -> Result<()> {
+        let window_sum = self.window_loss.double_value(&[]);
+        let state = &mut self.state;
+        state.loss_sum += window_sum;
+        if self.window_updates > 0 {
+            let rec = LossRecord {
+                step: state.global_step,
+                epoch: state.epoch + 1,
+                loss: window_sum / self.window_updates as f64,
+                updates: self.window_updates,
+                lr,
+            };
+            records::append(&self.layout.loss(), &rec)?;
+        }
+        self.window_updates = 0;
+        self.window_loss = Tensor::zeros([], (Kind::Float, self.job.device));
+        let (since, tokens) = self.window_clock;
+        let tps = tokens as f64 / since.elapsed().as_secs_f64().max(1e-9);
+        self.window_clock = (Instant::now(), 0);
+        self.bar.set_message(format!(
+            "loss {:.4} lr {lr:.2e} {tps:.0} tok/s",
+            state.loss_sum / state.loss_count as f64,
+        ));
+        Ok(())
+    }
+
+    /// Whether to stop (with a resumable checkpoint) now: `stop_after` updates reached, or a
+    /// stop requested through `stop`.
+    pub fn stop_requested(&self) -> bool {
+        self.job
+            .stop_after
+            .is_some_and(|k| self.state.global_step >= k)
+            || self
+                .job
+                .stop
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Whether `--save-every` asks for a checkpoint after this update.
+    pub fn save_due(&self) -> bool {
+        let every = self.job.config.save_every;
+        every.is_some_and(|k| self.state.global_step.is_multiple_of(k))
+    }
+
+    /// Saves the `last` checkpoint inside an epoch, with the open logging window, so that a
+    /// resumed run sums and records the losses in the same order.
+    pub fn save_mid_epoch(&mut self) -> Result<()> {
+        self.state.loss_pending = self.window_loss.double_value(&[]) as f32;
+        self.state.pending_updates = self.window_updates;
+        self.save(&self.layout.last(), true)?;
+        self.state.loss_pending = 0.0;
+        self.state.pending_updates = 0;
+        Ok(())
+    }
+
+    /// Saves a checkpoint of the current state into `dir`, with the optimizer or without.
+    fn save(&mut self, dir: &Path, with_optimizer: bool) -> Result<()> {
+        self.state.elapsed_secs = self.elapsed_before + self.started.elapsed().as_secs_f64();
+        let meta = CheckpointMeta {
+            clsnorm_version: env!("CARGO_PKG_VERSION").into(),
+            task: self.job.task.clone(),
+            head: self.model.config.clone(),
+            max_len: self.job.config.max_len,
+            state: self.state.clone(),
+        };
+        let opt = with_optimizer.then(|| self.opt.state());
+        checkpoint::save(dir, &self.model, &meta, opt.as_deref(), &self.tok_files)
+    }
+
+    /// End of an epoch: evaluate on the dev sets, append the epoch's record, save `best` if
+    /// the primary metric improved, and `last`.
+    pub fn end_epoch(&mut self) -> Result<()> {
+        self.state.loss_sum += self.window_loss.double_value(&[]);
+        let eval_start = Instant::now();
+        let dev = self.dev_metrics()?;
+        let task = &self.job.task;
+        let primary = dev
+            .first()
+            .and_then(|(_, m)| m.get(task.primary.name()).copied())
+            .unwrap_or(f64::NAN);
+        let state = &mut self.state;
+        let record = EpochRecord {
+            epoch: state.epoch + 1,
+            global_step: state.global_step,
+            train_loss: state.loss_sum / state.loss_count.max(1) as f64,
+            dev,
+            primary,
+            lr: self.sched.lr_at(state.global_step.saturating_sub(1)),
+            train_secs: state.epoch_train_secs,
+            eval_secs: eval_start.elapsed().as_secs_f64(),
+            train_tokens_per_sec: state.epoch_tokens as f64 / state.epoch_train_secs.max(1e-9),
+        };
+        self.bar.suspend(|| {
+            tracing::info!(
+                "epoch {} step {}: train loss {:.4}, dev {} {:.4} ({:.0} tok/s)",
+                record.epoch,
+                record.global_step,
+                record.train_loss,
+                task.primary.name(),
+                primary,
+                record.train_tokens_per_sec
+            )
+        });
+        let improved = state.best_metric.is_none_or(|b| primary > b);
+        let finished_epoch = state.epoch + 1;
+        state.epoch += 1;
+        state.batch = 0;
+        state.loss_sum = 0.0;
+        state.loss_count = 0;
+        state.epoch_tokens = 0;
+        state.epoch_train_secs = 0.0;
+        // The epoch's record goes first: if the process dies before the `last` checkpoint
+        // below, a resumed run drops the record (its epoch is not in the checkpoint) and
+        // writes it again; written after, it could be lost for good.
+        records::append(&self.layout.metrics(), &record)?;
+        if improved {
+            state.best_metric = Some(primary);
+            state.best_epoch = Some(finished_epoch);
+            self.save(&self.layout.best(), false)?;
+        }
+        self.save(&self.layout.last(), true)?;
+        self.records.push(record);
+        Ok(())
+    }
+
+    fn dev_metrics(&self) -> Result<Vec<(String, std::collections::BTreeMap<String, f64>)>> {
+        let task = &self.job.task;
+        let mut metrics = task.metrics.clone();
+        if !metrics.contains(&task.primary) {
+            metrics.push(task.primary);
+        }
+        let batch_size = self.job.config.eval_batch_size;
+        self.dev
+            .iter()
+            .map(|(name, t)| {
+                let m = eval::evaluate(
+                    &self.model,
+                    &t.encs,
+                    &t.labels,
+                    &metrics,
+                    batch_size,
+                    self.pad,
+                )?;
+                Ok((name.clone(), m))
+            })
+            .collect()
+    }
+
+    /// Writes `summary.json` (best and final dev metrics, counts, time) and returns it.
+    pub fn finish(self, interrupted: bool) -> Result<Summary> {
+        self.bar.finish_and_clear();
+        let state = &self.state;
+        let best_dev = self
+            .records
+            .iter()
+            .rfind(|r| Some(r.epoch) == state.best_epoch)
+            .map(|r| r.dev.clone())
+            .unwrap_or_default();
+        let final_dev = self
+            .records
+            .last()
+            .map(|r| r.dev.clone())
+            .unwrap_or_default();
+        let summary = Summary {
+            task: self.job.task.name.clone(),
+            primary_metric: self.job.task.primary.name().into(),
+            best_epoch: state.best_epoch,
+            best_primary: state.best_metric,
+            best_dev,
+            final_dev,
+            epochs: state.epoch,
+            global_steps: state.global_step,
+            wall_secs: self.elapsed_before + self.started.elapsed().as_secs_f64(),
+            interrupted,
+            nonfinite_skipped: state.nonfinite_skipped,
+            builds: state.builds.clone(),
+        };
+        atomic::write_json(&self.layout.summary(), &summary)?;
+        Ok(summary)
+    }
+}
+
+/// A resumed run's data must be what the run started on: same bytes, same rows.
+fn check_same_data(job: &Finetune, rc: &RunConfig, config_path: &Path) -> Result<()> {
+    if job.dev.len() != rc.dev_files.len() {
+        return Err(Error::Invalid(format!(
+            "--resume: the run has {} dev file(s), {} given",
+            rc.dev_files.len(),
+            job.dev.len()
+        )));
+    }
+    let now =
+        std::iter::once(("train", &job.train)).chain(job.dev.iter().map(|(n, d)| (n.as_str(), d)));
+    let then = std::iter::once(&rc.train_file).chain(rc.dev_files.iter().map(|(_, i)| i));
+    for ((what, ds), info) in now.zip(then) {
+        if ds.sha256 != info.sha256 || ds.examples.len() != info.rows {
+            return Err(Error::Invalid(format!(
+                "--resume: the {what} file {} changed since the run started (its bytes or \
+                 usable rows differ from those recorded in {})",
+                ds.path.display(),
+                config_path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+type Loaded = (
+    Classifier,
+    TokenizerFiles,
+    TrainState,
+    Option<Vec<(String, Tensor)>>,
+);
+
+/// Model, tokenizer, training state and optimizer state of the checkpoint `dir`.
+fn load_last(job: &Finetune, dir: &Path, layout: &Layout) -> Result<Loaded> {
+    let (model, meta) = checkpoint::load_model(dir, job.device, &job.registry)?;
+    if meta.head != job.head || meta.task.labels != job.task.labels {
+        return Err(Error::File {
+            path: dir.join(checkpoint::META_FILE),
+            msg: format!(
+                "the checkpoint's head or labels differ from the run's {}",
+                layout.config().display()
+            ),
+        });
+    }
+    if meta.state.best_epoch.is_some() && !checkpoint::is_complete(&layout.best()) {
+        return Err(Error::Invalid(format!(
+            "{}: the best checkpoint (epoch {}) is missing or incomplete, so the run cannot \
+             report its best epoch; restore it, or start a new run",
+            layout.best().display(),
+            meta.state.best_epoch.unwrap_or_default()
+        )));
+    }
+    let opt = crate::encoder::weights::read_safetensors(&dir.join(checkpoint::OPTIMIZER_FILE))?;
+    tracing::info!(
+        epoch = meta.state.epoch + 1,
+        batch = meta.state.batch,
+        step = meta.state.global_step,
+        "resuming from {}",
+        dir.display()
+    );
+    Ok((model, TokenizerFiles::read(dir)?, meta.state, Some(opt)))
+}
+
+/// The pre-trained encoder with a new head (seeded), and the model directory's tokenizer.
+fn build_fresh(
+    job: &Finetune,
+    recorded: Option<&RunConfig>,
+) -> Result<(Classifier, TokenizerFiles)> {
+    let seed = job.config.seed as i64;
+    tch::manual_seed(seed);
+    if let Some(rc) = recorded {
+        if rc.model_weights_sha256 != super::model_weights_sha(job.model_dir, job.allow_pickle)? {
+            return Err(Error::Invalid(format!(
+                "--resume: the weights in {} changed since the run started, and the run has no \
+                 checkpoint yet to continue from; start a new run",
+                job.model_dir.display()
+            )));
+        }
+    }
+    let families = &job.registry.families;
+    let encoder = Encoder::load_with(job.model_dir, job.device, job.allow_pickle, families)?;
+    let model = Classifier::new(encoder, job.head.clone(), seed, &job.registry.normalizers)?;
+    if job.head.bias_init == BiasInit::Prior {
+        model.set_output_bias(&label_prior(&job.head.labels, &job.train)?)?;
+    }
+    Ok((model, TokenizerFiles::read(job.model_dir)?))
+}
+
+/// Appends this build to the run's builds when it differs from the last one.
+fn note_build(state: &mut TrainState) {
+    if state.builds.last().map(String::as_str) == Some(BUILD) {
+        return;
+    }
+    if state.global_step > 0 {
+        // Same run, other code: the rest of its numbers come from this build.
+        tracing::warn!(
+            "run trained so far by build(s) {:?}, continuing with build {BUILD}",
+            state.builds
+        );
+        if state.builds.is_empty() {
+            state.builds.push("unrecorded".into());
+        }
+    }
+    state.builds.push(BUILD.into());
+}
+
+/// Fits frozen normalizer statistics on the pre-trained model's training-set vectors, and
+/// caches them (the fitted `normalizer.*` tensors) in the run directory.
+fn fit_normalizer(
+    model: &Classifier,
+    train: &Tokenized,
+    batch_size: usize,
+    pad: i64,
+    cache: &Path,
+    reuse: bool,
+) -> Result<()> {
+    use crate::encoder::weights;
+    if reuse {
+        let tensors = weights::read_safetensors(cache)?;
+        let vars = model.head_vs.variables();
+        return tch::no_grad(|| -> Result<()> {
+            for (name, t) in &tensors {
+                let dst = vars.get(name).ok_or_else(|| {
+                    Error::Invalid(format!("{}: unexpected {name}", cache.display()))
+                })?;
+                dst.shallow_clone().f_copy_(t)?;
+            }
+            Ok(())
+        });
+    }
+    let t0 = Instant::now();
+    let cls = model.cls_vectors(&train.encs, batch_size, pad)?;
+    model.normalizer().fit(&cls)?;
+    let tensors: Vec<(String, Tensor)> = weights::named_variables(&model.head_vs)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("normalizer."))
+        .collect();
+    weights::write_safetensors(cache, &tensors)?;
+    tracing::info!(
+        secs = format!("{:.1}", t0.elapsed().as_secs_f64()),
+        "fitted normalizer statistics on {} training vectors",
+        train.encs.len()
+    );
+    Ok(())
+}
+
+impl RunConfig {
+    /// The record of a new run: versions, model, data provenance and every setting.
+    fn of(job: &Finetune) -> Result<Self> {
+        Ok(RunConfig {
+            clsnorm_version: env!("CARGO_PKG_VERSION").into(),
+            clsnorm_build: BUILD.into(),
+            // Of the build, not hard-coded: a GPU build may link another libtorch.
+            tch_version: env!("CLSNORM_TCH_VERSION").into(),
+            libtorch_version: env!("CLSNORM_LIBTORCH_VERSION").into(),
+            // Absolute, so that a resume from another working directory finds it.
+            model: std::path::absolute(job.model_dir).map_err(|e| Error::io(job.model_dir, e))?,
+            model_weights_sha256: super::model_weights_sha(job.model_dir, job.allow_pickle)?,
+            task: job.task.clone(),
+            train_file: FileInfo::of(&job.train)?,
+            dev_files: job
+                .dev
+                .iter()
+                .map(|(n, d)| Ok((n.clone(), FileInfo::of(d)?)))
+                .collect::<Result<_>>()?,
+            head: job.head.clone(),
+            train: job.config.clone(),
+            device: format!("{:?}", job.device),
+            threads: job.threads,
+        })
+    }
+}
