@@ -11,7 +11,7 @@ use clsnorm::batch::Batch;
 use clsnorm::classifier::{Classifier, ClsSource, HeadConfig};
 use clsnorm::data::LabelSpace;
 use clsnorm::device::DeviceChoice;
-use clsnorm::encoder::{BertConfig, Encoder};
+use clsnorm::encoder::{BertConfig, Encoder, RobertaConfig};
 use clsnorm::normalize::{NormConfig, Normalizers};
 use clsnorm::tokenize::Encoded;
 use clsnorm::train::optim::{AdamW, AdamWConfig};
@@ -19,7 +19,8 @@ use tch::{Device, Tensor};
 
 #[derive(Parser)]
 struct Args {
-    /// An HF model directory, or `base` for a random BERT-base-shaped encoder.
+    /// An HF model directory, `base` for a random BERT-base-shaped encoder, or `roberta-base`
+    /// for a random RoBERTa-base-shaped one (vocabulary 50,265, 514 positions).
     #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
     model: String,
     #[arg(long, default_value_t = 32)]
@@ -66,6 +67,16 @@ fn main() -> anyhow::Result<()> {
     };
     let enc = if a.model == "base" {
         Encoder::random(&BertConfig::base(), device, 0)
+    } else if a.model == "roberta-base" {
+        let cfg = BertConfig {
+            vocab_size: 50265,
+            max_position_embeddings: 514,
+            type_vocab_size: 1,
+            pad_token_id: 1,
+            model_type: "roberta".into(),
+            ..BertConfig::base()
+        };
+        Encoder::random(&RobertaConfig(cfg), device, 0)
     } else {
         Encoder::load(a.model.as_ref(), device, false)?
     };

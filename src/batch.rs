@@ -11,6 +11,9 @@ pub struct InputLimits {
     pub vocab_size: i64,
     pub type_vocab_size: i64,
     pub max_positions: usize,
+    /// The pad id the model numbers positions around (RoBERTa), which the tokenizer must pad
+    /// with; `None` where padding is only masked (BERT).
+    pub pad_token_id: Option<i64>,
 }
 
 impl InputLimits {
@@ -34,10 +37,22 @@ impl InputLimits {
                 self.max_positions
             )));
         }
-        if pairs && self.type_vocab_size < 2 {
+        if pairs {
+            // The family's pair template decides the token types (BERT: 0 and 1; RoBERTa: 0).
+            let probe = tok.encode("a", Some("b"))?;
+            let top = probe.token_type_ids.iter().copied().max().unwrap_or(0);
+            if top >= self.type_vocab_size {
+                return Err(Error::Invalid(format!(
+                    "sentence pairs need token type {top}, but the model has type_vocab_size {}",
+                    self.type_vocab_size
+                )));
+            }
+        }
+        if let Some(pad) = self.pad_token_id.filter(|&p| p != tok.pad_id()) {
             return Err(Error::Invalid(format!(
-                "sentence pairs need two token types, but the model has type_vocab_size {}",
-                self.type_vocab_size
+                "the tokenizer ({}) pads with id {}, but the model's pad_token_id is {pad}",
+                tok.path().display(),
+                tok.pad_id()
             )));
         }
         Ok(())

@@ -224,6 +224,19 @@ fn bad_input_exits_non_zero_with_a_message() {
             "--data-dir",
             p(&data),
         ]),
+        "none: no such directory",
+    );
+    // A directory that is not a model says which file it lacks.
+    fails(
+        &clsnorm(&[
+            "finetune",
+            "--model",
+            p(&data),
+            "--task",
+            "sst2",
+            "--data-dir",
+            p(&data),
+        ]),
         "config.json",
     );
     fails(

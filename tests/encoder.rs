@@ -235,7 +235,7 @@ fn load_err(cfg: &BertConfig, tensors: Vec<(String, Tensor)>) -> String {
         path: "x.safetensors".into(),
         tensors,
     };
-    weights::load_into(&target.vs, &ckpt, "bert.")
+    weights::load_into(&target.vs, &ckpt, "bert.", &[])
         .unwrap_err()
         .to_string()
 }
@@ -302,7 +302,7 @@ fn prefixed_checkpoints_with_heads_and_gamma_beta_load() {
         path: "x".into(),
         tensors: t,
     };
-    weights::load_into(&target.vs, &ckpt, "bert.").unwrap();
+    weights::load_into(&target.vs, &ckpt, "bert.", &[]).unwrap();
     assert_same_weights(&enc, &target);
 }
 

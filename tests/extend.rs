@@ -97,7 +97,7 @@ impl EncoderConfig for BagConfig {
     fn hidden_size(&self) -> i64 {
         self.hidden_size
     }
-    fn hidden_dropout_prob(&self) -> f64 {
+    fn classifier_dropout(&self) -> f64 {
         0.1
     }
     fn initializer_range(&self) -> f64 {
@@ -108,6 +108,7 @@ impl EncoderConfig for BagConfig {
             vocab_size: self.vocab_size,
             type_vocab_size: 2,
             max_positions: self.max_position_embeddings as usize,
+            pad_token_id: None,
         }
     }
     fn expected_shapes(&self) -> BTreeMap<String, Vec<i64>> {

@@ -407,7 +407,7 @@ fn token_ids_are_checked_against_the_model_in_every_command() {
     ]));
     fails(
         &clsnorm(&["embed", "--model", m, "--device", "cpu", "the cat", "a dog"]),
-        "sentence pairs need two token types, but the model has type_vocab_size 1",
+        "sentence pairs need token type 1, but the model has type_vocab_size 1",
     );
     // Long text with a --max-len beyond the position embeddings.
     let long = "cat ".repeat(400);

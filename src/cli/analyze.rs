@@ -114,10 +114,11 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("loading {}", dir.display()))?;
             (dir.clone(), model.encoder)
         }
-        None => (
-            a.rt.model.clone(),
-            Encoder::load(&a.rt.model, device, a.rt.allow_pickle)?,
-        ),
+        None => {
+            let model = a.rt.model_dir()?;
+            let enc = Encoder::load(&model, device, a.rt.allow_pickle)?;
+            (model, enc)
+        }
     };
     let tok = TextTokenizer::load(&model_dir, a.max_len)?;
     enc.limits()

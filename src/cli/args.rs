@@ -8,7 +8,8 @@ use clsnorm::normalize::{NormConfig, Normalizers, OptionMap};
 /// Options every command that runs a model takes.
 #[derive(Debug, Args)]
 pub struct RuntimeArgs {
-    /// Hugging Face model directory (config.json, tokenizer, weights).
+    /// Hugging Face model directory (config.json, tokenizer, weights), or the id of a model in
+    /// the local Hugging Face cache (`roberta-base`, `FacebookAI/roberta-base`; offline).
     #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
     pub model: PathBuf,
     /// auto, cpu, cuda or cuda:N.
@@ -20,6 +21,18 @@ pub struct RuntimeArgs {
     /// Allow reading pytorch_model.bin, a Python pickle that can run code when loaded.
     #[arg(long)]
     pub allow_pickle: bool,
+}
+
+impl RuntimeArgs {
+    /// The model directory `--model` names: a directory, or a model in the local Hugging Face
+    /// cache (`roberta-base`, `FacebookAI/roberta-base`).
+    pub fn model_dir(&self) -> anyhow::Result<PathBuf> {
+        let cache = clsnorm::encoder::hub::cache_dir(|v| std::env::var(v).ok());
+        Ok(clsnorm::encoder::hub::resolve(
+            &self.model,
+            cache.as_deref(),
+        )?)
+    }
 }
 
 /// A batch size: 1 to 65,536.

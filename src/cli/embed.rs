@@ -32,17 +32,18 @@ fn vector_json(t: &tch::Tensor) -> anyhow::Result<serde_json::Value> {
 pub fn run(a: EmbedArgs) -> anyhow::Result<()> {
     set_threads(a.rt.threads)?;
     let device = a.rt.device.resolve()?;
-    let enc = Encoder::load(&a.rt.model, device, a.rt.allow_pickle)
-        .with_context(|| format!("loading model {}", a.rt.model.display()))?;
+    let model = a.rt.model_dir()?;
+    let enc = Encoder::load(&model, device, a.rt.allow_pickle)
+        .with_context(|| format!("loading model {}", model.display()))?;
     let limits = enc.limits();
     let max_len = a.max_len.unwrap_or(limits.max_positions.min(512));
-    let tok = TextTokenizer::load(&a.rt.model, max_len)?;
+    let tok = TextTokenizer::load(&model, max_len)?;
     limits.check_tokenizer(&tok, a.pair_text.is_some())?;
     let e = tok.encode(&a.text, a.pair_text.as_deref())?;
     let batch = Batch::collate(&[&e], tok.pad_id(), &limits, device)?;
     let out = tch::no_grad(|| enc.forward(&batch, false));
     let report = json!({
-        "model": a.rt.model,
+        "model": model,
         "device": format!("{device:?}"),
         "tokens": tok.tokens(&e.input_ids),
         "input_ids": e.input_ids,

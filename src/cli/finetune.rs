@@ -346,11 +346,12 @@ type JobParts = (
 
 fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
     let (task, task_dir, train_rows) = resolve_task(&a.data)?;
+    let model = a.rt.model_dir()?;
     let dropout = match a.dropout {
         Some(p) => p,
         None => clsnorm::encoder::Families::builtin()
-            .read_config(&a.rt.model)?
-            .hidden_dropout_prob(),
+            .read_config(&model)?
+            .classifier_dropout(),
     };
     if !(0.0..1.0).contains(&dropout) {
         bail!("--dropout must be in [0, 1), got {dropout}");
@@ -392,15 +393,7 @@ fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
     let output = a.output.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!("{}-{}-seed{}", task.name, head.norm.name(), a.seed))
     });
-    Ok((
-        task,
-        task_dir,
-        train_rows,
-        head,
-        config,
-        a.rt.model.clone(),
-        output,
-    ))
+    Ok((task, task_dir, train_rows, head, config, model, output))
 }
 
 /// The thread count for a run: `--threads` if given, else the count a resumed run recorded.

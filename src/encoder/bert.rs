@@ -11,7 +11,7 @@ use super::{EncoderConfig, EncoderModel, EncoderOutput, Family};
 use crate::batch::InputLimits;
 use crate::error::Result;
 
-fn linear(p: nn::Path, cfg: &BertConfig, inp: i64, out: i64) -> nn::Linear {
+pub(crate) fn linear(p: nn::Path, cfg: &BertConfig, inp: i64, out: i64) -> nn::Linear {
     let c = nn::LinearConfig {
         ws_init: nn::Init::Randn {
             mean: 0.0,
@@ -42,6 +42,16 @@ fn embedding(p: nn::Path, cfg: &BertConfig, n: i64) -> nn::Embedding {
     nn::embedding(p, n, cfg.hidden_size, c)
 }
 
+/// How token positions are numbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// 0, 1, 2, ... (BERT).
+    Absolute,
+    /// Real tokens from `padding_idx + 1` on, padding at `padding_idx` (RoBERTa's
+    /// `create_position_ids_from_input_ids`).
+    AfterPadding { padding_idx: i64 },
+}
+
 /// Word, position and token-type embeddings, summed, then LayerNorm and dropout.
 #[derive(Debug)]
 pub struct BertEmbeddings {
@@ -50,11 +60,13 @@ pub struct BertEmbeddings {
     token_type_embeddings: nn::Embedding,
     layer_norm: nn::LayerNorm,
     dropout: f64,
+    positions: Positions,
 }
 
 impl BertEmbeddings {
-    pub fn new(p: nn::Path, cfg: &BertConfig) -> Self {
+    pub fn new(p: nn::Path, cfg: &BertConfig, positions: Positions) -> Self {
         BertEmbeddings {
+            positions,
             word_embeddings: embedding(&p / "word_embeddings", cfg, cfg.vocab_size),
             position_embeddings: embedding(
                 &p / "position_embeddings",
@@ -72,8 +84,16 @@ impl BertEmbeddings {
     }
 
     pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Tensor {
-        let seq_len = input_ids.size()[1];
-        let position_ids = Tensor::arange(seq_len, (Kind::Int64, input_ids.device())).unsqueeze(0);
+        let position_ids = match self.positions {
+            Positions::Absolute => {
+                let seq_len = input_ids.size()[1];
+                Tensor::arange(seq_len, (Kind::Int64, input_ids.device())).unsqueeze(0)
+            }
+            Positions::AfterPadding { padding_idx } => {
+                let real = input_ids.ne(padding_idx).to_kind(Kind::Int64);
+                real.cumsum(1, Kind::Int64) * &real + padding_idx
+            }
+        };
         let e = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(&position_ids);
@@ -221,10 +241,15 @@ impl BertModel {
     /// tensor names), randomly initialised as HF does: N(0, initializer_range) weights, zero
     /// biases, unit LayerNorm.
     pub fn new(p: &nn::Path, config: &BertConfig) -> Self {
+        Self::with_positions(p, config, Positions::Absolute)
+    }
+
+    /// [`BertModel::new`] with another numbering of positions (RoBERTa's).
+    pub fn with_positions(p: &nn::Path, config: &BertConfig, positions: Positions) -> Self {
         let enc = p / "encoder" / "layer";
         BertModel {
             config: config.clone(),
-            embeddings: BertEmbeddings::new(p / "embeddings", config),
+            embeddings: BertEmbeddings::new(p / "embeddings", config, positions),
             layers: (0..config.num_hidden_layers)
                 .map(|i| BertLayer::new(&enc / i, config))
                 .collect(),
@@ -275,8 +300,12 @@ impl EncoderConfig for BertConfig {
         self.hidden_size
     }
 
-    fn hidden_dropout_prob(&self) -> f64 {
-        self.hidden_dropout_prob
+    fn classifier_dropout(&self) -> f64 {
+        self.extra
+            .get("classifier_dropout")
+            .and_then(serde_json::Value::as_f64)
+            .filter(|p| (0.0..1.0).contains(p))
+            .unwrap_or(self.hidden_dropout_prob)
     }
 
     fn initializer_range(&self) -> f64 {
@@ -288,6 +317,7 @@ impl EncoderConfig for BertConfig {
             vocab_size: self.vocab_size,
             type_vocab_size: self.type_vocab_size,
             max_positions: usize::try_from(self.max_position_embeddings).unwrap_or(0),
+            pad_token_id: None,
         }
     }
 

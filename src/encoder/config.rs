@@ -134,14 +134,25 @@ impl BertConfig {
 
     /// Parses and validates the text of `config.json` read from `path`.
     pub fn from_str(path: &Path, text: &str) -> Result<Self> {
-        let cfg: BertConfig = serde_json::from_str(text).map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            msg: explain_serde(&e),
-        })?;
-        cfg.validate().map_err(|msg| Error::Config {
+        Self::parse_as(path, text, &["bert"])
+    }
+
+    /// Parses the text of a `config.json` of the BERT module tree whose `model_type` is one of
+    /// `model_types` (RoBERTa's is BERT's but for positions), and checks its values.
+    pub(crate) fn parse_as(path: &Path, text: &str, model_types: &[&str]) -> Result<Self> {
+        let bad = |msg: String| Error::Config {
             path: path.to_path_buf(),
             msg,
-        })?;
+        };
+        let cfg: BertConfig = serde_json::from_str(text).map_err(|e| bad(explain_serde(&e)))?;
+        if !model_types.contains(&cfg.model_type.as_str()) {
+            return Err(bad(format!(
+                "model_type is '{}', expected {}",
+                cfg.model_type,
+                model_types.join(" or ")
+            )));
+        }
+        cfg.check_values().map_err(bad)?;
         Ok(cfg)
     }
 
@@ -153,6 +164,11 @@ impl BertConfig {
                 self.model_type
             ));
         }
+        self.check_values()
+    }
+
+    /// Checks the values (not the model type): supported options, positive and bounded sizes.
+    fn check_values(&self) -> std::result::Result<(), String> {
         if self.position_embedding_type != "absolute" {
             return Err(format!(
                 "position_embedding_type '{}' is not supported (expected 'absolute')",

@@ -1,4 +1,5 @@
-//! Encoders: the seam every model family plugs into, and the BERT family.
+//! Encoders: the seam every model family plugs into, and the families: BERT, RoBERTa
+//! (XLM-R, CamemBERT), ELECTRA, DistilBERT.
 //!
 //! A family reads its `config.json` ([`Family::read_config`], chosen by the file's
 //! `model_type`), which knows the model's parameter names and shapes, its input limits and how
@@ -7,7 +8,11 @@
 //! `register` line in [`Families::builtin`].
 pub mod bert;
 pub mod config;
+pub mod distilbert;
+pub mod electra;
+pub mod hub;
 pub mod pickle;
+pub mod roberta;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -17,6 +22,9 @@ use tch::{nn, Device, Tensor};
 
 pub use bert::{BertFamily, BertModel};
 pub use config::{BertConfig, HiddenAct};
+pub use distilbert::{DistilBertConfig, DistilBertFamily};
+pub use electra::{ElectraConfig, ElectraFamily};
+pub use roberta::{RobertaConfig, RobertaFamily};
 
 use crate::batch::{Batch, InputLimits};
 use crate::error::{Error, Result};
@@ -50,8 +58,10 @@ pub trait EncoderModel: std::fmt::Debug + Send {
 /// before (and without) allocating it.
 pub trait EncoderConfig: std::fmt::Debug + Send + Sync {
     fn hidden_size(&self) -> i64;
-    /// Dropout inside the encoder (the head's default).
-    fn hidden_dropout_prob(&self) -> f64;
+    /// The dropout HF's sequence classifier applies before its output layer (the head's
+    /// default): `classifier_dropout` if set, else `hidden_dropout_prob` (DistilBERT:
+    /// `seq_classif_dropout`).
+    fn classifier_dropout(&self) -> f64;
     /// Standard deviation of HF's weight initialisation (the head's default).
     fn initializer_range(&self) -> f64;
     /// The sizes of the embedding tables, which every batch is checked against.
@@ -61,6 +71,11 @@ pub trait EncoderConfig: std::fmt::Debug + Send + Sync {
     /// Where a task model's checkpoint keeps the base model (`bert.` for
     /// `BertForSequenceClassification`).
     fn checkpoint_prefix(&self) -> &'static str;
+    /// Parameters (name prefixes) that a checkpoint may lack: they keep their random
+    /// initialisation (RoBERTa's pooler, which masked-LM checkpoints do not train).
+    fn optional_weights(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// `config.json` as Hugging Face writes it (saved with every checkpoint).
     fn to_hf_json(&self) -> serde_json::Value;
     /// Creates the model's variables under `p`, randomly initialised as HF does.
@@ -94,6 +109,9 @@ impl Families {
             families: Vec::new(),
         };
         f.register(BertFamily);
+        f.register(RobertaFamily);
+        f.register(ElectraFamily);
+        f.register(DistilBertFamily);
         f
     }
 
@@ -195,10 +213,18 @@ impl Encoder {
         let ckpt = weights::read_model_dir(dir, allow_pickle)?;
         // Shapes first: the weights (bounded by the file's size) must be what the config
         // describes before the model is allocated from the config.
-        let prefix = config.checkpoint_prefix();
-        weights::check_shapes(&ckpt, &config.expected_shapes(), prefix)?;
+        let (prefix, optional) = (config.checkpoint_prefix(), config.optional_weights());
+        weights::check_shapes(&ckpt, &config.expected_shapes(), prefix, optional)?;
         let enc = Self::random(config.as_ref(), device, 0);
-        weights::load_into(&enc.vs, &ckpt, prefix)?;
+        let absent = weights::load_into(&enc.vs, &ckpt, prefix, optional)?;
+        if !absent.is_empty() {
+            tracing::warn!(
+                "{}: no {} in the checkpoint: initialised at random (HF's initialisation, seed \
+                 0); fine-tuning trains them from there",
+                ckpt.path.display(),
+                absent.join(", ")
+            );
+        }
         weights::check_finite(&ckpt)?;
         Ok(enc)
     }

@@ -255,16 +255,19 @@ fn encoder_tensors<'c>(ckpt: &'c Checkpoint, prefix: &str) -> BTreeMap<String, &
 }
 
 /// Checks that a checkpoint holds exactly the tensors `expected` names, with those shapes and
-/// a floating-point dtype (`prefix` as in [`load_into`]). All problems are reported together.
+/// a floating-point dtype (`prefix` and `optional` as in [`load_into`]). All problems are
+/// reported together.
 pub fn check_shapes(
     ckpt: &Checkpoint,
     expected: &BTreeMap<String, Vec<i64>>,
     prefix: &str,
+    optional: &[&str],
 ) -> Result<()> {
     let found = encoder_tensors(ckpt, prefix);
     let mut problems = Vec::new();
     for (name, shape) in expected {
         match found.get(name) {
+            None if optional.iter().any(|o| name.starts_with(o)) => {}
             None => problems.push(format!("missing: {name} (expected shape {shape:?})")),
             Some(t) if &t.size() != shape => problems.push(format!(
                 "wrong shape: {name}: expected {shape:?}, found {:?}",
@@ -320,21 +323,33 @@ pub fn check_finite(ckpt: &Checkpoint) -> Result<()> {
 
 /// Copies a checkpoint's tensors into `vs`, whose variables use HF's names. A task model's
 /// checkpoint keeps the base model under `prefix` (`bert.`; empty: none). Every variable must
-/// be present with its shape; tensors the model does not know are an error. All problems are
-/// reported together.
-pub fn load_into(vs: &nn::VarStore, ckpt: &Checkpoint, prefix: &str) -> Result<()> {
+/// be present with its shape, except those under the name prefixes `optional`, which keep
+/// their values when absent (returned, sorted); tensors the model does not know are an error.
+/// All problems are reported together.
+pub fn load_into(
+    vs: &nn::VarStore,
+    ckpt: &Checkpoint,
+    prefix: &str,
+    optional: &[&str],
+) -> Result<Vec<String>> {
     let vars = vs.variables();
     let expected = vars.iter().map(|(n, v)| (n.clone(), v.size())).collect();
-    check_shapes(ckpt, &expected, prefix)?;
+    check_shapes(ckpt, &expected, prefix, optional)?;
     let found = encoder_tensors(ckpt, prefix);
+    let mut absent = Vec::new();
     tch::no_grad(|| -> Result<()> {
         for (name, mut var) in vars {
-            if let Some(src) = found.get(&name) {
-                var.f_copy_(src)?;
+            match found.get(&name) {
+                Some(src) => {
+                    var.f_copy_(src)?;
+                }
+                None => absent.push(name),
             }
         }
         Ok(())
-    })
+    })?;
+    absent.sort();
+    Ok(absent)
 }
 
 /// All variables of `vs`, sorted by name (deterministic files).

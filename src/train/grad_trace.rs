@@ -9,7 +9,10 @@ use crate::rundir::records::GradRecord;
 /// The gradient group of a parameter name: `layer.NN` for an encoder layer (so groups sort in
 /// layer order), else the name's first component (`embeddings`, `pooler`, `classifier`).
 pub fn grad_group(name: &str) -> String {
-    if let Some(rest) = name.strip_prefix("encoder.layer.") {
+    let layer = name
+        .strip_prefix("encoder.layer.")
+        .or_else(|| name.strip_prefix("transformer.layer."));
+    if let Some(rest) = layer {
         let layer = rest.split('.').next().unwrap_or("?");
         format!("layer.{layer:0>2}")
     } else {

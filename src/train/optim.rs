@@ -113,10 +113,13 @@ struct Flat {
     spans: Vec<(i64, i64)>,
 }
 
-/// HF's convention: biases and LayerNorm weights get no weight decay; neither do the
-/// normalizer's own parameters.
+/// HF's convention: biases and LayerNorm weights get no weight decay (BERT's `LayerNorm`,
+/// DistilBERT's `*_layer_norm`); neither do the normalizer's own parameters.
 pub fn decays(name: &str) -> bool {
-    !(name.ends_with("bias") || name.contains("LayerNorm.") || name.starts_with("normalizer."))
+    !(name.ends_with("bias")
+        || name.contains("LayerNorm.")
+        || name.contains("layer_norm.")
+        || name.starts_with("normalizer."))
 }
 
 impl AdamW {

@@ -147,4 +147,5 @@ pub const LIMITS: clsnorm::batch::InputLimits = clsnorm::batch::InputLimits {
     vocab_size: 1 << 20,
     type_vocab_size: 2,
     max_positions: 512,
+    pad_token_id: None,
 };

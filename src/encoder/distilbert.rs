@@ -1,0 +1,401 @@
+//! DistilBERT (HF `DistilBertModel`, names and all): BERT's post-LayerNorm blocks under
+//! `transformer.layer.N` with `q_lin`/`k_lin`/`v_lin`/`out_lin`, `ffn.lin1`/`lin2`, no token
+//! types and no pooler; task checkpoints keep it under `distilbert.`.
+//!
+//! The "pooler" [CLS] source is what `DistilBertForSequenceClassification` computes before its
+//! output layer, `relu(W h_[CLS] + b)` (its `pre_classifier`). Pre-trained DistilBERT
+//! checkpoints (distilled with a masked-LM loss) do not have it: clsnorm keeps it as
+//! `pooler.dense` in its model file, initialises it as HF does (N(0, initializer_range), zero
+//! bias) and trains it with the rest. The head's default dropout is `seq_classif_dropout`, as in
+//! HF's classifier.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::config::{explain_serde, HiddenAct};
+use super::{EncoderConfig, EncoderModel, EncoderOutput, Family};
+use crate::batch::InputLimits;
+use crate::error::{Error, Result};
+
+/// DistilBERT's LayerNorm epsilon (fixed in HF's code, not configurable).
+const LN_EPS: f64 = 1e-12;
+
+/// The DistilBERT family.
+#[derive(Debug, Clone, Copy)]
+pub struct DistilBertFamily;
+
+impl Family for DistilBertFamily {
+    fn model_types(&self) -> &'static [&'static str] {
+        &["distilbert"]
+    }
+
+    fn read_config(&self, path: &Path, text: &str) -> Result<Box<dyn EncoderConfig>> {
+        let bad = |msg: String| Error::Config {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let cfg: DistilBertConfig =
+            serde_json::from_str(text).map_err(|e| bad(explain_serde(&e)))?;
+        cfg.validate().map_err(bad)?;
+        Ok(Box::new(cfg))
+    }
+}
+
+/// HF `DistilBertConfig` (defaults: distilbert-base-uncased).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistilBertConfig {
+    #[serde(default = "d::vocab_size")]
+    pub vocab_size: i64,
+    #[serde(default = "d::max_position_embeddings")]
+    pub max_position_embeddings: i64,
+    #[serde(default)]
+    pub sinusoidal_pos_embds: bool,
+    #[serde(default = "d::n_layers")]
+    pub n_layers: i64,
+    #[serde(default = "d::n_heads")]
+    pub n_heads: i64,
+    #[serde(default = "d::dim")]
+    pub dim: i64,
+    #[serde(default = "d::hidden_dim")]
+    pub hidden_dim: i64,
+    #[serde(default = "d::dropout")]
+    pub dropout: f64,
+    #[serde(default = "d::dropout")]
+    pub attention_dropout: f64,
+    #[serde(default = "d::activation")]
+    pub activation: HiddenAct,
+    #[serde(default = "d::initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default = "d::seq_classif_dropout")]
+    pub seq_classif_dropout: f64,
+    #[serde(default)]
+    pub pad_token_id: i64,
+    pub model_type: String,
+    /// Keys clsnorm does not use, kept so that a saved checkpoint carries them unchanged.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+mod d {
+    use super::HiddenAct;
+    pub fn vocab_size() -> i64 {
+        30522
+    }
+    pub fn max_position_embeddings() -> i64 {
+        512
+    }
+    pub fn n_layers() -> i64 {
+        6
+    }
+    pub fn n_heads() -> i64 {
+        12
+    }
+    pub fn dim() -> i64 {
+        768
+    }
+    pub fn hidden_dim() -> i64 {
+        3072
+    }
+    pub fn dropout() -> f64 {
+        0.1
+    }
+    pub fn activation() -> HiddenAct {
+        HiddenAct::Gelu
+    }
+    pub fn initializer_range() -> f64 {
+        0.02
+    }
+    pub fn seq_classif_dropout() -> f64 {
+        0.2
+    }
+}
+
+impl DistilBertConfig {
+    /// Checks that the values describe a DistilBERT that clsnorm can build, with sizes bounded
+    /// far beyond real encoders (as BERT's).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.sinusoidal_pos_embds {
+            return Err(
+                "sinusoidal_pos_embds: true is not supported (learned positions only)".into(),
+            );
+        }
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 20,
+            ),
+            ("n_layers", self.n_layers, 1 << 10),
+            ("n_heads", self.n_heads, 1 << 12),
+            ("dim", self.dim, 1 << 16),
+            ("hidden_dim", self.hidden_dim, 1 << 20),
+        ] {
+            if !(1..=max).contains(&v) {
+                return Err(format!("{name} must be from 1 to {max}, found {v}"));
+            }
+        }
+        if self.dim % self.n_heads != 0 {
+            return Err(format!(
+                "dim {} is not divisible by n_heads {}",
+                self.dim, self.n_heads
+            ));
+        }
+        for (name, p) in [
+            ("dropout", self.dropout),
+            ("attention_dropout", self.attention_dropout),
+            ("seq_classif_dropout", self.seq_classif_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("{name} must be in [0, 1), found {p}"));
+            }
+        }
+        if !(self.initializer_range > 0.0 && self.initializer_range.is_finite()) {
+            return Err("initializer_range must be a positive number".into());
+        }
+        if !(0..self.vocab_size).contains(&self.pad_token_id) {
+            return Err(format!(
+                "pad_token_id {} is outside the vocabulary of {}",
+                self.pad_token_id, self.vocab_size
+            ));
+        }
+        Ok(())
+    }
+
+    fn linear(&self, p: nn::Path, inp: i64, out: i64) -> nn::Linear {
+        let c = nn::LinearConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: self.initializer_range,
+            },
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
+        nn::linear(p, inp, out, c)
+    }
+
+    fn layer_norm(&self, p: nn::Path) -> nn::LayerNorm {
+        let c = nn::LayerNormConfig {
+            eps: LN_EPS,
+            ..Default::default()
+        };
+        nn::layer_norm(p, vec![self.dim], c)
+    }
+
+    fn embedding(&self, p: nn::Path, n: i64) -> nn::Embedding {
+        let c = nn::EmbeddingConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: self.initializer_range,
+            },
+            ..Default::default()
+        };
+        nn::embedding(p, n, self.dim, c)
+    }
+}
+
+impl EncoderConfig for DistilBertConfig {
+    fn hidden_size(&self) -> i64 {
+        self.dim
+    }
+
+    fn classifier_dropout(&self) -> f64 {
+        self.seq_classif_dropout
+    }
+
+    fn initializer_range(&self) -> f64 {
+        self.initializer_range
+    }
+
+    fn limits(&self) -> InputLimits {
+        InputLimits {
+            vocab_size: self.vocab_size,
+            // The model takes no token types; those of a BERT tokenizer (0 and 1) are ignored.
+            type_vocab_size: 1 << 16,
+            max_positions: usize::try_from(self.max_position_embeddings).unwrap_or(0),
+            pad_token_id: None,
+        }
+    }
+
+    fn expected_shapes(&self) -> BTreeMap<String, Vec<i64>> {
+        let (d, h) = (self.dim, self.hidden_dim);
+        let mut m = BTreeMap::new();
+        m.insert(
+            "embeddings.word_embeddings.weight".to_string(),
+            vec![self.vocab_size, d],
+        );
+        m.insert(
+            "embeddings.position_embeddings.weight".into(),
+            vec![self.max_position_embeddings, d],
+        );
+        let mut linear = |p: String, inp: i64, out: i64| {
+            m.insert(format!("{p}.weight"), vec![out, inp]);
+            m.insert(format!("{p}.bias"), vec![out]);
+        };
+        for l in 0..self.n_layers {
+            let p = format!("transformer.layer.{l}");
+            for q in ["q_lin", "k_lin", "v_lin", "out_lin"] {
+                linear(format!("{p}.attention.{q}"), d, d);
+            }
+            linear(format!("{p}.ffn.lin1"), d, h);
+            linear(format!("{p}.ffn.lin2"), h, d);
+        }
+        linear("pooler.dense".into(), d, d);
+        // LayerNorms: [dim] weight and bias.
+        let norms = std::iter::once("embeddings.LayerNorm".to_string()).chain(
+            (0..self.n_layers).flat_map(|l| {
+                ["sa_layer_norm", "output_layer_norm"].map(|n| format!("transformer.layer.{l}.{n}"))
+            }),
+        );
+        for n in norms {
+            m.insert(format!("{n}.weight"), vec![d]);
+            m.insert(format!("{n}.bias"), vec![d]);
+        }
+        m
+    }
+
+    fn checkpoint_prefix(&self) -> &'static str {
+        "distilbert."
+    }
+
+    fn optional_weights(&self) -> &'static [&'static str] {
+        &["pooler."]
+    }
+
+    fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let Some(map) = v.as_object_mut() {
+            map.entry("architectures")
+                .or_insert_with(|| serde_json::json!(["DistilBertModel"]));
+        }
+        v
+    }
+
+    fn build(&self, p: &nn::Path) -> Box<dyn EncoderModel> {
+        let (d, e) = (self.dim, &(p / "embeddings"));
+        let t = p / "transformer" / "layer";
+        Box::new(DistilBertModel {
+            word_embeddings: self.embedding(e / "word_embeddings", self.vocab_size),
+            position_embeddings: self
+                .embedding(e / "position_embeddings", self.max_position_embeddings),
+            embeddings_norm: self.layer_norm(e / "LayerNorm"),
+            layers: (0..self.n_layers)
+                .map(|l| TransformerBlock::new(&(&t / l), self))
+                .collect(),
+            pooler: self.linear(p / "pooler" / "dense", d, d),
+            dropout: self.dropout,
+        })
+    }
+
+    fn clone_box(&self) -> Box<dyn EncoderConfig> {
+        Box::new(self.clone())
+    }
+}
+
+/// Attention, then the feed-forward network, each post-LayerNormed (HF `TransformerBlock`).
+#[derive(Debug)]
+struct TransformerBlock {
+    q_lin: nn::Linear,
+    k_lin: nn::Linear,
+    v_lin: nn::Linear,
+    out_lin: nn::Linear,
+    sa_layer_norm: nn::LayerNorm,
+    lin1: nn::Linear,
+    lin2: nn::Linear,
+    output_layer_norm: nn::LayerNorm,
+    n_heads: i64,
+    activation: HiddenAct,
+    dropout: f64,
+    attention_dropout: f64,
+}
+
+impl TransformerBlock {
+    fn new(p: &nn::Path, c: &DistilBertConfig) -> Self {
+        let (a, f, d) = (p / "attention", p / "ffn", c.dim);
+        TransformerBlock {
+            q_lin: c.linear(&a / "q_lin", d, d),
+            k_lin: c.linear(&a / "k_lin", d, d),
+            v_lin: c.linear(&a / "v_lin", d, d),
+            out_lin: c.linear(&a / "out_lin", d, d),
+            sa_layer_norm: c.layer_norm(p / "sa_layer_norm"),
+            lin1: c.linear(&f / "lin1", d, c.hidden_dim),
+            lin2: c.linear(&f / "lin2", c.hidden_dim, d),
+            output_layer_norm: c.layer_norm(p / "output_layer_norm"),
+            n_heads: c.n_heads,
+            activation: c.activation,
+            dropout: c.dropout,
+            attention_dropout: c.attention_dropout,
+        }
+    }
+
+    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        let (b, s, d) = xs
+            .size3()
+            .unwrap_or_else(|_| unreachable!("hidden states are 3-d"));
+        let heads = |t: Tensor| {
+            t.view([b, s, self.n_heads, d / self.n_heads])
+                .transpose(1, 2)
+        };
+        let q = heads(self.q_lin.forward(xs));
+        let k = heads(self.k_lin.forward(xs));
+        let v = heads(self.v_lin.forward(xs));
+        let p = if train { self.attention_dropout } else { 0.0 };
+        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, false, None, false);
+        let att = self
+            .out_lin
+            .forward(&ctx.transpose(1, 2).contiguous().view([b, s, d]));
+        let att = self.sa_layer_norm.forward(&(att + xs));
+        let inter = self.lin1.forward(&att);
+        let inter = match self.activation {
+            HiddenAct::Gelu => inter.gelu("none"),
+            HiddenAct::GeluNew => inter.gelu("tanh"),
+            HiddenAct::Relu => inter.relu(),
+        };
+        let ffn = self.lin2.forward(&inter).dropout(self.dropout, train);
+        self.output_layer_norm.forward(&(ffn + att))
+    }
+}
+
+/// HF `DistilBertModel`, plus its sequence classifier's `pre_classifier` as `pooler.dense`.
+#[derive(Debug)]
+pub struct DistilBertModel {
+    word_embeddings: nn::Embedding,
+    position_embeddings: nn::Embedding,
+    embeddings_norm: nn::LayerNorm,
+    layers: Vec<TransformerBlock>,
+    pooler: nn::Linear,
+    dropout: f64,
+}
+
+impl EncoderModel for DistilBertModel {
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        _token_type_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> EncoderOutput {
+        let mask = attention_mask.map(|m| m.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
+        let seq_len = input_ids.size()[1];
+        let positions = Tensor::arange(seq_len, (Kind::Int64, input_ids.device())).unsqueeze(0);
+        let e =
+            self.word_embeddings.forward(input_ids) + self.position_embeddings.forward(&positions);
+        let mut xs = self
+            .embeddings_norm
+            .forward(&e)
+            .dropout(self.dropout, train);
+        for layer in &self.layers {
+            xs = layer.forward(&xs, mask.as_ref(), train);
+        }
+        let cls = xs.select(1, 0);
+        let pooler_output = self.pooler.forward(&cls).relu();
+        EncoderOutput {
+            last_hidden_state: xs,
+            cls,
+            pooler_output,
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `--model NAME`: a model directory, or a model that the Hugging Face libraries downloaded
+//! into their local cache (`models--ORG--NAME/snapshots/REVISION/`), found offline.
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The hub cache directory the Hugging Face libraries use: `HF_HUB_CACHE`, else
+/// `HF_HOME/hub`, else `XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`,
+/// from the environment `var` reads.
+pub fn cache_dir(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(d) = var("HF_HUB_CACHE") {
+        return Some(d.into());
+    }
+    if let Some(d) = var("HF_HOME") {
+        return Some(Path::new(&d).join("hub"));
+    }
+    let cache = var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache")))?;
+    Some(cache.join("huggingface").join("hub"))
+}
+
+/// The model directory `model` names: itself when it is a directory; else, for a Hub id
+/// (`NAME` or `ORG/NAME`), its snapshot in `cache` (the revision `refs/main` names, or the
+/// only one there is). A bare `NAME` also finds `ORG/NAME` when one organisation's copy is
+/// cached (`roberta-base` finds `FacebookAI/roberta-base`). Errors say where it looked.
+pub fn resolve(model: &Path, cache: Option<&Path>) -> Result<PathBuf> {
+    if model.is_dir() {
+        return Ok(model.to_path_buf());
+    }
+    let not_found = |looked: String| {
+        Error::Invalid(format!(
+            "--model {}: no such directory{looked}",
+            model.display()
+        ))
+    };
+    let Some(id) = model.to_str().filter(|s| is_hub_id(s)) else {
+        return Err(not_found(String::new()));
+    };
+    let Some(cache) = cache else {
+        return Err(not_found(
+            ", and no Hugging Face cache to look in (set HF_HOME or HF_HUB_CACHE)".into(),
+        ));
+    };
+    let mut repos = vec![cache.join(format!("models--{}", id.replace('/', "--")))];
+    if !id.contains('/') {
+        let suffix = format!("--{id}");
+        let mut others: Vec<PathBuf> = std::fs::read_dir(cache)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("models--") && n.ends_with(&suffix))
+                    && p.file_name() != repos[0].file_name()
+            })
+            .collect();
+        others.sort();
+        repos.extend(others);
+    }
+    let found: Vec<PathBuf> = repos.iter().filter_map(|r| snapshot(r)).collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(not_found(format!(
+            ", and no snapshot of it in the Hugging Face cache (looked for {}/snapshots/)",
+            repos[0].display()
+        ))),
+        many => Err(Error::Invalid(format!(
+            "--model {id} matches several cached models ({}); give ORG/NAME or a directory",
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// `NAME` or `ORG/NAME` of letters, digits, `-`, `_` and `.` (not `.` or `..`).
+fn is_hub_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    parts.len() <= 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && *p != "."
+                && *p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+}
+
+/// The snapshot of a cached repository: the revision `refs/main` names, else the only one.
+fn snapshot(repo: &Path) -> Option<PathBuf> {
+    let snapshots = repo.join("snapshots");
+    if let Ok(rev) = std::fs::read_to_string(repo.join("refs").join("main")) {
+        let rev = rev.trim();
+        if is_hub_id(rev) && !rev.contains('/') {
+            let dir = snapshots.join(rev);
+            if dir.is_dir() {
+                return Some(dir);
+            }
+        }
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    (dirs.len() == 1).then(|| dirs.remove(0))
+}

@@ -1,0 +1,316 @@
+//! Model families against Hugging Face `transformers`: token ids, first-token state and head
+//! input of padded single sentences and pairs, at two sizes per family (golden values from
+//! `bench/golden/families.py`, committed in `tests/fixtures/families`); and fine-tuning, saving
+//! and exact resume on each family.
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use clsnorm::batch::Batch;
+use clsnorm::classifier::{ClsSource, HeadConfig};
+use clsnorm::data::{glue_task, read_dataset, ReadOptions};
+use clsnorm::encoder::{weights, Encoder, Families};
+use clsnorm::tokenize::{Encoded, TextTokenizer};
+use clsnorm::train::{finetune, Finetune, TrainConfig};
+use clsnorm::Registry;
+use tch::{Device, Kind, Tensor};
+
+const FAMILIES: &[&str] = &["roberta", "xlm-roberta", "electra", "distilbert"];
+const SIZES: &[&str] = &["small", "h256"];
+
+fn fixture(family: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/families")
+        .join(family)
+}
+
+/// The formula of `bench/golden/families.py`: parameter `t` of the sorted names, element `j`:
+/// `sin(0.37 j + 1.3 t)`, scaled 0.1 around 1 for LayerNorm weights, 0.02 for biases, 0.05
+/// otherwise. The names are clsnorm's: HF's, plus `pooler.dense` where clsnorm keeps the task
+/// head's dense layer (ELECTRA, DistilBERT).
+fn formula_weights(dir: &Path) -> Vec<(String, Tensor)> {
+    let config = Families::builtin().read_config(dir).unwrap();
+    config
+        .expected_shapes()
+        .into_iter()
+        .enumerate()
+        .map(|(t, (name, shape))| {
+            let n: i64 = shape.iter().product();
+            let s = (Tensor::arange(n, (Kind::Double, Device::Cpu)) * 0.37 + 1.3 * t as f64).sin();
+            let v = if name.ends_with("LayerNorm.weight") || name.ends_with("layer_norm.weight") {
+                s * 0.1 + 1.0
+            } else if name.ends_with("bias") {
+                s * 0.02
+            } else {
+                s * 0.05
+            };
+            (name, v.to_kind(Kind::Float).reshape(shape.as_slice()))
+        })
+        .collect()
+}
+
+/// A model directory of `family` at `size`: the fixture's tokenizer and config, formula weights.
+fn model_dir(root: &Path, family: &str, size: &str) -> PathBuf {
+    let dir = root.join(format!("{family}-{size}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fx = fixture(family);
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fx.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(fx.join(size).join("config.json"), dir.join("config.json")).unwrap();
+    let w = formula_weights(&dir);
+    weights::write_safetensors(&dir.join(weights::SAFETENSORS_FILE), &w).unwrap();
+    dir
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<f64>> {
+    Vec::<Vec<f64>>::try_from(t.to_kind(Kind::Double)).unwrap()
+}
+
+#[test]
+fn first_token_state_and_head_input_equal_transformers() {
+    // Loading seeds libtorch's global generator (the random init under the weights).
+    let _g = common::torch_rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    for family in FAMILIES {
+        let golden: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture(family).join("golden.json")).unwrap())
+                .unwrap();
+        let examples: Vec<(String, Option<String>)> =
+            serde_json::from_value(golden["examples"].clone()).unwrap();
+        let want_ids: Vec<Vec<i64>> = serde_json::from_value(golden["input_ids"].clone()).unwrap();
+        for size in SIZES {
+            let dir = model_dir(tmp.path(), family, size);
+            let enc = Encoder::load(&dir, Device::Cpu, false).unwrap();
+            let tok = TextTokenizer::load(&dir, 64).unwrap();
+            enc.limits().check_tokenizer(&tok, true).unwrap();
+            let encs: Vec<Encoded> = examples
+                .iter()
+                .map(|(a, b)| tok.encode(a, b.as_deref()).unwrap())
+                .collect();
+            let ids: Vec<Vec<i64>> = encs.iter().map(|e| e.input_ids.clone()).collect();
+            assert_eq!(ids, want_ids, "{family}: token ids");
+            let refs: Vec<&Encoded> = encs.iter().collect();
+            let batch = Batch::collate(&refs, tok.pad_id(), &enc.limits(), Device::Cpu).unwrap();
+            let out = tch::no_grad(|| enc.forward(&batch, false));
+            for (what, got) in [("cls", &out.cls), ("pooler", &out.pooler_output)] {
+                let want: Vec<Vec<f64>> =
+                    serde_json::from_value(golden["sizes"][size][what].clone()).unwrap();
+                let got = rows(got);
+                let diff = got
+                    .iter()
+                    .flatten()
+                    .zip(want.iter().flatten())
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(diff < 1e-5, "{family} {size} {what}: max |diff| {diff}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_checkpoint_without_a_pooler_loads_with_a_fresh_one() {
+    let _g = common::torch_rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_dir(tmp.path(), "roberta", "small");
+    // As a masked-LM checkpoint: `roberta.`-prefixed, an `lm_head`, no pooler.
+    let w: Vec<(String, Tensor)> = formula_weights(&dir)
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("pooler."))
+        .map(|(n, t)| (format!("roberta.{n}"), t))
+        .chain(std::iter::once((
+            "lm_head.bias".to_string(),
+            Tensor::zeros([400], (Kind::Float, Device::Cpu)),
+        )))
+        .collect();
+    weights::write_safetensors(&dir.join(weights::SAFETENSORS_FILE), &w).unwrap();
+    let enc = Encoder::load(&dir, Device::Cpu, false).unwrap();
+    let vars = enc.vs.variables();
+    let std = vars["pooler.dense.weight"].std(true).double_value(&[]);
+    assert!((std - 0.02).abs() < 0.004, "HF's initialisation: std {std}");
+    assert_eq!(
+        vars["pooler.dense.bias"]
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]),
+        0.0
+    );
+    // Every other weight is the checkpoint's.
+    assert!(vars["encoder.layer.1.output.dense.weight"].equal(
+        &w[w.iter()
+            .position(|(n, _)| n == "roberta.encoder.layer.1.output.dense.weight")
+            .unwrap()]
+        .1
+    ));
+    // A wrong tokenizer pad id is refused before anything is encoded.
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    cfg["pad_token_id"] = 3.into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let enc = Encoder::load(&dir, Device::Cpu, false).unwrap();
+    let tok = TextTokenizer::load(&dir, 32).unwrap();
+    let e = enc
+        .limits()
+        .check_tokenizer(&tok, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("pads with id 1, but the model's pad_token_id is 3"),
+        "{e}"
+    );
+}
+
+fn run(model: &Path, data: &Path, out: &Path, stop_after: Option<usize>, resume: bool) {
+    let task = glue_task("sst2").unwrap();
+    let (train, dev) = task.paths(Some(&data.join("SST-2")));
+    let opts = ReadOptions {
+        skip_bad_rows: false,
+        require_label: true,
+    };
+    finetune(Finetune {
+        model_dir: model,
+        head: HeadConfig {
+            labels: task.labels.clone(),
+            cls_source: ClsSource::Pooler,
+            norm: Registry::builtin().normalizers.defaults("isobn").unwrap(),
+            dropout: 0.1,
+            bias_init: Default::default(),
+            classifier_init: Default::default(),
+        },
+        train: read_dataset(&train, &task, opts).unwrap(),
+        dev: dev
+            .iter()
+            .map(|(n, p)| (n.clone(), read_dataset(p, &task, opts).unwrap()))
+            .collect(),
+        task,
+        config: TrainConfig {
+            lr: 2e-3,
+            epochs: 2,
+            batch_size: 8,
+            max_len: 32,
+            ..TrainConfig::default()
+        },
+        output: out,
+        registry: Registry::builtin(),
+        resume,
+        device: Device::Cpu,
+        threads: 1,
+        allow_pickle: false,
+        progress: false,
+        stop_after,
+        stop: None,
+    })
+    .unwrap();
+}
+
+#[test]
+fn every_family_fine_tunes_saves_and_resumes_exactly() {
+    let _g = common::torch_rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("glue");
+    common::write_toy_sst(&data, 40, 16, 4);
+    for family in FAMILIES {
+        let model = model_dir(tmp.path(), family, "small");
+        let full = tmp.path().join(format!("{family}-full"));
+        run(&model, &data, &full, None, false);
+        let losses: Vec<f64> = std::fs::read_to_string(full.join("train_loss.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            losses.len() >= 2 && losses[0] != losses[losses.len() - 1],
+            "{family}: {losses:?}"
+        );
+        // The saved checkpoint is a model directory of the same family.
+        let back = Encoder::load(&full.join("best"), Device::Cpu, false).unwrap();
+        assert_eq!(back.config.to_hf_json()["model_type"], *family);
+        let part = tmp.path().join(format!("{family}-part"));
+        run(&model, &data, &part, Some(3), false);
+        run(&model, &data, &part, None, true);
+        common::same_checkpoint_weights(&full.join("last"), &part.join("last"));
+        assert_eq!(
+            std::fs::read_to_string(full.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["primary"].clone())
+                .collect::<Vec<_>>(),
+            std::fs::read_to_string(part.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["primary"].clone())
+                .collect::<Vec<_>>(),
+            "{family}"
+        );
+    }
+}
+
+#[test]
+fn a_model_in_the_hugging_face_cache_is_found_by_its_id() {
+    use clsnorm::encoder::hub;
+    let _g = common::torch_rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let hub_dir = tmp.path().join("hf/hub");
+    // The cache layout huggingface_hub writes: refs/main names the snapshot in use.
+    let repo = hub_dir.join("models--FacebookAI--tiny-roberta");
+    let snap = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots/old")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    let built = model_dir(tmp.path(), "roberta", "small");
+    std::fs::rename(&built, &snap).unwrap();
+
+    let env = |hf_home: &Path| {
+        let h = hf_home.to_str().unwrap().to_string();
+        move |v: &str| (v == "HF_HOME").then(|| h.clone())
+    };
+    let cache = hub::cache_dir(env(&tmp.path().join("hf"))).unwrap();
+    assert_eq!(cache, hub_dir);
+    for id in ["FacebookAI/tiny-roberta", "tiny-roberta"] {
+        assert_eq!(hub::resolve(Path::new(id), Some(&cache)).unwrap(), snap);
+    }
+    let e = hub::resolve(Path::new("FacebookAI/absent"), Some(&cache))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no such directory, and no snapshot of it in the Hugging Face cache")
+            && e.contains("models--FacebookAI--absent/snapshots/"),
+        "{e}"
+    );
+    // Two organisations' copies: a bare name is ambiguous.
+    std::fs::create_dir_all(hub_dir.join("models--other--tiny-roberta/snapshots/x")).unwrap();
+    let e = hub::resolve(Path::new("tiny-roberta"), Some(&cache))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("matches several cached models"), "{e}");
+    for bad in ["../x", "a/b/c", "/nonexistent/dir"] {
+        let e = hub::resolve(Path::new(bad), Some(&cache))
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("no such directory"), "{bad}: {e}");
+    }
+
+    // Through the binary: `--model ORG/NAME` with HF_HOME set, offline.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clsnorm"))
+        .args([
+            "embed",
+            "--model",
+            "FacebookAI/tiny-roberta",
+            "--threads",
+            "1",
+        ])
+        .arg("a fine movie .")
+        .env("HF_HOME", tmp.path().join("hf"))
+        .env_remove("HF_HUB_CACHE")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&common::ok(&out)).unwrap();
+    assert_eq!(v["model"], snap.to_str().unwrap());
+    assert_eq!(v["cls"]["values"].as_array().unwrap().len(), 32);
+}
