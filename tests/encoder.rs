@@ -235,9 +235,16 @@ fn load_err(cfg: &BertConfig, tensors: Vec<(String, Tensor)>) -> String {
         path: "x.safetensors".into(),
         tensors,
     };
-    weights::load_into(&target.vs, &ckpt, "bert.", &[])
-        .unwrap_err()
-        .to_string()
+    weights::load_into(
+        &target.vs,
+        &ckpt,
+        &weights::Names {
+            prefix: "bert.",
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string()
 }
 
 #[test]
@@ -302,7 +309,15 @@ fn prefixed_checkpoints_with_heads_and_gamma_beta_load() {
         path: "x".into(),
         tensors: t,
     };
-    weights::load_into(&target.vs, &ckpt, "bert.", &[]).unwrap();
+    weights::load_into(
+        &target.vs,
+        &ckpt,
+        &weights::Names {
+            prefix: "bert.",
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_same_weights(&enc, &target);
 }
 

@@ -122,8 +122,12 @@ impl EncoderConfig for BagConfig {
             ("pooler.dense.bias".into(), vec![h]),
         ])
     }
-    fn checkpoint_prefix(&self) -> &'static str {
-        "bag."
+    fn names(&self) -> clsnorm::encoder::weights::Names<'static> {
+        clsnorm::encoder::weights::Names {
+            prefix: "bag.",
+            beside: &[],
+            optional: &[],
+        }
     }
     fn to_hf_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap()

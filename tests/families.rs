@@ -15,7 +15,14 @@ use clsnorm::train::{finetune, Finetune, TrainConfig};
 use clsnorm::Registry;
 use tch::{Device, Kind, Tensor};
 
-const FAMILIES: &[&str] = &["roberta", "xlm-roberta", "electra", "distilbert"];
+const FAMILIES: &[&str] = &[
+    "roberta",
+    "xlm-roberta",
+    "electra",
+    "distilbert",
+    "modernbert",
+    "deberta-v2",
+];
 const SIZES: &[&str] = &["small", "h256"];
 
 fn fixture(family: &str) -> PathBuf {
@@ -37,7 +44,7 @@ fn formula_weights(dir: &Path) -> Vec<(String, Tensor)> {
         .map(|(t, (name, shape))| {
             let n: i64 = shape.iter().product();
             let s = (Tensor::arange(n, (Kind::Double, Device::Cpu)) * 0.37 + 1.3 * t as f64).sin();
-            let v = if name.ends_with("LayerNorm.weight") || name.ends_with("layer_norm.weight") {
+            let v = if name.to_lowercase().ends_with("norm.weight") {
                 s * 0.1 + 1.0
             } else if name.ends_with("bias") {
                 s * 0.02

@@ -532,7 +532,7 @@ fn state_round_trips_through_safetensors() {
             path: path.clone(),
             tensors: weights::read_safetensors(&path).unwrap(),
         };
-        weights::load_into(&vs2, &ck, "", &[]).unwrap();
+        weights::load_into(&vs2, &ck, &weights::Names::PLAIN).unwrap();
         let x = planted(5, 8, 30, Kind::Float);
         assert!(
             n.forward(&x, false).equal(&n2.forward(&x, false)),

@@ -19,7 +19,7 @@ list of parameter names and of its element index (`formula` below, repeated in
 tests/families.rs), so the Rust test rebuilds the same checkpoint. The script also checks that
 transformers loads a checkpoint saved this way (`AutoModel.from_pretrained`).
 
-    bench/setup.sh && GLUE_DIR=../shared/data/glue bench/.venv/bin/python bench/golden/families.py [OUT [FAMILY...]]
+    bench/setup.sh && GLUE_DIR=../shared/data/glue bench/.venv/bin/python bench/golden/families.py [--retrain] [OUT [FAMILY...]]
 """
 
 import json
@@ -31,10 +31,12 @@ import tempfile
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers, decoders
-from transformers import AutoModel, RobertaTokenizerFast, XLMRobertaTokenizerFast
+from transformers import AutoModel, AutoTokenizer, RobertaTokenizerFast, XLMRobertaTokenizerFast
 from transformers import DistilBertTokenizerFast, ElectraTokenizerFast
 from transformers import RobertaConfig, RobertaModel, XLMRobertaConfig, XLMRobertaModel
 from transformers import DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel
+from transformers import ModernBertConfig, ModernBertModel, PreTrainedTokenizerFast
+from transformers import DebertaV2Config, DebertaV2Model, DebertaV2TokenizerFast
 
 EXAMPLES = [
     ("a gorgeous , witty , seductive movie .", None),
@@ -63,7 +65,7 @@ def value(t, name, shape):
     for d in shape:
         n *= d
     s = formula(t, n).reshape(shape)
-    if name.endswith(("LayerNorm.weight", "layer_norm.weight")):
+    if name.lower().endswith("norm.weight"):
         return 1.0 + 0.1 * s
     if name.endswith("bias"):
         return 0.02 * s
@@ -151,6 +153,73 @@ def wordpiece_tokenizer(fast_class):
     return make
 
 
+def modernbert_tokenizer(texts, out):
+    special = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]",
+                                   pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+    fast.save_pretrained(out)
+    return fast
+
+
+def modernbert_config(tok, dims):
+    # Local layers see 4 tokens either side, so the window matters at these lengths.
+    layers = 4 if dims["hidden_size"] == 32 else 3
+    return ModernBertConfig(vocab_size=len(tok), hidden_size=dims["hidden_size"],
+                            intermediate_size=dims["intermediate_size"],
+                            num_hidden_layers=layers,
+                            num_attention_heads=dims["num_attention_heads"],
+                            max_position_embeddings=64, local_attention=8,
+                            pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
+                            eos_token_id=tok.sep_token_id, cls_token_id=tok.cls_token_id,
+                            sep_token_id=tok.sep_token_id,
+                            attn_implementation="sdpa")
+
+
+def deberta_tokenizer(texts, out):
+    special = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=special, unk_token="[UNK]",
+                                      show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.add_special_tokens(["[MASK]"])
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    fast = DebertaV2TokenizerFast(tokenizer_object=tok, bos_token="[CLS]", eos_token="[SEP]",
+                                  unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                                  cls_token="[CLS]", mask_token="[MASK]")
+    fast.save_pretrained(out)
+    return fast
+
+
+def deberta_config(tok, dims):
+    # small: DeBERTa-v3's layout (shared keys, log buckets, normed relative embeddings, no
+    # absolute positions or token types); h256: separate position projections, absolute
+    # positions, token types and narrower embeddings projected.
+    v3 = dims["hidden_size"] == 32
+    extra = {} if v3 else {"embedding_size": 128}
+    return DebertaV2Config(vocab_size=len(tok), max_position_embeddings=64,
+                           relative_attention=True, position_buckets=16 if v3 else -1,
+                           max_relative_positions=64 if v3 else 24,
+                           pos_att_type=["p2c", "c2p"], share_att_key=v3,
+                           norm_rel_ebd="layer_norm" if v3 else "none",
+                           position_biased_input=not v3, type_vocab_size=0 if v3 else 2,
+                           layer_norm_eps=1e-7, pad_token_id=tok.pad_token_id, **extra, **dims)
+
+
 def roberta_config(Config):
     def make(tok, dims):
         return Config(vocab_size=len(tok), max_position_embeddings=MAX_POSITIONS,
@@ -174,10 +243,15 @@ def distilbert_config(tok, dims):
 
 
 def pooler_of(model, head, activation):
-    """The head input of the families whose classification head clsnorm keeps as
-    `pooler.dense`: activation(W h_cls + b)."""
+    """The head input of the families whose classification head clsnorm keeps beside the
+    model: activation(W h_cls + b) (`pooler.dense`), or ModernBERT's head
+    norm(gelu(W h_cls)) (`head.dense`, `head.norm`, no biases)."""
     def f(o):
         h = o.last_hidden_state[:, 0]
+        if activation == "modernbert":
+            x = torch.nn.functional.gelu(h @ head["head.dense.weight"].T)
+            return torch.nn.functional.layer_norm(x, (x.shape[-1],), head["head.norm.weight"],
+                                                  None, model.config.norm_eps)
         return activation(h @ head["pooler.dense.weight"].T + head["pooler.dense.bias"])
     return f
 
@@ -190,21 +264,32 @@ FAMILIES = {
                 torch.nn.functional.gelu),
     "distilbert": (distilbert_config, DistilBertModel,
                    wordpiece_tokenizer(DistilBertTokenizerFast), torch.relu),
+    # The head input is the classifier's head (dense, gelu, norm) of the first token.
+    "modernbert": (modernbert_config, ModernBertModel, modernbert_tokenizer, "modernbert"),
+    # The head input is the classifier's ContextPooler: gelu(W h_cls + b).
+    "deberta-v2": (deberta_config, DebertaV2Model, deberta_tokenizer, torch.nn.functional.gelu),
 }
 
 
 def main():
     glue = os.environ.get("GLUE_DIR") or sys.exit("set GLUE_DIR")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out_root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "tests/fixtures/families")
     texts = sentences(glue)
-    only = sys.argv[2:]
+    retrain = "--retrain" in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--retrain"]
+    out_root = args[0] if args else os.path.join(root, "tests/fixtures/families")
+    only = args[1:]
     for family, (make_cfg, Model, make_tok, head_act) in FAMILIES.items():
         if only and family not in only:
             continue
         out = os.path.join(out_root, family)
         os.makedirs(out, exist_ok=True)
-        tok = make_tok(texts, out)
+        # The trainers break ties in an order that varies between runs, so a tokenizer once
+        # made is kept (the committed fixture); --retrain makes new ones.
+        if os.path.exists(os.path.join(out, "tokenizer.json")) and not retrain:
+            tok = AutoTokenizer.from_pretrained(out)
+        else:
+            tok = make_tok(texts, out)
         ids = [tok(a, b)["input_ids"] for a, b in EXAMPLES]
         type_ids = [tok(a, b, return_token_type_ids=True)["token_type_ids"] for a, b in EXAMPLES]
         golden = {"examples": [[a, b] for a, b in EXAMPLES], "input_ids": ids, "sizes": {}}
@@ -214,6 +299,8 @@ def main():
             model = Model(cfg).eval()
             h = dims["hidden_size"]
             extra = {"pooler.dense.weight": (h, h), "pooler.dense.bias": (h,)} if head_act else None
+            if head_act == "modernbert":
+                extra = {"head.dense.weight": (h, h), "head.norm.weight": (h,)}
             head = set_weights(model, extra)
             os.makedirs(os.path.join(out, size), exist_ok=True)
             cfg.to_json_file(os.path.join(out, size, "config.json"))
@@ -226,7 +313,7 @@ def main():
                 input_ids[i, : len(row)] = torch.tensor(row)
                 mask[i, : len(row)] = 1
                 types[i, : len(row)] = torch.tensor(type_ids[i])
-            kw = {} if family == "distilbert" else {"token_type_ids": types}
+            kw = {} if family in ("distilbert", "modernbert") else {"token_type_ids": types}
             with torch.no_grad():
                 o = model(input_ids=input_ids, attention_mask=mask, **kw)
             pooled = pooler_of(model, head, head_act)(o) if head_act else o.pooler_output

@@ -325,8 +325,12 @@ impl EncoderConfig for BertConfig {
         BertConfig::expected_shapes(self)
     }
 
-    fn checkpoint_prefix(&self) -> &'static str {
-        "bert."
+    fn names(&self) -> super::weights::Names<'static> {
+        super::weights::Names {
+            prefix: "bert.",
+            beside: &[],
+            optional: &[],
+        }
     }
 
     fn to_hf_json(&self) -> serde_json::Value {

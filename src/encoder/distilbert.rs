@@ -257,12 +257,12 @@ impl EncoderConfig for DistilBertConfig {
         m
     }
 
-    fn checkpoint_prefix(&self) -> &'static str {
-        "distilbert."
-    }
-
-    fn optional_weights(&self) -> &'static [&'static str] {
-        &["pooler."]
+    fn names(&self) -> super::weights::Names<'static> {
+        super::weights::Names {
+            prefix: "distilbert.",
+            beside: &[],
+            optional: &["pooler."],
+        }
     }
 
     fn to_hf_json(&self) -> serde_json::Value {

@@ -121,12 +121,12 @@ impl EncoderConfig for ElectraConfig {
         m
     }
 
-    fn checkpoint_prefix(&self) -> &'static str {
-        "electra."
-    }
-
-    fn optional_weights(&self) -> &'static [&'static str] {
-        &["pooler."]
+    fn names(&self) -> super::weights::Names<'static> {
+        super::weights::Names {
+            prefix: "electra.",
+            beside: &[],
+            optional: &["pooler."],
+        }
     }
 
     fn to_hf_json(&self) -> serde_json::Value {

@@ -1,5 +1,5 @@
 //! Encoders: the seam every model family plugs into, and the families: BERT, RoBERTa
-//! (XLM-R, CamemBERT), ELECTRA, DistilBERT.
+//! (XLM-R, CamemBERT), ELECTRA, DistilBERT, ModernBERT, DeBERTa-v2/v3.
 //!
 //! A family reads its `config.json` ([`Family::read_config`], chosen by the file's
 //! `model_type`), which knows the model's parameter names and shapes, its input limits and how
@@ -8,9 +8,11 @@
 //! `register` line in [`Families::builtin`].
 pub mod bert;
 pub mod config;
+pub mod deberta;
 pub mod distilbert;
 pub mod electra;
 pub mod hub;
+pub mod modernbert;
 pub mod pickle;
 pub mod roberta;
 pub mod weights;
@@ -22,8 +24,10 @@ use tch::{nn, Device, Tensor};
 
 pub use bert::{BertFamily, BertModel};
 pub use config::{BertConfig, HiddenAct};
+pub use deberta::{DebertaV2Config, DebertaV2Family};
 pub use distilbert::{DistilBertConfig, DistilBertFamily};
 pub use electra::{ElectraConfig, ElectraFamily};
+pub use modernbert::{ModernBertConfig, ModernBertFamily};
 pub use roberta::{RobertaConfig, RobertaFamily};
 
 use crate::batch::{Batch, InputLimits};
@@ -68,14 +72,11 @@ pub trait EncoderConfig: std::fmt::Debug + Send + Sync {
     fn limits(&self) -> InputLimits;
     /// The name and shape of every parameter, computed without allocating.
     fn expected_shapes(&self) -> BTreeMap<String, Vec<i64>>;
-    /// Where a task model's checkpoint keeps the base model (`bert.` for
-    /// `BertForSequenceClassification`).
-    fn checkpoint_prefix(&self) -> &'static str;
-    /// Parameters (name prefixes) that a checkpoint may lack: they keep their random
-    /// initialisation (RoBERTa's pooler, which masked-LM checkpoints do not train).
-    fn optional_weights(&self) -> &'static [&'static str] {
-        &[]
-    }
+    /// How checkpoints name the parameters: where a task model keeps the base model (`bert.`
+    /// for `BertForSequenceClassification`), and which parameters a checkpoint may lack (they
+    /// keep their random initialisation, e.g. RoBERTa's pooler, which masked-LM checkpoints
+    /// do not have).
+    fn names(&self) -> weights::Names<'static>;
     /// `config.json` as Hugging Face writes it (saved with every checkpoint).
     fn to_hf_json(&self) -> serde_json::Value;
     /// Creates the model's variables under `p`, randomly initialised as HF does.
@@ -112,6 +113,8 @@ impl Families {
         f.register(RobertaFamily);
         f.register(ElectraFamily);
         f.register(DistilBertFamily);
+        f.register(ModernBertFamily);
+        f.register(DebertaV2Family);
         f
     }
 
@@ -213,10 +216,10 @@ impl Encoder {
         let ckpt = weights::read_model_dir(dir, allow_pickle)?;
         // Shapes first: the weights (bounded by the file's size) must be what the config
         // describes before the model is allocated from the config.
-        let (prefix, optional) = (config.checkpoint_prefix(), config.optional_weights());
-        weights::check_shapes(&ckpt, &config.expected_shapes(), prefix, optional)?;
+        let names = config.names();
+        weights::check_shapes(&ckpt, &config.expected_shapes(), &names)?;
         let enc = Self::random(config.as_ref(), device, 0);
-        let absent = weights::load_into(&enc.vs, &ckpt, prefix, optional)?;
+        let absent = weights::load_into(&enc.vs, &ckpt, &names)?;
         if !absent.is_empty() {
             tracing::warn!(
                 "{}: no {} in the checkpoint: initialised at random (HF's initialisation, seed \

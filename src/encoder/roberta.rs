@@ -82,12 +82,12 @@ impl EncoderConfig for RobertaConfig {
         self.0.expected_shapes()
     }
 
-    fn checkpoint_prefix(&self) -> &'static str {
-        "roberta."
-    }
-
-    fn optional_weights(&self) -> &'static [&'static str] {
-        &["pooler."]
+    fn names(&self) -> super::weights::Names<'static> {
+        super::weights::Names {
+            prefix: "roberta.",
+            beside: &[],
+            optional: &["pooler."],
+        }
     }
 
     fn to_hf_json(&self) -> serde_json::Value {

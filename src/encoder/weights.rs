@@ -207,14 +207,44 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
     atomic::write_bytes(path, &bytes)
 }
 
+/// How a model's parameters are named in the checkpoints it loads from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Names<'a> {
+    /// Where a task model's checkpoint keeps the base model (`bert.`; empty: nowhere). Used
+    /// when some tensor name starts with it; other names are then the task's own and ignored,
+    /// except those under `beside`.
+    pub prefix: &'a str,
+    /// Name prefixes that sit beside the base model in such checkpoints and are the model's
+    /// (ModernBERT's `head.`, which its masked-LM and classifier share).
+    pub beside: &'a [&'a str],
+    /// Name prefixes of parameters a checkpoint may lack: they keep their initialisation.
+    pub optional: &'a [&'a str],
+}
+
+impl Names<'_> {
+    /// The checkpoint's names are the model's.
+    pub const PLAIN: Names<'static> = Names {
+        prefix: "",
+        beside: &[],
+        optional: &[],
+    };
+}
+
 /// Maps a checkpoint name to the model's name, or `None` for tensors that are not part of
-/// the model (MLM/NSP heads under `cls.`, the task heads of a checkpoint whose base model is
-/// under `prefix`, e.g. `bert.`, the `position_ids` buffer). Old TF-converted checkpoints name
-/// LayerNorm parameters `gamma`/`beta`; they are renamed as HF does.
-fn encoder_name<'n>(name: &'n str, prefix: Option<&str>) -> Option<String> {
-    let inner: &'n str = match prefix {
-        Some(p) => name.strip_prefix(p)?,
-        None => name,
+/// the model (MLM/NSP heads under `cls.`, the task heads of a prefixed checkpoint, the
+/// `position_ids` buffer). Old TF-converted checkpoints name LayerNorm parameters
+/// `gamma`/`beta`; they are renamed as HF does.
+fn encoder_name(name: &str, names: &Names, prefixed: bool) -> Option<String> {
+    let inner = if prefixed {
+        name.strip_prefix(names.prefix).or_else(|| {
+            names
+                .beside
+                .iter()
+                .any(|b| name.starts_with(b))
+                .then_some(name)
+        })?
+    } else {
+        name
     };
     if inner.starts_with("cls.") || inner.ends_with("position_ids") {
         return None;
@@ -229,15 +259,17 @@ fn encoder_name<'n>(name: &'n str, prefix: Option<&str>) -> Option<String> {
     Some(renamed)
 }
 
-/// The checkpoint's model tensors under the model's names; `prefix` is where a task model
-/// keeps its base model (`bert.`), used when some tensor name starts with it.
-fn encoder_tensors<'c>(ckpt: &'c Checkpoint, prefix: &str) -> BTreeMap<String, &'c Tensor> {
-    let prefix = (!prefix.is_empty() && ckpt.tensors.iter().any(|(n, _)| n.starts_with(prefix)))
-        .then_some(prefix);
+/// The checkpoint's model tensors under the model's names.
+fn encoder_tensors<'c>(ckpt: &'c Checkpoint, names: &Names) -> BTreeMap<String, &'c Tensor> {
+    let prefixed = !names.prefix.is_empty()
+        && ckpt
+            .tensors
+            .iter()
+            .any(|(n, _)| n.starts_with(names.prefix));
     let mut found: BTreeMap<String, &Tensor> = BTreeMap::new();
     let mut ignored = Vec::new();
     for (name, t) in &ckpt.tensors {
-        match encoder_name(name, prefix) {
+        match encoder_name(name, names, prefixed) {
             Some(n) => {
                 found.insert(n, t);
             }
@@ -255,19 +287,18 @@ fn encoder_tensors<'c>(ckpt: &'c Checkpoint, prefix: &str) -> BTreeMap<String, &
 }
 
 /// Checks that a checkpoint holds exactly the tensors `expected` names, with those shapes and
-/// a floating-point dtype (`prefix` and `optional` as in [`load_into`]). All problems are
-/// reported together.
+/// a floating-point dtype, the checkpoint named as `names` says. All problems are reported
+/// together.
 pub fn check_shapes(
     ckpt: &Checkpoint,
     expected: &BTreeMap<String, Vec<i64>>,
-    prefix: &str,
-    optional: &[&str],
+    names: &Names,
 ) -> Result<()> {
-    let found = encoder_tensors(ckpt, prefix);
+    let found = encoder_tensors(ckpt, names);
     let mut problems = Vec::new();
     for (name, shape) in expected {
         match found.get(name) {
-            None if optional.iter().any(|o| name.starts_with(o)) => {}
+            None if names.optional.iter().any(|o| name.starts_with(o)) => {}
             None => problems.push(format!("missing: {name} (expected shape {shape:?})")),
             Some(t) if &t.size() != shape => problems.push(format!(
                 "wrong shape: {name}: expected {shape:?}, found {:?}",
@@ -321,21 +352,15 @@ pub fn check_finite(ckpt: &Checkpoint) -> Result<()> {
     })
 }
 
-/// Copies a checkpoint's tensors into `vs`, whose variables use HF's names. A task model's
-/// checkpoint keeps the base model under `prefix` (`bert.`; empty: none). Every variable must
-/// be present with its shape, except those under the name prefixes `optional`, which keep
+/// Copies a checkpoint's tensors, named as `names` says, into `vs`, whose variables use HF's
+/// names. Every variable must be present with its shape, except the optional ones, which keep
 /// their values when absent (returned, sorted); tensors the model does not know are an error.
 /// All problems are reported together.
-pub fn load_into(
-    vs: &nn::VarStore,
-    ckpt: &Checkpoint,
-    prefix: &str,
-    optional: &[&str],
-) -> Result<Vec<String>> {
+pub fn load_into(vs: &nn::VarStore, ckpt: &Checkpoint, names: &Names) -> Result<Vec<String>> {
     let vars = vs.variables();
     let expected = vars.iter().map(|(n, v)| (n.clone(), v.size())).collect();
-    check_shapes(ckpt, &expected, prefix, optional)?;
-    let found = encoder_tensors(ckpt, prefix);
+    check_shapes(ckpt, &expected, names)?;
+    let found = encoder_tensors(ckpt, names);
     let mut absent = Vec::new();
     tch::no_grad(|| -> Result<()> {
         for (name, mut var) in vars {

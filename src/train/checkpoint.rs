@@ -318,6 +318,6 @@ pub fn load_model(
     weights::check_finite(&head)?;
     let encoder = crate::encoder::Encoder::load_with(dir, device, false, &registry.families)?;
     let model = Classifier::new(encoder, meta.head.clone(), 0, &registry.normalizers)?;
-    weights::load_into(&model.head_vs, &head, "", &[])?;
+    weights::load_into(&model.head_vs, &head, &weights::Names::PLAIN)?;
     Ok((model, meta))
 }
