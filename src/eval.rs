@@ -3,10 +3,12 @@ use std::collections::BTreeMap;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::analyze::Geometry;
 use crate::classifier::Classifier;
 use crate::data::{Label, LabelSpace};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metric, Outputs};
+use crate::rundir::records::ClsGeometry;
 use crate::tokenize::Encoded;
 
 /// Runs the model in eval mode over `encs` and returns the logits `[n, outputs]` on the CPU,
@@ -19,6 +21,18 @@ pub fn logits(
     batch_size: usize,
     pad_id: i64,
 ) -> Result<Tensor> {
+    Ok(head_outputs(model, encs, batch_size, pad_id, false)?.0)
+}
+
+/// The logits (checked as [`logits`]) and, with `vectors`, the [CLS] vectors before and after
+/// the normalizer, `[n, hidden]` each; all on the CPU, in input order.
+fn head_outputs(
+    model: &Classifier,
+    encs: &[Encoded],
+    batch_size: usize,
+    pad_id: i64,
+    vectors: bool,
+) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
     let limits = model.encoder.limits();
     let out = crate::batch::infer(
         encs,
@@ -26,15 +40,37 @@ pub fn logits(
         pad_id,
         &limits,
         model.device(),
-        |batch| vec![model.forward(batch, false).logits.to_kind(Kind::Float)],
+        |batch| {
+            let o = model.forward(batch, false);
+            let mut v = vec![o.logits.to_kind(Kind::Float)];
+            if vectors {
+                v.push(o.cls.to_kind(Kind::Float));
+                v.push(o.normalized.to_kind(Kind::Float));
+            }
+            v
+        },
         |_| {},
     )?;
-    let Some(out) = out.into_iter().next().map(|t| t.to_device(Device::Cpu)) else {
-        return Ok(Tensor::zeros(
-            [0, model.config.labels.num_outputs() as i64],
-            (Kind::Float, Device::Cpu),
+    let mut out = out.into_iter().map(|t| t.to_device(Device::Cpu));
+    let Some(logits) = out.next() else {
+        return Ok((
+            Tensor::zeros(
+                [0, model.config.labels.num_outputs() as i64],
+                (Kind::Float, Device::Cpu),
+            ),
+            None,
         ));
     };
+    let vectors = match (out.next(), out.next()) {
+        (Some(c), Some(n)) => Some((c, n)),
+        _ => None,
+    };
+    check_finite(&logits)?;
+    Ok((logits, vectors))
+}
+
+/// NaN or infinite outputs are an error naming the first such example.
+fn check_finite(out: &Tensor) -> Result<()> {
     let finite: Vec<bool> = Vec::try_from(out.isfinite().all_dim(-1, false))?;
     let bad = finite.iter().filter(|f| !**f).count();
     if let Some(first) = finite.iter().position(|f| !f) {
@@ -44,7 +80,7 @@ pub fn logits(
             first + 1
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Predicted class indices (argmax) or scores from logits.
@@ -107,4 +143,25 @@ pub fn evaluate(
     let l = logits(model, encs, batch_size, pad_id)?;
     let out = with_gold(decode(&model.config.labels, &l), gold);
     Ok(metrics::compute(metrics, &out))
+}
+
+/// [`evaluate`], and the geometry of the [CLS] vectors before and after the normalizer, from
+/// the same forward pass.
+pub fn evaluate_with_geometry(
+    model: &Classifier,
+    encs: &[Encoded],
+    gold: &[Label],
+    metrics: &[Metric],
+    batch_size: usize,
+    pad_id: i64,
+) -> Result<(BTreeMap<String, f64>, Option<ClsGeometry>)> {
+    let (l, vectors) = head_outputs(model, encs, batch_size, pad_id, true)?;
+    let out = with_gold(decode(&model.config.labels, &l), gold);
+    let geometry = vectors
+        .filter(|(c, _)| c.size()[0] >= 2)
+        .map(|(c, n)| ClsGeometry {
+            raw: Geometry::of(&c),
+            normalized: Geometry::of(&n),
+        });
+    Ok((metrics::compute(metrics, &out), geometry))
 }

@@ -268,6 +268,10 @@ fn report_on_a_partial_sweep() {
     assert!((d.mean_diff - 13.0 / 3.0).abs() < 1e-9, "{}", d.mean_diff);
     assert!((d.median_diff - 5.0).abs() < 1e-9);
     assert_eq!(d.p_value, 0.25);
+    // 95% t-interval: 13/3 ± t(0.975, 2) * sd / sqrt(3), sd = sqrt(13/3).
+    let [lo, hi] = d.ci95.unwrap();
+    let half = 4.303 * (13.0f64 / 3.0).sqrt() / 3.0f64.sqrt();
+    assert!((lo - (13.0 / 3.0 - half)).abs() < 1e-9 && (hi - (13.0 / 3.0 + half)).abs() < 1e-9);
     let cola_iso = row("CoLA", "isobn");
     assert_eq!((cola_iso.done, cola_iso.planned), (0, 3));
     assert!(cola_iso.best.is_none() && cola_iso.vs_none.is_none());
@@ -307,10 +311,16 @@ fn report_on_a_partial_sweep() {
         "{md}"
     );
     assert!(
-        md.contains("| isobn | 60.0 [52.0, 66.0]; Δ +4.3, p 0.25 | – (0/3) | – (1/2 tasks) |"),
+        md.contains(
+            "| isobn | 60.0 [52.0, 66.0]; Δ +4.3 [-0.8, +9.5], p 0.25 | – (0/3) | – (1/2 tasks) |"
+        ),
         "{md}"
     );
-    assert!(md.contains("+4.3 / +5.0 (n=3) | 0.25"), "{md}");
+    assert!(md.contains("+4.3 / +5.0 [-0.8, +9.5] (n=3) | 0.25"), "{md}");
+    assert!(
+        out.join("vs_none.png").is_file()
+            && md.contains("![Paired difference to none](vs_none.png)")
+    );
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 4);
     assert!(csv.contains("RTE,none,none,accuracy,3,3,55.0000,55.0000,5.0000,50.0000,60.0000"));
@@ -322,6 +332,41 @@ fn report_on_a_partial_sweep() {
     }
     // No gradient traces, no gradient picture.
     assert!(!out.join("RTE_cls_grad.png").exists());
+
+    // The same sweep run again elsewhere joins as a replication: its seeds are runs of their
+    // own, paired within the replication; and any two variants can be compared.
+    let rep = clsnorm::report::Records::read(&out.join("results.json")).unwrap();
+    let inputs = clsnorm::report::Inputs {
+        replications: vec![("gpu".into(), rep)],
+        pairs: vec![("isobn".into(), "none".into())],
+        ..Default::default()
+    };
+    let r2 = Report::assemble(&p, &inputs).unwrap();
+    let iso2 = r2
+        .rows
+        .iter()
+        .find(|x| x.task == "RTE" && x.variant == "isobn")
+        .unwrap();
+    assert_eq!((iso2.done, iso2.planned), (6, 6));
+    let d2 = iso2.vs_none.as_ref().unwrap();
+    assert_eq!(d2.seeds, [1, 2, 3, 1, 2, 3]);
+    assert_eq!(d2.replications, ["", "", "", "gpu", "gpu", "gpu"]);
+    // Six positive differences: the sign-flip p is 2 / 2^6.
+    assert_eq!(d2.p_value, 2.0 / 64.0);
+    let pair = r2.pairs.iter().find(|x| x.task == "RTE").unwrap();
+    let pd = pair.paired.as_ref().unwrap();
+    assert_eq!((pd.mean_diff, pd.p_value), (d2.mean_diff, d2.p_value));
+    assert!(r2.runs.iter().any(|x| x.name == "RTE_isobn_s2@gpu"));
+    let e = Report::assemble(
+        &p,
+        &clsnorm::report::Inputs {
+            pairs: vec![("isobn".into(), "zca".into())],
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no variant `zca`"), "{e}");
 }
 
 fn clsnorm(args: &[&str], envs: &[(&str, &Path)]) -> std::process::Output {

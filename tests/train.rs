@@ -122,6 +122,19 @@ fn learns_a_toy_task_and_is_deterministic() {
         assert_eq!((x.train_loss, x.primary), (y.train_loss, y.primary));
     }
     common::same_checkpoint_weights(&a.join("last"), &b.join("last"));
+    // Every epoch records the dev [CLS] geometry; `none` leaves the vectors as they are.
+    for r in &ra {
+        let g = r.cls_geometry.expect("geometry recorded");
+        assert_eq!(g.raw, g.normalized);
+        assert!((0.0..=1.0).contains(&g.raw.centring_ratio), "{g:?}");
+        assert!(g.raw.pc1_share > 0.0 && g.raw.pc1_share <= 1.0, "{g:?}");
+        assert!((0.0..=1.0).contains(&g.raw.mean_abs_corr), "{g:?}");
+        assert!(g.raw.std_spread >= 1.0, "{g:?}");
+    }
+    assert_ne!(
+        ra[0].cls_geometry, ra[3].cls_geometry,
+        "fine-tuning moves the [CLS]"
+    );
     // Another seed: different numbers.
     let c = s.root.join("c");
     run(

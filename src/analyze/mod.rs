@@ -3,7 +3,7 @@
 pub mod plots;
 pub mod stats;
 
-pub use stats::{compute, Details, EmbeddingStats};
+pub use stats::{compute, Details, EmbeddingStats, Geometry};
 
 use tch::Tensor;
 

@@ -126,6 +126,34 @@ fn share_of_top(v: &[f64], k: usize) -> f64 {
     }
 }
 
+/// A few statistics of an embedding set that show its collapse, cheap enough to record at every
+/// epoch end: how far off-centre it is, how much variance one direction holds, how correlated
+/// and how uneven its dimensions are.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Geometry {
+    /// ||E[h]|| / E[||h||].
+    pub centring_ratio: f64,
+    /// Share of the variance along the first principal component.
+    pub pc1_share: f64,
+    /// Mean |corr| over pairs of dimensions.
+    pub mean_abs_corr: f64,
+    /// Largest per-dimension std over the median one.
+    pub std_spread: f64,
+}
+
+impl Geometry {
+    /// The geometry of `x` (`[n, d]`).
+    pub fn of(x: &Tensor) -> Geometry {
+        let (s, _) = compute(x, 2, 0);
+        Geometry {
+            centring_ratio: s.centring_ratio,
+            pc1_share: s.pc1_explained,
+            mean_abs_corr: s.mean_abs_corr,
+            std_spread: s.dim_std.max_over_median,
+        }
+    }
+}
+
 /// Computes the statistics of `x` (`[n, d]`, any float dtype and device). `cosine_sample`
 /// vectors (all, if fewer) drawn with `seed` enter the pairwise cosine mean.
 pub fn compute(x: &Tensor, cosine_sample: usize, seed: u64) -> (EmbeddingStats, Details) {

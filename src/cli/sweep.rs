@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser};
-use clsnorm::report::{Invocation, Records, Report, INVOCATIONS_FILE};
+use clsnorm::report::{Inputs, Invocation, Records, Report, INVOCATIONS_FILE};
 use clsnorm::sweep::pool::{self, Stop};
 use clsnorm::sweep::{status, RunStatus, Shard, SweepConfig, SweepPlan, PLAN_FILE};
 
@@ -44,6 +44,16 @@ pub struct ReportArgs {
     /// Repeatable; a finished run directory wins over any record.
     #[arg(long, value_name = "RESULTS_JSON")]
     pub runs_from: Vec<PathBuf>,
+    /// A replication of the same sweep design (e.g. run on a GPU, whose seeds draw other
+    /// dropout masks): the finished runs of its report's results.json join this sweep's as runs
+    /// of their own, paired within the replication. Repeatable; a label given twice joins its
+    /// files (the first holding a run wins).
+    #[arg(long, value_name = "LABEL=RESULTS_JSON")]
+    pub replication: Vec<String>,
+    /// Also compare variant A with variant B on every task that has both (A minus B, paired by
+    /// seed), e.g. `--pair isobn_cls-source=hidden,isobn_cls-source=pooler`. Repeatable.
+    #[arg(long, value_name = "A,B")]
+    pub pair: Vec<String>,
 }
 
 /// Parses every run's command as `clsnorm` would, so that a typo fails now and not hours in.
@@ -225,7 +235,33 @@ pub fn report(a: ReportArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| Records::read(p))
         .collect::<Result<_, _>>()?;
-    let report = Report::from_plan_and_records(&plan, &records)?;
+    let replications = a
+        .replication
+        .iter()
+        .map(|s| {
+            let (label, path) = s
+                .split_once('=')
+                .filter(|(l, p)| !l.is_empty() && !p.is_empty())
+                .with_context(|| format!("--replication {s}: expected LABEL=RESULTS_JSON"))?;
+            Ok((label.to_string(), Records::read(Path::new(path))?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pairs = a
+        .pair
+        .iter()
+        .map(|s| {
+            s.split_once(',')
+                .filter(|(x, y)| !x.is_empty() && !y.is_empty())
+                .map(|(x, y)| (x.to_string(), y.to_string()))
+                .with_context(|| format!("--pair {s}: expected A,B (two variant names)"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let inputs = Inputs {
+        records,
+        replications,
+        pairs,
+    };
+    let report = Report::assemble(&plan, &inputs)?;
     let out = a.output.unwrap_or_else(|| plan.dir.clone());
     // The sweep's own directory, an earlier report, or a new or empty directory.
     if !out.join(PLAN_FILE).is_file() {

@@ -1,7 +1,7 @@
 //! Aggregate: runs to rows (task x variant: spread over seeds, paired difference to `none`,
 //! gradient scale) and to GLUE-style averages.
 use super::stats::{self, sign_flip_p, spread};
-use super::{Average, GradScale, Paired, Row, RunResult};
+use super::{Average, GradScale, PairRow, Paired, Row, RunResult};
 use crate::sweep::{PlannedRun, RunStatus, SweepPlan};
 
 /// One row per task x variant of `plan`, in the order of first appearance.
@@ -21,29 +21,7 @@ pub fn rows(plan: &SweepPlan, runs: &[RunResult]) -> Vec<Row> {
         let vs_none = planned_run
             .filter(|p| p.norm != "none")
             .and(baseline.clone())
-            .and_then(|base| {
-                let pairs: Vec<(u64, f64)> = done
-                    .iter()
-                    .filter_map(|r| {
-                        let b = runs
-                            .iter()
-                            .find(|b| b.task == task && b.variant == base && b.seed == r.seed)?;
-                        Some((r.seed, r.best? - b.best?))
-                    })
-                    .collect();
-                if pairs.is_empty() {
-                    return None;
-                }
-                let diffs: Vec<f64> = pairs.iter().map(|p| p.1).collect();
-                let s = spread(&diffs)?;
-                Some(Paired {
-                    baseline: base,
-                    seeds: pairs.iter().map(|p| p.0).collect(),
-                    mean_diff: s.mean,
-                    median_diff: s.median,
-                    p_value: sign_flip_p(&diffs, 0),
-                })
-            });
+            .and_then(|base| paired(runs, &task, &variant, &base));
         let finished: Vec<&RunResult> = members
             .iter()
             .copied()
@@ -88,6 +66,72 @@ pub fn rows(plan: &SweepPlan, runs: &[RunResult]) -> Vec<Row> {
         }
     }
     rows
+}
+
+/// `variant` minus `baseline` on `task`, over the seeds both finished, paired within each
+/// replication.
+fn paired(runs: &[RunResult], task: &str, variant: &str, baseline: &str) -> Option<Paired> {
+    fn of<'r>(
+        runs: &'r [RunResult],
+        task: &'r str,
+        v: &'r str,
+    ) -> impl Iterator<Item = &'r RunResult> {
+        runs.iter()
+            .filter(move |r| r.task == task && r.variant == v && r.best.is_some())
+    }
+    let pairs: Vec<(&RunResult, f64)> = of(runs, task, variant)
+        .filter_map(|r| {
+            let b = of(runs, task, baseline)
+                .find(|b| b.seed == r.seed && b.replication == r.replication)?;
+            Some((r, r.best? - b.best?))
+        })
+        .collect();
+    let diffs: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+    let s = spread(&diffs)?;
+    let replications: Vec<String> = pairs.iter().map(|p| p.0.replication.clone()).collect();
+    Some(Paired {
+        baseline: baseline.to_string(),
+        seeds: pairs.iter().map(|p| p.0.seed).collect(),
+        replications: if replications.iter().all(String::is_empty) {
+            Vec::new()
+        } else {
+            replications
+        },
+        mean_diff: s.mean,
+        median_diff: s.median,
+        ci95: stats::mean_ci95(&diffs),
+        p_value: sign_flip_p(&diffs, 0),
+    })
+}
+
+/// The `--pair A,B` comparisons, for every task that has both variants.
+pub fn pairs(runs: &[RunResult], asked: &[(String, String)]) -> crate::error::Result<Vec<PairRow>> {
+    let mut out = Vec::new();
+    for (a, b) in asked {
+        for name in [a, b] {
+            if !runs.iter().any(|r| &r.variant == name) {
+                let mut known: Vec<&str> = runs.iter().map(|r| r.variant.as_str()).collect();
+                known.sort_unstable();
+                known.dedup();
+                return Err(crate::error::Error::Invalid(format!(
+                    "--pair: the sweep has no variant `{name}` (its variants: {})",
+                    known.join(", ")
+                )));
+            }
+        }
+        for (task, _) in groups(runs, |r| r.task.clone()) {
+            let has = |v: &str| runs.iter().any(|r| r.task == task && r.variant == v);
+            if has(a) && has(b) {
+                out.push(PairRow {
+                    paired: paired(runs, &task, a, b),
+                    task,
+                    a: a.clone(),
+                    b: b.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Each variant's mean over tasks of its median best-epoch metric.

@@ -76,6 +76,8 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
         cls_grad_median: None,
         global_grad_median: None,
         from_records: None,
+        replication: String::new(),
+        geometry: epochs.iter().filter_map(|e| e.cls_geometry).collect(),
         loss: records::read_all::<LossRecord>(&layout.loss())?
             .into_iter()
             .map(|r| (r.step, r.loss))
@@ -99,6 +101,39 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
         res.global_grad_median = median_of(&res.global_grad);
     }
     Ok(res)
+}
+
+/// The finished runs of a replication of `plan` (the `results.json` of a report of the same
+/// design, under any sweep name) whose task and variant `plan` has, labelled `label`: each
+/// keeps its seed and gets `@label` after its name. None at all is an error: the file is not a
+/// replication of this sweep.
+pub fn replication(plan: &SweepPlan, label: &str, rep: &Records) -> Result<Vec<RunResult>> {
+    let runs: Vec<RunResult> = rep
+        .runs
+        .iter()
+        .filter(|r| r.status == RunStatus::Done && r.best.is_some())
+        .filter(|r| {
+            plan.runs
+                .iter()
+                .any(|p| p.task == r.task && p.variant == r.variant)
+        })
+        .map(|r| RunResult {
+            name: format!("{}@{label}", r.name),
+            replication: label.to_string(),
+            from_records: Some(rep.path.clone()),
+            ..r.clone()
+        })
+        .collect();
+    if runs.is_empty() {
+        return Err(Error::File {
+            path: rep.path.clone(),
+            msg: format!(
+                "has no finished run of a task and variant of sweep `{}`: not a replication of it",
+                plan.name
+            ),
+        });
+    }
+    Ok(runs)
 }
 
 /// Median of a traced series' values; `None` for an empty or non-finite one.

@@ -44,6 +44,14 @@ pub struct RunResult {
     pub cls_grad_median: Option<f64>,
     #[serde(default)]
     pub global_grad_median: Option<f64>,
+    /// The replication this run belongs to (`--replication LABEL=...`; empty: this sweep's
+    /// own runs, or runs standing in for them). Seeds of different replications are
+    /// different runs; pairs are formed within a replication.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub replication: String,
+    /// The dev [CLS] geometry at each epoch's end (runs that recorded it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub geometry: Vec<crate::rundir::records::ClsGeometry>,
     /// The `results.json` this run was taken from, when its run directory was not there
     /// ([`Records`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,12 +69,26 @@ pub struct RunResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct Paired {
     pub baseline: String,
+    /// The pairs' seeds, and the replication each comes from (empty: this sweep directory).
     pub seeds: Vec<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replications: Vec<String>,
     /// Mean and median of (variant - baseline) per seed, x100 metric units.
     pub mean_diff: f64,
     pub median_diff: f64,
+    /// 95% t-interval of the mean difference ([`stats::mean_ci95`]; none for one pair).
+    pub ci95: Option<[f64; 2]>,
     /// Two-sided exact sign-flip permutation p-value ([`stats::sign_flip_p`]).
     pub p_value: f64,
+}
+
+/// A paired comparison asked for with `--pair A,B`: variant `a` minus variant `b` per task.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairRow {
+    pub task: String,
+    pub a: String,
+    pub b: String,
+    pub paired: Option<Paired>,
 }
 
 /// One task x variant row of the comparison table.
@@ -129,12 +151,27 @@ pub struct Invocation {
 /// File of [`Invocation`] lines in the sweep directory.
 pub const INVOCATIONS_FILE: &str = "invocations.jsonl";
 
+/// What a report takes besides the sweep directory.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// Records of earlier reports standing in for finished runs whose directories are gone.
+    pub records: Vec<Records>,
+    /// Replications of the sweep (e.g. the same sweep file run on a GPU), by label: their
+    /// finished runs join this sweep's as runs of their own.
+    pub replications: Vec<(String, Records)>,
+    /// Variant pairs (a, b) to compare per task, a minus b, paired by seed.
+    pub pairs: Vec<(String, String)>,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub sweep: String,
     pub runs: Vec<RunResult>,
     pub rows: Vec<Row>,
+    /// The comparisons asked for with `--pair`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<PairRow>,
     pub averages: Vec<Average>,
     pub invocations: Vec<Invocation>,
 }
@@ -153,14 +190,39 @@ impl Report {
     /// Reads every run of `plan` from its sweep directory, taking a run that has not finished
     /// there from the first of `records` that holds it finished.
     pub fn from_plan_and_records(plan: &SweepPlan, records: &[Records]) -> Result<Report> {
-        let (runs, invocations) = collect::collect(plan, records)?;
+        Report::assemble(
+            plan,
+            &Inputs {
+                records: records.to_vec(),
+                ..Inputs::default()
+            },
+        )
+    }
+
+    /// The report of `plan` with what `inputs` adds.
+    pub fn assemble(plan: &SweepPlan, inputs: &Inputs) -> Result<Report> {
+        let (mut runs, invocations) = collect::collect(plan, &inputs.records)?;
+        for (label, rep) in &inputs.replications {
+            // A label given twice joins its files; the first that holds a run wins.
+            for run in collect::replication(plan, label, rep)? {
+                let known = runs.iter().any(|r| {
+                    r.replication == run.replication
+                        && (&r.task, &r.variant, r.seed) == (&run.task, &run.variant, run.seed)
+                });
+                if !known {
+                    runs.push(run);
+                }
+            }
+        }
         let rows = aggregate::rows(plan, &runs);
         let averages = aggregate::averages(plan, &rows);
+        let pairs = aggregate::pairs(&runs, &inputs.pairs)?;
         Ok(Report {
             sweep: plan.name.clone(),
             invocations,
             runs,
             rows,
+            pairs,
             averages,
         })
     }
@@ -169,9 +231,35 @@ impl Report {
     pub fn write(&self, out: &Path) -> Result<()> {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let pictures = plots::write_curves(out, &self.runs)?;
+        let mut variants: Vec<&str> = Vec::new();
+        for r in &self.rows {
+            if !variants.contains(&r.variant.as_str()) {
+                variants.push(&r.variant);
+            }
+        }
+        let overview: Vec<plots::Interval> = self
+            .rows
+            .iter()
+            .filter_map(|r| {
+                let p = r.vs_none.as_ref()?;
+                Some(plots::Interval {
+                    color: variants.iter().position(|v| *v == r.variant).unwrap_or(0),
+                    label: format!("{} {}", r.task, r.variant),
+                    mean: p.mean_diff,
+                    ci: p.ci95,
+                })
+            })
+            .collect();
+        let overview = plots::write_overview(out, &overview)?;
         atomic::write_json(&out.join("results.json"), self)?;
         atomic::write_bytes(&out.join("results.csv"), self.csv().as_bytes())?;
-        atomic::write_bytes(&out.join("report.md"), self.markdown(&pictures).as_bytes())?;
+        let mut md = self.markdown(&pictures);
+        if let Some(png) = overview {
+            // First thing after the title and provenance: the figure a reader looks at first.
+            let at = md.find("\n## Summary").unwrap_or(md.len());
+            md.insert_str(at, &format!("\n![Paired difference to none]({png})\n"));
+        }
+        atomic::write_bytes(&out.join("report.md"), md.as_bytes())?;
         Ok(())
     }
 }

@@ -208,7 +208,109 @@ pub fn write_curves(dir: &Path, runs: &[RunResult]) -> Result<Vec<(String, Vec<S
         )? {
             pics.push(format!("{stem}_cls_grad.png"));
         }
+        for (stem_end, what, pick) in [
+            (
+                "geometry",
+                "share of variance on PC1",
+                (|g: &crate::rundir::records::ClsGeometry| g.raw.pc1_share)
+                    as fn(&crate::rundir::records::ClsGeometry) -> f64,
+            ),
+            ("centring", "centring ratio ||E h|| / E ||h||", |g| {
+                g.raw.centring_ratio
+            }),
+        ] {
+            let series = collect(&|r| {
+                r.geometry
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| ((i + 1) as f64, pick(g)))
+                    .collect()
+            });
+            let title = format!("{task}: raw dev [CLS], {what} (mean over seeds, band min-max)");
+            if draw(
+                dir,
+                &format!("{stem}_{stem_end}"),
+                &title,
+                "epoch",
+                what,
+                &series,
+            )? {
+                pics.push(format!("{stem}_{stem_end}.png"));
+            }
+        }
         out.push((task.to_string(), pics));
     }
     Ok(out)
+}
+
+/// One interval of the overview figure: a label, the mean paired difference and its interval.
+pub struct Interval {
+    pub label: String,
+    /// Index of the colour (one per normalizer variant).
+    pub color: usize,
+    pub mean: f64,
+    pub ci: Option<[f64; 2]>,
+}
+
+fn forest_chart<DB: DrawingBackend>(root: &Area<DB>, title: &str, rows: &[Interval]) -> Drawn<DB> {
+    root.fill(&WHITE)?;
+    let xs = rows
+        .iter()
+        .flat_map(|r| [r.mean].into_iter().chain(r.ci.into_iter().flatten()))
+        .chain([0.0]);
+    let x0 = xs.clone().fold(f64::INFINITY, f64::min);
+    let x1 = xs.fold(f64::NEG_INFINITY, f64::max);
+    let pad = 0.08 * (x1 - x0).max(1e-6);
+    let n = rows.len() as f64;
+    let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(260)
+        .build_cartesian_2d((x0 - pad)..(x1 + pad), -0.5..(n - 0.5))?;
+    chart
+        .configure_mesh()
+        .y_labels(rows.len().max(1))
+        .y_label_formatter(&|y| {
+            let i = y.round();
+            if (y - i).abs() < 1e-6 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc("paired difference to none, x100 (mean, 95% t-interval)")
+        .draw()?;
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(0.0, -0.5), (0.0, n - 0.5)],
+        BLACK.stroke_width(1),
+    )))?;
+    for (i, r) in rows.iter().enumerate() {
+        let y = i as f64;
+        let color = PALETTE[r.color % PALETTE.len()];
+        if let Some([lo, hi]) = r.ci {
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(lo, y), (hi, y)],
+                color.stroke_width(2),
+            )))?;
+        }
+        chart.draw_series(std::iter::once(Circle::new((r.mean, y), 4, color.filled())))?;
+    }
+    root.present()
+}
+
+/// `vs_none.png`/`.svg`: every task x normalizer's paired difference to `none` with its
+/// interval, the figure to look at first. Returns its PNG name when there was anything to draw.
+pub fn write_overview(dir: &Path, rows: &[Interval]) -> Result<Option<String>> {
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let height = (120 + 28 * rows.len()).min(4000) as u32;
+    draw_both!(dir, "vs_none", (1000, height), |a| forest_chart(
+        &a,
+        "Paired difference to none per task and normalizer",
+        rows
+    ));
+    Ok(Some("vs_none.png".into()))
 }

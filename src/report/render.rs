@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use super::aggregate::groups;
 use super::stats::Spread;
 use super::{GradScale, Report, Row, RunResult};
+use crate::rundir::records::ClsGeometry;
 use crate::sweep::RunStatus;
 
 /// One cell of the summary table: "median [min, max]", the seeds finished where not all are,
@@ -22,11 +23,28 @@ fn summary_cell(r: &Row) -> String {
     }
     if let Some(p) = &r.vs_none {
         cell.push_str(&format!("; Δ {:+.1}", p.mean_diff));
+        if let Some([lo, hi]) = p.ci95 {
+            cell.push_str(&format!(" [{lo:+.1}, {hi:+.1}]"));
+        }
         if p.seeds.len() > 1 {
             cell.push_str(&format!(", p {:.2}", p.p_value));
         }
     }
     cell
+}
+
+/// "mean / median [CI] (n=k) | p" of a paired comparison.
+fn paired_cells(p: &super::Paired) -> String {
+    let ci = p
+        .ci95
+        .map_or(String::new(), |[lo, hi]| format!(" [{lo:+.1}, {hi:+.1}]"));
+    format!(
+        "{:+.1} / {:+.1}{ci} (n={}) | {:.2}",
+        p.mean_diff,
+        p.median_diff,
+        p.seeds.len(),
+        p.p_value
+    )
 }
 
 /// `results.csv`'s columns: header and cell of a row, in order.
@@ -71,6 +89,12 @@ const COLUMNS: &[Column] = &[
     }),
     ("global_grad_vs_none", |r| {
         num(r.global_grad.and_then(|g| g.vs_none))
+    }),
+    ("vs_none_ci95_low", |r| {
+        num(r.vs_none.as_ref().and_then(|x| x.ci95).map(|c| c[0]))
+    }),
+    ("vs_none_ci95_high", |r| {
+        num(r.vs_none.as_ref().and_then(|x| x.ci95).map(|c| c[1]))
     }),
 ];
 
@@ -139,6 +163,59 @@ impl Report {
             "Finished runs taken from the records of an earlier report, for want of their run directories: {} (their dev metrics per epoch, wall times, builds and gradient medians where recorded; not their loss and gradient curves).\n",
             parts.join("; ")
         )
+    }
+
+    /// The `--pair` comparisons.
+    fn pair_table(&self) -> String {
+        if self.pairs.is_empty() {
+            return String::new();
+        }
+        let mut md = String::from(
+            "\n## Paired comparisons\n\nBest-epoch dev metric x100, A minus B over the seeds both finished (paired within each replication): mean / median [95% t-interval] and the sign-flip p.\n\n| task | A | B | A - B: mean / median [95% CI] | p |\n|---|---|---|---|---|\n",
+        );
+        for p in &self.pairs {
+            let cells = p.paired.as_ref().map_or("– | –".into(), paired_cells);
+            md.push_str(&format!("| {} | {} | {} | {cells} |\n", p.task, p.a, p.b));
+        }
+        md
+    }
+
+    /// The dev [CLS] geometry at the last recorded epoch, median over finished runs, before
+    /// and after the normalizer.
+    fn geometry_table(&self) -> String {
+        let done: Vec<&RunResult> = self
+            .runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Done && !r.geometry.is_empty())
+            .collect();
+        if done.is_empty() {
+            return String::new();
+        }
+        let mut md = String::from(
+            "\n## [CLS] geometry after fine-tuning\n\nOn the first dev split at the last epoch, median over finished runs: centring ratio ||E h|| / E ||h||, share of the variance on the first principal component, mean |corr| between dimensions, and largest over median per-dimension std; raw [CLS] vector -> after the normalizer. The curves per epoch are in `TASK_geometry.png`.\n\n| task | normalizer | runs | centring | PC1 share | mean abs corr | std spread |\n|---|---|---|---|---|---|---|\n",
+        );
+        for ((task, variant), runs) in groups(&done, |r| (r.task.clone(), r.variant.clone())) {
+            let last: Vec<ClsGeometry> = runs
+                .iter()
+                .filter_map(|r| r.geometry.last().copied())
+                .collect();
+            let med = |f: fn(&ClsGeometry) -> f64| {
+                let v: Vec<f64> = last.iter().map(f).collect();
+                super::stats::median(&v)
+            };
+            let cell = |raw: fn(&ClsGeometry) -> f64, norm: fn(&ClsGeometry) -> f64| {
+                format!("{:.3} -> {:.3}", med(raw), med(norm))
+            };
+            md.push_str(&format!(
+                "| {task} | {variant} | {} | {} | {} | {} | {} |\n",
+                last.len(),
+                cell(|g| g.raw.centring_ratio, |g| g.normalized.centring_ratio),
+                cell(|g| g.raw.pc1_share, |g| g.normalized.pc1_share),
+                cell(|g| g.raw.mean_abs_corr, |g| g.normalized.mean_abs_corr),
+                cell(|g| g.raw.std_spread, |g| g.normalized.std_spread),
+            ));
+        }
+        md
     }
 
     /// Tables of the gradient scales (normalizers x tasks), when any run traced gradients.
@@ -282,7 +359,7 @@ impl Report {
         }
         md.push_str(&self.summary_table());
         md.push_str(
-            "\nValues are the primary dev metric x100 of each run's best epoch (\"best\", the papers' protocol) and of its last epoch (\"final\"): median, mean ± sample standard deviation over seeds, and [min, max]. \"Δ vs none\" is the mean (and median) over seeds of the paired difference to the `none` run with the same seed; p is a two-sided exact sign-flip permutation test of those differences (with n seeds the smallest possible p is 2/2^n: 0.25 for 3 seeds, 0.0625 for 5).\n",
+            "\nValues are the primary dev metric x100 of each run's best epoch (\"best\", the papers' protocol) and of its last epoch (\"final\"): median, mean ± sample standard deviation over seeds, and [min, max]. \"Δ vs none\" is the mean (and median) over seeds of the paired difference to the `none` run with the same seed; p is a two-sided exact sign-flip permutation test of those differences (with n seeds the smallest possible p is 2/2^n: 0.25 for 3 seeds, 0.0625 for 5), and the bracket the 95% t-interval of their mean (mean ± t(0.975, n-1) sd / sqrt(n)). Seeds of a replication (`--replication`) are runs of their own, paired within their replication.\n",
         );
         let pm = |s: &Option<Spread>| match s {
             Some(s) => format!(
@@ -301,18 +378,10 @@ impl Report {
                 .find_map(|r| r.metric.clone())
                 .unwrap_or_else(|| "metric".into());
             md.push_str(&format!(
-                "\n## {task} ({metric})\n\n| normalizer | seeds done | best: median | best: mean ± std [min, max] | final: median | final: mean ± std [min, max] | Δ vs none: mean / median | p |\n|---|---|---|---|---|---|---|---|\n"
+                "\n## {task} ({metric})\n\n| normalizer | seeds done | best: median | best: mean ± std [min, max] | final: median | final: mean ± std [min, max] | Δ vs none: mean / median [95% CI] | p |\n|---|---|---|---|---|---|---|---|\n"
             ));
             for r in rows {
-                let d = r.vs_none.as_ref().map_or("– | –".into(), |p| {
-                    format!(
-                        "{:+.1} / {:+.1} (n={}) | {:.2}",
-                        p.mean_diff,
-                        p.median_diff,
-                        p.seeds.len(),
-                        p.p_value
-                    )
-                });
+                let d = r.vs_none.as_ref().map_or("– | –".into(), paired_cells);
                 md.push_str(&format!(
                     "| {} | {}/{} | {} | {} | {d} |\n",
                     r.variant,
@@ -329,6 +398,8 @@ impl Report {
                 }
             }
         }
+        md.push_str(&self.pair_table());
+        md.push_str(&self.geometry_table());
         md.push_str(&self.grad_tables());
         let missing: Vec<&RunResult> = self
             .runs

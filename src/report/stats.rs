@@ -46,6 +46,35 @@ pub fn spread(xs: &[f64]) -> Option<Spread> {
     })
 }
 
+/// The 97.5% quantile of Student's t with `df` degrees of freedom: tabulated to 3 decimals up
+/// to 30, the Cornish-Fisher expansion around the normal quantile above (within 1e-3).
+pub fn t975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::NAN,
+        1..=30 => TABLE[df - 1],
+        _ => {
+            let (z, n) = (1.959_964_f64, df as f64);
+            z + (z.powi(3) + z) / (4.0 * n)
+                + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * n * n)
+        }
+    }
+}
+
+/// The 95% t-interval of the mean of `diffs`: mean ± t975(n-1) s / sqrt(n); `None` for fewer
+/// than 2 values. (The sign-flip test's own interval is unbounded for fewer than 6 pairs, since
+/// its smallest p is 2 / 2^n.)
+pub fn mean_ci95(diffs: &[f64]) -> Option<[f64; 2]> {
+    let s = spread(diffs)?;
+    let sd = s.std?;
+    let half = t975(diffs.len() - 1) * sd / (diffs.len() as f64).sqrt();
+    Some([s.mean - half, s.mean + half])
+}
+
 /// Two-sided sign-flip permutation test of "the paired differences are symmetric about 0":
 /// the share of the 2^n sign assignments whose |mean| is at least the observed |mean|.
 /// Exact for n <= 20 (every assignment); above that, 100,000 assignments drawn with `seed`.
@@ -93,6 +122,22 @@ pub fn sign_flip_p(diffs: &[f64], seed: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn t_interval_matches_reference_values() {
+        use super::{mean_ci95, t975};
+        // R: qt(0.975, c(4, 9, 60)) = 2.776445, 2.262157, 2.000298.
+        assert!((t975(4) - 2.776).abs() < 1e-3);
+        assert!((t975(9) - 2.262).abs() < 1e-3);
+        assert!((t975(60) - 2.000298).abs() < 1e-3);
+        // mean 2, sd 1.5811 (1..=5 shifted), n 5: 2 ± 2.776 * 1.5811 / sqrt(5).
+        let ci = mean_ci95(&[0.0, 1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert!(
+            (ci[0] - 0.0369).abs() < 1e-3 && (ci[1] - 3.9631).abs() < 1e-3,
+            "{ci:?}"
+        );
+        assert!(mean_ci95(&[1.0]).is_none());
+    }
+
     use super::*;
 
     #[test]

@@ -27,6 +27,17 @@ pub struct EpochRecord {
     pub eval_secs: f64,
     /// Non-pad training tokens per second of training time.
     pub train_tokens_per_sec: f64,
+    /// The [CLS] geometry on the first dev split at the epoch's end, before and after the
+    /// normalizer (absent in runs from before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cls_geometry: Option<ClsGeometry>,
+}
+
+/// The [CLS] vectors' geometry before (`raw`) and after (`normalized`) the normalizer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClsGeometry {
+    pub raw: crate::analyze::Geometry,
+    pub normalized: crate::analyze::Geometry,
 }
 
 /// One line of `train_loss.jsonl`: the mean training loss of the updates since the previous

@@ -18,9 +18,12 @@ use crate::classifier::{label_prior, BiasInit, Classifier};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::eval;
-use crate::rundir::records::{self, EpochRecord, GradRecord, LossRecord, Summary};
+use crate::rundir::records::{self, ClsGeometry, EpochRecord, GradRecord, LossRecord, Summary};
 use crate::rundir::{Layout, RunDir};
 use crate::tokenize::{Encoded, TextTokenizer, TokenizerFiles};
+
+/// Dev metrics by split name.
+type DevMetrics = Vec<(String, std::collections::BTreeMap<String, f64>)>;
 
 /// A run in progress: what [`Trainer::start`] set up, and where training stands.
 pub struct Trainer<'a> {
@@ -364,7 +367,7 @@ impl<'a> Trainer<'a> {
     pub fn end_epoch(&mut self) -> Result<()> {
         self.state.loss_sum += self.window_loss.double_value(&[]);
         let eval_start = Instant::now();
-        let dev = self.dev_metrics()?;
+        let (dev, cls_geometry) = self.dev_metrics()?;
         let task = &self.job.task;
         let primary = dev
             .first()
@@ -381,6 +384,7 @@ impl<'a> Trainer<'a> {
             train_secs: state.epoch_train_secs,
             eval_secs: eval_start.elapsed().as_secs_f64(),
             train_tokens_per_sec: state.epoch_tokens as f64 / state.epoch_train_secs.max(1e-9),
+            cls_geometry,
         };
         self.bar.suspend(|| {
             tracing::info!(
@@ -415,27 +419,30 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    fn dev_metrics(&self) -> Result<Vec<(String, std::collections::BTreeMap<String, f64>)>> {
+    /// Metrics of every dev split, and the [CLS] geometry on the first.
+    fn dev_metrics(&self) -> Result<(DevMetrics, Option<ClsGeometry>)> {
         let task = &self.job.task;
         let mut metrics = task.metrics.clone();
         if !metrics.contains(&task.primary) {
             metrics.push(task.primary);
         }
         let batch_size = self.job.config.eval_batch_size;
-        self.dev
-            .iter()
-            .map(|(name, t)| {
-                let m = eval::evaluate(
-                    &self.model,
-                    &t.encs,
-                    &t.labels,
-                    &metrics,
-                    batch_size,
-                    self.pad,
+        let (model, pad) = (&self.model, self.pad);
+        let mut geometry = None;
+        let mut out = Vec::new();
+        for (i, (name, t)) in self.dev.iter().enumerate() {
+            let m = if i == 0 {
+                let (m, g) = eval::evaluate_with_geometry(
+                    model, &t.encs, &t.labels, &metrics, batch_size, pad,
                 )?;
-                Ok((name.clone(), m))
-            })
-            .collect()
+                geometry = g;
+                m
+            } else {
+                eval::evaluate(model, &t.encs, &t.labels, &metrics, batch_size, pad)?
+            };
+            out.push((name.clone(), m));
+        }
+        Ok((out, geometry))
     }
 
     /// Writes `summary.json` (best and final dev metrics, counts, time) and returns it.
