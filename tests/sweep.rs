@@ -661,8 +661,8 @@ fn gradient_scales_are_medians_over_updates_then_seeds_relative_to_none() {
     assert!(md.contains("| isobn | 75.000 (2.50x; n=2) |"), "{md}");
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert!(
-        csv.lines()
-            .any(|l| l.starts_with("RTE,isobn,") && l.ends_with(",7.5000,2.5000,75.0000,2.5000")),
+        csv.lines().any(|l| l.starts_with("RTE,isobn,")
+            && l.ends_with(",7.5000,2.5000,75.0000,2.5000,0.0000,0.0000")),
         "{csv}"
     );
 }
