@@ -814,3 +814,64 @@ fn every_example_sweep_file_plans_runs_that_parse() {
     }
     assert!(checked >= 3, "only {checked} sweep files in sweeps/");
 }
+
+#[test]
+fn slurm_scripts_run_one_run_per_array_task_and_the_report_after() {
+    use clsnorm::sweep::slurm::{write_scripts, SlurmOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let p = plan(dir.path(), GRID).unwrap();
+    let p = SweepPlan {
+        dir: dir.path().join("OUT"),
+        ..p
+    };
+    let opts = SlurmOptions {
+        concurrent: 3,
+        cpus: 4,
+        gpus: 1,
+        time: Some("2:00:00".into()),
+        extra: vec!["--partition=gpu".into()],
+    };
+    let env = [("GLUE_DIR".to_string(), "/data/glue dir".to_string())];
+    let s = write_scripts(
+        &p,
+        Path::new("sweep.toml"),
+        Path::new("/opt/clsnorm"),
+        &env,
+        &opts,
+    )
+    .unwrap();
+    let array = std::fs::read_to_string(&s.array).unwrap();
+    for want in [
+        "#SBATCH --array=0-23%3\n",
+        "#SBATCH --cpus-per-task=4\n",
+        "#SBATCH --requeue\n",
+        "#SBATCH --gres=gpu:1\n",
+        "#SBATCH --time=2:00:00\n",
+        "#SBATCH --partition=gpu\n",
+        "export GLUE_DIR='/data/glue dir'\n",
+        "I=$((SLURM_ARRAY_TASK_ID - ${SLURM_ARRAY_TASK_MIN:-0}))\n",
+        "--shard \"$I/24\" --jobs 1 --threads 4\n",
+    ] {
+        assert!(array.contains(want), "{want:?} not in\n{array}");
+    }
+    // The sweep file and output paths are absolute: tasks start elsewhere.
+    let config = std::path::absolute("sweep.toml").unwrap();
+    assert!(
+        array.contains(&format!("sweep --config {}", config.display())),
+        "{array}"
+    );
+    assert!(s.array.starts_with(dir.path().join("OUT/slurm")));
+    let report = std::fs::read_to_string(&s.report).unwrap();
+    assert!(
+        report.contains(&format!(
+            "/opt/clsnorm report {}",
+            dir.path().join("OUT").display()
+        )),
+        "{report}"
+    );
+    // Each task is exactly one run of the plan.
+    for i in 0..24 {
+        let shard: Shard = format!("{i}/24").parse().unwrap();
+        assert_eq!((0..24).filter(|&r| shard.contains(r)).count(), 1);
+    }
+}

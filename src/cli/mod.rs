@@ -9,7 +9,9 @@ mod sweep;
 
 use clap::{Parser, Subcommand};
 
-pub use args::{parse_batch_size, parse_max_len, CheckpointArgs, DataArgs, NormArgs, RuntimeArgs};
+pub use args::{
+    parse_batch_size, parse_max_len, parse_threads, CheckpointArgs, DataArgs, NormArgs, RuntimeArgs,
+};
 
 /// Fine-tune BERT-family encoders with a normalized [CLS] embedding.
 #[derive(Debug, Parser)]

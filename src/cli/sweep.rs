@@ -25,6 +25,28 @@ pub struct SweepArgs {
     /// unless the sweep sets `threads`.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: u16,
+    /// libtorch threads of each run (default: cores / --jobs, unless the sweep sets them).
+    #[arg(long, value_parser = super::parse_threads)]
+    pub threads: Option<usize>,
+    /// Submit the sweep to Slurm instead: a job array with one task per run (requeue-safe:
+    /// runs resume), and a report job after it (README, "Slurm").
+    #[arg(long, conflicts_with_all = ["shard", "list"])]
+    pub slurm: bool,
+    /// Slurm: array tasks running at the same time.
+    #[arg(long, default_value_t = 8, requires = "slurm")]
+    pub slurm_concurrent: usize,
+    /// Slurm: CPUs per task (the runs' threads).
+    #[arg(long, default_value_t = 4, requires = "slurm")]
+    pub slurm_cpus: usize,
+    /// Slurm: GPUs per task (`--gres=gpu:G`).
+    #[arg(long, default_value_t = 0, requires = "slurm")]
+    pub slurm_gpus: usize,
+    /// Slurm: time limit of each task (e.g. 24:00:00).
+    #[arg(long, requires = "slurm")]
+    pub slurm_time: Option<String>,
+    /// Slurm: another sbatch option for the array, verbatim (e.g. --slurm-arg=--partition=gpu).
+    #[arg(long, requires = "slurm", allow_hyphen_values = true)]
+    pub slurm_arg: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +149,9 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(plan.dir.join("logs"))
         .with_context(|| format!("creating {}", plan.dir.display()))?;
     clsnorm::atomic::write_json(&plan.dir.join(PLAN_FILE), &plan)?;
+    if a.slurm {
+        return submit_to_slurm(&a, &plan);
+    }
 
     let mut todo: VecDeque<(usize, Vec<String>)> = VecDeque::new();
     let mut elsewhere = Vec::new();
@@ -150,7 +175,9 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     }
     let skipped = selected.len() - todo.len() - elsewhere.len() - unreadable.len();
     let jobs = usize::from(a.jobs);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) / jobs;
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) / jobs);
     tracing::info!(
         runs = plan.runs.len(),
         shard = format!("{}/{}", shard.index, shard.count),
@@ -215,6 +242,33 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--slurm`: writes the batch scripts and submits them.
+fn submit_to_slurm(a: &SweepArgs, plan: &SweepPlan) -> anyhow::Result<()> {
+    use clsnorm::sweep::slurm::{self, SlurmOptions};
+    let exe = std::env::current_exe().context("locating the clsnorm executable")?;
+    let env: Vec<(String, String)> = ["GLUE_DIR", "HF_HOME", "HF_HUB_CACHE"]
+        .iter()
+        .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+        .collect();
+    let opts = SlurmOptions {
+        concurrent: a.slurm_concurrent,
+        cpus: a.slurm_cpus,
+        gpus: a.slurm_gpus,
+        time: a.slurm_time.clone(),
+        extra: a.slurm_arg.clone(),
+    };
+    let scripts = slurm::write_scripts(plan, &a.config, &exe, &env, &opts)?;
+    let (array, report) = slurm::submit(&scripts)?;
+    tracing::info!(
+        "submitted {} run(s) as array job {array} ({}), and the report as job {report} after it; \
+         watch with `squeue -j {array}`, task logs in {}",
+        plan.runs.len(),
+        scripts.array.display(),
+        plan.dir.join("slurm").display()
+    );
+    super::print_stdout(&format!("{array}\n{report}"))
 }
 
 fn append_invocation(dir: &Path, inv: &Invocation) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub mod pool;
+pub mod slurm;
 
 use serde::{Deserialize, Serialize};
 
