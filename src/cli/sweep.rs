@@ -148,7 +148,12 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     check_existing_plan(&plan)?;
     std::fs::create_dir_all(plan.dir.join("logs"))
         .with_context(|| format!("creating {}", plan.dir.display()))?;
-    clsnorm::atomic::write_json(&plan.dir.join(PLAN_FILE), &plan)?;
+    // Written once: array tasks and other shards find it in place and equal; a sweep file
+    // that grew (more seeds, say) writes the larger plan.
+    let same = SweepPlan::load(&plan.dir).is_ok_and(|old| old.runs == plan.runs);
+    if !same {
+        clsnorm::atomic::write_json(&plan.dir.join(PLAN_FILE), &plan)?;
+    }
     if a.slurm {
         return submit_to_slurm(&a, &plan);
     }

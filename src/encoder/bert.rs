@@ -12,34 +12,15 @@ use crate::batch::InputLimits;
 use crate::error::Result;
 
 pub(crate) fn linear(p: nn::Path, cfg: &BertConfig, inp: i64, out: i64) -> nn::Linear {
-    let c = nn::LinearConfig {
-        ws_init: nn::Init::Randn {
-            mean: 0.0,
-            stdev: cfg.initializer_range,
-        },
-        bs_init: Some(nn::Init::Const(0.0)),
-        bias: true,
-    };
-    nn::linear(p, inp, out, c)
+    super::layers::linear(p, cfg.initializer_range, inp, out, true)
 }
 
 fn layer_norm(p: nn::Path, cfg: &BertConfig) -> nn::LayerNorm {
-    let c = nn::LayerNormConfig {
-        eps: cfg.layer_norm_eps,
-        ..Default::default()
-    };
-    nn::layer_norm(p, vec![cfg.hidden_size], c)
+    super::layers::layer_norm(p, cfg.hidden_size, cfg.layer_norm_eps)
 }
 
 fn embedding(p: nn::Path, cfg: &BertConfig, n: i64) -> nn::Embedding {
-    let c = nn::EmbeddingConfig {
-        ws_init: nn::Init::Randn {
-            mean: 0.0,
-            stdev: cfg.initializer_range,
-        },
-        ..Default::default()
-    };
-    nn::embedding(p, n, cfg.hidden_size, c)
+    super::layers::embedding(p, cfg.initializer_range, n, cfg.hidden_size)
 }
 
 /// How token positions are numbered.
@@ -200,11 +181,7 @@ impl BertLayer {
         let att = self.attention_self.forward(xs, mask, train);
         let att = self.attention_output.forward(&att, xs, train);
         let inter = self.intermediate.forward(&att);
-        let inter = match self.act {
-            HiddenAct::Gelu => inter.gelu("none"),
-            HiddenAct::GeluNew => inter.gelu("tanh"),
-            HiddenAct::Relu => inter.relu(),
-        };
+        let inter = self.act.apply(&inter);
         self.output.forward(&inter, &att, train)
     }
 }

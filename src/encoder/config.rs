@@ -18,6 +18,17 @@ pub enum HiddenAct {
     Relu,
 }
 
+impl HiddenAct {
+    /// The activation applied to `x`.
+    pub fn apply(self, x: &tch::Tensor) -> tch::Tensor {
+        match self {
+            HiddenAct::Gelu => x.gelu("none"),
+            HiddenAct::GeluNew => x.gelu("tanh"),
+            HiddenAct::Relu => x.relu(),
+        }
+    }
+}
+
 /// The architecture hyper-parameters of a BERT encoder, as HF `BertConfig` names them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
@@ -213,30 +224,16 @@ impl BertConfig {
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        for (name, p) in [
+        use super::layers::check;
+        check::probabilities(&[
             ("hidden_dropout_prob", self.hidden_dropout_prob),
             (
                 "attention_probs_dropout_prob",
                 self.attention_probs_dropout_prob,
             ),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(format!("{name} must be in [0, 1), found {p}"));
-            }
-        }
-        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
-            return Err(format!(
-                "layer_norm_eps must be a positive number, found {}",
-                self.layer_norm_eps
-            ));
-        }
-        if !(0..self.vocab_size).contains(&self.pad_token_id) {
-            return Err(format!(
-                "pad_token_id {} is outside the vocabulary of {}",
-                self.pad_token_id, self.vocab_size
-            ));
-        }
-        Ok(())
+        ])?;
+        check::positive(&[("layer_norm_eps", self.layer_norm_eps)])?;
+        check::pad_in_vocab(self.pad_token_id, self.vocab_size)
     }
 
     /// The name and shape of every parameter of a `BertModel` with this config, computed
@@ -244,44 +241,33 @@ impl BertConfig {
     /// built, so that a config asking for huge matrices fails instead of allocating them.
     pub fn expected_shapes(&self) -> std::collections::BTreeMap<String, Vec<i64>> {
         let (h, i) = (self.hidden_size, self.intermediate_size);
-        let mut m = std::collections::BTreeMap::new();
-        let mut put = |name: String, shape: Vec<i64>| {
-            m.insert(name, shape);
-        };
-        put(
-            "embeddings.word_embeddings.weight".into(),
+        let mut m = super::layers::Shapes::default();
+        m.put(
+            "embeddings.word_embeddings.weight",
             vec![self.vocab_size, h],
         );
-        put(
-            "embeddings.position_embeddings.weight".into(),
+        m.put(
+            "embeddings.position_embeddings.weight",
             vec![self.max_position_embeddings, h],
         );
-        put(
-            "embeddings.token_type_embeddings.weight".into(),
+        m.put(
+            "embeddings.token_type_embeddings.weight",
             vec![self.type_vocab_size, h],
         );
-        let linear = |put: &mut dyn FnMut(String, Vec<i64>), p: String, inp: i64, out: i64| {
-            put(format!("{p}.weight"), vec![out, inp]);
-            put(format!("{p}.bias"), vec![out]);
-        };
-        let norm = |put: &mut dyn FnMut(String, Vec<i64>), p: String| {
-            put(format!("{p}.weight"), vec![h]);
-            put(format!("{p}.bias"), vec![h]);
-        };
-        norm(&mut put, "embeddings.LayerNorm".into());
+        m.norm("embeddings.LayerNorm", h, true);
         for l in 0..self.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
             for q in ["query", "key", "value"] {
-                linear(&mut put, format!("{p}.attention.self.{q}"), h, h);
+                m.linear(&format!("{p}.attention.self.{q}"), h, h, true);
             }
-            linear(&mut put, format!("{p}.attention.output.dense"), h, h);
-            norm(&mut put, format!("{p}.attention.output.LayerNorm"));
-            linear(&mut put, format!("{p}.intermediate.dense"), h, i);
-            linear(&mut put, format!("{p}.output.dense"), i, h);
-            norm(&mut put, format!("{p}.output.LayerNorm"));
+            m.linear(&format!("{p}.attention.output.dense"), h, h, true);
+            m.norm(&format!("{p}.attention.output.LayerNorm"), h, true);
+            m.linear(&format!("{p}.intermediate.dense"), h, i, true);
+            m.linear(&format!("{p}.output.dense"), i, h, true);
+            m.norm(&format!("{p}.output.LayerNorm"), h, true);
         }
-        linear(&mut put, "pooler.dense".into(), h, h);
-        m
+        m.linear("pooler.dense", h, h, true);
+        m.0
     }
 
     /// Size of one attention head.
@@ -292,12 +278,7 @@ impl BertConfig {
     /// The JSON written next to saved weights: the original keys plus what HF needs to
     /// recognise a `BertModel`.
     pub fn to_hf_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        if let Some(map) = v.as_object_mut() {
-            map.entry("architectures")
-                .or_insert_with(|| serde_json::json!(["BertModel"]));
-        }
-        v
+        super::hf_json(self, "BertModel")
     }
 }
 

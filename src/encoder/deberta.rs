@@ -16,6 +16,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::config::{explain_serde, HiddenAct};
+use super::layers::{self, check, Shapes};
 use super::weights::Names;
 use super::{EncoderConfig, EncoderModel, EncoderOutput, Family};
 use crate::batch::InputLimits;
@@ -197,7 +198,7 @@ impl DebertaV2Config {
 
     /// Checks that the values describe a DeBERTa-v2 that clsnorm can build.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        for (name, v, max) in [
+        check::sizes(&[
             ("vocab_size", self.vocab_size, 1 << 24),
             ("hidden_size", self.hidden_size, 1 << 16),
             ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
@@ -214,11 +215,7 @@ impl DebertaV2Config {
                 self.pooler_hidden_size.unwrap_or(self.hidden_size),
                 1 << 16,
             ),
-        ] {
-            if !(1..=max).contains(&v) {
-                return Err(format!("{name} must be from 1 to {max}, found {v}"));
-            }
-        }
+        ])?;
         if self
             .pooler_hidden_size
             .is_some_and(|p| p != self.hidden_size)
@@ -273,62 +270,31 @@ impl DebertaV2Config {
                 }
             }
         }
-        for (name, p) in [
+        check::probabilities(&[
             ("hidden_dropout_prob", self.hidden_dropout_prob),
             (
                 "attention_probs_dropout_prob",
                 self.attention_probs_dropout_prob,
             ),
             ("pooler_dropout", self.pooler_dropout),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(format!("{name} must be in [0, 1), found {p}"));
-            }
-        }
-        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
-            return Err("layer_norm_eps must be a positive number".into());
-        }
-        if !(self.initializer_range > 0.0 && self.initializer_range.is_finite()) {
-            return Err("initializer_range must be a positive number".into());
-        }
-        if !(0..self.vocab_size).contains(&self.pad_token_id) {
-            return Err(format!(
-                "pad_token_id {} is outside the vocabulary of {}",
-                self.pad_token_id, self.vocab_size
-            ));
-        }
-        Ok(())
+        ])?;
+        check::positive(&[
+            ("layer_norm_eps", self.layer_norm_eps),
+            ("initializer_range", self.initializer_range),
+        ])?;
+        check::pad_in_vocab(self.pad_token_id, self.vocab_size)
     }
 
     fn linear(&self, p: nn::Path, inp: i64, out: i64, bias: bool) -> nn::Linear {
-        let c = nn::LinearConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: self.initializer_range,
-            },
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias,
-        };
-        nn::linear(p, inp, out, c)
+        layers::linear(p, self.initializer_range, inp, out, bias)
     }
 
     fn layer_norm(&self, p: nn::Path) -> nn::LayerNorm {
-        let c = nn::LayerNormConfig {
-            eps: self.layer_norm_eps,
-            ..Default::default()
-        };
-        nn::layer_norm(p, vec![self.hidden_size], c)
+        layers::layer_norm(p, self.hidden_size, self.layer_norm_eps)
     }
 
     fn embedding(&self, p: nn::Path, n: i64, dim: i64) -> nn::Embedding {
-        let c = nn::EmbeddingConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: self.initializer_range,
-            },
-            ..Default::default()
-        };
-        nn::embedding(p, n, dim, c)
+        layers::embedding(p, self.initializer_range, n, dim)
     }
 }
 
@@ -370,69 +336,58 @@ impl EncoderConfig for DebertaV2Config {
             self.intermediate_size,
             self.embedding_size(),
         );
-        let mut m = BTreeMap::new();
-        let mut put = |n: String, s: Vec<i64>| {
-            m.insert(n, s);
-        };
-        put(
-            "embeddings.word_embeddings.weight".into(),
+        let mut m = Shapes::default();
+        m.put(
+            "embeddings.word_embeddings.weight",
             vec![self.vocab_size, e],
         );
         if self.position_biased_input {
-            put(
-                "embeddings.position_embeddings.weight".into(),
+            m.put(
+                "embeddings.position_embeddings.weight",
                 vec![self.max_position_embeddings, e],
             );
         }
         if self.type_vocab_size > 0 {
-            put(
-                "embeddings.token_type_embeddings.weight".into(),
+            m.put(
+                "embeddings.token_type_embeddings.weight",
                 vec![self.type_vocab_size, e],
             );
         }
         if e != h {
-            put("embeddings.embed_proj.weight".into(), vec![h, e]);
+            m.linear("embeddings.embed_proj", e, h, false);
         }
-        let linear = |put: &mut dyn FnMut(String, Vec<i64>), p: String, inp: i64, out: i64| {
-            put(format!("{p}.weight"), vec![out, inp]);
-            put(format!("{p}.bias"), vec![out]);
-        };
-        let norm = |put: &mut dyn FnMut(String, Vec<i64>), p: String| {
-            put(format!("{p}.weight"), vec![h]);
-            put(format!("{p}.bias"), vec![h]);
-        };
-        norm(&mut put, "embeddings.LayerNorm".into());
+        m.norm("embeddings.LayerNorm", h, true);
         for l in 0..self.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
             let a = format!("{p}.attention.self");
             for q in ["query_proj", "key_proj", "value_proj"] {
-                linear(&mut put, format!("{a}.{q}"), h, h);
+                m.linear(&format!("{a}.{q}"), h, h, true);
             }
             if self.relative_attention && !self.share_att_key {
                 if self.pos_att("c2p") {
-                    linear(&mut put, format!("{a}.pos_key_proj"), h, h);
+                    m.linear(&format!("{a}.pos_key_proj"), h, h, true);
                 }
                 if self.pos_att("p2c") {
-                    linear(&mut put, format!("{a}.pos_query_proj"), h, h);
+                    m.linear(&format!("{a}.pos_query_proj"), h, h, true);
                 }
             }
-            linear(&mut put, format!("{p}.attention.output.dense"), h, h);
-            norm(&mut put, format!("{p}.attention.output.LayerNorm"));
-            linear(&mut put, format!("{p}.intermediate.dense"), h, i);
-            linear(&mut put, format!("{p}.output.dense"), i, h);
-            norm(&mut put, format!("{p}.output.LayerNorm"));
+            m.linear(&format!("{p}.attention.output.dense"), h, h, true);
+            m.norm(&format!("{p}.attention.output.LayerNorm"), h, true);
+            m.linear(&format!("{p}.intermediate.dense"), h, i, true);
+            m.linear(&format!("{p}.output.dense"), i, h, true);
+            m.norm(&format!("{p}.output.LayerNorm"), h, true);
         }
         if self.relative_attention {
-            put(
-                "encoder.rel_embeddings.weight".into(),
+            m.put(
+                "encoder.rel_embeddings.weight",
                 vec![2 * self.att_span(), h],
             );
             if self.rel_layer_norm() {
-                norm(&mut put, "encoder.LayerNorm".into());
+                m.norm("encoder.LayerNorm", h, true);
             }
         }
-        linear(&mut put, "pooler.dense".into(), h, h);
-        m
+        m.linear("pooler.dense", h, h, true);
+        m.0
     }
 
     fn names(&self) -> Names<'static> {
@@ -444,12 +399,7 @@ impl EncoderConfig for DebertaV2Config {
     }
 
     fn to_hf_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        if let Some(map) = v.as_object_mut() {
-            map.entry("architectures")
-                .or_insert_with(|| serde_json::json!(["DebertaV2Model"]));
-        }
-        v
+        super::hf_json(self, "DebertaV2Model")
     }
 
     fn build(&self, p: &nn::Path) -> Box<dyn EncoderModel> {
@@ -513,14 +463,6 @@ impl EncoderConfig for DebertaV2Config {
 
     fn clone_box(&self) -> Box<dyn EncoderConfig> {
         Box::new(self.clone())
-    }
-}
-
-fn activate(x: &Tensor, act: HiddenAct) -> Tensor {
-    match act {
-        HiddenAct::Gelu => x.gelu("none"),
-        HiddenAct::GeluNew => x.gelu("tanh"),
-        HiddenAct::Relu => x.relu(),
     }
 }
 
@@ -702,7 +644,7 @@ impl EncoderModel for DebertaV2Model {
                     .dropout(cfg.hidden_dropout_prob, train)
                     + &xs),
             );
-            let inter = activate(&l.intermediate.forward(&att), cfg.hidden_act);
+            let inter = cfg.hidden_act.apply(&l.intermediate.forward(&att));
             xs = l.output_norm.forward(
                 &(l.output
                     .forward(&inter)
@@ -713,7 +655,7 @@ impl EncoderModel for DebertaV2Model {
         let cls = xs.select(1, 0);
         let pooled = self.pooler.forward(&cls.dropout(cfg.pooler_dropout, train));
         EncoderOutput {
-            pooler_output: activate(&pooled, cfg.pooler_hidden_act),
+            pooler_output: cfg.pooler_hidden_act.apply(&pooled),
             cls,
             last_hidden_state: xs,
         }

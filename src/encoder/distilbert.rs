@@ -16,6 +16,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::config::{explain_serde, HiddenAct};
+use super::layers::{self, check, Shapes};
 use super::{EncoderConfig, EncoderModel, EncoderOutput, Family};
 use crate::batch::InputLimits;
 use crate::error::{Error, Result};
@@ -122,7 +123,7 @@ impl DistilBertConfig {
                 "sinusoidal_pos_embds: true is not supported (learned positions only)".into(),
             );
         }
-        for (name, v, max) in [
+        check::sizes(&[
             ("vocab_size", self.vocab_size, 1 << 24),
             (
                 "max_position_embeddings",
@@ -133,70 +134,34 @@ impl DistilBertConfig {
             ("n_heads", self.n_heads, 1 << 12),
             ("dim", self.dim, 1 << 16),
             ("hidden_dim", self.hidden_dim, 1 << 20),
-        ] {
-            if !(1..=max).contains(&v) {
-                return Err(format!("{name} must be from 1 to {max}, found {v}"));
-            }
-        }
+        ])?;
         if self.dim % self.n_heads != 0 {
             return Err(format!(
                 "dim {} is not divisible by n_heads {}",
                 self.dim, self.n_heads
             ));
         }
-        for (name, p) in [
+        check::probabilities(&[
             ("dropout", self.dropout),
             ("attention_dropout", self.attention_dropout),
             ("seq_classif_dropout", self.seq_classif_dropout),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(format!("{name} must be in [0, 1), found {p}"));
-            }
-        }
-        if !(self.initializer_range > 0.0 && self.initializer_range.is_finite()) {
-            return Err("initializer_range must be a positive number".into());
-        }
-        if !(0..self.vocab_size).contains(&self.pad_token_id) {
-            return Err(format!(
-                "pad_token_id {} is outside the vocabulary of {}",
-                self.pad_token_id, self.vocab_size
-            ));
-        }
-        Ok(())
+        ])?;
+        check::positive(&[("initializer_range", self.initializer_range)])?;
+        check::pad_in_vocab(self.pad_token_id, self.vocab_size)
     }
 
     fn linear(&self, p: nn::Path, inp: i64, out: i64) -> nn::Linear {
-        let c = nn::LinearConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: self.initializer_range,
-            },
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
-        };
-        nn::linear(p, inp, out, c)
+        layers::linear(p, self.initializer_range, inp, out, true)
     }
 
     fn layer_norm(&self, p: nn::Path) -> nn::LayerNorm {
-        let c = nn::LayerNormConfig {
-            eps: LN_EPS,
-            ..Default::default()
-        };
-        nn::layer_norm(p, vec![self.dim], c)
+        layers::layer_norm(p, self.dim, LN_EPS)
     }
 
     fn embedding(&self, p: nn::Path, n: i64) -> nn::Embedding {
-        let c = nn::EmbeddingConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: self.initializer_range,
-            },
-            ..Default::default()
-        };
-        nn::embedding(p, n, self.dim, c)
+        layers::embedding(p, self.initializer_range, n, self.dim)
     }
 }
-
 impl EncoderConfig for DistilBertConfig {
     fn hidden_size(&self) -> i64 {
         self.dim
@@ -222,39 +187,28 @@ impl EncoderConfig for DistilBertConfig {
 
     fn expected_shapes(&self) -> BTreeMap<String, Vec<i64>> {
         let (d, h) = (self.dim, self.hidden_dim);
-        let mut m = BTreeMap::new();
-        m.insert(
-            "embeddings.word_embeddings.weight".to_string(),
+        let mut m = Shapes::default();
+        m.put(
+            "embeddings.word_embeddings.weight",
             vec![self.vocab_size, d],
         );
-        m.insert(
-            "embeddings.position_embeddings.weight".into(),
+        m.put(
+            "embeddings.position_embeddings.weight",
             vec![self.max_position_embeddings, d],
         );
-        let mut linear = |p: String, inp: i64, out: i64| {
-            m.insert(format!("{p}.weight"), vec![out, inp]);
-            m.insert(format!("{p}.bias"), vec![out]);
-        };
+        m.norm("embeddings.LayerNorm", d, true);
         for l in 0..self.n_layers {
             let p = format!("transformer.layer.{l}");
             for q in ["q_lin", "k_lin", "v_lin", "out_lin"] {
-                linear(format!("{p}.attention.{q}"), d, d);
+                m.linear(&format!("{p}.attention.{q}"), d, d, true);
             }
-            linear(format!("{p}.ffn.lin1"), d, h);
-            linear(format!("{p}.ffn.lin2"), h, d);
+            m.norm(&format!("{p}.sa_layer_norm"), d, true);
+            m.linear(&format!("{p}.ffn.lin1"), d, h, true);
+            m.linear(&format!("{p}.ffn.lin2"), h, d, true);
+            m.norm(&format!("{p}.output_layer_norm"), d, true);
         }
-        linear("pooler.dense".into(), d, d);
-        // LayerNorms: [dim] weight and bias.
-        let norms = std::iter::once("embeddings.LayerNorm".to_string()).chain(
-            (0..self.n_layers).flat_map(|l| {
-                ["sa_layer_norm", "output_layer_norm"].map(|n| format!("transformer.layer.{l}.{n}"))
-            }),
-        );
-        for n in norms {
-            m.insert(format!("{n}.weight"), vec![d]);
-            m.insert(format!("{n}.bias"), vec![d]);
-        }
-        m
+        m.linear("pooler.dense", d, d, true);
+        m.0
     }
 
     fn names(&self) -> super::weights::Names<'static> {
@@ -266,12 +220,7 @@ impl EncoderConfig for DistilBertConfig {
     }
 
     fn to_hf_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        if let Some(map) = v.as_object_mut() {
-            map.entry("architectures")
-                .or_insert_with(|| serde_json::json!(["DistilBertModel"]));
-        }
-        v
+        super::hf_json(self, "DistilBertModel")
     }
 
     fn build(&self, p: &nn::Path) -> Box<dyn EncoderModel> {
@@ -349,11 +298,7 @@ impl TransformerBlock {
             .forward(&ctx.transpose(1, 2).contiguous().view([b, s, d]));
         let att = self.sa_layer_norm.forward(&(att + xs));
         let inter = self.lin1.forward(&att);
-        let inter = match self.activation {
-            HiddenAct::Gelu => inter.gelu("none"),
-            HiddenAct::GeluNew => inter.gelu("tanh"),
-            HiddenAct::Relu => inter.relu(),
-        };
+        let inter = self.activation.apply(&inter);
         let ffn = self.lin2.forward(&inter).dropout(self.dropout, train);
         self.output_layer_norm.forward(&(ffn + att))
     }

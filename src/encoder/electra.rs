@@ -130,12 +130,7 @@ impl EncoderConfig for ElectraConfig {
     }
 
     fn to_hf_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(&self.bert).unwrap_or(serde_json::Value::Null);
-        if let Some(map) = v.as_object_mut() {
-            map.entry("architectures")
-                .or_insert_with(|| serde_json::json!(["ElectraModel"]));
-        }
-        v
+        super::hf_json(&self.bert, "ElectraModel")
     }
 
     fn build(&self, p: &nn::Path) -> Box<dyn EncoderModel> {

@@ -12,6 +12,7 @@ pub mod deberta;
 pub mod distilbert;
 pub mod electra;
 pub mod hub;
+pub mod layers;
 pub mod modernbert;
 pub mod pickle;
 pub mod roberta;
@@ -82,6 +83,17 @@ pub trait EncoderConfig: std::fmt::Debug + Send + Sync {
     /// Creates the model's variables under `p`, randomly initialised as HF does.
     fn build(&self, p: &nn::Path) -> Box<dyn EncoderModel>;
     fn clone_box(&self) -> Box<dyn EncoderConfig>;
+}
+
+/// `config.json` as Hugging Face writes it: the config's keys, with `architectures` naming
+/// `architecture` unless the config already names one (HF picks the class by `model_type`).
+pub fn hf_json(config: &impl serde::Serialize, architecture: &str) -> serde_json::Value {
+    let mut v = serde_json::to_value(config).unwrap_or(serde_json::Value::Null);
+    if let Some(map) = v.as_object_mut() {
+        map.entry("architectures")
+            .or_insert_with(|| serde_json::json!([architecture]));
+    }
+    v
 }
 
 /// A model family: the `model_type`s it reads and how.

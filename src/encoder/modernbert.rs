@@ -17,6 +17,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::config::{explain_serde, HiddenAct};
+use super::layers::{self, check, Shapes};
 use super::weights::Names;
 use super::{EncoderConfig, EncoderModel, EncoderOutput, Family};
 use crate::batch::InputLimits;
@@ -197,7 +198,7 @@ impl ModernBertConfig {
 
     /// Checks that the values describe a ModernBERT that clsnorm can build.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        for (name, v, max) in [
+        check::sizes(&[
             ("vocab_size", self.vocab_size, 1 << 24),
             ("hidden_size", self.hidden_size, 1 << 16),
             ("intermediate_size", self.intermediate_size, 1 << 20),
@@ -209,11 +210,7 @@ impl ModernBertConfig {
                 1 << 20,
             ),
             ("local_attention", self.local_attention, 1 << 20),
-        ] {
-            if !(1..=max).contains(&v) {
-                return Err(format!("{name} must be from 1 to {max}, found {v}"));
-            }
-        }
+        ])?;
         if self.hidden_size % self.num_attention_heads != 0
             || (self.hidden_size / self.num_attention_heads) % 2 != 0
         {
@@ -260,43 +257,22 @@ impl ModernBertConfig {
                 r.rope_type
             ));
         }
-        for (name, p) in [
+        check::probabilities(&[
             ("attention_dropout", self.attention_dropout),
             ("embedding_dropout", self.embedding_dropout),
             ("mlp_dropout", self.mlp_dropout),
             ("classifier_dropout", self.classifier_dropout),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(format!("{name} must be in [0, 1), found {p}"));
-            }
-        }
-        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
-            return Err("norm_eps must be a positive number".into());
-        }
-        if !(self.initializer_range > 0.0 && self.initializer_range.is_finite()) {
-            return Err("initializer_range must be a positive number".into());
-        }
-        if !(0..self.vocab_size).contains(&self.pad_token_id) {
-            return Err(format!(
-                "pad_token_id {} is outside the vocabulary of {}",
-                self.pad_token_id, self.vocab_size
-            ));
-        }
-        Ok(())
+        ])?;
+        check::positive(&[
+            ("norm_eps", self.norm_eps),
+            ("initializer_range", self.initializer_range),
+        ])?;
+        check::pad_in_vocab(self.pad_token_id, self.vocab_size)
     }
 
     fn linear(&self, p: nn::Path, inp: i64, out: i64, bias: bool) -> nn::Linear {
-        let c = nn::LinearConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: self.initializer_range,
-            },
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias,
-        };
-        nn::linear(p, inp, out, c)
+        layers::linear(p, self.initializer_range, inp, out, bias)
     }
-
     fn norm(&self, p: nn::Path) -> Norm {
         let h = self.hidden_size;
         Norm {
@@ -334,46 +310,25 @@ impl EncoderConfig for ModernBertConfig {
     }
 
     fn expected_shapes(&self) -> BTreeMap<String, Vec<i64>> {
-        let (h, i) = (self.hidden_size, self.intermediate_size);
-        let mut m = BTreeMap::new();
-        m.insert(
-            "embeddings.tok_embeddings.weight".to_string(),
-            vec![self.vocab_size, h],
-        );
-        let norm = |m: &mut BTreeMap<String, Vec<i64>>, p: String| {
-            m.insert(format!("{p}.weight"), vec![h]);
-            if self.norm_bias {
-                m.insert(format!("{p}.bias"), vec![h]);
-            }
-        };
-        let linear = |m: &mut BTreeMap<String, Vec<i64>>, p: String, inp, out, bias: bool| {
-            m.insert(format!("{p}.weight"), vec![out, inp]);
-            if bias {
-                m.insert(format!("{p}.bias"), vec![out]);
-            }
-        };
-        norm(&mut m, "embeddings.norm".into());
+        let (h, i, nb) = (self.hidden_size, self.intermediate_size, self.norm_bias);
+        let mut m = Shapes::default();
+        m.put("embeddings.tok_embeddings.weight", vec![self.vocab_size, h]);
+        m.norm("embeddings.norm", h, nb);
         for l in 0..self.num_hidden_layers {
             let p = format!("layers.{l}");
             if l > 0 {
-                norm(&mut m, format!("{p}.attn_norm"));
+                m.norm(&format!("{p}.attn_norm"), h, nb);
             }
-            linear(
-                &mut m,
-                format!("{p}.attn.Wqkv"),
-                h,
-                3 * h,
-                self.attention_bias,
-            );
-            linear(&mut m, format!("{p}.attn.Wo"), h, h, self.attention_bias);
-            norm(&mut m, format!("{p}.mlp_norm"));
-            linear(&mut m, format!("{p}.mlp.Wi"), h, 2 * i, self.mlp_bias);
-            linear(&mut m, format!("{p}.mlp.Wo"), i, h, self.mlp_bias);
+            m.linear(&format!("{p}.attn.Wqkv"), h, 3 * h, self.attention_bias);
+            m.linear(&format!("{p}.attn.Wo"), h, h, self.attention_bias);
+            m.norm(&format!("{p}.mlp_norm"), h, nb);
+            m.linear(&format!("{p}.mlp.Wi"), h, 2 * i, self.mlp_bias);
+            m.linear(&format!("{p}.mlp.Wo"), i, h, self.mlp_bias);
         }
-        norm(&mut m, "final_norm".into());
-        linear(&mut m, "head.dense".into(), h, h, self.classifier_bias);
-        norm(&mut m, "head.norm".into());
-        m
+        m.norm("final_norm", h, nb);
+        m.linear("head.dense", h, h, self.classifier_bias);
+        m.norm("head.norm", h, nb);
+        m.0
     }
 
     fn names(&self) -> Names<'static> {
@@ -385,12 +340,7 @@ impl EncoderConfig for ModernBertConfig {
     }
 
     fn to_hf_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        if let Some(map) = v.as_object_mut() {
-            map.entry("architectures")
-                .or_insert_with(|| serde_json::json!(["ModernBertModel"]));
-        }
-        v
+        super::hf_json(self, "ModernBertModel")
     }
 
     fn build(&self, p: &nn::Path) -> Box<dyn EncoderModel> {
@@ -418,17 +368,11 @@ impl EncoderConfig for ModernBertConfig {
             })
             .collect();
         Box::new(ModernBertModel {
-            tok_embeddings: nn::embedding(
+            tok_embeddings: layers::embedding(
                 p / "embeddings" / "tok_embeddings",
+                self.initializer_range,
                 self.vocab_size,
                 h,
-                nn::EmbeddingConfig {
-                    ws_init: nn::Init::Randn {
-                        mean: 0.0,
-                        stdev: self.initializer_range,
-                    },
-                    ..Default::default()
-                },
             ),
             embeddings_norm: self.norm(p / "embeddings" / "norm"),
             embedding_dropout: self.embedding_dropout,
@@ -443,14 +387,6 @@ impl EncoderConfig for ModernBertConfig {
 
     fn clone_box(&self) -> Box<dyn EncoderConfig> {
         Box::new(self.clone())
-    }
-}
-
-fn activate(x: &Tensor, act: HiddenAct) -> Tensor {
-    match act {
-        HiddenAct::Gelu => x.gelu("none"),
-        HiddenAct::GeluNew => x.gelu("tanh"),
-        HiddenAct::Relu => x.relu(),
     }
 }
 
@@ -566,7 +502,7 @@ impl Layer {
         let inter = self.wi.forward(&self.mlp_norm.forward(&xs));
         let half = inter.size()[2] / 2;
         let (input, gate) = (inter.narrow(-1, 0, half), inter.narrow(-1, half, half));
-        let mlp = (activate(&input, self.act) * gate).dropout(self.mlp_dropout, train);
+        let mlp = (self.act.apply(&input) * gate).dropout(self.mlp_dropout, train);
         &xs + self.mlp_wo.forward(&mlp)
     }
 }
@@ -615,7 +551,7 @@ impl EncoderModel for ModernBertModel {
         };
         let pooler_output = self
             .head_norm
-            .forward(&activate(&self.head_dense.forward(&pooled), self.head_act));
+            .forward(&self.head_act.apply(&self.head_dense.forward(&pooled)));
         EncoderOutput {
             last_hidden_state: xs,
             cls,

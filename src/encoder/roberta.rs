@@ -91,17 +91,12 @@ impl EncoderConfig for RobertaConfig {
     }
 
     fn to_hf_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(&self.0).unwrap_or(serde_json::Value::Null);
-        if let Some(map) = v.as_object_mut() {
-            let arch = match self.0.model_type.as_str() {
-                "xlm-roberta" => "XLMRobertaModel",
-                "camembert" => "CamembertModel",
-                _ => "RobertaModel",
-            };
-            map.entry("architectures")
-                .or_insert_with(|| serde_json::json!([arch]));
-        }
-        v
+        let arch = match self.0.model_type.as_str() {
+            "xlm-roberta" => "XLMRobertaModel",
+            "camembert" => "CamembertModel",
+            _ => "RobertaModel",
+        };
+        super::hf_json(&self.0, arch)
     }
 
     fn build(&self, p: &nn::Path) -> Box<dyn EncoderModel> {
