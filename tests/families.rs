@@ -321,3 +321,55 @@ fn a_model_in_the_hugging_face_cache_is_found_by_its_id() {
     assert_eq!(v["model"], snap.to_str().unwrap());
     assert_eq!(v["cls"]["values"].as_array().unwrap().len(), 32);
 }
+
+#[test]
+fn family_configs_are_checked_before_anything_is_built() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            r#"{"model_type": "deberta-v2", "conv_kernel_size": 3}"#,
+            "conv_kernel_size > 0",
+        ),
+        (
+            r#"{"model_type": "deberta-v2", "relative_attention": true, "pos_att_type": ["c2p", "p2p"]}"#,
+            "pos_att_type 'p2p' is not supported",
+        ),
+        (
+            r#"{"model_type": "modernbert", "hidden_size": 36, "num_attention_heads": 4}"#,
+            "heads of an even size",
+        ),
+        (
+            r#"{"model_type": "modernbert", "num_hidden_layers": 2, "layer_types": ["full_attention"]}"#,
+            "layer_types has 1 entries for 2 layers",
+        ),
+        (
+            r#"{"model_type": "distilbert", "sinusoidal_pos_embds": true}"#,
+            "sinusoidal_pos_embds",
+        ),
+        (
+            r#"{"model_type": "distilbert", "n_layers": 100000}"#,
+            "n_layers must be from 1 to 1024",
+        ),
+        (
+            r#"{"model_type": "electra", "embedding_size": -1}"#,
+            "embedding_size must be a whole number",
+        ),
+        (
+            r#"{"model_type": "roberta", "max_position_embeddings": 2, "pad_token_id": 1}"#,
+            "leaves no position after the padding id",
+        ),
+        (
+            r#"{"model_type": "gpt2"}"#,
+            "model_type is 'gpt2', but clsnorm implements",
+        ),
+        (r#"{"model_type": 7}"#, "model_type must be a string"),
+    ];
+    for (json, want) in cases {
+        std::fs::write(tmp.path().join("config.json"), json).unwrap();
+        let e = Families::builtin()
+            .read_config(tmp.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want) && e.contains("config.json"), "{json}: {e}");
+    }
+}

@@ -875,3 +875,27 @@ fn slurm_scripts_run_one_run_per_array_task_and_the_report_after() {
         assert_eq!((0..24).filter(|&r| shard.contains(r)).count(), 1);
     }
 }
+
+#[test]
+fn report_options_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "tasks = [\"RTE\"]\nseeds = [1]\n");
+    let c = cfg.to_str().unwrap();
+    for (args, want) in [
+        (&["--replication", "gpu"][..], "expected LABEL=RESULTS_JSON"),
+        (
+            &["--replication", "gpu=/nonexistent/results.json"],
+            "results.json",
+        ),
+        (&["--pair", "none"], "expected A,B"),
+        (&["--pair", "none,zca"], "no variant `zca`"),
+    ] {
+        let out = dir.path().join("rep");
+        let mut all = vec!["report", "--config", c, "--output", out.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let o = clsnorm(&all, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
