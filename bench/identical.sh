@@ -8,7 +8,7 @@
 #   ... refactor, cargo build --release ...
 #   bench/identical.sh target/release/clsnorm /tmp/after > after.txt && diff before.txt after.txt
 #
-# About 4 minutes on 2 CPU cores (threads 1, MiniLM-L6, GLUE_DIR set).
+# About 4 minutes on 2 CPU cores (threads 1, MiniLM-L6, GLUE_DIR set). Needs `jq`.
 set -euo pipefail
 BIN=$(realpath "$1")
 OUT=$2

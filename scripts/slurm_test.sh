@@ -2,7 +2,7 @@
 # Issue 25's harness: a real one-node Slurm cluster on localhost runs a tiny sweep as a job
 # array; one task is killed mid-run and requeued; the report must equal the same sweep run
 # locally. Needs root (it starts munged, slurmctld and slurmd) and the packages `slurm-wlm` and
-# `munge` (installed with apt when missing). Everything lives in a temporary directory and is
+# `munge` (installed with apt when missing, with `jq`). Everything lives in a temporary directory and is
 # torn down at the end, whatever happens.
 #
 #   cargo build --release && scripts/slurm_test.sh [target/release/clsnorm]
@@ -12,8 +12,9 @@ EXE=$(realpath "${1:-$ROOT/target/release/clsnorm}")
 MODEL=$ROOT/models/all-MiniLM-L6-v2
 [ -x "$EXE" ] || { echo "no clsnorm binary at $EXE: cargo build --release first" >&2; exit 1; }
 [ -f "$MODEL/model.safetensors" ] || { echo "$MODEL missing: run scripts/setup.sh" >&2; exit 1; }
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v jq >/dev/null; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge jq >/dev/null
 fi
 
 T=$(mktemp -d /tmp/clsnorm-slurm.XXXXXX)
