@@ -9,7 +9,9 @@ use crate::tokenize::{Encoded, TextTokenizer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InputLimits {
     pub vocab_size: i64,
-    pub type_vocab_size: i64,
+    /// Token types the model embeds; `None` for models that take none (DistilBERT, ModernBERT,
+    /// DeBERTa-v3), whatever types the tokenizer gives.
+    pub type_vocab_size: Option<i64>,
     pub max_positions: usize,
     /// The pad id the model numbers positions around (RoBERTa), which the tokenizer must pad
     /// with; `None` where padding is only masked (BERT).
@@ -37,14 +39,13 @@ impl InputLimits {
                 self.max_positions
             )));
         }
-        if pairs {
+        if let (true, Some(types)) = (pairs, self.type_vocab_size) {
             // The family's pair template decides the token types (BERT: 0 and 1; RoBERTa: 0).
             let probe = tok.encode("a", Some("b"))?;
             let top = probe.token_type_ids.iter().copied().max().unwrap_or(0);
-            if top >= self.type_vocab_size {
+            if top >= types {
                 return Err(Error::Invalid(format!(
-                    "sentence pairs need token type {top}, but the model has type_vocab_size {}",
-                    self.type_vocab_size
+                    "sentence pairs need token type {top}, but the model has type_vocab_size {types}"
                 )));
             }
         }
@@ -78,15 +79,12 @@ impl InputLimits {
                 self.vocab_size
             )));
         }
-        if let Some(t) = e
-            .token_type_ids
-            .iter()
-            .find(|&&t| !(0..self.type_vocab_size).contains(&t))
-        {
-            return Err(Error::Invalid(format!(
-                "token type {t} is outside the model's {} token types (sentence pairs need 2)",
-                self.type_vocab_size
-            )));
+        if let Some(types) = self.type_vocab_size {
+            if let Some(t) = e.token_type_ids.iter().find(|&&t| !(0..types).contains(&t)) {
+                return Err(Error::Invalid(format!(
+                    "token type {t} is outside the model's {types} token types (sentence pairs need 2)"
+                )));
+            }
         }
         if e.token_type_ids.len() != e.input_ids.len() {
             return Err(Error::Invalid(

@@ -106,7 +106,7 @@ impl EncoderConfig for BagConfig {
     fn limits(&self) -> InputLimits {
         InputLimits {
             vocab_size: self.vocab_size,
-            type_vocab_size: 2,
+            type_vocab_size: Some(2),
             max_positions: self.max_position_embeddings as usize,
             pad_token_id: None,
         }

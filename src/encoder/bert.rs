@@ -243,7 +243,7 @@ impl EncoderModel for BertModel {
         attention_mask: Option<&Tensor>,
         train: bool,
     ) -> EncoderOutput {
-        let mask = attention_mask.map(|m| m.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
+        let mask = super::key_mask(attention_mask);
         let mut xs = self.embeddings.forward(input_ids, token_type_ids, train);
         for layer in &self.layers {
             xs = layer.forward(&xs, mask.as_ref(), train);
@@ -292,7 +292,7 @@ impl EncoderConfig for BertConfig {
     fn limits(&self) -> InputLimits {
         InputLimits {
             vocab_size: self.vocab_size,
-            type_vocab_size: self.type_vocab_size,
+            type_vocab_size: Some(self.type_vocab_size),
             max_positions: usize::try_from(self.max_position_embeddings).unwrap_or(0),
             pad_token_id: None,
         }

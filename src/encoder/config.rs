@@ -151,20 +151,16 @@ impl BertConfig {
     /// Parses the text of a `config.json` of the BERT module tree whose `model_type` is one of
     /// `model_types` (RoBERTa's is BERT's but for positions), and checks its values.
     pub(crate) fn parse_as(path: &Path, text: &str, model_types: &[&str]) -> Result<Self> {
-        let bad = |msg: String| Error::Config {
-            path: path.to_path_buf(),
-            msg,
-        };
-        let cfg: BertConfig = serde_json::from_str(text).map_err(|e| bad(explain_serde(&e)))?;
-        if !model_types.contains(&cfg.model_type.as_str()) {
-            return Err(bad(format!(
-                "model_type is '{}', expected {}",
-                cfg.model_type,
-                model_types.join(" or ")
-            )));
-        }
-        cfg.check_values().map_err(bad)?;
-        Ok(cfg)
+        parse_checked(path, text, |cfg: &BertConfig| {
+            if !model_types.contains(&cfg.model_type.as_str()) {
+                return Err(format!(
+                    "model_type is '{}', expected {}",
+                    cfg.model_type,
+                    model_types.join(" or ")
+                ));
+            }
+            cfg.check_values()
+        })
     }
 
     /// Checks that the values describe a BERT that clsnorm can build.
@@ -280,6 +276,22 @@ impl BertConfig {
     pub fn to_hf_json(&self) -> serde_json::Value {
         super::hf_json(self, "BertModel")
     }
+}
+
+/// Parses the text of a `config.json` read from `path` and applies `check` to it; both kinds of
+/// error name the file.
+pub(crate) fn parse_checked<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    check: impl FnOnce(&T) -> std::result::Result<(), String>,
+) -> Result<T> {
+    let bad = |msg: String| Error::Config {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let cfg: T = serde_json::from_str(text).map_err(|e| bad(explain_serde(&e)))?;
+    check(&cfg).map_err(bad)?;
+    Ok(cfg)
 }
 
 /// serde's message already names line and column; make unknown-variant errors list choices.

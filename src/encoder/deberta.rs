@@ -15,12 +15,12 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::config::{explain_serde, HiddenAct};
+use super::config::{parse_checked, HiddenAct};
 use super::layers::{self, check, Shapes};
 use super::weights::Names;
 use super::{EncoderConfig, EncoderModel, EncoderOutput, Family};
 use crate::batch::InputLimits;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The DeBERTa-v2/v3 family.
 #[derive(Debug, Clone, Copy)]
@@ -32,13 +32,7 @@ impl Family for DebertaV2Family {
     }
 
     fn read_config(&self, path: &Path, text: &str) -> Result<Box<dyn EncoderConfig>> {
-        let bad = |msg: String| Error::Config {
-            path: path.to_path_buf(),
-            msg,
-        };
-        let cfg: DebertaV2Config =
-            serde_json::from_str(text).map_err(|e| bad(explain_serde(&e)))?;
-        cfg.validate().map_err(bad)?;
+        let cfg = parse_checked(path, text, DebertaV2Config::validate)?;
         Ok(Box::new(cfg))
     }
 }
@@ -320,11 +314,7 @@ impl EncoderConfig for DebertaV2Config {
         InputLimits {
             vocab_size: self.vocab_size,
             // Without token-type embeddings (DeBERTa-v3) the types are ignored.
-            type_vocab_size: if self.type_vocab_size > 0 {
-                self.type_vocab_size
-            } else {
-                1 << 16
-            },
+            type_vocab_size: (self.type_vocab_size > 0).then_some(self.type_vocab_size),
             max_positions: usize::try_from(self.max_position_embeddings).unwrap_or(0),
             pad_token_id: None,
         }

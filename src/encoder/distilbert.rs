@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::config::{explain_serde, HiddenAct};
+use super::config::{parse_checked, HiddenAct};
 use super::layers::{self, check, Shapes};
 use super::{EncoderConfig, EncoderModel, EncoderOutput, Family};
 use crate::batch::InputLimits;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// DistilBERT's LayerNorm epsilon (fixed in HF's code, not configurable).
 const LN_EPS: f64 = 1e-12;
@@ -34,13 +34,7 @@ impl Family for DistilBertFamily {
     }
 
     fn read_config(&self, path: &Path, text: &str) -> Result<Box<dyn EncoderConfig>> {
-        let bad = |msg: String| Error::Config {
-            path: path.to_path_buf(),
-            msg,
-        };
-        let cfg: DistilBertConfig =
-            serde_json::from_str(text).map_err(|e| bad(explain_serde(&e)))?;
-        cfg.validate().map_err(bad)?;
+        let cfg = parse_checked(path, text, DistilBertConfig::validate)?;
         Ok(Box::new(cfg))
     }
 }
@@ -179,7 +173,7 @@ impl EncoderConfig for DistilBertConfig {
         InputLimits {
             vocab_size: self.vocab_size,
             // The model takes no token types; those of a BERT tokenizer (0 and 1) are ignored.
-            type_vocab_size: 1 << 16,
+            type_vocab_size: None,
             max_positions: usize::try_from(self.max_position_embeddings).unwrap_or(0),
             pad_token_id: None,
         }
@@ -323,7 +317,7 @@ impl EncoderModel for DistilBertModel {
         attention_mask: Option<&Tensor>,
         train: bool,
     ) -> EncoderOutput {
-        let mask = attention_mask.map(|m| m.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
+        let mask = super::key_mask(attention_mask);
         let seq_len = input_ids.size()[1];
         let positions = Tensor::arange(seq_len, (Kind::Int64, input_ids.device())).unsqueeze(0);
         let e =

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::bert::{linear, BertEmbeddings, BertLayer, Positions};
 use super::config::{explain_serde, BertConfig};
@@ -175,7 +175,7 @@ impl EncoderModel for ElectraModel {
         attention_mask: Option<&Tensor>,
         train: bool,
     ) -> EncoderOutput {
-        let mask = attention_mask.map(|m| m.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
+        let mask = super::key_mask(attention_mask);
         let mut xs = self.embeddings.forward(input_ids, token_type_ids, train);
         if let Some(p) = &self.embeddings_project {
             xs = p.forward(&xs);

@@ -96,6 +96,12 @@ pub fn hf_json(config: &impl serde::Serialize, architecture: &str) -> serde_json
     v
 }
 
+/// The attention mask as keys may be attended: boolean `[batch, 1, 1, seq]`, true for real
+/// tokens, from the batch's `[batch, seq]` mask (`None`: nothing is padded).
+pub fn key_mask(attention_mask: Option<&Tensor>) -> Option<Tensor> {
+    attention_mask.map(|m| m.to_kind(tch::Kind::Bool).unsqueeze(1).unsqueeze(1))
+}
+
 /// A model family: the `model_type`s it reads and how.
 pub trait Family: Send + Sync {
     /// The `model_type` values of `config.json` this family handles.

@@ -16,12 +16,12 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::config::{explain_serde, HiddenAct};
+use super::config::{parse_checked, HiddenAct};
 use super::layers::{self, check, Shapes};
 use super::weights::Names;
 use super::{EncoderConfig, EncoderModel, EncoderOutput, Family};
 use crate::batch::InputLimits;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The ModernBERT family.
 #[derive(Debug, Clone, Copy)]
@@ -33,13 +33,7 @@ impl Family for ModernBertFamily {
     }
 
     fn read_config(&self, path: &Path, text: &str) -> Result<Box<dyn EncoderConfig>> {
-        let bad = |msg: String| Error::Config {
-            path: path.to_path_buf(),
-            msg,
-        };
-        let cfg: ModernBertConfig =
-            serde_json::from_str(text).map_err(|e| bad(explain_serde(&e)))?;
-        cfg.validate().map_err(bad)?;
+        let cfg = parse_checked(path, text, ModernBertConfig::validate)?;
         Ok(Box::new(cfg))
     }
 }
@@ -303,7 +297,7 @@ impl EncoderConfig for ModernBertConfig {
         InputLimits {
             vocab_size: self.vocab_size,
             // Token types are not used by the model.
-            type_vocab_size: 1 << 16,
+            type_vocab_size: None,
             max_positions: usize::try_from(self.max_position_embeddings).unwrap_or(0),
             pad_token_id: None,
         }
@@ -529,7 +523,7 @@ impl EncoderModel for ModernBertModel {
         attention_mask: Option<&Tensor>,
         train: bool,
     ) -> EncoderOutput {
-        let pad = attention_mask.map(|m| m.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
+        let pad = super::key_mask(attention_mask);
         let e = self.tok_embeddings.forward(input_ids);
         let mut xs = self
             .embeddings_norm

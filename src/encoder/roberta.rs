@@ -70,7 +70,7 @@ impl EncoderConfig for RobertaConfig {
         let c = &self.0;
         InputLimits {
             vocab_size: c.vocab_size,
-            type_vocab_size: c.type_vocab_size,
+            type_vocab_size: Some(c.type_vocab_size),
             // Positions pad_token_id + 1 .. max_position_embeddings - 1 hold real tokens.
             max_positions: usize::try_from(c.max_position_embeddings - c.pad_token_id - 1)
                 .unwrap_or(0),

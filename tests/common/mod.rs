@@ -145,7 +145,7 @@ pub fn write_file(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
 #[allow(dead_code)]
 pub const LIMITS: clsnorm::batch::InputLimits = clsnorm::batch::InputLimits {
     vocab_size: 1 << 20,
-    type_vocab_size: 2,
+    type_vocab_size: Some(2),
     max_positions: 512,
     pad_token_id: None,
 };
