@@ -224,12 +224,14 @@ pub fn refuse_ignored_flags(m: &clap::ArgMatches) -> anyhow::Result<()> {
 }
 
 pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
+    // What this process can build, made once for the whole command.
+    let registry = Registry::builtin();
     let (job_parts, recorded) = match &a.resume {
         Some(run_dir) => {
             let (parts, threads, skip) = from_run_dir(run_dir)?;
             (parts, Some((threads, skip)))
         }
-        None => (from_args(&a)?, None),
+        None => (from_args(&a, &registry)?, None),
     };
     let resume = a.resume.is_some();
     let threads = set_threads(resume_threads(a.rt.threads, recorded.map(|r| r.0)))?;
@@ -266,7 +268,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
         device,
         threads,
         allow_pickle: a.rt.allow_pickle,
-        registry: Registry::builtin(),
+        registry,
         progress: !a.quiet,
         stop_after: None,
         stop: Some(&stop),
@@ -344,19 +346,17 @@ type JobParts = (
     PathBuf,
 );
 
-fn from_args(a: &FinetuneArgs) -> anyhow::Result<JobParts> {
+fn from_args(a: &FinetuneArgs, registry: &Registry) -> anyhow::Result<JobParts> {
     let (task, task_dir, train_rows) = resolve_task(&a.data)?;
     let model = a.rt.model_dir()?;
     let dropout = match a.dropout {
         Some(p) => p,
-        None => clsnorm::encoder::Families::builtin()
-            .read_config(&model)?
-            .classifier_dropout(),
+        None => registry.families.read_config(&model)?.classifier_dropout(),
     };
     if !(0.0..1.0).contains(&dropout) {
         bail!("--dropout must be in [0, 1), got {dropout}");
     }
-    let norm = a.norm.config(&Registry::builtin().normalizers)?;
+    let norm = a.norm.config(&registry.normalizers)?;
     let head = HeadConfig {
         labels: task.labels.clone(),
         cls_source: a.cls_source,
