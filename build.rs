@@ -4,6 +4,7 @@
 //! no symbol of it is referenced: its static initialisers register the CUDA backend.
 //! Also stamps the binary with the git commit it was built from (`CLSNORM_BUILD`), which every
 //! run records, so a number can be traced to the exact code that produced it.
+//! And compiles the small C++ shim in `csrc/` (libtorch switches tch does not expose).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -11,6 +12,29 @@ fn main() {
     stamp_build();
     stamp_versions();
     link_libtorch();
+    compile_shim();
+}
+
+/// Compiles `csrc/autocast.cpp` (autocast per device type and dtype, TF32) against the
+/// libtorch headers that tch builds with.
+fn compile_shim() {
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
+        panic!("LIBTORCH is not set: run scripts/setup.sh (.cargo/config.toml points it at deps/)");
+    };
+    let include = libtorch.join("include");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .file("csrc/autocast.cpp")
+        .compile("clsnorm_shim");
 }
 
 /// `CLSNORM_LIBTORCH_VERSION` (from the `version.py` of the torch package that `LIBTORCH` points

@@ -18,6 +18,7 @@ pub mod fsread;
 pub mod metrics;
 pub mod normalize;
 mod plot;
+pub mod precision;
 pub mod registry;
 pub mod report;
 pub mod rundir;

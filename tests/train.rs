@@ -6,6 +6,7 @@ use std::path::Path;
 use clsnorm::classifier::{ClsSource, HeadConfig};
 use clsnorm::data::{glue_task, read_dataset, ReadOptions};
 use clsnorm::normalize::{NormConfig, Normalizers};
+use clsnorm::precision::Precision;
 use clsnorm::train::{
     checkpoint, epoch_batches, epoch_order, finetune, EpochRecord, Finetune, Summary, TrainConfig,
     BUILD, LENGTH_GROUP_BATCHES,
@@ -153,6 +154,17 @@ fn learns_a_toy_task_and_is_deterministic() {
 #[test]
 fn resume_after_interruption_equals_uninterrupted_run() {
     resume_equals_uninterrupted(config());
+}
+
+#[test]
+fn resume_in_mixed_precision_equals_uninterrupted_run() {
+    // The fp16 run also checkpoints and restores its loss scaler.
+    for precision in [Precision::Bf16, Precision::Fp16] {
+        resume_equals_uninterrupted(TrainConfig {
+            precision,
+            ..config()
+        });
+    }
 }
 
 #[test]

@@ -120,6 +120,8 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
             (model, enc)
         }
     };
+    let mut enc = enc;
+    enc.precision = a.rt.precision.apply(device)?;
     let tok = TextTokenizer::load(&model_dir, a.max_len)?;
     enc.limits()
         .check_tokenizer(&tok, task.text_pair.is_some())?;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use clap::Args;
 use clsnorm::device::DeviceChoice;
 use clsnorm::normalize::{NormConfig, Normalizers, OptionMap};
+use clsnorm::precision::Precision;
 
 /// Options every command that runs a model takes.
 #[derive(Debug, Args)]
@@ -21,6 +22,32 @@ pub struct RuntimeArgs {
     /// Allow reading pytorch_model.bin, a Python pickle that can run code when loaded.
     #[arg(long)]
     pub allow_pickle: bool,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
+}
+
+/// How the encoder computes: fp32, or mixed precision.
+#[derive(Debug, Args)]
+pub struct PrecisionArgs {
+    /// fp32, or mixed precision as torch.autocast: bf16, or fp16 (with dynamic loss scaling
+    /// in training). Weights, gradients, optimizer state and checkpoints stay fp32; the
+    /// normalizer, head and loss run in fp32.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+    /// Let CUDA run fp32 matmuls in TF32 (faster, ~1e-3 relative error; off by default).
+    #[arg(long)]
+    pub tf32: bool,
+}
+
+impl PrecisionArgs {
+    /// Checks the choice against `device` and sets TF32 if asked.
+    pub fn apply(&self, device: tch::Device) -> anyhow::Result<Precision> {
+        self.precision.check(device)?;
+        if self.tf32 {
+            clsnorm::precision::set_tf32(true)?;
+        }
+        Ok(self.precision)
+    }
 }
 
 impl RuntimeArgs {
@@ -76,6 +103,8 @@ pub struct CheckpointArgs {
     /// Skip malformed rows (counted and logged) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad_rows: bool,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 /// Where data comes from: a GLUE task under a data directory, or custom files.

@@ -33,8 +33,9 @@ pub fn run(a: EmbedArgs) -> anyhow::Result<()> {
     set_threads(a.rt.threads)?;
     let device = a.rt.device.resolve()?;
     let model = a.rt.model_dir()?;
-    let enc = Encoder::load(&model, device, a.rt.allow_pickle)
+    let mut enc = Encoder::load(&model, device, a.rt.allow_pickle)
         .with_context(|| format!("loading model {}", model.display()))?;
+    enc.precision = a.rt.precision.apply(device)?;
     let limits = enc.limits();
     let max_len = a.max_len.unwrap_or(limits.max_positions.min(512));
     let tok = TextTokenizer::load(&model, max_len)?;
@@ -45,6 +46,7 @@ pub fn run(a: EmbedArgs) -> anyhow::Result<()> {
     let report = json!({
         "model": model,
         "device": format!("{device:?}"),
+        "precision": enc.precision,
         "tokens": tok.tokens(&e.input_ids),
         "input_ids": e.input_ids,
         "token_type_ids": e.token_type_ids,

@@ -388,6 +388,8 @@ fn from_args(a: &FinetuneArgs, registry: &Registry) -> anyhow::Result<JobParts> 
         group_by_length: a.group_by_length,
         warmup_rounding: a.warmup_rounding,
         drop_last: a.drop_last,
+        precision: a.rt.precision.precision,
+        tf32: a.rt.precision.tf32,
     };
     config.validate()?;
     let output = a.output.clone().unwrap_or_else(|| {

@@ -45,9 +45,10 @@ type Loaded = (
 fn load(ck: &CheckpointArgs) -> anyhow::Result<Loaded> {
     set_threads(ck.threads)?;
     let device = ck.device.resolve()?;
-    let (model, meta) =
+    let (mut model, meta) =
         checkpoint::load_model(&ck.checkpoint, device, &clsnorm::Registry::builtin())
             .with_context(|| format!("loading checkpoint {}", ck.checkpoint.display()))?;
+    model.encoder.precision = ck.precision.apply(device)?;
     let tok = TextTokenizer::load(&ck.checkpoint, meta.max_len)?;
     model
         .encoder

@@ -33,6 +33,7 @@ pub use roberta::{RobertaConfig, RobertaFamily};
 
 use crate::batch::{Batch, InputLimits};
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 
 /// What an encoder returns for a batch.
 #[derive(Debug)]
@@ -194,6 +195,8 @@ pub struct Encoder {
     pub vs: nn::VarStore,
     pub config: Box<dyn EncoderConfig>,
     pub model: Box<dyn EncoderModel>,
+    /// How [`Encoder::forward`] runs (fp32 unless set); the weights stay fp32 either way.
+    pub precision: Precision,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -214,6 +217,7 @@ impl Encoder {
             vs,
             config: config.clone_box(),
             model,
+            precision: Precision::Fp32,
         }
     }
 
@@ -250,14 +254,27 @@ impl Encoder {
         Ok(enc)
     }
 
-    /// Runs the encoder on a batch (dropout only when `train`).
+    /// Runs the encoder on a batch (dropout only when `train`) at its [`Precision`]; the
+    /// outputs are fp32 whatever the precision, so what follows (normalizer, head, loss,
+    /// analysis) runs in fp32.
     pub fn forward(&self, batch: &Batch, train: bool) -> EncoderOutput {
-        self.model.forward(
-            &batch.input_ids,
-            &batch.token_type_ids,
-            batch.attention_mask.as_ref(),
-            train,
-        )
+        let out = self.precision.autocast(self.vs.device(), || {
+            self.model.forward(
+                &batch.input_ids,
+                &batch.token_type_ids,
+                batch.attention_mask.as_ref(),
+                train,
+            )
+        });
+        if self.precision == Precision::Fp32 {
+            return out;
+        }
+        let f32 = |t: Tensor| t.to_kind(tch::Kind::Float);
+        EncoderOutput {
+            last_hidden_state: f32(out.last_hidden_state),
+            cls: f32(out.cls),
+            pooler_output: f32(out.pooler_output),
+        }
     }
 
     /// What the encoder's embedding tables accept.

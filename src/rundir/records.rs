@@ -91,6 +91,9 @@ pub struct Summary {
     /// Updates skipped for a non-finite loss or gradient (`--skip-nonfinite`).
     #[serde(default)]
     pub nonfinite_skipped: usize,
+    /// Updates the fp16 loss scaler skipped because a gradient overflowed (fp16 runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale_skipped: Option<u64>,
     /// Builds of clsnorm that trained the run, in order (see [`TrainState::builds`]).
     #[serde(default)]
     pub builds: Vec<String>,

@@ -46,6 +46,9 @@ pub struct TrainState {
     /// Updates skipped so far for a non-finite loss or gradient.
     #[serde(default)]
     pub nonfinite_skipped: usize,
+    /// The fp16 loss scaler (runs in fp16 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_scaler: Option<crate::precision::GradScaler>,
     /// Builds (`git describe`, see [`super::BUILD`]) that trained this run, in order: more than
     /// one when it was resumed by other code. `unrecorded` stands for updates made before
     /// builds were recorded.

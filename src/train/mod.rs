@@ -15,6 +15,7 @@ use tch::{Device, Tensor};
 use crate::classifier::HeadConfig;
 use crate::data::{Dataset, Label, TaskSpec};
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 use crate::tokenize::{Encoded, TextTokenizer};
 use optim::AdamWConfig;
 
@@ -54,6 +55,13 @@ pub struct TrainConfig {
     /// the IsoBN code); off by default, as Hugging Face's Trainer.
     #[serde(default)]
     pub drop_last: bool,
+    /// The encoder's precision (fp32 in runs from before this option); weights, gradients and
+    /// optimizer state are fp32 whatever it is.
+    #[serde(default)]
+    pub precision: Precision,
+    /// TF32 for fp32 matmuls on CUDA (`--tf32`).
+    #[serde(default)]
+    pub tf32: bool,
 }
 
 /// Rounding of the warmup length: `ceil` as Hugging Face's Trainer (clsnorm's default), `floor`
@@ -97,6 +105,8 @@ impl TrainConfig {
         group_by_length: false,
         warmup_rounding: Rounding::Ceil,
         drop_last: false,
+        precision: Precision::Fp32,
+        tf32: false,
     };
 
     /// Rejects values that cannot work, before any work starts: every count is bounded and

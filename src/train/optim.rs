@@ -289,6 +289,23 @@ impl AdamW {
         });
     }
 
+    /// Multiplies the gradients of the last [`AdamW::backward`] by `factor` (the fp16 loss
+    /// scaler's unscaling).
+    pub fn scale_grads(&mut self, factor: f64) {
+        tch::no_grad(|| match &mut self.flat {
+            Some(flat) if flat.grad.defined() => {
+                let _ = flat.grad.g_mul_scalar_(factor);
+            }
+            _ => {
+                for g in &mut self.grads {
+                    if g.defined() {
+                        let _ = g.g_mul_scalar_(factor);
+                    }
+                }
+            }
+        });
+    }
+
     /// One update with learning rate `lr` from the gradients of the last
     /// [`AdamW::backward`].
     pub fn step(&mut self, lr: f64) {

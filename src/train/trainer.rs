@@ -18,6 +18,7 @@ use crate::classifier::{label_prior, BiasInit, Classifier};
 use crate::encoder::Encoder;
 use crate::error::{Error, Result};
 use crate::eval;
+use crate::precision::{GradScaler, Precision};
 use crate::rundir::records::{self, ClsGeometry, EpochRecord, GradRecord, LossRecord, Summary};
 use crate::rundir::{Layout, RunDir};
 use crate::tokenize::{Encoded, TextTokenizer, TokenizerFiles};
@@ -92,6 +93,15 @@ impl<'a> Trainer<'a> {
                 (model, tok_files, TrainState::default(), None)
             }
         };
+        let mut model = model;
+        model.encoder.precision = cfg.precision;
+        cfg.precision.check(job.device)?;
+        if cfg.tf32 {
+            crate::precision::set_tf32(true)?;
+        }
+        if cfg.precision == Precision::Fp16 && state.grad_scaler.is_none() {
+            state.grad_scaler = Some(GradScaler::default());
+        }
         let tok = TextTokenizer::from_files(&tok_files, cfg.max_len)?;
         let limits = model.encoder.limits();
         limits.check_tokenizer(&tok, job.task.text_pair.is_some())?;
@@ -238,7 +248,20 @@ impl<'a> Trainer<'a> {
         } else {
             &[]
         };
-        let traced = opt.backward(&loss, extra);
+        // fp16: the loss is scaled so that small gradients survive fp16's range, and the
+        // gradients unscaled before anything reads them (torch.amp.GradScaler's order).
+        let scaler = self.state.grad_scaler;
+        let traced = match scaler {
+            Some(sc) => {
+                let traced = opt.backward(&(&loss * sc.scale), extra);
+                opt.scale_grads(1.0 / sc.scale);
+                traced
+                    .into_iter()
+                    .map(|g| if g.defined() { g / sc.scale } else { g })
+                    .collect()
+            }
+            None => opt.backward(&loss, extra),
+        };
         // One global gradient norm per update serves the trace, the finiteness check and
         // clipping.
         let grad_norm = opt.grad_norm();
@@ -247,12 +270,23 @@ impl<'a> Trainer<'a> {
             let rec = grad_trace::record(step, &loss, cls_grad, normalized_grad, &grad_norm, opt)?;
             records::append(&self.layout.grads(), &rec)?;
         }
-        let lr = self.sched.lr_at(self.state.global_step);
+        // As Hugging Face's Trainer, the schedule does not advance on updates the loss scaler
+        // skipped.
+        let scaler_skipped = scaler.map_or(0, |s| s.skipped as usize);
+        let lr = self
+            .sched
+            .lr_at(self.state.global_step.saturating_sub(scaler_skipped));
         let finite = loss
             .isfinite()
             .logical_and(&grad_norm.isfinite())
             .int64_value(&[])
             != 0;
+        let overflow = !finite && scaler.is_some_and(|s| s.scale > GradScaler::MIN_SCALE);
+        if let Some(sc) = &mut self.state.grad_scaler {
+            if finite || overflow {
+                sc.update(finite);
+            }
+        }
         if finite {
             if let Some(c) = cfg.max_grad_norm {
                 opt.clip_to(&grad_norm, c);
@@ -261,6 +295,14 @@ impl<'a> Trainer<'a> {
             self.window_loss += loss.detach();
             self.window_updates += 1;
             self.state.loss_count += 1;
+        } else if overflow {
+            let scale = self.state.grad_scaler.map_or(0.0, |s| s.scale);
+            self.bar.suspend(|| {
+                tracing::debug!(
+                    "update {}: fp16 gradient overflow; update skipped, loss scale now {scale}",
+                    self.state.global_step + 1
+                )
+            });
         } else if cfg.skip_nonfinite {
             self.state.nonfinite_skipped += 1;
             let (update, skipped) = (self.state.global_step + 1, self.state.nonfinite_skipped);
@@ -472,6 +514,7 @@ impl<'a> Trainer<'a> {
             wall_secs: self.elapsed_before + self.started.elapsed().as_secs_f64(),
             interrupted,
             nonfinite_skipped: state.nonfinite_skipped,
+            loss_scale_skipped: state.grad_scaler.map(|s| s.skipped),
             builds: state.builds.clone(),
         };
         atomic::write_json(&self.layout.summary(), &summary)?;
