@@ -4,14 +4,15 @@ Called by bench/run.sh (which builds clsnorm and installs the reference's venv).
 Markdown tables with medians and clsnorm/reference ratios and writes everything it measured to
 OUT/results.json. Sections:
 
-  step   training step time on identical batches (fp32): MiniLM-L6 and a random BERT-base
-         shape, batch 16/32 x sequence 64/128, with achieved GFLOP/s next to the measured
-         matmul peak
+  step   training step time on identical batches: MiniLM-L6 and a random BERT-base shape,
+         batch 16/32 x sequence 64/128, at each --precisions (fp32, bf16, fp16: autocast on
+         both sides), with achieved GFLOP/s next to the measured matmul peak of that dtype
   epoch  one full training epoch per task (wall time, non-pad tokens/s, dev metric, peak RSS)
          and the dev-set inference throughput of the same runs
 
 --device cuda runs both sides on the GPU; --bin-dir and --model point at binaries and weights
-elsewhere (e.g. a build copied to a GPU machine).
+elsewhere (e.g. a build copied to a GPU machine). The reference uses torch.optim.AdamW(fused=True),
+PyTorch's fastest update (--reference-adamw default: its default path instead).
 """
 
 import argparse
@@ -67,12 +68,16 @@ def last_json(text):
     return json.loads([l for l in text.splitlines() if l.startswith("{")][-1])
 
 
-def matmul_peak(threads, device):
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def matmul_peak(threads, device, precision="fp32"):
     import torch
 
     torch.set_num_threads(threads)
     n = 2048 if device == "cpu" else 8192
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    dt = getattr(torch, DTYPES[precision])
+    a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     for _ in range(3):
         a @ b
@@ -94,38 +99,47 @@ def step_flops(model, batch, seq):
 
 
 def step_section(a, results):
-    peak = matmul_peak(a.threads, a.device)
-    results["matmul_peak_gflops"] = peak
+    for precision in a.precisions:
+        step_table(a, results, precision)
+
+
+def step_table(a, results, precision):
+    peak = matmul_peak(a.threads, a.device, precision)
+    results.setdefault("matmul_peak_gflops_by_precision", {})[precision] = peak
+    if precision == "fp32":
+        results["matmul_peak_gflops"] = peak
     n = 2048 if a.device == "cpu" else 8192
-    print(f"\nMeasured fp32 matmul peak ({n}^3, {a.device}, {a.threads} threads): {peak:.1f} GFLOP/s\n")
-    print("| model | batch x seq | reference step s | clsnorm step s | ratio | clsnorm GFLOP/s | % of peak |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\nMeasured {precision} matmul peak ({n}^3, {a.device}, {a.threads} threads): {peak:.1f} GFLOP/s\n")
+    print(f"| model | batch x seq | precision | reference step s | clsnorm step s | ratio | clsnorm GFLOP/s | % of {precision} peak |")
+    print("|---|---|---|---|---|---|---|---|")
     for model in a.step_models:
         reps = a.reps if model == "minilm" else max(2, a.reps // 2)
         for batch in (16, 32):
             for seq in (64, 128):
                 m = a.model if model == "minilm" else "base"
-                common = ["--model", m, "--batch", str(batch), "--seq", str(seq),
-                          "--reps", str(reps), "--threads", str(a.threads), "--device", a.device]
+                common = ["--model", m, "--batch", str(batch), "--seq", str(seq), "--reps", str(reps),
+                          "--threads", str(a.threads), "--device", a.device, "--precision", precision]
                 if model == "base":
                     common += ["--warmup", "1"]
                 sides = {"reference": [], "clsnorm": []}
                 for _ in range(a.rounds):
-                    sides["reference"] += last_json(run([PY, REF, "step"] + common)[0])["step_secs"]
+                    sides["reference"] += last_json(run([PY, REF, "step"] + common + a.ref_adamw)[0])["step_secs"]
                     sides["clsnorm"] += last_json(run([a.bench_step] + common)[0])["step_secs"]
                 r, c = (statistics.median(sides[k]) for k in ("reference", "clsnorm"))
                 gflops = step_flops(model, batch, seq) / c / 1e9
-                results["step"].append({"model": model, "batch": batch, "seq": seq, "reference": sides["reference"],
+                results["step"].append({"model": model, "batch": batch, "seq": seq, "precision": precision,
+                                        "reference": sides["reference"],
                                         "clsnorm": sides["clsnorm"], "ratio": c / r, "clsnorm_gflops": gflops})
-                print(f"| {model} | {batch} x {seq} | {r:.3f} | {c:.3f} | {c / r:.2f} | {gflops:.0f} | {100 * gflops / peak:.0f}% |",
+                print(f"| {model} | {batch} x {seq} | {precision} | {r:.3f} | {c:.3f} | {c / r:.2f} | {gflops:.0f} | {100 * gflops / peak:.0f}% |",
                       flush=True)
 
 
-def clsnorm_epoch(a, task, variant):
-    out_dir = os.path.join(a.out, f"clsnorm-{task}-{variant}")
+def clsnorm_epoch(a, task, variant, precision):
+    out_dir = os.path.join(a.out, f"clsnorm-{task}-{variant}-{precision}")
     subprocess.run(["rm", "-rf", out_dir], check=True)
     cmd = [a.clsnorm, "finetune", "--model", a.model, "--task", task, "--data-dir", a.glue_dir, "--epochs", "1",
-           "--seed", "1", "--threads", str(a.threads), "--device", a.device, "--quiet", "--output", out_dir]
+           "--seed", "1", "--threads", str(a.threads), "--device", a.device, "--quiet", "--output", out_dir,
+           "--precision", precision]
     if variant == "grouped":
         cmd.append("--group-by-length")
     _, wall, rss = run(timed(cmd))
@@ -138,9 +152,10 @@ def clsnorm_epoch(a, task, variant):
     }
 
 
-def reference_epoch(a, task):
+def reference_epoch(a, task, precision):
     cmd = [PY, REF, "finetune", "--task", task, "--data", a.glue_dir, "--epochs", "1", "--seed", "1",
-           "--threads", str(a.threads), "--model", a.model, "--device", a.device]
+           "--threads", str(a.threads), "--model", a.model, "--device", a.device, "--precision", precision,
+           *a.ref_adamw]
     out, wall, rss = run(timed(cmd))
     r = last_json(out)
     return {
@@ -151,20 +166,21 @@ def reference_epoch(a, task):
 
 
 def epoch_section(a, results):
-    print("\n| task | side | wall s | train s | non-pad tok/s | eval s | dev accuracy | peak RSS MiB | wall ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| task | precision | side | wall s | train s | non-pad tok/s | eval s | dev accuracy | peak RSS MiB | wall ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for task in a.tasks:
-        ref = reference_epoch(a, task)
-        rows = {"reference": ref}
-        for variant in a.variants:
-            rows[f"clsnorm ({variant})"] = clsnorm_epoch(a, task, variant)
-        results["epoch"].append({"task": task, **rows})
-        for side, r in rows.items():
-            acc = r["dev"].get("accuracy")
-            rss = "n/a" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
-            print(f"| {task} | {side} | {r['wall_secs']:.1f} | {r['train_secs']:.1f} | {r['tokens_per_sec']:.0f} | "
-                  f"{r['eval_secs']:.1f} | {acc:.4f} | {rss} | {r['wall_secs'] / ref['wall_secs']:.2f} |",
-                  flush=True)
+        for precision in a.precisions:
+            ref = reference_epoch(a, task, precision)
+            rows = {"reference": ref}
+            for variant in a.variants:
+                rows[f"clsnorm ({variant})"] = clsnorm_epoch(a, task, variant, precision)
+            results["epoch"].append({"task": task, "precision": precision, **rows})
+            for side, r in rows.items():
+                acc = r["dev"].get("accuracy")
+                rss = "n/a" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
+                print(f"| {task} | {precision} | {side} | {r['wall_secs']:.1f} | {r['train_secs']:.1f} | {r['tokens_per_sec']:.0f} | "
+                      f"{r['eval_secs']:.1f} | {acc:.4f} | {rss} | {r['wall_secs'] / ref['wall_secs']:.2f} |",
+                      flush=True)
 
 
 def main():
@@ -180,6 +196,9 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "out", datetime.date.today().isoformat()))
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--model", default=os.path.join(ROOT, "models", "all-MiniLM-L6-v2"), help="MiniLM-L6 directory")
+    p.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16, fp16")
+    p.add_argument("--reference-adamw", default="fused", choices=["fused", "default"],
+                   help="the reference's AdamW: fused (PyTorch's fastest) or its default path")
     p.add_argument("--bin-dir", help="directory with clsnorm and bench_step (default: target/release and its examples/)")
     a = p.parse_args()
     if a.bin_dir:
@@ -189,6 +208,10 @@ def main():
         a.bench_step = os.path.join(ROOT, "target", "release", "examples", "bench_step")
     a.model = os.path.abspath(a.model)
     a.tasks, a.variants, a.step_models = a.tasks.split(","), a.variants.split(","), a.step_models.split(",")
+    a.precisions = a.precisions.split(",")
+    if any(p not in DTYPES for p in a.precisions):
+        p.error(f"--precisions: expected some of {', '.join(DTYPES)}")
+    a.ref_adamw = ["--fused-adamw"] if a.reference_adamw == "fused" else []
     a.glue_dir = os.path.abspath(a.glue_dir)
     os.makedirs(a.out, exist_ok=True)
     import torch
@@ -197,7 +220,7 @@ def main():
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),
         "cpu": cpu_model(), "threads": a.threads, "torch": torch.__version__, "device": a.device,
         "gpu": torch.cuda.get_device_name(0) if a.device == "cuda" else None, "step": [], "epoch": [],
-        "argv": sys.argv[1:],
+        "argv": sys.argv[1:], "reference_adamw": a.reference_adamw,
     }
     where = results["gpu"] or f"{results['cpu']}, {a.threads} threads"
     print(f"bench {results['date']} on {where}, torch {torch.__version__}")

@@ -13,6 +13,7 @@ use clsnorm::data::LabelSpace;
 use clsnorm::device::DeviceChoice;
 use clsnorm::encoder::{BertConfig, Encoder, RobertaConfig};
 use clsnorm::normalize::{NormConfig, Normalizers};
+use clsnorm::precision::{GradScaler, Precision};
 use clsnorm::tokenize::Encoded;
 use clsnorm::train::optim::{AdamW, AdamWConfig};
 use tch::{Device, Tensor};
@@ -37,6 +38,12 @@ struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
+    /// fp32, bf16 or fp16 (autocast; fp16 scales the loss as the trainer does).
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    precision: Precision,
+    /// TF32 for fp32 matmuls on CUDA.
+    #[arg(long)]
+    tf32: bool,
 }
 
 /// The benchmark's token ids: [CLS] w ... w [SEP], a fixed formula both sides compute.
@@ -88,7 +95,11 @@ fn main() -> anyhow::Result<()> {
         bias_init: Default::default(),
         classifier_init: Default::default(),
     };
-    let model = Classifier::new(enc, head, 1, &Normalizers::builtin())?;
+    let mut model = Classifier::new(enc, head, 1, &Normalizers::builtin())?;
+    model.encoder.precision = a.precision;
+    clsnorm::precision::set_tf32(a.tf32)?;
+    // fp16: the trainer's loss scaling at its starting scale (no overflow on these batches).
+    let scale = (a.precision == Precision::Fp16).then_some(GradScaler::INIT_SCALE);
     let adam = AdamWConfig {
         beta1: 0.9,
         beta2: 0.999,
@@ -111,7 +122,15 @@ fn main() -> anyhow::Result<()> {
         let loss = model.loss(&out.logits, &labels);
         sync();
         let t1 = Instant::now();
-        opt.backward(&loss, &[]);
+        match scale {
+            Some(s) => {
+                opt.backward(&(&loss * s), &[]);
+                opt.scale_grads(1.0 / s);
+            }
+            None => {
+                opt.backward(&loss, &[]);
+            }
+        }
         sync();
         let t2 = Instant::now();
         let norm = opt.grad_norm();
@@ -139,6 +158,8 @@ fn main() -> anyhow::Result<()> {
         "seq": a.seq,
         "threads": a.threads,
         "device": a.device.to_string(),
+        "precision": a.precision,
+        "tf32": a.tf32,
         "step_secs": step,
         "forward_secs": fwd,
         "backward_secs": bwd,

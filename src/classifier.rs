@@ -1,4 +1,5 @@
 //! Encoder + head: `[CLS] vector -> normalizer -> dropout -> linear`, with its loss.
+use crate::encoder::layers::ApplyDropout;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -198,7 +199,7 @@ impl Classifier {
         let normalized = self.normalizer.forward(&cls, train);
         let logits = self
             .linear
-            .forward(&normalized.dropout(self.config.dropout, train));
+            .forward(&normalized.apply_dropout(self.config.dropout, train));
         HeadOutput {
             cls,
             normalized,

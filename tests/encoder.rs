@@ -447,3 +447,75 @@ fn pytorch_model_bin_loads_without_running_code() {
         "{err}"
     );
 }
+
+/// clsnorm's CPU dropout (`layers::dropout`): torch's semantics, seeded by libtorch's generator.
+#[test]
+fn cpu_dropout_keeps_one_minus_p_scaled_and_follows_the_torch_seed() {
+    use clsnorm::encoder::layers::dropout;
+    let _g = common::torch_rng_lock();
+    let x = Tensor::ones([1000, 1000], (Kind::Float, Device::Cpu));
+    for p in [0.1, 0.5] {
+        tch::manual_seed(3);
+        let y = dropout(&x, p, true);
+        let kept = y
+            .ne(0.0)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[]);
+        // 1e6 draws: the kept share's standard deviation is below 5e-4.
+        assert!((kept - (1.0 - p)).abs() < 2.5e-3, "p {p}: kept {kept}");
+        let scaled = y.masked_select(&y.ne(0.0));
+        let want = 1.0 / (1.0 - p);
+        assert!(common::max_abs_diff(&scaled, &(scaled.ones_like() * want)) < 1e-6);
+        tch::manual_seed(3);
+        assert!(dropout(&x, p, true).equal(&y), "same seed, same mask");
+        assert!(!dropout(&x, p, true).equal(&y), "next draw, another mask");
+    }
+    // Identity in eval mode and at p = 0; all zeros at p = 1; the input's dtype is kept.
+    assert!(dropout(&x, 0.1, false).equal(&x));
+    assert!(dropout(&x, 0.0, true).equal(&x));
+    assert_eq!(
+        dropout(&x, 1.0, true)
+            .abs()
+            .sum(Kind::Double)
+            .double_value(&[]),
+        0.0
+    );
+    let xb = x.to_kind(Kind::BFloat16);
+    assert_eq!(dropout(&xb, 0.1, true).kind(), Kind::BFloat16);
+    // The gradient is the mask.
+    let w = Tensor::ones([64, 64], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    tch::manual_seed(5);
+    let y = dropout(&w, 0.25, true);
+    let g = Tensor::run_backward(&[y.sum(Kind::Float)], &[&w], false, false);
+    assert!(g[0].equal(&y.detach()));
+}
+
+/// The CPU training path of `layers::attention` (explicit matmuls, for the fast dropout) computes
+/// what libtorch's `scaled_dot_product_attention` does, with a padding mask.
+#[test]
+fn cpu_training_attention_matches_sdpa() {
+    use clsnorm::encoder::layers::attention;
+    let _g = common::torch_rng_lock();
+    tch::manual_seed(11);
+    let opts = (Kind::Float, Device::Cpu);
+    let (q, k, v) = (
+        Tensor::randn([2, 4, 7, 8], opts),
+        Tensor::randn([2, 4, 7, 8], opts),
+        Tensor::randn([2, 4, 7, 8], opts),
+    );
+    let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+        .view([2, 1, 1, 7])
+        .to_kind(Kind::Bool);
+    let want =
+        Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None, false);
+    // A dropout probability so small that every value is kept (threshold (1 - p) 2^32 rounds
+    // to 2^32), which takes the explicit path.
+    let got = attention(&q, &k, &v, Some(&mask), 1e-12, true);
+    let d = common::max_abs_diff(&got, &want);
+    assert!(d < 1e-5, "explicit attention differs from SDPA by {d}");
+    // With real dropout, the path differs from SDPA and rows stay finite.
+    let dropped = attention(&q, &k, &v, Some(&mask), 0.5, true);
+    assert!(common::max_abs_diff(&dropped, &want) > 1e-3);
+    assert!(bool::try_from(dropped.isfinite().all()).unwrap());
+}

@@ -199,3 +199,65 @@ fn vocab_txt_fallback_tokenizes_like_tokenizer_json() {
         );
     }
 }
+
+/// `--precision bf16|fp16` against transformers under `torch.autocast("cpu")` on the same padded
+/// batch (tests/fixtures/autocast/minilm.json, from bench/golden/autocast.py).
+#[test]
+fn mixed_precision_matches_torch_autocast() {
+    use clsnorm::precision::Precision;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/autocast/minilm.json");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut m = minilm();
+    let rows =
+        |key: &str| -> Vec<Vec<i64>> { serde_json::from_value(golden[key].clone()).unwrap() };
+    let (ids, types) = (rows("input_ids"), rows("token_type_ids"));
+    let encs: Vec<clsnorm::tokenize::Encoded> = ids
+        .iter()
+        .zip(&types)
+        .map(|(i, t)| clsnorm::tokenize::Encoded {
+            input_ids: i.clone(),
+            token_type_ids: t.clone(),
+        })
+        .collect();
+    // Tokenized as clsnorm would.
+    let texts = [
+        ("A man is eating food.", None),
+        (
+            "The quick brown fox jumps over the lazy dog.",
+            Some("A fast animal leaps."),
+        ),
+        (
+            "Normalization of the [CLS] embedding, re-visited: does it help fine-tuning?",
+            None,
+        ),
+    ];
+    for ((a, b), e) in texts.iter().zip(&encs) {
+        assert_eq!(&m.tok.encode(a, *b).unwrap(), e);
+    }
+    let refs: Vec<_> = encs.iter().collect();
+    let batch = Batch::collate(&refs, m.tok.pad_id(), &m.enc.limits(), Device::Cpu).unwrap();
+    let want = |p: &str, what: &str| -> Tensor {
+        let v: Vec<Vec<f32>> = serde_json::from_value(golden[p][what].clone()).unwrap();
+        Tensor::from_slice2(&v)
+    };
+    // Measured here (AVX512-BF16 CPU, 2026-11-29): bit-identical in all three precisions. Other
+    // CPUs may round bf16/fp16 intermediates differently, so the test asks for less: clsnorm is
+    // at least twice as close to torch's autocast output as that is to fp32.
+    for p in [Precision::Fp32, Precision::Bf16, Precision::Fp16] {
+        m.enc.precision = p;
+        let out = tch::no_grad(|| m.enc.forward(&batch, false));
+        for (what, got) in [("cls", &out.cls), ("pooler", &out.pooler_output)] {
+            let d = common::max_abs_diff(got, &want(&p.to_string(), what));
+            let vs32 = common::max_abs_diff(&want(&p.to_string(), what), &want("fp32", what));
+            eprintln!("{p} {what}: max |clsnorm - torch.autocast| {d:.3e} (torch {p} vs fp32: {vs32:.3e})");
+            let tol = if p == Precision::Fp32 {
+                1e-5
+            } else {
+                vs32 / 2.0
+            };
+            assert!(d < tol, "{p} {what}: {d} (tolerance {tol})");
+        }
+    }
+}

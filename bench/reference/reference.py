@@ -10,8 +10,11 @@ one JSON line:
   reference.py finetune --model DIR --task RTE --data GLUE_DIR --epochs 1 --seed 1 --threads 2
       one full fine-tuning run, then the dev set; wall times, non-pad tokens and dev metrics
 
-Both take --device cpu|cuda (default cpu). On CUDA, torch.optim.AdamW takes its default
-multi-tensor (foreach) path, and timings wait for the GPU (torch.cuda.synchronize).
+Both take --device cpu|cuda (default cpu), --precision fp32|bf16|fp16 (bf16/fp16: the forward
+and loss under torch.autocast, as Hugging Face Trainer's --bf16/--fp16; fp16 with
+torch.amp.GradScaler) and --fused-adamw (torch.optim.AdamW(fused=True), PyTorch's fastest
+update on CPU and GPU; bench/run.py passes it). Without it AdamW takes its default path
+(foreach on CUDA). Timings wait for the GPU (torch.cuda.synchronize).
 
 Run through bench/run.sh, which installs this script's venv (bench/setup.sh).
 """
@@ -117,6 +120,27 @@ def fixed_batch(batch, seq):
     return ids
 
 
+class Precision:
+    """torch.autocast around forward and loss, and GradScaler for fp16, as HF Trainer."""
+
+    def __init__(self, name, device):
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def backward_and_step(self, loss, opt):
+        if self.scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+
+
 def synchronizer(device):
     """Waits for the GPU's queue, so host clocks time the work, not its launch."""
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -128,7 +152,8 @@ def step_mode(a):
     sync = synchronizer(dev)
     model = Classifier(load_encoder(a.model), 2).to(dev)
     model.train()
-    opt, sched = optimizer_and_schedule(model, 5e-5, 1000)
+    opt, sched = optimizer_and_schedule(model, 5e-5, 1000, fused=a.fused_adamw)
+    prec = Precision(a.precision, dev)
     ids = fixed_batch(a.batch, a.seq).to(dev)
     types = torch.zeros_like(ids)
     mask = torch.ones_like(ids)
@@ -138,13 +163,21 @@ def step_mode(a):
     for it in range(a.warmup + a.reps):
         sync()
         t0 = time.perf_counter()
-        loss = loss_fn(model(ids, types, mask), labels)
+        with prec.autocast():
+            loss = loss_fn(model(ids, types, mask), labels)
         sync()
         t1 = time.perf_counter()
-        loss.backward()
+        if prec.scaler is None:
+            loss.backward()
+        else:
+            prec.scaler.scale(loss).backward()
         sync()
         t2 = time.perf_counter()
-        opt.step()
+        if prec.scaler is None:
+            opt.step()
+        else:
+            prec.scaler.step(opt)
+            prec.scaler.update()
         sched.step()
         opt.zero_grad(set_to_none=True)
         loss.item()
@@ -156,7 +189,8 @@ def step_mode(a):
             step.append(t3 - t0)
     print(json.dumps({
         "side": "reference", "model": a.model, "batch": a.batch, "seq": a.seq,
-        "threads": a.threads, "device": a.device, "step_secs": step, "forward_secs": fwd, "backward_secs": bwd, "update_secs": upd,
+        "threads": a.threads, "device": a.device, "precision": a.precision,
+        "fused_adamw": a.fused_adamw, "step_secs": step, "forward_secs": fwd, "backward_secs": bwd, "update_secs": upd,
     }))
 
 
@@ -222,6 +256,7 @@ def finetune_mode(a):
         model, a.lr, a.epochs * steps_per_epoch, rounding=a.warmup_rounding, fused=a.fused_adamw
     )
     loss_fn = nn.CrossEntropyLoss()
+    prec = Precision(a.precision, device)
     label_t = torch.tensor(labels)
     gen = torch.Generator().manual_seed(a.seed)
     t_setup = time.perf_counter() - t_start
@@ -234,7 +269,9 @@ def finetune_mode(a):
             for b in range(0, len(dev_ids), a.eval_batch_size):
                 idx = list(range(b, min(len(dev_ids), b + a.eval_batch_size)))
                 x, tt, m = collate(dev_ids, dev_types, idx, tok.pad_token_id)
-                preds += model(x.to(device), tt.to(device), m.to(device)).argmax(-1).tolist()
+                with prec.autocast():
+                    logits = model(x.to(device), tt.to(device), m.to(device))
+                preds += logits.float().argmax(-1).tolist()
         return dev_metrics(dev_labels, preds)
 
     per_epoch = []
@@ -249,9 +286,9 @@ def finetune_mode(a):
             tokens += int(m.sum())
             padded += m.numel()
             x, tt, m = x.to(device), tt.to(device), m.to(device)
-            loss = loss_fn(model(x, tt, m), label_t[idx].to(device))
-            loss.backward()
-            opt.step()
+            with prec.autocast():
+                loss = loss_fn(model(x, tt, m), label_t[idx].to(device))
+            prec.backward_and_step(loss, opt)
             sched.step()
             opt.zero_grad(set_to_none=True)
             loss_sum += loss.item()
@@ -277,6 +314,7 @@ def finetune_mode(a):
         "protocol": {
             "norm": a.norm, "drop_last": a.drop_last, "warmup_rounding": a.warmup_rounding,
             "classifier_init": a.classifier_init, "fused_adamw": a.fused_adamw,
+            "precision": a.precision,
         },
     }))
 
@@ -292,6 +330,8 @@ def main():
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--device", default="cpu")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    s.add_argument("--fused-adamw", action="store_true", help="torch.optim.AdamW(fused=True)")
     f = sub.add_parser("finetune")
     f.add_argument("--model", default="models/all-MiniLM-L6-v2")
     f.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -309,6 +349,7 @@ def main():
     f.add_argument("--warmup-rounding", default="ceil", choices=["ceil", "floor"])
     f.add_argument("--classifier-init", default="hf", choices=["hf", "torch"])
     f.add_argument("--fused-adamw", action="store_true", help="torch.optim.AdamW(fused=True)")
+    f.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     f.add_argument("--eval-every-epoch", action="store_true", help="dev metrics after each epoch")
     a = p.parse_args()
     step_mode(a) if a.mode == "step" else finetune_mode(a)

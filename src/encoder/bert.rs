@@ -1,5 +1,6 @@
 //! BERT, mirroring Hugging Face's `modeling_bert.BertModel` module for module, with the same
 //! parameter names, so HF checkpoints load into it and it saves checkpoints HF can load.
+use super::layers::ApplyDropout;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -78,12 +79,14 @@ impl BertEmbeddings {
         let e = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(&position_ids);
-        self.layer_norm.forward(&e).dropout(self.dropout, train)
+        self.layer_norm
+            .forward(&e)
+            .apply_dropout(self.dropout, train)
     }
 }
 
-/// Multi-head self-attention (`attention.self`), computed with libtorch's fused
-/// `scaled_dot_product_attention`.
+/// Multi-head self-attention (`attention.self`), through [`super::layers::attention`]
+/// (libtorch's fused `scaled_dot_product_attention` but in CPU training with dropout).
 #[derive(Debug)]
 pub struct BertSelfAttention {
     query: nn::Linear,
@@ -120,8 +123,8 @@ impl BertSelfAttention {
         let q = heads(self.query.forward(xs));
         let k = heads(self.key.forward(xs));
         let v = heads(self.value.forward(xs));
-        let p = if train { self.dropout } else { 0.0 };
-        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, false, None, false);
+        let p = self.dropout;
+        let ctx = super::layers::attention(&q, &k, &v, mask, p, train);
         ctx.transpose(1, 2).contiguous().view([b, s, h])
     }
 }
@@ -145,7 +148,7 @@ impl BertResidualOutput {
     }
 
     pub fn forward(&self, xs: &Tensor, residual: &Tensor, train: bool) -> Tensor {
-        let ys = self.dense.forward(xs).dropout(self.dropout, train);
+        let ys = self.dense.forward(xs).apply_dropout(self.dropout, train);
         self.layer_norm.forward(&(ys + residual))
     }
 }

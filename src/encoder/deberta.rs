@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::layers::ApplyDropout;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -539,7 +540,7 @@ impl DebertaV2Model {
         if let Some((rel_pos, rel_emb)) = rel {
             let span = cfg.att_span();
             let rel_emb = rel_emb
-                .dropout(cfg.hidden_dropout_prob, train)
+                .apply_dropout(cfg.hidden_dropout_prob, train)
                 .narrow(0, 0, 2 * span)
                 .unsqueeze(0);
             let repeat = |t: Tensor| t.repeat([b, 1, 1]);
@@ -573,7 +574,7 @@ impl DebertaV2Model {
             .masked_fill(&mask.logical_not(), f64::from(f32::MIN));
         let probs = scores
             .softmax(-1, Kind::Float)
-            .dropout(cfg.attention_probs_dropout_prob, train);
+            .apply_dropout(cfg.attention_probs_dropout_prob, train);
         let ctx = probs.view([b * n, s, s]).bmm(&v);
         ctx.view([b, n, s, d])
             .permute([0, 2, 1, 3])
@@ -607,7 +608,7 @@ impl EncoderModel for DebertaV2Model {
             e = p.forward(&e);
         }
         let e = self.embeddings_norm.forward(&e) * mask.to_kind(Kind::Float).unsqueeze(2);
-        let mut xs = e.dropout(cfg.hidden_dropout_prob, train);
+        let mut xs = e.apply_dropout(cfg.hidden_dropout_prob, train);
         // [b, 1, s, s]: query and key both real tokens (HF's `get_attention_mask`).
         let m = mask.to_kind(Kind::Bool);
         let mask2 = m
@@ -631,19 +632,21 @@ impl EncoderModel for DebertaV2Model {
             let att = l.attention_norm.forward(
                 &(l.attention_output
                     .forward(&att)
-                    .dropout(cfg.hidden_dropout_prob, train)
+                    .apply_dropout(cfg.hidden_dropout_prob, train)
                     + &xs),
             );
             let inter = cfg.hidden_act.apply(&l.intermediate.forward(&att));
             xs = l.output_norm.forward(
                 &(l.output
                     .forward(&inter)
-                    .dropout(cfg.hidden_dropout_prob, train)
+                    .apply_dropout(cfg.hidden_dropout_prob, train)
                     + &att),
             );
         }
         let cls = xs.select(1, 0);
-        let pooled = self.pooler.forward(&cls.dropout(cfg.pooler_dropout, train));
+        let pooled = self
+            .pooler
+            .forward(&cls.apply_dropout(cfg.pooler_dropout, train));
         EncoderOutput {
             pooler_output: cfg.pooler_hidden_act.apply(&pooled),
             cls,

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::layers::ApplyDropout;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -285,15 +286,15 @@ impl TransformerBlock {
         let q = heads(self.q_lin.forward(xs));
         let k = heads(self.k_lin.forward(xs));
         let v = heads(self.v_lin.forward(xs));
-        let p = if train { self.attention_dropout } else { 0.0 };
-        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, false, None, false);
+        let p = self.attention_dropout;
+        let ctx = super::layers::attention(&q, &k, &v, mask, p, train);
         let att = self
             .out_lin
             .forward(&ctx.transpose(1, 2).contiguous().view([b, s, d]));
         let att = self.sa_layer_norm.forward(&(att + xs));
         let inter = self.lin1.forward(&att);
         let inter = self.activation.apply(&inter);
-        let ffn = self.lin2.forward(&inter).dropout(self.dropout, train);
+        let ffn = self.lin2.forward(&inter).apply_dropout(self.dropout, train);
         self.output_layer_norm.forward(&(ffn + att))
     }
 }
@@ -325,7 +326,7 @@ impl EncoderModel for DistilBertModel {
         let mut xs = self
             .embeddings_norm
             .forward(&e)
-            .dropout(self.dropout, train);
+            .apply_dropout(self.dropout, train);
         for layer in &self.layers {
             xs = layer.forward(&xs, mask.as_ref(), train);
         }

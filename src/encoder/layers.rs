@@ -1,7 +1,7 @@
 //! What every family builds its modules and checks its config with: Hugging Face's
 //! initialisation (N(0, initializer_range) weights, zero biases, unit norms) and the value
 //! checks, so that each family states only its own names, shapes and rules.
-use tch::nn;
+use tch::{nn, Device, Kind, Tensor};
 
 /// A linear layer initialised as HF does.
 pub fn linear(p: nn::Path, std: f64, inp: i64, out: i64, bias: bool) -> nn::Linear {
@@ -99,5 +99,90 @@ pub mod check {
                 "pad_token_id {pad} is outside the vocabulary of {vocab}"
             ))
         }
+    }
+}
+
+/// Dropout as torch's (each value zeroed with probability `p`, the others scaled by
+/// 1/(1-p)), only when `train`. On the CPU the keep-mask comes from a xoshiro256++ stream seeded
+/// by one draw of libtorch's generator, so `tch::manual_seed` still fixes it: libtorch's CPU
+/// `bernoulli_` cost 17% of an fp32 MiniLM-L6 training step and a third of a bf16 one
+/// (docs/performance.md, "Dropout"). Elsewhere (CUDA) libtorch's own fused dropout.
+pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
+    if !train || p <= 0.0 {
+        return x.shallow_clone();
+    }
+    if x.device() != Device::Cpu || p >= 1.0 {
+        return x.dropout(p, true);
+    }
+    x * keep_mask(&x.size(), p, x.kind())
+}
+
+/// `{0, 1/(1-p)}` values of shape `shape`, each nonzero with probability 1-p (to 2^-32).
+/// (Filling the tensor's memory in place and on several threads measured no faster.)
+fn keep_mask(shape: &[i64], p: f64, kind: Kind) -> Tensor {
+    use rand::{RngCore, SeedableRng};
+    let seed = Tensor::randint_low(0, i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed as u64);
+    let threshold = ((1.0 - p) * 4_294_967_296.0) as u64;
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let value = |r: u32| if u64::from(r) < threshold { scale } else { 0.0 };
+    let n = shape.iter().product::<i64>().max(0) as usize;
+    let mut mask = vec![0f32; n];
+    let mut pairs = mask.chunks_exact_mut(2);
+    for pair in &mut pairs {
+        let r = rng.next_u64();
+        pair[0] = value(r as u32);
+        pair[1] = value((r >> 32) as u32);
+    }
+    if let [last] = pairs.into_remainder() {
+        *last = value(rng.next_u32());
+    }
+    let mask = Tensor::from_slice(&mask).view(shape);
+    if kind == Kind::Float {
+        mask
+    } else {
+        mask.to_kind(kind)
+    }
+}
+
+/// Multi-head attention `softmax(q k^T / sqrt(d) + mask) v` over `[batch, heads, seq, dim]`,
+/// with dropout `p` on the attention probabilities when `train`. `mask` is boolean (true where
+/// a key may be attended to) or additive, broadcastable to `[batch, heads, seq, seq]`.
+/// libtorch's fused `scaled_dot_product_attention` everywhere but in CPU training with
+/// dropout, where libtorch itself falls back to these matmuls and its slow `bernoulli_`, and
+/// [`dropout`]'s mask replaces that; the softmax runs in fp32 under mixed precision.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    p: f64,
+    train: bool,
+) -> Tensor {
+    if !train || p <= 0.0 || q.device() != Device::Cpu {
+        let p = if train { p } else { 0.0 };
+        return Tensor::scaled_dot_product_attention(q, k, v, mask, p, false, None, false);
+    }
+    let d = q.size().last().copied().unwrap_or(1);
+    let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (d as f64).sqrt());
+    let scores = match mask {
+        Some(m) if m.kind() == Kind::Bool => {
+            scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY)
+        }
+        Some(m) => scores + m,
+        None => scores,
+    };
+    let probs = scores.softmax(-1, Kind::Float).to_kind(v.kind());
+    dropout(&probs, p, true).matmul(v)
+}
+
+/// [`dropout`] as a method, for chains of layer calls.
+pub trait ApplyDropout {
+    fn apply_dropout(&self, p: f64, train: bool) -> Tensor;
+}
+
+impl ApplyDropout for Tensor {
+    fn apply_dropout(&self, p: f64, train: bool) -> Tensor {
+        dropout(self, p, train)
     }
 }

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::layers::ApplyDropout;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -485,18 +486,17 @@ impl Layer {
                 })
             }
         };
-        let p = if train { self.attention_dropout } else { 0.0 };
-        let ctx =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), p, false, None, false);
+        let p = self.attention_dropout;
+        let ctx = super::layers::attention(&q, &k, &v, mask.as_ref(), p, train);
         let att = self
             .wo
             .forward(&ctx.transpose(1, 2).contiguous().view([b, s, h]))
-            .dropout(self.attention_dropout, train);
+            .apply_dropout(self.attention_dropout, train);
         let xs = xs + att;
         let inter = self.wi.forward(&self.mlp_norm.forward(&xs));
         let half = inter.size()[2] / 2;
         let (input, gate) = (inter.narrow(-1, 0, half), inter.narrow(-1, half, half));
-        let mlp = (self.act.apply(&input) * gate).dropout(self.mlp_dropout, train);
+        let mlp = (self.act.apply(&input) * gate).apply_dropout(self.mlp_dropout, train);
         &xs + self.mlp_wo.forward(&mlp)
     }
 }
@@ -528,7 +528,7 @@ impl EncoderModel for ModernBertModel {
         let mut xs = self
             .embeddings_norm
             .forward(&e)
-            .dropout(self.embedding_dropout, train);
+            .apply_dropout(self.embedding_dropout, train);
         for layer in &self.layers {
             xs = layer.forward(&xs, pad.as_ref(), train);
         }
