@@ -122,13 +122,18 @@ def step_table(a, results, precision):
                 if model == "base":
                     common += ["--warmup", "1"]
                 sides = {"reference": [], "clsnorm": []}
+                parts = {side: {"forward": [], "backward": [], "update": []} for side in sides}
                 for _ in range(a.rounds):
-                    sides["reference"] += last_json(run([PY, REF, "step"] + common + a.ref_adamw)[0])["step_secs"]
-                    sides["clsnorm"] += last_json(run([a.bench_step] + common)[0])["step_secs"]
+                    for side, cmd in (("reference", [PY, REF, "step"] + common + a.ref_adamw),
+                                      ("clsnorm", [a.bench_step] + common)):
+                        rec = last_json(run(cmd)[0])
+                        sides[side] += rec["step_secs"]
+                        for k in parts[side]:
+                            parts[side][k] += rec[f"{k}_secs"]
                 r, c = (statistics.median(sides[k]) for k in ("reference", "clsnorm"))
                 gflops = step_flops(model, batch, seq) / c / 1e9
                 results["step"].append({"model": model, "batch": batch, "seq": seq, "precision": precision,
-                                        "reference": sides["reference"],
+                                        "reference": sides["reference"], "parts": parts,
                                         "clsnorm": sides["clsnorm"], "ratio": c / r, "clsnorm_gflops": gflops})
                 print(f"| {model} | {batch} x {seq} | {precision} | {r:.3f} | {c:.3f} | {c / r:.2f} | {gflops:.0f} | {100 * gflops / peak:.0f}% |",
                       flush=True)

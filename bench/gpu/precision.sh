@@ -9,11 +9,13 @@
 # `prepare` needs bench/gpu/build-for-torch211.sh to have built /tmp/gpubin/{clsnorm,bench_step}
 # (or BIN), scripts/setup.sh's model, GLUE_DIR, and Python with numpy and safetensors (the
 # weights travel as fp16 and are widened back there: both precisions and both sides load the same
-# file). `run` runs SECTIONS (default "step epoch parity"), each bounded in time so that the whole
+# file). `run` runs SECTIONS (default "step profile epoch parity"), each bounded in time so that the whole
 # fits a 10-minute call on an H200 (estimates from the fp32 runs of 2026-11-26):
 #   step    bench/run.py step: bf16 at batch 16/32 x seq 64/128 on MiniLM-L6 and BERT-base, fp32
 #           at 32 x 128 for the bf16 speed-up; 30 timed steps per side (~3 min)
 #   epoch   one bf16 epoch of RTE, MRPC and SST-2 per side (~3 min)
+#   profile torch.profiler over the reference's MiniLM-L6 32 x 128 step in fp32 and bf16 (the same
+#           kernels clsnorm calls): kernel time by operator, launches per step (~30 s)
 #   parity  RTE and MRPC x {none, isobn} x seeds 1-3, 3 epochs, as two sweeps, fp32 then bf16,
 #           12 runs at a time: wall time of each and the paired bf16-fp32 dev differences (~3 min)
 # and writes everything to $OUT (results.json per section, the parity sweeps' run directories
@@ -59,7 +61,7 @@ save_file({k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}
     nproc
     run_py() { timeout -k 10 "$1" python3 bench/run.py "${@:2}" --device cuda --bin-dir /tmp/bin --model /tmp/minilm \
       --glue-dir /tmp/glue --threads 4; echo "rc=$?"; }
-    for s in ${SECTIONS:-step epoch parity}; do
+    for s in ${SECTIONS:-step profile epoch parity}; do
       case $s in
         step)
           say "step: bf16, all settings"
@@ -71,6 +73,11 @@ save_file({k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}
                 --precision $p | tee -a "$OUT/step-32x128.jsonl"
             done
           done
+          ;;
+        profile)
+          say "profile: reference step, MiniLM-L6 32 x 128"
+          timeout -k 5 60 python3 bench/profile_step.py --device cuda --model /tmp/minilm --threads 4 --batch 32 --seq 128 \
+            --precision fp32 bf16 > "$OUT/profile.txt" 2>&1; echo "rc=$?"
           ;;
         epoch)
           say "epoch: RTE, MRPC, SST-2 in bf16"
@@ -104,7 +111,7 @@ TOML
           done
           tar -czf "$OUT/parity.tgz" -C /tmp/w --exclude=best --exclude=last parity-fp32 parity-bf16
           ;;
-        *) echo "precision.sh: unknown section $s (expected step, epoch or parity)" >&2 ;;
+        *) echo "precision.sh: unknown section $s (expected step, profile, epoch or parity)" >&2 ;;
       esac
     done
     say done
