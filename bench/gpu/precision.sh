@@ -16,8 +16,9 @@
 #   epoch   one bf16 epoch of RTE, MRPC and SST-2 per side (~3 min)
 #   profile torch.profiler over the reference's MiniLM-L6 32 x 128 step in fp32 and bf16 (the same
 #           kernels clsnorm calls): kernel time by operator, launches per step (~30 s)
-#   parity  RTE and MRPC x {none, isobn} x seeds 1-3, 3 epochs, as two sweeps, fp32 then bf16,
-#           12 runs at a time: wall time of each and the paired bf16-fp32 dev differences (~3 min)
+#   parity  RTE and MRPC x {none, isobn} x seeds 1-3 x {fp32, bf16}, 3 epochs, one sweep of 24
+#           runs, 12 at a time: each run's wall time and the report's paired bf16-fp32 dev
+#           differences with intervals (~3-4 min); PARITY_TASKS='"STS-B", "CoLA"' for the others
 # and writes everything to $OUT (results.json per section, the parity sweeps' run directories
 # without checkpoints in parity.tgz).
 set -euo pipefail
@@ -84,12 +85,14 @@ save_file({k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}
           run_py 200 epoch --precisions bf16 --tasks RTE,MRPC,SST-2 --variants plain --out "$OUT/epoch-bf16"
           ;;
         parity)
-          for p in fp32 bf16; do
-            cat > "$OUT/parity-$p.toml" <<TOML
-name = "parity-$p"
-output = "/tmp/w/parity-$p"
+          # One sweep holding both precisions, so that their runs share the GPU alike; each run's
+          # summary.json has its own wall time.
+          tasks=${PARITY_TASKS:-'"MRPC", "RTE"'}
+          cat > "$OUT/parity.toml" <<TOML
+name = "parity"
+output = "/tmp/w/parity"
 model = "/tmp/minilm"
-tasks = ["MRPC", "RTE"]
+tasks = [$tasks]
 seeds = [1, 2, 3]
 [[norm]]
 name = "none"
@@ -101,15 +104,16 @@ max-len = 128
 batch-size = 16
 lr = 5e-5
 device = "cuda"
-precision = "$p"
+precision = ["fp32", "bf16"]
 TOML
-            say "parity: sweep in $p"
-            t0=$(date +%s)
-            GLUE_DIR=/tmp/glue timeout -k 25 110 /tmp/bin/clsnorm sweep --config "$OUT/parity-$p.toml" --jobs 12 --threads 1 \
-              > "$OUT/parity-$p.log" 2>&1
-            echo "parity $p: rc=$? wall $(( $(date +%s) - t0 )) s" | tee -a "$OUT/parity-walls.txt"
-          done
-          tar -czf "$OUT/parity.tgz" -C /tmp/w --exclude=best --exclude=last parity-fp32 parity-bf16
+          say "parity: 24 runs, fp32 and bf16"
+          t0=$(date +%s)
+          GLUE_DIR=/tmp/glue timeout -k 25 230 /tmp/bin/clsnorm sweep --config "$OUT/parity.toml" --jobs 12 --threads 1 \
+            > "$OUT/parity.log" 2>&1
+          echo "parity: rc=$? wall $(( $(date +%s) - t0 )) s"
+          /tmp/bin/clsnorm report /tmp/w/parity --output "$OUT/parity-report" \
+            --pair none_precision=bf16,none_precision=fp32 --pair isobn_precision=bf16,isobn_precision=fp32 > /dev/null 2>&1
+          tar -czf "$OUT/parity.tgz" -C /tmp/w --exclude=best --exclude=last parity
           ;;
         *) echo "precision.sh: unknown section $s (expected step, profile, epoch or parity)" >&2 ;;
       esac
