@@ -74,11 +74,11 @@ impl Precision {
         f()
     }
 
-    /// Checks the choice against the device: fp16 and bf16 work on both, but a CPU without
-    /// bf16 (or fp16) instructions emulates them, slower than fp32; that gets a warning.
-    pub fn check(self, device: Device) -> Result<()> {
+    /// fp16 and bf16 work on every device, but a CPU without bf16 (or fp16) instructions
+    /// emulates them, slower than fp32: that gets a warning.
+    pub fn warn_if_emulated(self, device: Device) {
         if self == Precision::Fp32 || device.is_cuda() {
-            return Ok(());
+            return;
         }
         let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let has = |f: &str| flags.split_whitespace().any(|w| w == f);
@@ -93,7 +93,6 @@ impl Precision {
                  them, which is slower than fp32"
             );
         }
-        Ok(())
     }
 }
 

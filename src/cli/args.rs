@@ -42,7 +42,7 @@ pub struct PrecisionArgs {
 impl PrecisionArgs {
     /// Checks the choice against `device` and sets TF32 if asked.
     pub fn apply(&self, device: tch::Device) -> anyhow::Result<Precision> {
-        self.precision.check(device)?;
+        self.precision.warn_if_emulated(device);
         if self.tf32 {
             clsnorm::precision::set_tf32(true)?;
         }

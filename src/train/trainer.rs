@@ -80,7 +80,7 @@ impl<'a> Trainer<'a> {
             .resume
             .then(|| checkpoint::locate(&layout.last()))
             .flatten();
-        let (model, tok_files, mut state, opt_state) = match &resume_from {
+        let (mut model, tok_files, mut state, opt_state) = match &resume_from {
             Some(dir) => load_last(&job, dir, &layout)?,
             None => {
                 if job.resume {
@@ -93,9 +93,8 @@ impl<'a> Trainer<'a> {
                 (model, tok_files, TrainState::default(), None)
             }
         };
-        let mut model = model;
         model.encoder.precision = cfg.precision;
-        cfg.precision.check(job.device)?;
+        cfg.precision.warn_if_emulated(job.device);
         if cfg.tf32 {
             crate::precision::set_tf32(true)?;
         }
