@@ -77,21 +77,25 @@ impl Precision {
     /// fp16 and bf16 work on every device, but a CPU without bf16 (or fp16) instructions
     /// emulates them, slower than fp32: that gets a warning.
     pub fn warn_if_emulated(self, device: Device) {
-        if self == Precision::Fp32 || device.is_cuda() {
+        if device.is_cuda() {
             return;
         }
-        let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let has = |f: &str| flags.split_whitespace().any(|w| w == f);
-        let native = match self {
-            Precision::Bf16 => has("avx512_bf16") || has("amx_bf16"),
-            Precision::Fp16 => has("avx512_fp16") || has("amx_fp16"),
-            Precision::Fp32 => true,
-        };
-        if !native {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        if self.emulated_on(&cpuinfo) {
             tracing::warn!(
                 "--precision {self} on a CPU without {self} instructions: libtorch emulates \
                  them, which is slower than fp32"
             );
+        }
+    }
+
+    /// Whether a CPU with these `/proc/cpuinfo` flags lacks instructions for this precision.
+    fn emulated_on(self, cpuinfo: &str) -> bool {
+        let has = |f: &str| cpuinfo.split_whitespace().any(|w| w == f);
+        match self {
+            Precision::Fp32 => false,
+            Precision::Bf16 => !(has("avx512_bf16") || has("amx_bf16")),
+            Precision::Fp16 => !(has("avx512_fp16") || has("amx_fp16")),
         }
     }
 }
@@ -187,6 +191,17 @@ mod tests {
         s.update(true);
         s.update(false);
         assert_eq!((s.scale, s.growth_tracker, s.skipped), (32768.0, 0, 2));
+    }
+
+    #[test]
+    fn reduced_precision_is_emulated_without_its_cpu_flags() {
+        let zen4 = "flags : fpu avx2 avx512f avx512_bf16 avx512vl";
+        let sapphire = "flags : avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_tile";
+        let old = "flags : fpu sse4_2 avx2 fma";
+        assert!(!Precision::Bf16.emulated_on(zen4) && Precision::Fp16.emulated_on(zen4));
+        assert!(!Precision::Bf16.emulated_on(sapphire) && !Precision::Fp16.emulated_on(sapphire));
+        assert!(Precision::Bf16.emulated_on(old) && Precision::Fp16.emulated_on(old));
+        assert!(!Precision::Fp32.emulated_on(old));
     }
 
     #[test]
