@@ -137,6 +137,8 @@ fn finetune_evaluate_predict_round_trip() {
 
 #[test]
 fn bad_input_exits_non_zero_with_a_message() {
+    // Draws from libtorch's global generator, as the other tests here do.
+    let _guard = common::torch_rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("m");
     common::tiny_model_dir(&model, 3);
@@ -517,6 +519,8 @@ fn head_bias_init_prior_reaches_the_trained_head() {
 
 #[test]
 fn protocol_options_of_other_codebases_are_applied_and_recorded() {
+    // Draws from libtorch's global generator, as the other tests here do.
+    let _guard = common::torch_rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let (model, data) = (tmp.path().join("m"), tmp.path().join("glue"));
     common::tiny_model_dir(&model, 4);

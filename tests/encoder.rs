@@ -51,6 +51,8 @@ fn assert_same_weights(a: &Encoder, b: &Encoder) {
 
 #[test]
 fn tiny_round_trip_is_identical_and_runs() {
+    // Draws from libtorch's global generator, as other tests here do.
+    let _guard = common::torch_rng_lock();
     let cfg = tiny();
     let enc = Encoder::random(&cfg, Device::Cpu, 7);
     let (_dir, back) = save_and_reload(&enc);
@@ -89,6 +91,8 @@ fn tiny_round_trip_is_identical_and_runs() {
 
 #[test]
 fn bert_base_shape_round_trip_and_forward() {
+    // Draws from libtorch's global generator, as other tests here do.
+    let _guard = common::torch_rng_lock();
     let cfg = BertConfig::base();
     assert_eq!(
         (
@@ -119,6 +123,8 @@ fn bert_base_shape_round_trip_and_forward() {
 
 #[test]
 fn padding_does_not_change_cls() {
+    // Draws from libtorch's global generator, as other tests here do.
+    let _guard = common::torch_rng_lock();
     let cfg = tiny();
     let enc = Encoder::random(&cfg, Device::Cpu, 11);
     let (encs, padded) = random_batch(&cfg, &[5, 12, 8], 4);
@@ -186,6 +192,8 @@ fn write_config(dir: &std::path::Path, json: &str) -> std::path::PathBuf {
 
 #[test]
 fn config_errors_are_explained() {
+    // Draws from libtorch's global generator, as other tests here do.
+    let _guard = common::torch_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         (
@@ -249,6 +257,8 @@ fn load_err(cfg: &BertConfig, tensors: Vec<(String, Tensor)>) -> String {
 
 #[test]
 fn missing_unexpected_and_misshaped_tensors_are_listed() {
+    // Draws from libtorch's global generator, as other tests here do.
+    let _guard = common::torch_rng_lock();
     let cfg = tiny();
     let enc = Encoder::random(&cfg, Device::Cpu, 2);
     let mut t = checkpoint_of(&enc);
@@ -280,6 +290,8 @@ fn missing_unexpected_and_misshaped_tensors_are_listed() {
 
 #[test]
 fn prefixed_checkpoints_with_heads_and_gamma_beta_load() {
+    // Draws from libtorch's global generator, as other tests here do.
+    let _guard = common::torch_rng_lock();
     let cfg = tiny();
     let enc = Encoder::random(&cfg, Device::Cpu, 2);
     let mut t: Vec<(String, Tensor)> = checkpoint_of(&enc)
@@ -323,6 +335,8 @@ fn prefixed_checkpoints_with_heads_and_gamma_beta_load() {
 
 #[test]
 fn truncated_or_corrupt_safetensors_is_an_error() {
+    // Draws from libtorch's global generator, as other tests here do.
+    let _guard = common::torch_rng_lock();
     let cfg = tiny();
     let enc = Encoder::random(&cfg, Device::Cpu, 2);
     let dir = tempfile::tempdir().unwrap();
@@ -350,6 +364,8 @@ fn truncated_or_corrupt_safetensors_is_an_error() {
 
 #[test]
 fn pickle_needs_explicit_permission() {
+    // Draws from libtorch's global generator, as other tests here do.
+    let _guard = common::torch_rng_lock();
     let cfg = tiny();
     let enc = Encoder::random(&cfg, Device::Cpu, 2);
     let dir = tempfile::tempdir().unwrap();

@@ -247,7 +247,10 @@ fn an_fp16_overflow_skips_the_update_and_halves_the_loss_scale() {
 
 #[test]
 fn the_cli_records_precision_keeps_it_on_resume_and_runs_inference_in_it() {
+    // toy() draws the model from libtorch's global generator.
+    let guard = common::torch_rng_lock();
     let t = toy();
+    drop(guard);
     let out = t.root.join("run");
     let (m, d, o) = (common::p(&t.model), common::p(&t.data), common::p(&out));
     let base = [
