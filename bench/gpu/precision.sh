@@ -55,12 +55,13 @@ from safetensors.torch import load_file, save_file
 t = load_file('.gpu/model/model.f16.safetensors')
 save_file({k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}, '/tmp/minilm/model.safetensors')"
     say() { echo "== $(date -u +%H:%M:%S) $*"; }
+    DEVICE=${DEVICE:-cuda}   # DEVICE=cpu: a dry run of the script's plumbing without a GPU
     say machine
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
     /tmp/bin/clsnorm --version || exit 1
     nproc
-    run_py() { timeout -k 10 "$1" python3 bench/run.py "${@:2}" --device cuda --bin-dir /tmp/bin --model /tmp/minilm \
+    run_py() { timeout -k 10 "$1" python3 bench/run.py "${@:2}" --device "$DEVICE" --bin-dir /tmp/bin --model /tmp/minilm \
       --glue-dir /tmp/glue --threads 4; echo "rc=$?"; }
     for s in ${SECTIONS:-step profile epoch parity}; do
       case $s in
@@ -70,14 +71,14 @@ save_file({k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}
           say "step: fp32 and bf16 at 32 x 128 (speed-up), fp32 with TF32 off"
           for m in /tmp/minilm base; do
             for p in fp32 bf16; do
-              timeout -k 5 40 /tmp/bin/bench_step --model $m --batch 32 --seq 128 --reps 30 --device cuda \
+              timeout -k 5 40 /tmp/bin/bench_step --model $m --batch 32 --seq 128 --reps 30 --device "$DEVICE" \
                 --precision $p | tee -a "$OUT/step-32x128.jsonl"
             done
           done
           ;;
         profile)
           say "profile: reference step, MiniLM-L6 32 x 128"
-          timeout -k 5 60 python3 bench/profile_step.py --device cuda --model /tmp/minilm --threads 4 --batch 32 --seq 128 \
+          timeout -k 5 60 python3 bench/profile_step.py --device "$DEVICE" --model /tmp/minilm --threads 4 --batch 32 --seq 128 \
             --precision fp32 bf16 > "$OUT/profile.txt" 2>&1; echo "rc=$?"
           ;;
         epoch)
@@ -103,7 +104,7 @@ epochs = 3
 max-len = 128
 batch-size = 16
 lr = 5e-5
-device = "cuda"
+device = "$DEVICE"
 precision = ["fp32", "bf16"]
 TOML
           say "parity: 24 runs, fp32 and bf16"
