@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 23's GPU measurements in one command on a lent GPU machine (torch 2.11, no network):
 # mixed-precision step times and epochs against PyTorch + transformers under torch.autocast, and
-# bf16-vs-fp32 sweeps for wall time and accuracy parity (docs/performance.md, "Mixed precision").
+# bf16-vs-fp32 sweeps for wall time and accuracy parity (docs/performance.md, "Mixed precision on a GPU").
 #
 #   bench/gpu/precision.sh prepare     # here: fills .gpu/ (git-ignored, < 64 MiB) to carry there
 #   OUT=DIR bench/gpu/precision.sh run # there, from the checkout's root; SECTIONS optional
