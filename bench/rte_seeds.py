@@ -35,7 +35,7 @@ def run_clsnorm(a, norm, seed):
     out = os.path.join(a.out, "runs", f"{a.task}-{norm}-s{seed}")
     exe = a.clsnorm
     if os.path.exists(os.path.join(out, "config.json")):
-        cmd = [exe, "finetune", "--resume", out, "--quiet"]
+        cmd = [exe, "finetune", "--resume", out, "--threads", str(a.threads), "--quiet"]
     else:
         cmd = [exe, "finetune", "--task", a.task, "--data-dir", a.data, "--norm", norm,
                "--seed", str(seed), "--epochs", str(a.epochs), "--threads", str(a.threads),
