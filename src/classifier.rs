@@ -207,6 +207,26 @@ impl Classifier {
         }
     }
 
+    /// The normalizer in eval mode, with the statistics it holds (a checkpoint's: those it
+    /// saved), applied to head inputs `cls` (`[n, hidden]`, any device).
+    pub fn normalize(&self, cls: &Tensor) -> Tensor {
+        let x = cls.to_kind(Kind::Float).to_device(self.device());
+        tch::no_grad(|| self.normalizer.forward(&x, false))
+    }
+
+    /// The normalizer's state (`normalizer.*` tensors: learned scales and running
+    /// statistics), sorted by name.
+    pub fn normalizer_state(&self) -> Vec<(String, Tensor)> {
+        let mut state: Vec<(String, Tensor)> = self
+            .head_vs
+            .variables()
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("normalizer."))
+            .collect();
+        state.sort_by(|a, b| a.0.cmp(&b.0));
+        state
+    }
+
     /// The head's input vectors (pooler output or raw [CLS]) for `encs`, in eval mode without
     /// gradient, `[n, hidden]` on the model's device.
     pub fn cls_vectors(

@@ -156,3 +156,21 @@ fn pictures_of_a_384_dim_embedding_stay_small() {
     let svg = std::fs::read_to_string(dir.path().join("hidden_corr.svg")).unwrap();
     assert!(svg.contains("4x4 block means"));
 }
+
+#[test]
+fn state_summary_reads_scalars_vectors_and_covariances() {
+    use clsnorm::analyze::state_summary;
+    let s = state_summary("steps", &Tensor::from(7.0f64));
+    assert_eq!((s.value, s.shape.len()), (Some(7.0), 0));
+    let v = state_summary("std", &Tensor::from_slice(&[3.0f32, 1.0, 2.0, 10.0]));
+    let e = v.entries.unwrap();
+    assert_eq!((e.min, e.median, e.max), (1.0, 2.5, 10.0));
+    assert!((v.norm - 114f64.sqrt()).abs() < 1e-6);
+    // A covariance with eigenvalues 4 and 1 (rotated by 45 degrees): trace 5, top share 0.8.
+    let c = Tensor::from_slice(&[2.5f64, 1.5, 1.5, 2.5]).view([2, 2]);
+    let m = state_summary("cov", &c);
+    assert!((m.trace.unwrap() - 5.0).abs() < 1e-12);
+    assert!((m.top_eigen_share.unwrap() - 0.8).abs() < 1e-12);
+    assert!((m.min_eigen.unwrap() - 1.0).abs() < 1e-12);
+    assert_eq!(m.entries.unwrap().median, 2.5);
+}

@@ -439,6 +439,104 @@ fn analyze_and_compare_grads_write_reports_and_pictures() {
         )));
         runs.push(run);
     }
+    // The checkpoints' own normalizers, with the statistics they saved.
+    let analyse_trained = |run: &Path, out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "analyze",
+            "--checkpoint",
+            p(run),
+            "--trained-norm",
+            "--task",
+            "sst2",
+            "--data-dir",
+            p(&data),
+            "--max-len",
+            "16",
+            "--output",
+            p(out),
+            "--device",
+            "cpu",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        clsnorm(&args)
+    };
+    let read = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("analysis.json")).unwrap()).unwrap()
+    };
+    let an_isobn = tmp.path().join("an-isobn");
+    ok(&analyse_trained(&runs[1].join("last"), &an_isobn, &[]));
+    let doc = read(&an_isobn);
+    let names: Vec<&str> = doc["normalizer_state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "normalizer.num_batches_tracked",
+            "normalizer.running_cov",
+            "normalizer.running_std"
+        ]
+    );
+    // Four updates: four training batches went through the normalizer.
+    assert_eq!(doc["normalizer_state"][0]["value"], 4.0);
+    assert_eq!(
+        doc["normalizer_state"][1]["shape"],
+        serde_json::json!([32, 32])
+    );
+    assert_eq!(doc["sources"]["pooler"]["normalized"]["trained"], true);
+    assert!(doc["sources"]["hidden"].get("normalized").is_none());
+    let md = std::fs::read_to_string(an_isobn.join("analysis.md")).unwrap();
+    assert!(
+        md.contains("Saved state of the normalizer (trained-isobn)"),
+        "{md}"
+    );
+    assert!(an_isobn.join("pooler_corr_trained-isobn.png").is_file());
+    // IsoBN rescales the pooler output: the statistics after it differ from the raw ones.
+    let pooler = &doc["sources"]["pooler"];
+    assert_ne!(
+        pooler["raw"]["mean_norm"],
+        pooler["normalized"]["stats"]["mean_norm"]
+    );
+    // `none` is the identity: after equals before, exactly.
+    let an_none = tmp.path().join("an-none");
+    ok(&analyse_trained(&runs[0].join("last"), &an_none, &[]));
+    let doc = read(&an_none);
+    let pooler = &doc["sources"]["pooler"];
+    assert_eq!(pooler["raw"], pooler["normalized"]["stats"]);
+    assert_eq!(doc["normalizer_state"], serde_json::json!([]));
+    // The source must be the one the normalizer was trained on; no --norm beside it; and it
+    // needs a checkpoint.
+    fails(
+        &analyse_trained(
+            &runs[1].join("last"),
+            &tmp.path().join("x"),
+            &["--cls-source", "hidden"],
+        ),
+        "--cls-source pooler or both",
+    );
+    fails(
+        &analyse_trained(
+            &runs[1].join("last"),
+            &tmp.path().join("x"),
+            &["--norm", "center"],
+        ),
+        "cannot be used with",
+    );
+    fails(
+        &clsnorm(&[
+            "analyze",
+            "--trained-norm",
+            "--task",
+            "sst2",
+            "--data-dir",
+            p(&data),
+        ]),
+        "--checkpoint",
+    );
     let pics = tmp.path().join("pics");
     let summary: serde_json::Value = serde_json::from_str(&ok(&clsnorm(&[
         "compare-grads",

@@ -3,7 +3,7 @@
 pub mod plots;
 pub mod stats;
 
-pub use stats::{compute, Details, EmbeddingStats, Geometry};
+pub use stats::{compute, state_summary, Details, EmbeddingStats, Geometry, StateSummary};
 
 use tch::Tensor;
 

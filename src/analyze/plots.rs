@@ -4,7 +4,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::stats::{Details, EmbeddingStats};
+use super::stats::{Details, EmbeddingStats, StateSummary};
 use crate::error::{Error, Result};
 use crate::plot::{draw_both, legend_and_present, Area, Drawn, PALETTE};
 
@@ -404,4 +404,30 @@ pub fn grad_curves(
         &a, title, y_desc, curves
     ));
     Ok(())
+}
+
+/// The `analysis.md` section on a trained normalizer's saved state (empty when there is none).
+pub fn state_markdown(norm: &str, state: &[StateSummary]) -> String {
+    if state.is_empty() {
+        return String::new();
+    }
+    let mut md = format!("\n## Saved state of the normalizer ({norm})\n\nThe tensors the checkpoint holds for its normalizer: entries of a vector (or the diagonal of a square matrix) as min / median / max, and a square matrix's spectrum (trace, share of the largest eigenvalue, smallest eigenvalue).\n\n| tensor | shape | norm | entries min / median / max | trace | top eigenvalue share | min eigenvalue |\n|---|---|---|---|---|---|---|\n");
+    let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or_else(|| "".to_string(), f);
+    for s in state {
+        let entries = match (&s.entries, s.value) {
+            (Some(e), _) => format!("{:.4} / {:.4} / {:.4}", e.min, e.median, e.max),
+            (None, Some(v)) => format!("{v}"),
+            _ => String::new(),
+        };
+        md.push_str(&format!(
+            "| `{}` | {:?} | {:.4} | {entries} | {} | {} | {} |\n",
+            s.name,
+            s.shape,
+            s.norm,
+            opt(s.trace, &|v| format!("{v:.4}")),
+            opt(s.top_eigen_share, &|v| format!("{:.1}%", 100.0 * v)),
+            opt(s.min_eigen, &|v| format!("{v:.3e}")),
+        ));
+    }
+    md
 }

@@ -289,3 +289,60 @@ pub fn compute(x: &Tensor, cosine_sample: usize, seed: u64) -> (EmbeddingStats, 
         },
     )
 }
+
+/// A summary of one tensor of a normalizer's saved state (running mean, std, covariance, step
+/// count): what a trained normalizer learned about the vectors it normalizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateSummary {
+    /// The tensor's name in the checkpoint (`normalizer.running_cov`).
+    pub name: String,
+    pub shape: Vec<i64>,
+    /// Euclidean (Frobenius) norm.
+    pub norm: f64,
+    /// The value of a scalar (e.g. `num_batches_tracked`).
+    pub value: Option<f64>,
+    /// The entries of a vector, or the diagonal of a square matrix.
+    pub entries: Option<Spread>,
+    /// A square matrix's eigenvalues (taken as symmetric): trace, share of the largest,
+    /// smallest.
+    pub trace: Option<f64>,
+    pub top_eigen_share: Option<f64>,
+    pub min_eigen: Option<f64>,
+}
+
+/// Summarises the saved tensor `t` named `name` (any shape; vectors by their entries, square
+/// matrices by diagonal and spectrum).
+pub fn state_summary(name: &str, t: &Tensor) -> StateSummary {
+    let t = t.to_kind(Kind::Double).to_device(Device::Cpu);
+    let shape = t.size();
+    let mut s = StateSummary {
+        name: name.to_string(),
+        shape: shape.clone(),
+        norm: if t.numel() > 0 {
+            t.norm().double_value(&[])
+        } else {
+            0.0
+        },
+        value: None,
+        entries: None,
+        trace: None,
+        top_eigen_share: None,
+        min_eigen: None,
+    };
+    match shape.as_slice() {
+        [] => s.value = Some(t.double_value(&[])),
+        [_] => s.entries = Some(Spread::of(&vec64(&t))),
+        [a, b] if a == b && *a > 0 => {
+            s.entries = Some(Spread::of(&vec64(&t.diagonal(0, 0, 1))));
+            let sym = (&t + t.tr()) / 2.0;
+            let ev = vec64(&sym.linalg_eigvalsh("L"));
+            let trace: f64 = ev.iter().sum();
+            let top = ev.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            s.trace = Some(trace);
+            s.top_eigen_share = Some(if trace != 0.0 { top / trace } else { 0.0 });
+            s.min_eigen = ev.iter().copied().reduce(f64::min);
+        }
+        _ => {}
+    }
+    s
+}

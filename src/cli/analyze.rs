@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use clsnorm::analyze::{self, plots, EmbeddingStats};
+use clsnorm::classifier::{Classifier, ClsSource};
 use clsnorm::data::{read_dataset, ReadOptions};
 use clsnorm::device::set_threads;
 use clsnorm::encoder::Encoder;
@@ -44,6 +45,11 @@ pub struct AnalyzeArgs {
     pub cls_source: Source,
     #[command(flatten)]
     pub norm: NormArgs,
+    /// With --checkpoint: apply the checkpoint's own normalizer, with the statistics it saved,
+    /// to the [CLS] source it was trained on (instead of fitting --norm afresh), and summarise
+    /// its saved state in the report.
+    #[arg(long, requires = "checkpoint", conflicts_with_all = ["norm", "norm_opt"])]
+    pub trained_norm: bool,
     #[arg(long, default_value_t = 128, value_parser = super::parse_max_len)]
     pub max_len: usize,
     #[arg(long, default_value_t = 64, value_parser = super::parse_batch_size)]
@@ -103,25 +109,63 @@ fn embed_all(
     }
 }
 
+/// What is analysed: a fine-tuned checkpoint (encoder, normalizer and head) or a model's
+/// encoder.
+enum Analysed {
+    Checkpoint(Box<Classifier>),
+    Model(Encoder),
+}
+
+impl Analysed {
+    fn encoder(&mut self) -> &mut Encoder {
+        match self {
+            Analysed::Checkpoint(c) => &mut c.encoder,
+            Analysed::Model(e) => e,
+        }
+    }
+}
+
 pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
     set_threads(a.rt.threads)?;
     let device = a.rt.device.resolve()?;
     let registry = Registry::builtin();
     let (task, task_dir, _) = resolve_task(&a.data)?;
-    let (model_dir, enc) = match &a.checkpoint {
+    let (model_dir, mut analysed) = match &a.checkpoint {
         Some(dir) => {
             let (model, _) = clsnorm::train::checkpoint::load_model(dir, device, &registry)
                 .with_context(|| format!("loading {}", dir.display()))?;
-            (dir.clone(), model.encoder)
+            (dir.clone(), Analysed::Checkpoint(Box::new(model)))
         }
         None => {
             let model = a.rt.model_dir()?;
             let enc = Encoder::load(&model, device, a.rt.allow_pickle)?;
-            (model, enc)
+            (model, Analysed::Model(enc))
         }
     };
-    let mut enc = enc;
-    enc.precision = a.rt.precision.apply(device)?;
+    analysed.encoder().precision = a.rt.precision.apply(device)?;
+    // The trained normalizer, and the source it normalizes.
+    let trained = match (&analysed, a.trained_norm) {
+        (Analysed::Checkpoint(c), true) => {
+            let source = match c.config.cls_source {
+                ClsSource::Pooler => "pooler",
+                ClsSource::Hidden => "hidden",
+            };
+            if !matches!(
+                (a.cls_source, c.config.cls_source),
+                (Source::Both, _)
+                    | (Source::Pooler, ClsSource::Pooler)
+                    | (Source::Hidden, ClsSource::Hidden)
+            ) {
+                bail!("--trained-norm: the checkpoint's normalizer was trained on the {source} vectors; give --cls-source {source} or both");
+            }
+            Some((c.as_ref(), source))
+        }
+        _ => None,
+    };
+    let enc = match &analysed {
+        Analysed::Checkpoint(c) => &c.encoder,
+        Analysed::Model(e) => e,
+    };
     let tok = TextTokenizer::load(&model_dir, a.max_len)?;
     enc.limits()
         .check_tokenizer(&tok, task.text_pair.is_some())?;
@@ -141,7 +185,7 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let inputs = ds.inputs();
     let encs = tok.encode_batch(&inputs)?;
-    let (pooler, cls) = embed_all(&enc, &encs, a.batch_size, tok.pad_id(), a.quiet)?;
+    let (pooler, cls) = embed_all(enc, &encs, a.batch_size, tok.pad_id(), a.quiet)?;
     let embed_secs = t0.elapsed().as_secs_f64();
     let out_dir = a
         .output
@@ -150,6 +194,10 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
     clsnorm::rundir::check_output_dir(&out_dir, "analysis.json")?;
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let norm = a.norm.config(&registry.normalizers)?;
+    let norm_label = match trained {
+        Some((c, _)) => format!("trained-{}", c.config.norm.name()),
+        None => norm.name().to_string(),
+    };
     let sources: Vec<(&str, &Tensor)> = match a.cls_source {
         Source::Pooler => vec![("pooler", &pooler)],
         Source::Hidden => vec![("hidden", &cls)],
@@ -162,15 +210,23 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
         let mut entry = json!({ "raw": raw });
         let mut after = None;
         let mut after_det = None;
-        if !norm.is_none() {
-            let y = analyze::normalize_as_trained(
+        let normalized = match trained {
+            Some((c, source)) if source == name => Some(c.normalize(x).to_device(tch::Device::Cpu)),
+            Some(_) => None,
+            None if norm.is_none() => None,
+            None => Some(analyze::normalize_as_trained(
                 &registry.normalizers,
                 &norm,
                 &x.to_kind(Kind::Float),
                 a.seed,
-            )?;
+            )?),
+        };
+        if let Some(y) = normalized {
             let (s, d) = analyze::compute(&y, a.cosine_sample, a.seed);
-            entry["normalized"] = json!({ "norm": norm, "stats": s });
+            entry["normalized"] = match trained {
+                Some((c, _)) => json!({ "norm": c.config.norm, "trained": true, "stats": s }),
+                None => json!({ "norm": norm, "stats": s }),
+            };
             after = Some(s);
             after_det = Some(d);
         }
@@ -178,11 +234,19 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
             &out_dir,
             name,
             &det,
-            after_det.as_ref().map(|d| (norm.name(), d)),
+            after_det.as_ref().map(|d| (norm_label.as_str(), d)),
         )?;
         report.insert(name.to_string(), entry);
         sections.push((name.to_string(), raw, after));
     }
+    let state: Vec<analyze::StateSummary> = trained
+        .map(|(c, _)| {
+            c.normalizer_state()
+                .iter()
+                .map(|(name, t)| analyze::state_summary(name, t))
+                .collect()
+        })
+        .unwrap_or_default();
     let doc = json!({
         "model": model_dir,
         "task": task.name,
@@ -192,6 +256,7 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
         "max_len": a.max_len,
         "embed_secs": embed_secs,
         "sources": report,
+        "normalizer_state": state,
     });
     clsnorm::atomic::write_json(&out_dir.join("analysis.json"), &doc)?;
     let md = plots::markdown(
@@ -200,9 +265,9 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
         &model_dir.display().to_string(),
         ds.examples.len(),
         embed_secs,
-        norm.name(),
+        &norm_label,
         &sections,
-    );
+    ) + &plots::state_markdown(&norm_label, &state);
     clsnorm::atomic::write_bytes(&out_dir.join("analysis.md"), md.as_bytes())?;
     tracing::info!(
         examples = ds.examples.len(),
