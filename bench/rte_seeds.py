@@ -5,7 +5,9 @@ Runs `clsnorm finetune` and `bench/reference/reference.py finetune` on one task 
 batch dropped, warmup rounded down, nn.Linear's classifier init, dropout 0.1, lr 5e-5, batch 16,
 max length 128, best of the epochs' dev accuracies). Results are appended to OUT/results.jsonl
 as they finish, so the script can be stopped and started again: finished (side, norm, seed)
-triples are skipped, and clsnorm's interrupted runs resume from their checkpoints. Then
+triples are skipped, and clsnorm's interrupted runs resume from their checkpoints. Several
+processes may share the study (e.g. `--threads 1` each, one per core): each claims a triple
+before running it (OUT/claims). Then
 `--summarize` prints the comparison (mean, median, std per side; Mann-Whitney rank test;
 bootstrap interval of the difference of means).
 
@@ -29,6 +31,32 @@ def done(results):
         return set()
     with open(results) as f:
         return {(r["side"], r["norm"], r["seed"]) for r in map(json.loads, f) if "best" in r}
+
+
+def claim(out, side, norm, seed):
+    """Claims a triple for this process (so that several study processes can share the work,
+    e.g. one per core); a claim whose process is gone is taken over. Returns the claim's path,
+    or None when another live process holds it."""
+    d = os.path.join(out, "claims")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, f"{side}-{norm}-s{seed}")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    os.kill(int(f.read().strip() or 0), 0)
+                return None
+            except (ProcessLookupError, ValueError):
+                os.remove(path)  # stale: its process died
+                continue
+            except FileNotFoundError:
+                continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return path
+    return None
 
 
 def run_clsnorm(a, norm, seed):
@@ -87,8 +115,12 @@ def summarize(a):
     rng = random.Random(1)
     print("| norm | side | runs | mean | median | std | min | max |")
     print("|---|---|---|---|---|---|---|---|")
-    groups = {}
+    groups, seen = {}, set()
     for r in rows:
+        key = (r["side"], r["norm"], r["seed"])
+        if key in seen:
+            continue  # a triple run twice counts once (its first result)
+        seen.add(key)
         groups.setdefault((r["norm"], r["side"]), []).append(100 * r["best"])
     for (norm, side), v in sorted(groups.items()):
         m = sum(v) / len(v)
@@ -133,17 +165,24 @@ def main():
              if "-" in a.seeds else [int(s) for s in a.seeds.split(",")])
     os.makedirs(a.out, exist_ok=True)
     results = os.path.join(a.out, "results.jsonl")
-    finished = done(results)
     for seed in seeds:
         for norm in a.norms.split(","):
             for side in a.sides.split(","):
-                if (side, norm, seed) in finished:
+                if (side, norm, seed) in done(results):
                     continue
-                r = (run_clsnorm if side == "clsnorm" else run_reference)(a, norm, seed)
-                r.update({"side": side, "norm": norm, "seed": seed, "task": a.task})
-                with open(results, "a") as f:
-                    f.write(json.dumps(r) + "\n")
-                print(json.dumps(r), flush=True)
+                held = claim(a.out, side, norm, seed)
+                if held is None:
+                    continue
+                try:
+                    if (side, norm, seed) in done(results):
+                        continue
+                    r = (run_clsnorm if side == "clsnorm" else run_reference)(a, norm, seed)
+                    r.update({"side": side, "norm": norm, "seed": seed, "task": a.task})
+                    with open(results, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+                    print(json.dumps(r), flush=True)
+                finally:
+                    os.remove(held)
 
 
 if __name__ == "__main__":
