@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Issue 24's artefacts from the raw-cls-cpu sweep (sweeps/raw-cls-cpu.toml), into docs/:
+#   1. `clsnorm report` with the paired comparisons hidden vs pooler per normalizer (report.md,
+#      results.json/csv, vs_none, dev curves, gradient scale and per-epoch [CLS] geometry);
+#   2. the pre-trained [CLS] analysis of each task's dev set (both sources);
+#   3. the fine-tuned [CLS] of every finished seed-1 run whose checkpoint is on this machine,
+#      through its own trained normalizer (`analyze --checkpoint --trained-norm`); only
+#      analysis.json/md go to docs (the pictures stay in bench/out/raw-cls-analysis);
+#   4. gradient traces of seed 1, none vs standardize vs isobn, per task and source.
+# Existing analyses are kept (never redone or overwritten), so it can run after every batch.
+#
+#   GLUE_DIR=../shared/data/glue bench/raw_cls_report.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CLSNORM=${CLSNORM:-target/release/clsnorm}
+SWEEP=${SWEEP:-runs/raw-cls-cpu}
+OUT=${OUT:-docs/results/raw-cls-cpu}
+WORK=${WORK:-bench/out/raw-cls-analysis}
+TASKS=${TASKS:-RTE MRPC}
+: "${GLUE_DIR:?set GLUE_DIR to the GLUE data directory}"
+export GLUE_DIR
+mkdir -p "$OUT/analysis" "$WORK"
+
+pairs=()
+for norm in none standardize isobn; do
+    pairs+=(--pair "${norm}_cls-source=hidden,${norm}_cls-source=pooler")
+done
+"$CLSNORM" report "$SWEEP" --output "$OUT/report" "${pairs[@]}"
+
+keep() { # analysis dir -> docs name: copy its json and md (never over an existing copy)
+    mkdir -p "$OUT/analysis/$2"
+    for f in analysis.json analysis.md; do
+        [ -e "$OUT/analysis/$2/$f" ] || cp "$1/$f" "$OUT/analysis/$2/$f"
+    done
+}
+
+for task in $TASKS; do
+    name=pretrained-$task
+    if [ ! -e "$WORK/$name/analysis.json" ]; then
+        "$CLSNORM" analyze --task "$task" --split dev --cls-source both --output "$WORK/$name" --quiet
+    fi
+    keep "$WORK/$name" "$name"
+done
+
+for dir in "$SWEEP"/*_s1; do
+    run=$(basename "$dir")
+    task=${run%%_*}
+    grep -qs '"interrupted": *false' "$dir/summary.json" || continue
+    [ -d "$dir/best" ] || continue
+    if [ ! -e "$WORK/$run/analysis.json" ]; then
+        "$CLSNORM" analyze --checkpoint "$dir/best" --trained-norm --task "$task" --split dev \
+            --cls-source both --output "$WORK/$run" --quiet
+    fi
+    keep "$WORK/$run" "$run"
+done
+
+for task in $TASKS; do
+    for source in hidden pooler; do
+        runs=()
+        for norm in none standardize isobn; do
+            d="$SWEEP/${task}_${norm}_cls-source=${source}_s1"
+            [ -s "$d/grads.jsonl" ] && runs+=("$d")
+        done
+        if [ ${#runs[@]} -ge 2 ]; then
+            "$CLSNORM" compare-grads "${runs[@]}" --output "$OUT/grads-$task-$source"
+        fi
+    done
+done
+echo "wrote $OUT"
