@@ -128,6 +128,25 @@ def summarize(a):
         med = sorted(v)[len(v) // 2] if len(v) % 2 else sum(sorted(v)[len(v) // 2 - 1: len(v) // 2 + 1]) / 2
         print(f"| {norm} | {side} | {len(v)} | {m:.2f} | {med:.2f} | {sd:.2f} | {min(v):.2f} | {max(v):.2f} |")
     print()
+    # Per seed, and the mean dev accuracy after each epoch (training dynamics side by side).
+    first = {}
+    for r in rows:
+        first.setdefault((r["side"], r["norm"], r["seed"]), r)
+    cols = [(n, side) for n in sorted({n for n, _ in groups}) for side in ("clsnorm", "reference")]
+    print("| seed | " + " | ".join(f"{n} {side}" for n, side in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for seed in sorted({k[2] for k in first}):
+        cells = [first.get((side, n, seed)) for n, side in cols]
+        print(f"| {seed} | " + " | ".join(f"{100 * c['best']:.2f}" if c else "" for c in cells) + " |")
+    print()
+    print("| norm | side | runs | mean dev accuracy after epoch 1 / 2 / 3 |")
+    print("|---|---|---|---|")
+    for n, side in cols:
+        eps = [r["epochs"] for k, r in first.items() if k[0] == side and k[1] == n and r.get("epochs")]
+        if eps:
+            means = [100 * sum(e[i] for e in eps) / len(eps) for i in range(min(map(len, eps)))]
+            print(f"| {n} | {side} | {len(eps)} | " + " / ".join(f"{m:.2f}" for m in means) + " |")
+    print()
     for norm in sorted({n for n, _ in groups}):
         x, y = groups.get((norm, "clsnorm"), []), groups.get((norm, "reference"), [])
         if len(x) < 2 or len(y) < 2:
