@@ -147,6 +147,17 @@ def summarize(a):
             means = [100 * sum(e[i] for e in eps) / len(eps) for i in range(min(map(len, eps)))]
             print(f"| {n} | {side} | {len(eps)} | " + " / ".join(f"{m:.2f}" for m in means) + " |")
     print()
+    for n in sorted({n for n, _ in groups}):
+        per_side = [[r["epochs"] for k, r in first.items() if k[0] == side and k[1] == n and r.get("epochs")]
+                    for side in ("clsnorm", "reference")]
+        if min(map(len, per_side)) < 2:
+            continue
+        parts = []
+        for i in range(min(len(e) for side in per_side for e in side)):
+            x, y = ([100 * e[i] for e in side] for side in per_side)
+            parts.append(f"epoch {i + 1} {sum(x) / len(x) - sum(y) / len(y):+.2f} (p {mann_whitney_p(x, y):.2f})")
+        print(f"{n} per epoch, clsnorm - reference: " + ", ".join(parts))
+    print()
     for norm in sorted({n for n, _ in groups}):
         x, y = groups.get((norm, "clsnorm"), []), groups.get((norm, "reference"), [])
         if len(x) < 2 or len(y) < 2:
