@@ -115,13 +115,12 @@ def summarize(a):
     rng = random.Random(1)
     print("| norm | side | runs | mean | median | std | min | max |")
     print("|---|---|---|---|---|---|---|---|")
-    groups, seen = {}, set()
+    first = {}  # a triple run twice counts once (its first result)
     for r in rows:
-        key = (r["side"], r["norm"], r["seed"])
-        if key in seen:
-            continue  # a triple run twice counts once (its first result)
-        seen.add(key)
-        groups.setdefault((r["norm"], r["side"]), []).append(100 * r["best"])
+        first.setdefault((r["side"], r["norm"], r["seed"]), r)
+    groups = {}
+    for (side, norm, _), r in first.items():
+        groups.setdefault((norm, side), []).append(100 * r["best"])
     for (norm, side), v in sorted(groups.items()):
         m = sum(v) / len(v)
         sd = (sum((x - m) ** 2 for x in v) / max(1, len(v) - 1)) ** 0.5
@@ -129,9 +128,9 @@ def summarize(a):
         print(f"| {norm} | {side} | {len(v)} | {m:.2f} | {med:.2f} | {sd:.2f} | {min(v):.2f} | {max(v):.2f} |")
     print()
     # Per seed, and the mean dev accuracy after each epoch (training dynamics side by side).
-    first = {}
-    for r in rows:
-        first.setdefault((r["side"], r["norm"], r["seed"]), r)
+    def epochs_of(side, norm):
+        return [r["epochs"] for k, r in first.items() if k[:2] == (side, norm) and r.get("epochs")]
+
     cols = [(n, side) for n in sorted({n for n, _ in groups}) for side in ("clsnorm", "reference")]
     print("| seed | " + " | ".join(f"{n} {side}" for n, side in cols) + " |")
     print("|---|" + "---|" * len(cols))
@@ -142,14 +141,13 @@ def summarize(a):
     print("| norm | side | runs | mean dev accuracy after epoch 1 / 2 / 3 |")
     print("|---|---|---|---|")
     for n, side in cols:
-        eps = [r["epochs"] for k, r in first.items() if k[0] == side and k[1] == n and r.get("epochs")]
+        eps = epochs_of(side, n)
         if eps:
             means = [100 * sum(e[i] for e in eps) / len(eps) for i in range(min(map(len, eps)))]
             print(f"| {n} | {side} | {len(eps)} | " + " / ".join(f"{m:.2f}" for m in means) + " |")
     print()
     for n in sorted({n for n, _ in groups}):
-        per_side = [[r["epochs"] for k, r in first.items() if k[0] == side and k[1] == n and r.get("epochs")]
-                    for side in ("clsnorm", "reference")]
+        per_side = [epochs_of(side, n) for side in ("clsnorm", "reference")]
         if min(map(len, per_side)) < 2:
             continue
         parts = []
