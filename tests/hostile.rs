@@ -697,3 +697,46 @@ fn a_label_column_of_ten_thousand_values_is_refused_before_a_head_is_built() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn a_text_field_over_one_mebibyte_is_refused_or_skipped_before_tokenizing() {
+    let s = setup();
+    let huge = "word ".repeat((1 << 20) / 5 + 1);
+    let body = format!("text,label\nthe cat,a\n{huge},b\na dog,b\n");
+    let train = common::write_file(&s.root, "huge.csv", body.as_bytes());
+    let out = s.root.join("huge-run");
+    let args = |skip: bool| {
+        let mut a = vec![
+            "finetune",
+            "--model",
+            p(&s.model),
+            "--train-file",
+            p(&train),
+            "--dev-file",
+            p(&train),
+            "--output",
+            p(&out),
+            "--epochs",
+            "1",
+            "--max-len",
+            "16",
+            "--threads",
+            "1",
+            "--quiet",
+        ];
+        if skip {
+            a.push("--skip-bad-rows");
+        }
+        clsnorm(&a)
+    };
+    fails(
+        &args(false),
+        &format!(
+            "huge.csv:3: text of {} bytes in column 'text'; at most 1048576 bytes (1 MiB) per text",
+            huge.len()
+        ),
+    );
+    assert!(!out.exists());
+    ok(&args(true));
+    assert!(out.join("best").is_dir());
+}

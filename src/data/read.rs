@@ -115,8 +115,19 @@ fn resolve(
     })
 }
 
+/// The longest text one field may hold. Tokenizing costs ~230 bytes of memory per input byte (a 10 MB line: 2.3 GB)
+/// before truncation, so an unbounded field could exhaust memory; natural text reaches the
+/// longest `--max-len` (65,536 tokens) in ~300 KB, so no real example loses a kept token.
+pub const MAX_TEXT_BYTES: usize = 1 << 20;
+
 fn check_text(s: &str, col: &Column) -> std::result::Result<String, String> {
-    if s.trim().is_empty() {
+    if s.len() > MAX_TEXT_BYTES {
+        Err(format!(
+            "text of {} bytes in column {}; at most {MAX_TEXT_BYTES} bytes (1 MiB) per text",
+            s.len(),
+            column_label(col)
+        ))
+    } else if s.trim().is_empty() {
         Err(format!("empty text in column {}", column_label(col)))
     } else if s.contains('\u{feff}') {
         Err(format!(
