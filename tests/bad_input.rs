@@ -1,7 +1,7 @@
 //! Issue 8's bad-input matrix through the binary: every defect in data, model or options ends
 //! with a non-zero exit and a message naming the file (and line or field) and what was expected,
-//! never a panic, and leaves no run directory behind. Inputs that are odd but valid (CRLF lines,
-//! a 10 MB line) train.
+//! never a panic, and leaves no run directory behind. CRLF lines are valid and train; a 10 MB
+//! line is refused (memory), or skipped with `--skip-bad-rows`.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -142,7 +142,7 @@ fn data_defects_name_the_file_line_and_expectation() {
 }
 
 #[test]
-fn crlf_lines_and_a_10_mb_line_train() {
+fn crlf_lines_train_and_a_10_mb_line_is_refused_or_skipped() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     common::tiny_model_dir(&model, 3);
@@ -153,12 +153,83 @@ fn crlf_lines_and_a_10_mb_line_train() {
     );
     let data = sst_dir(tmp.path(), "odd", Some(body.as_bytes()));
     let out = tmp.path().join("run");
-    ok(&clsnorm(&finetune_args(p(&model), p(&data), p(&out))));
+    // Tokenizing 10 MB would take ~2.3 GB before truncation: a text over 1 MiB is a bad row.
+    fails(
+        &clsnorm(&finetune_args(p(&model), p(&data), p(&out))),
+        &format!(
+            "train.tsv:4: text of {} bytes in column 'sentence'; at most 1048576 bytes (1 MiB) \
+             per text",
+            huge.len()
+        ),
+    );
+    assert!(!out.exists());
+    let mut args = finetune_args(p(&model), p(&data), p(&out));
+    args.push("--skip-bad-rows");
+    ok(&clsnorm(&args));
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["train_file"]["rows"], 3, "{}", config["train_file"]);
+    assert_eq!(config["train_file"]["rows"], 2, "{}", config["train_file"]);
     // The labels parsed despite the '\r' before each newline (else "unknown label '1\r'").
     assert!(out.join("best/model.safetensors").is_file());
+}
+
+/// A quoted CSV field that is never closed swallows the rest of the file; with the text column
+/// last it would still have the header's width and pass as one long row.
+#[test]
+fn an_unterminated_csv_quote_is_refused_not_read_to_the_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    common::tiny_model_dir(&model, 3);
+    let good = "label,text\n1,the movie was good\n0,\"the movie, was bad\"\n";
+    let cases = [
+        (
+            "open.csv",
+            format!("{good}1,\"a fine film\n0,a dull film\n1,a great film\n"),
+            Some("open.csv:4: unterminated quote"),
+        ),
+        (
+            "last.csv",
+            format!("{good}1,\"a fine film\n"),
+            Some("last.csv:4: unterminated quote"),
+        ),
+        // Closed quotes, doubled quotes and a stray quote inside an unquoted field are fine.
+        (
+            "fine.csv",
+            format!("{good}1,\"a \"\"fine\"\"\nfilm\"\n0,a 12\" vinyl\n"),
+            None,
+        ),
+    ];
+    for (name, body, want) in cases {
+        let train = common::write_file(tmp.path(), name, body.as_bytes());
+        let out = tmp.path().join(format!("run-{name}"));
+        let o = clsnorm(&[
+            "finetune",
+            "--model",
+            p(&model),
+            "--train-file",
+            p(&train),
+            "--dev-file",
+            p(&train),
+            "--output",
+            p(&out),
+            "--epochs",
+            "1",
+            "--max-len",
+            "16",
+            "--threads",
+            "1",
+            "--quiet",
+        ]);
+        match want {
+            Some(want) => {
+                fails(&o, want);
+                assert!(!out.exists(), "{name}");
+            }
+            None => {
+                ok(&o);
+            }
+        }
+    }
 }
 
 #[test]

@@ -259,14 +259,25 @@ fn read_csv(bytes: &[u8], spec: &TaskSpec, rows: &mut Rows) -> Result<()> {
             Ok(false) => break,
             Ok(true) => {
                 let line = record.position().map_or(line, |p| p.line() as usize);
+                let start = record.position().map_or(0, |p| p.byte() as usize);
                 let fields: std::result::Result<Vec<&str>, _> =
                     record.iter().map(std::str::from_utf8).collect();
-                let row = match fields {
-                    Ok(f) => row_from_fields(&f, &r, spec, line),
-                    Err(e) => Err(BadRow {
+                let at_end = rdr.position().byte() as usize >= bytes.len();
+                let row = if at_end && unterminated_quote(&bytes[start.min(bytes.len())..]) {
+                    Err(BadRow {
                         line,
-                        msg: format!("invalid UTF-8: {e}"),
-                    }),
+                        msg: "unterminated quote: the quoted field opened on this line runs to \
+                              the end of the file"
+                            .into(),
+                    })
+                } else {
+                    match fields {
+                        Ok(f) => row_from_fields(&f, &r, spec, line),
+                        Err(e) => Err(BadRow {
+                            line,
+                            msg: format!("invalid UTF-8: {e}"),
+                        }),
+                    }
                 };
                 rows.push(row)?;
             }
@@ -280,6 +291,16 @@ fn read_csv(bytes: &[u8], spec: &TaskSpec, rows: &mut Rows) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the file's last record, from its start to the end of the file, opened a quoted
+/// field and never closed it. The csv crate then reads the rest of the file into that field,
+/// so without this check every later row silently becomes part of one text. Such a record
+/// holds an odd number of quotes, one of them opening a field.
+fn unterminated_quote(rest: &[u8]) -> bool {
+    let quotes = rest.iter().filter(|&&b| b == b'"').count();
+    let opens = rest.first() == Some(&b'"') || rest.windows(2).any(|w| w == b",\"");
+    quotes % 2 == 1 && opens
 }
 
 fn json_field(
