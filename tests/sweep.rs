@@ -113,6 +113,50 @@ fn bad_sweep_files_are_rejected_with_the_reason() {
     assert_eq!(v, ["isobn-beta=0.25", "isobn-beta=0.5"]);
 }
 
+/// A few option lists multiply into more runs than memory holds: the plan is counted before it
+/// is built (this file used to abort the process after ~6 GB).
+#[test]
+fn sweeps_beyond_the_run_bound_are_refused_before_expanding() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = |n: usize| (1..=n).map(|s| s.to_string()).collect::<Vec<_>>().join(",");
+    let at_bound = format!(
+        "tasks = [\"RTE\"]\nseeds = [{}]\n",
+        seeds(clsnorm::sweep::MAX_RUNS)
+    );
+    assert_eq!(plan(dir.path(), &at_bound).unwrap().runs.len(), 100_000);
+    let over = format!("tasks = [\"RTE\", \"MRPC\"]\nseeds = [{}]\n", seeds(50_001));
+    let e = plan(dir.path(), &over).unwrap_err().to_string();
+    assert!(e.contains("the sweep expands to 100002 runs"), "{e}");
+
+    let ten = "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]";
+    let mut text = format!(
+        "output = \"{}\"\ntasks = [\"RTE\"]\nseeds = [1, 2]\n",
+        common::p(&dir.path().join("out"))
+    );
+    text.push_str(&format!(
+        "[[norm]]\nname = \"isobn\"\nbeta = {ten}\n[args]\n"
+    ));
+    for key in [
+        "epochs",
+        "batch-size",
+        "max-len",
+        "eval-batch-size",
+        "lr",
+        "dropout",
+    ] {
+        text.push_str(&format!("{key} = {ten}\n"));
+    }
+    let path = config(dir.path(), &text);
+    let o = clsnorm(&["sweep", "--config", common::p(&path), "--list"], &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the sweep expands to 20000000 runs (tasks x models x option lists x normalizer variants x seeds); at most 100000"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out").exists());
+}
+
 #[test]
 fn shards_cover_every_run_exactly_once() {
     for n in 1..=7 {

@@ -131,6 +131,15 @@ fn alternatives(key: &str, v: &toml::Value) -> std::result::Result<Vec<toml::Val
     }
 }
 
+/// How many combinations lists of alternatives make (`None` past `usize`), without making them.
+/// A malformed list counts once: the expansion reports it.
+fn alternatives_product<'a>(mut values: impl Iterator<Item = &'a toml::Value>) -> Option<usize> {
+    values.try_fold(1usize, |n, v| match v {
+        toml::Value::Array(a) if !a.is_empty() => n.checked_mul(a.len()),
+        _ => Some(n),
+    })
+}
+
 /// Cross product of `key -> alternatives`, in key order; each element is `(key, value)` pairs.
 fn cross(choices: &[(String, Vec<toml::Value>)]) -> Vec<Vec<(String, toml::Value)>> {
     let mut out: Vec<Vec<(String, toml::Value)>> = vec![vec![]];
@@ -287,6 +296,30 @@ impl SweepConfig {
         } else {
             self.norm.clone()
         };
+        // Count before expanding: a few lists of options multiply into more runs than memory
+        // holds.
+        let norm_variants = norms.iter().try_fold(0usize, |n, entry| {
+            n.checked_add(alternatives_product(entry.options.values())?)
+        });
+        let total = [
+            Some(self.tasks.len()),
+            Some(models.len()),
+            alternatives_product(self.args.values()),
+            norm_variants,
+            Some(self.seeds.len()),
+        ]
+        .into_iter()
+        .try_fold(1usize, |n, k| n.checked_mul(k?));
+        match total {
+            Some(n) if n <= MAX_RUNS => {}
+            _ => {
+                return Err(err(format!(
+                    "the sweep expands to {} runs (tasks x models x option lists x normalizer \
+                     variants x seeds); at most {MAX_RUNS}",
+                    total.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+                )))
+            }
+        }
         // Normalizer variants: (label, name, flags).
         let mut variants: Vec<(String, String, Vec<String>)> = Vec::new();
         for n in &norms {
@@ -398,6 +431,9 @@ impl SweepConfig {
         })
     }
 }
+
+/// The most runs one sweep may plan (its plan, `sweep.json`, lists every run).
+pub const MAX_RUNS: usize = 100_000;
 
 /// `--shard I/N`: the runs whose position in the plan is I modulo N (0-based I, as Slurm's
 /// `SLURM_ARRAY_TASK_ID` with `--array=0-(N-1)`).
