@@ -413,6 +413,20 @@ fn report_on_a_partial_sweep() {
     assert!(e.contains("no variant `zca`"), "{e}");
 }
 
+/// Before any run of a GLUE task finishes, its section already names the task's metric.
+#[test]
+fn a_task_without_finished_runs_is_headed_by_its_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = dir.path().join("sw");
+    let text = format!("output = {sweep:?}\ntasks = [\"MRPC\", \"mine\"]\nseeds = [1]\n[args]\ntrain-file = \"t.csv\"\n");
+    let p = plan(dir.path(), &text).unwrap();
+    std::fs::create_dir_all(&sweep).unwrap();
+    clsnorm::atomic::write_json(&sweep.join("sweep.json"), &p).unwrap();
+    let md = Report::build(&sweep).unwrap().markdown(&[]);
+    assert!(md.contains("\n## MRPC (acc_and_f1)\n"), "{md}");
+    assert!(md.contains("\n## mine (metric)\n"), "{md}");
+}
+
 fn clsnorm(args: &[&str], envs: &[(&str, &Path)]) -> std::process::Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_clsnorm"));
     c.args(args).env_remove("GLUE_DIR");

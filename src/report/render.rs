@@ -376,6 +376,10 @@ impl Report {
             let metric = rows
                 .iter()
                 .find_map(|r| r.metric.clone())
+                .or_else(|| {
+                    // No run finished yet: a GLUE task's metric is known all the same.
+                    crate::data::task::glue_task(&task).map(|t| t.primary.name().to_string())
+                })
                 .unwrap_or_else(|| "metric".into());
             md.push_str(&format!(
                 "\n## {task} ({metric})\n\n| normalizer | seeds done | best: median | best: mean ± std [min, max] | final: median | final: mean ± std [min, max] | Δ vs none: mean / median [95% CI] | p |\n|---|---|---|---|---|---|---|---|\n"
