@@ -5,7 +5,8 @@
 #   2. the pre-trained [CLS] analysis of each task's dev set (both sources);
 #   3. the fine-tuned [CLS] of every finished seed-1 run whose checkpoint is on this machine,
 #      through its own trained normalizer (`analyze --checkpoint --trained-norm`); only
-#      analysis.json/md go to docs (the pictures stay in bench/out/raw-cls-analysis);
+#      analysis.json/md go to docs (the pictures stay in bench/out/raw-cls-analysis, and the
+#      md's picture links are left out);
 #   4. gradient traces of seed 1, none vs standardize vs isobn, per task and source.
 # Existing analyses are kept (never redone or overwritten), so it can run after every batch.
 #
@@ -27,11 +28,14 @@ for norm in none standardize isobn; do
 done
 "$CLSNORM" report "$SWEEP" --output "$OUT/report" "${pairs[@]}"
 
-keep() { # analysis dir -> docs name: copy its json and md (never over an existing copy)
+keep() { # analysis dir -> docs name: its json and md (never over an existing copy); the md's
+    # picture links are replaced by a note, since the pictures stay in $WORK
     mkdir -p "$OUT/analysis/$2"
-    for f in analysis.json analysis.md; do
-        [ -e "$OUT/analysis/$2/$f" ] || cp "$1/$f" "$OUT/analysis/$2/$f"
-    done
+    [ -e "$OUT/analysis/$2/analysis.json" ] || cp "$1/analysis.json" "$OUT/analysis/$2/"
+    [ -e "$OUT/analysis/$2/analysis.md" ] || {
+        grep -v '^!\[' "$1/analysis.md"
+        printf '\n(The plots of this analysis are not committed: `bench/raw_cls_report.sh` redraws them into %s.)\n' "$WORK/$2"
+    } > "$OUT/analysis/$2/analysis.md"
 }
 
 for task in $TASKS; do
