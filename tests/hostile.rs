@@ -697,3 +697,108 @@ fn a_label_column_of_ten_thousand_values_is_refused_before_a_head_is_built() {
     );
     assert!(!out.exists());
 }
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(p(path)).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+/// The side files of sweeps, reports and run directories are untrusted too: `/dev/zero` given
+/// as a replication's results.json used to read until the OOM killer stopped the process, and
+/// a FIFO would have hung it. Each is refused at once, and a run's lock is never followed out
+/// of its directory (the lock is truncated and rewritten).
+#[test]
+fn special_files_as_side_files_are_refused_without_reading_them() {
+    let s = setup();
+    let sweep = s.root.join("sweep");
+    let text = format!(
+        "output = {:?}\ntasks = [\"SST-2\"]\nseeds = [1]\n[args]\ndata-dir = {:?}\n",
+        sweep, s.data
+    );
+    let config = common::write_file(&s.root, "sweep.toml", text.as_bytes());
+    let plan = clsnorm::sweep::SweepConfig::from_file(&config)
+        .unwrap()
+        .expand(&config)
+        .unwrap();
+    std::fs::create_dir_all(&sweep).unwrap();
+    clsnorm::atomic::write_json(&sweep.join("sweep.json"), &plan).unwrap();
+    let fifo = s.root.join("fifo");
+    mkfifo(&fifo);
+    let report = s.root.join("report");
+    for bad in ["/dev/zero", p(&fifo)] {
+        let rep = format!("x={bad}");
+        let started = std::time::Instant::now();
+        fails(
+            &clsnorm(&[
+                "report",
+                p(&sweep),
+                "--output",
+                p(&report),
+                "--replication",
+                &rep,
+            ]),
+            "is not a regular file",
+        );
+        fails(
+            &clsnorm(&["sweep", "--config", bad, "--list"]),
+            "is not a regular file",
+        );
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "{bad} was read or waited on"
+        );
+    }
+    // A run whose lock is a FIFO: a sweep's status probe does not wait on it.
+    let run_dir = sweep.join(&plan.runs[0].name);
+    std::fs::create_dir_all(&run_dir).unwrap();
+    mkfifo(&run_dir.join(".lock"));
+    let started = std::time::Instant::now();
+    let listed = ok(&clsnorm(&["sweep", "--config", p(&config), "--list"]));
+    assert!(listed.contains("pending"), "{listed}");
+    assert!(started.elapsed().as_secs() < 30);
+    // A sweep directory whose plan is a FIFO.
+    let fifo_sweep = s.root.join("fifo-sweep");
+    std::fs::create_dir_all(&fifo_sweep).unwrap();
+    mkfifo(&fifo_sweep.join("sweep.json"));
+    fails(
+        &clsnorm(&["report", p(&fifo_sweep), "--output", p(&report)]),
+        "is not a regular file",
+    );
+
+    // An output directory whose config.json leads to /dev/zero is not taken for a run, and is
+    // not read.
+    let out = s.root.join("zero-run");
+    std::fs::create_dir_all(&out).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", out.join("config.json")).unwrap();
+    fails(
+        &clsnorm(&train_args(&s, &out)),
+        "is not a clsnorm run directory",
+    );
+
+    // A run (it carries the marker) whose lock is a link to a file of the user's.
+    let run = s.root.join("run");
+    ok(&clsnorm(&train_args(&s, &run)));
+    let precious = common::write_file(&s.root, "precious.txt", b"keep me");
+    std::fs::remove_file(run.join(".lock")).unwrap();
+    std::os::unix::fs::symlink(&precious, run.join(".lock")).unwrap();
+    fails(
+        &clsnorm(&["finetune", "--resume", p(&run), "--quiet"]),
+        ".lock: is not a regular file (a run's lock must be one, never a link)",
+    );
+    assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
+
+    // A gradient trace with no record in it says so.
+    let traced = s.root.join("traced");
+    std::fs::create_dir_all(&traced).unwrap();
+    common::write_file(&traced, "grads.jsonl", b"garbage\n{\"x\": 1}\n");
+    fails(
+        &clsnorm(&[
+            "compare-grads",
+            p(&traced),
+            p(&traced),
+            "--output",
+            p(&s.root.join("cg")),
+        ]),
+        "holds no gradient record written by --trace-grads",
+    );
+}

@@ -28,7 +28,10 @@ pub fn run(a: CompareGradsArgs) -> anyhow::Result<()> {
         }
         let recs: Vec<GradRecord> = clsnorm::rundir::records::read_all(&path)?;
         if recs.is_empty() {
-            bail!("{} is empty", path.display());
+            bail!(
+                "{} holds no gradient record written by --trace-grads",
+                path.display()
+            );
         }
         let label = run.file_name().map_or_else(
             || run.display().to_string(),

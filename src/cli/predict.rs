@@ -133,8 +133,9 @@ fn check_prediction_output(path: &std::path::Path) -> anyhow::Result<()> {
         && (meta.len() == 0 || {
             use std::io::BufRead;
             let mut first = String::new();
+            // The first line only, and at most 1 MiB of it.
             std::fs::File::open(path)
-                .map(std::io::BufReader::new)
+                .map(|f| std::io::BufReader::new(std::io::Read::take(f, 1 << 20)))
                 .and_then(|mut r| r.read_line(&mut first))
                 .is_ok()
                 && serde_json::from_str::<serde_json::Value>(&first)

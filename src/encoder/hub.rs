@@ -93,7 +93,7 @@ fn is_hub_id(s: &str) -> bool {
 /// The snapshot of a cached repository: the revision `refs/main` names, else the only one.
 fn snapshot(repo: &Path) -> Option<PathBuf> {
     let snapshots = repo.join("snapshots");
-    if let Ok(rev) = std::fs::read_to_string(repo.join("refs").join("main")) {
+    if let Ok(rev) = crate::fsread::read_text(&repo.join("refs").join("main"), 4096) {
         let rev = rev.trim();
         if is_hub_id(rev) && !rev.contains('/') {
             let dir = snapshots.join(rev);

@@ -166,7 +166,7 @@ impl Records {
             #[serde(default)]
             invocations: Vec<Invocation>,
         }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsread::read_text(path, crate::fsread::MAX_SMALL_BYTES)?;
         let f: File = serde_json::from_str(&text).map_err(|e| Error::File {
             path: path.to_path_buf(),
             msg: format!("not the results.json of a `clsnorm report`: {e}"),

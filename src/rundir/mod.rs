@@ -114,7 +114,8 @@ pub fn is_run_dir(dir: &Path) -> bool {
     if dir.join(MARKER).is_file() {
         return true;
     }
-    std::fs::read(dir.join(CONFIG_FILE))
+    use crate::fsread::{read_regular, Links, MAX_SMALL_BYTES};
+    read_regular(&dir.join(CONFIG_FILE), MAX_SMALL_BYTES, Links::Refuse)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .is_some_and(|v| v.get("clsnorm_version").is_some() && v.get("train").is_some())
@@ -124,7 +125,10 @@ pub fn is_run_dir(dir: &Path) -> bool {
 /// Never creates the lock file. The probe takes the lock for an instant when it is free;
 /// [`RunDir::open`] retries for ~100 ms, so a start never fails because of a probe.
 pub fn is_locked(dir: &Path) -> bool {
-    let Ok(f) = File::open(dir.join(LOCK_FILE)) else {
+    // Without blocking on a FIFO or following a link; only a regular file can be a lock.
+    let Ok((f, _)) =
+        crate::fsread::open_regular(&dir.join(LOCK_FILE), u64::MAX, crate::fsread::Links::Refuse)
+    else {
         return false;
     };
     matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
@@ -225,15 +229,28 @@ impl RunDir {
     /// Takes the advisory lock on `RUN/.lock`.
     fn lock(&mut self) -> Result<()> {
         use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.path.join(LOCK_FILE);
         let existed = path.exists();
-        let mut f = std::fs::OpenOptions::new()
+        // Never through a link, and only a regular file: the lock is truncated and rewritten.
+        let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path);
+        let not_regular = || Error::File {
+            path: path.clone(),
+            msg: "is not a regular file (a run's lock must be one, never a link)".into(),
+        };
+        let mut f = match f {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(not_regular()),
+            f => f.map_err(|e| Error::io(&path, e))?,
+        };
+        if !f.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(not_regular());
+        }
         // A few tries: `is_locked` (a sweep's status probe) holds the lock for an instant.
         let mut result = f.try_lock();
         for _ in 0..10 {

@@ -212,7 +212,7 @@ pub fn sanitize(s: &str) -> String {
 impl SweepConfig {
     /// Reads and validates a sweep file.
     pub fn from_file(path: &Path) -> Result<SweepConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsread::read_text(path, crate::fsread::MAX_SMALL_BYTES)?;
         let cfg: SweepConfig = toml::from_str(&text).map_err(|e| invalid(path, e))?;
         Ok(cfg)
     }
@@ -544,7 +544,7 @@ impl SweepPlan {
     /// Reads the `sweep.json` of a sweep directory.
     pub fn load(sweep_dir: &Path) -> Result<SweepPlan> {
         let path = sweep_dir.join(PLAN_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text = crate::fsread::read_text(&path, crate::fsread::MAX_SMALL_BYTES)?;
         let mut plan: SweepPlan = serde_json::from_str(&text).map_err(|e| invalid(&path, e))?;
         // The directory may have moved (e.g. copied off a cluster): trust where it is now.
         plan.dir = sweep_dir.to_path_buf();
