@@ -7,7 +7,9 @@
 #      through its own trained normalizer (`analyze --checkpoint --trained-norm`); only
 #      analysis.json/md go to docs (the pictures stay in bench/out/raw-cls-analysis, and the
 #      md's picture links are left out);
-#   4. gradient traces of seed 1, none vs standardize vs isobn, per task and source.
+#   4. gradient traces of seed 1, none vs standardize vs isobn, per task and source;
+#   5. dims.md: where the [CLS] gradient goes, per run, and the last LayerNorm's dead dimensions
+#      (bench/raw_cls_dims.py, with $PYTHON: numpy and safetensors; bench/setup.sh installs them).
 # Existing analyses are kept (never redone or overwritten), so it can run after every batch.
 #
 #   GLUE_DIR=../shared/data/glue bench/raw_cls_report.sh
@@ -70,4 +72,11 @@ for task in $TASKS; do
         fi
     done
 done
+PYTHON=${PYTHON:-bench/.venv/bin/python}
+if [ -x "$PYTHON" ]; then
+    "$PYTHON" bench/raw_cls_dims.py "$SWEEP" --weights "$OUT/dims-weights.json" > "$OUT/dims.md.tmp"
+    mv "$OUT/dims.md.tmp" "$OUT/dims.md"
+else
+    echo "no $PYTHON: dims.md not written (run bench/setup.sh)" >&2
+fi
 echo "wrote $OUT"
