@@ -69,10 +69,50 @@ impl Normalizer for Standardize {
         let x = cls.to_kind(Kind::Double);
         let mean = x.mean_dim(0, false, Kind::Double);
         let var = (&x - &mean).square().mean_dim(0, false, Kind::Double);
+        let constant = constant_dims(&var, self.eps);
+        if !constant.is_empty() {
+            // all-MiniLM-L6-v2's raw [CLS] has three such dimensions (dead LayerNorm weights);
+            // standardizing them took 51-84% of the [CLS] gradient (docs/results.md, issue 24).
+            let shown: Vec<String> = constant.iter().take(10).map(i64::to_string).collect();
+            tracing::warn!(
+                "standardize: {} of {} [CLS] dimensions are constant over the training set \
+                 (variance below eps = {:e}: {}{}); their gradient is multiplied by up to \
+                 1/sqrt(eps) = {:.0}",
+                constant.len(),
+                var.size()[0],
+                self.eps,
+                shown.join(", "),
+                if constant.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                },
+                1.0 / self.eps.sqrt()
+            );
+        }
         tch::no_grad(|| -> Result<()> {
             self.mean.shallow_clone().f_copy_(&mean)?;
             self.var.shallow_clone().f_copy_(&var)?;
             Ok(())
         })
+    }
+}
+
+/// The dimensions whose variance is below `eps`: standardizing divides their (constant)
+/// deviations by ~sqrt(eps), so their gradient is scaled by up to 1/sqrt(eps).
+pub fn constant_dims(var: &Tensor, eps: f64) -> Vec<i64> {
+    let below = var.lt(eps).nonzero().view([-1]);
+    Vec::<i64>::try_from(&below).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_dimensions_are_those_below_eps() {
+        let var = Tensor::from_slice(&[0.5f64, 0.0, 1e-6, 2e-5, 1e-33]);
+        assert_eq!(constant_dims(&var, 1e-5), vec![1, 2, 4]);
+        assert_eq!(constant_dims(&var, 1e-40), vec![1]);
     }
 }
