@@ -114,7 +114,7 @@ fn bad_sweep_files_are_rejected_with_the_reason() {
 }
 
 /// A few option lists multiply into more runs than memory holds: the plan is counted before it
-/// is built (this file used to abort the process after ~6 GB).
+/// is built (this file used to abort the process at a 6 GB memory limit, `ulimit -v`).
 #[test]
 fn sweeps_beyond_the_run_bound_are_refused_before_expanding() {
     let dir = tempfile::tempdir().unwrap();
