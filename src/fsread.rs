@@ -28,24 +28,31 @@ pub enum Links {
 /// and its size. Opening does not block on a FIFO (`O_NONBLOCK`), and a FIFO, device, socket
 /// or directory is refused.
 pub fn open_regular(path: &Path, limit: u64, links: Links) -> Result<(std::fs::File, u64)> {
+    open_regular_with(std::fs::OpenOptions::new().read(true), path, limit, links)
+}
+
+/// [`open_regular`] with the caller's access mode (e.g. read-write, created if missing): the
+/// same non-blocking open, link rule, regular-file check and size bound.
+pub fn open_regular_with(
+    options: &mut std::fs::OpenOptions,
+    path: &Path,
+    limit: u64,
+    links: Links,
+) -> Result<(std::fs::File, u64)> {
     let mut flags = libc::O_NONBLOCK;
     if links == Links::Refuse {
         flags |= libc::O_NOFOLLOW;
     }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                Error::File {
-                    path: path.to_path_buf(),
-                    msg: "is a symbolic link, which is not allowed here".into(),
-                }
-            } else {
-                Error::io(path, e)
+    let f = options.custom_flags(flags).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            Error::File {
+                path: path.to_path_buf(),
+                msg: "is a symbolic link, which is not allowed here".into(),
             }
-        })?;
+        } else {
+            Error::io(path, e)
+        }
+    })?;
     let meta = f.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
         return Err(Error::File {

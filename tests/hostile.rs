@@ -783,9 +783,17 @@ fn special_files_as_side_files_are_refused_without_reading_them() {
     std::os::unix::fs::symlink(&precious, run.join(".lock")).unwrap();
     fails(
         &clsnorm(&["finetune", "--resume", p(&run), "--quiet"]),
-        ".lock: is not a regular file (a run's lock must be one, never a link)",
+        ".lock: is a symbolic link, which is not allowed here (a run's lock must be a regular file, never a link)",
     );
     assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
+    // ... or a FIFO (opening it for writing must not block, locking it must not be tried).
+    std::fs::remove_file(run.join(".lock")).unwrap();
+    let fifo = std::ffi::CString::new(p(&run.join(".lock"))).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    fails(
+        &clsnorm(&["finetune", "--resume", p(&run), "--quiet"]),
+        ".lock: is not a regular file (a run's lock must be a regular file, never a link)",
+    );
 
     // A gradient trace with no record in it says so.
     let traced = s.root.join("traced");

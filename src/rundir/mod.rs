@@ -229,28 +229,29 @@ impl RunDir {
     /// Takes the advisory lock on `RUN/.lock`.
     fn lock(&mut self) -> Result<()> {
         use std::io::{Read, Seek, Write};
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.path.join(LOCK_FILE);
         let existed = path.exists();
         // Never through a link, and only a regular file: the lock is truncated and rewritten.
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path);
-        let not_regular = || Error::File {
-            path: path.clone(),
-            msg: "is not a regular file (a run's lock must be one, never a link)".into(),
+        let opened = crate::fsread::open_regular_with(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+            &path,
+            crate::fsread::MAX_SMALL_BYTES,
+            crate::fsread::Links::Refuse,
+        );
+        let mut f = match opened {
+            Ok((f, _)) => f,
+            Err(Error::File { path, msg }) => {
+                return Err(Error::File {
+                    path,
+                    msg: format!("{msg} (a run's lock must be a regular file, never a link)"),
+                })
+            }
+            Err(e) => return Err(e),
         };
-        let mut f = match f {
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(not_regular()),
-            f => f.map_err(|e| Error::io(&path, e))?,
-        };
-        if !f.metadata().is_ok_and(|m| m.is_file()) {
-            return Err(not_regular());
-        }
         // A few tries: `is_locked` (a sweep's status probe) holds the lock for an instant.
         let mut result = f.try_lock();
         for _ in 0..10 {
