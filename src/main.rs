@@ -8,6 +8,14 @@ fn main() -> std::process::ExitCode {
     let args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     cli::passive_openmp(&args);
     cli::init_logging(args.verbose);
+    // A panic inside the tokenizer (a hostile tokenizer.json) is caught and reported as an
+    // error naming the file and line; printing it as well would read as a crash.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !clsnorm::tokenize::quiet_panic(info) {
+            default_hook(info)
+        }
+    }));
     match cli::run(args, &matches) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

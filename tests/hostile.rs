@@ -788,8 +788,7 @@ fn special_files_as_side_files_are_refused_without_reading_them() {
     assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
     // ... or a FIFO (opening it for writing must not block, locking it must not be tried).
     std::fs::remove_file(run.join(".lock")).unwrap();
-    let fifo = std::ffi::CString::new(p(&run.join(".lock"))).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    mkfifo(&run.join(".lock"));
     fails(
         &clsnorm(&["finetune", "--resume", p(&run), "--quiet"]),
         ".lock: is not a regular file (a run's lock must be a regular file, never a link)",
@@ -808,5 +807,138 @@ fn special_files_as_side_files_are_refused_without_reading_them() {
             p(&s.root.join("cg")),
         ]),
         "holds no gradient record written by --trace-grads",
+    );
+}
+
+/// A BERT `tokenizer.json` for the tiny vocabulary, with `edit` applied.
+fn tiny_tokenizer_json(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> = common::TINY_VOCAB
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), serde_json::json!(i)))
+        .collect();
+    let mut t = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                       "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
+        "decoder": null,
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100, "vocab": vocab},
+    });
+    edit(&mut t);
+    t.to_string()
+}
+
+/// A `tokenizer.json` is code-like input too: the `onig` regex engine panics on a pattern
+/// that backtracks past its limit, and a normalizer that multiplies text made `tokenizers`
+/// (which normalizes a whole text before truncating it) abort on a failed allocation of
+/// 3.2 GB for a 4,000-byte sentence. Both are now errors: the panic is caught and named, a
+/// normalizer that can grow text more than 2^20 times is refused, and a text that would grow
+/// past 4 MiB is measured and refused, naming its file and line.
+#[test]
+fn hostile_tokenizers_are_errors_not_panics_or_memory_exhaustion() {
+    let s = setup();
+    let with_tokenizer = |name: &str, json: String| {
+        let dir = s.root.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(s.model.join(f), dir.join(f)).unwrap();
+        }
+        std::fs::write(dir.join("tokenizer.json"), json).unwrap();
+        dir
+    };
+    let embed =
+        |dir: &Path, text: &str| clsnorm(&["embed", "--model", p(dir), "--device", "cpu", text]);
+    // The tokenizer.json itself is good: it tokenizes as vocab.txt does.
+    let plain = with_tokenizer("plain", tiny_tokenizer_json(|_| {}));
+    let ids = |out: String| {
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["input_ids"].clone()
+    };
+    assert_eq!(
+        ids(ok(&embed(&plain, "the cat sat"))),
+        ids(ok(&embed(&s.model, "the cat sat")))
+    );
+
+    // A catastrophic regular expression: `(a+)+$` on "aaa...ab".
+    let regex = with_tokenizer(
+        "regex",
+        tiny_tokenizer_json(|t| {
+            t["pre_tokenizer"] = serde_json::json!({"type": "Split",
+                "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": false});
+        }),
+    );
+    let evil = format!("{}b", "a".repeat(40));
+    ok(&embed(&regex, "the cat"));
+    fails(&embed(&regex, &evil), "retry-limit-in-match");
+    // In a data file: the message names the line.
+    let glue = s.root.join("glue-regex");
+    common::write_toy_sst(&glue, 8, 4, 2);
+    let train = glue.join("SST-2/train.tsv");
+    let mut rows = std::fs::read_to_string(&train).unwrap();
+    rows.push_str(&format!("{evil}\t1\n"));
+    std::fs::write(&train, rows).unwrap();
+    let analyze = |model: &Path, data: &Path, out: &str| {
+        clsnorm(&[
+            "analyze",
+            "--model",
+            p(model),
+            "--task",
+            "sst2",
+            "--data-dir",
+            p(data),
+            "--output",
+            p(&s.root.join(out)),
+            "--quiet",
+        ])
+    };
+    fails(
+        &analyze(&regex, &glue, "an-regex"),
+        "SST-2/train.tsv:10: the tokenizer failed on this example",
+    );
+    assert!(!s.root.join("an-regex").exists());
+
+    // A normalizer that can grow text 12 x 2^21 times is refused when loaded.
+    let huge = with_tokenizer(
+        "huge",
+        tiny_tokenizer_json(|t| {
+            t["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": [
+                t["normalizer"].clone(),
+                {"type": "Replace", "pattern": {"String": "a"}, "content": "b".repeat(1 << 21)},
+            ]});
+        }),
+    );
+    fails(
+        &embed(&huge, "the cat"),
+        "it can make a text up to 25165824 times longer before truncating it (Replace \"a\" -> 2097152 bytes); clsnorm accepts at most 1048576",
+    );
+    // One that can grow it 12,000 times: texts that could pass 4 MiB are measured; what
+    // really grows past it is refused, what does not is tokenized.
+    let grows = with_tokenizer(
+        "grows",
+        tiny_tokenizer_json(|t| {
+            t["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": [
+                t["normalizer"].clone(),
+                {"type": "Replace", "pattern": {"String": "a"}, "content": "b".repeat(1000)},
+            ]});
+        }),
+    );
+    ok(&embed(&grows, &"a ".repeat(3000)));
+    ok(&embed(&grows, &"the dog ".repeat(10_000)));
+    fails(
+        &embed(&grows, &"a ".repeat(5000)),
+        "a text of 10000 bytes would grow to more than 4194304 bytes in the tokenizer",
+    );
+    let glue = s.root.join("glue-grows");
+    common::write_toy_sst(&glue, 8, 4, 2);
+    let train = glue.join("SST-2/train.tsv");
+    let mut rows = std::fs::read_to_string(&train).unwrap();
+    rows.push_str(&format!("{}\t1\n", "a ".repeat(5000)));
+    std::fs::write(&train, rows).unwrap();
+    fails(
+        &analyze(&grows, &glue, "an-grows"),
+        "SST-2/train.tsv:10: a text of 10000 bytes would grow",
     );
 }

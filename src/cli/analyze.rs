@@ -183,8 +183,7 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
     };
     let ds = read_dataset(&path, &task, opts)?;
     let t0 = std::time::Instant::now();
-    let inputs = ds.inputs();
-    let encs = tok.encode_batch(&inputs)?;
+    let encs = tok.encode_dataset(&ds)?;
     let (pooler, cls) = embed_all(enc, &encs, a.batch_size, tok.pad_id(), a.quiet)?;
     let embed_secs = t0.elapsed().as_secs_f64();
     let out_dir = a

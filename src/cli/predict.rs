@@ -68,8 +68,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         require_label: false,
     };
     let ds = read_dataset(&a.input, &task, opts)?;
-    let inputs = ds.inputs();
-    let encs = tok.encode_batch(&inputs)?;
+    let encs = tok.encode_dataset(&ds)?;
     let logits = clsnorm::eval::logits(&model, &encs, a.ck.batch_size, tok.pad_id())?;
     let mut text = String::new();
     match &meta.task.labels {

@@ -34,13 +34,3 @@ pub struct Dataset {
     /// sha256 of the bytes the examples were parsed from.
     pub sha256: String,
 }
-
-impl Dataset {
-    /// `(text, text_pair)` of every example, as the tokenizer takes them.
-    pub fn inputs(&self) -> Vec<(&str, Option<&str>)> {
-        self.examples
-            .iter()
-            .map(|e| (e.text.as_str(), e.text_pair.as_deref()))
-            .collect()
-    }
-}

@@ -281,8 +281,7 @@ pub struct Tokenized {
 impl Tokenized {
     /// Tokenizes a labelled dataset once, up front.
     pub fn new(tok: &TextTokenizer, ds: &Dataset) -> Result<Self> {
-        let inputs = ds.inputs();
-        let encs = tok.encode_batch(&inputs)?;
+        let encs = tok.encode_dataset(ds)?;
         let labels = ds
             .examples
             .iter()

@@ -11,7 +11,11 @@ use tokenizers::{
     AddedToken, EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
+use crate::data::Dataset;
 use crate::error::{Error, Result};
+
+pub mod growth;
+pub use growth::Growth;
 
 /// The tokenizer files of a model directory or checkpoint, read once into memory: a run
 /// tokenizes and saves with exactly these bytes, even if the directory changes later.
@@ -120,6 +124,7 @@ pub struct TextTokenizer {
     pad_id: i64,
     max_len: usize,
     path: PathBuf,
+    growth: Growth,
 }
 
 impl TextTokenizer {
@@ -144,14 +149,33 @@ impl TextTokenizer {
         };
         let json = dir.join("tokenizer.json");
         let vocab = dir.join("vocab.txt");
-        let (mut inner, path) = if let Some(bytes) = files.get("tokenizer.json") {
-            let t = Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
+        let (mut inner, path, growth) = if let Some(bytes) = files.get("tokenizer.json") {
+            let err = |msg: String| Error::Tokenizer {
                 path: json.clone(),
-                msg: e.to_string(),
-            })?;
-            (t, json)
+                msg,
+            };
+            let t = guarded(|| Tokenizer::from_bytes(bytes))
+                .map_err(&err)?
+                .map_err(|e| err(e.to_string()))?;
+            let value: serde_json::Value =
+                serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))?;
+            let growth = Growth::of_json(&value).map_err(&err)?;
+            if growth.factor() > growth::MAX_FACTOR {
+                return Err(err(format!(
+                    "it can make a text up to {:.0} times longer before truncating it ({}); \
+                     clsnorm accepts at most {:.0}",
+                    growth.factor(),
+                    growth.culprit,
+                    growth::MAX_FACTOR
+                )));
+            }
+            (t, json, growth)
         } else if let Some(bytes) = files.get("vocab.txt") {
-            (wordpiece_from_vocab(&vocab, bytes, &config)?, vocab)
+            (
+                wordpiece_from_vocab(&vocab, bytes, &config)?,
+                vocab,
+                Growth::bert(),
+            )
         } else {
             return Err(Error::Tokenizer {
                 path: dir.to_path_buf(),
@@ -174,6 +198,7 @@ impl TextTokenizer {
             pad_id: pad_id as i64,
             max_len,
             path,
+            growth,
         };
         tok.set_max_len(max_len)?;
         Ok(tok)
@@ -244,47 +269,152 @@ impl TextTokenizer {
 
     /// Tokenizes one sentence or sentence pair with `[CLS] a [SEP] (b [SEP])`.
     pub fn encode(&self, text: &str, pair: Option<&str>) -> Result<Encoded> {
+        let err = |msg: String| Error::Tokenizer {
+            path: self.path.clone(),
+            msg,
+        };
+        for t in std::iter::once(text).chain(pair) {
+            self.check_growth(t).map_err(&err)?;
+        }
         let input: EncodeInput = match pair {
             Some(b) => (text, b).into(),
             None => text.into(),
         };
-        let enc = self
-            .inner
-            .encode(input, true)
-            .map_err(|e| Error::Tokenizer {
-                path: self.path.clone(),
-                msg: e.to_string(),
-            })?;
-        Ok(Encoded {
-            input_ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
-            token_type_ids: enc.get_type_ids().iter().map(|&i| i as i64).collect(),
+        let enc = guarded(|| self.inner.encode(input, true))
+            .map_err(&err)?
+            .map_err(|e| err(e.to_string()))?;
+        Ok(Encoded::from(&enc))
+    }
+
+    /// Tokenizes every example of a dataset (in parallel inside `tokenizers`); an example the
+    /// tokenizer fails on is named by its file and line.
+    pub fn encode_dataset(&self, ds: &Dataset) -> Result<Vec<Encoded>> {
+        for e in &ds.examples {
+            for t in std::iter::once(&e.text).chain(&e.text_pair) {
+                self.check_growth(t).map_err(|msg| Error::Data {
+                    path: ds.path.clone(),
+                    line: e.line,
+                    msg: format!("{msg} (tokenizer: {})", self.path.display()),
+                })?;
+            }
+        }
+        let inputs: Vec<EncodeInput> = ds
+            .examples
+            .iter()
+            .map(|e| match &e.text_pair {
+                Some(b) => (e.text.as_str(), b.as_str()).into(),
+                None => e.text.as_str().into(),
+            })
+            .collect();
+        let msg = match guarded(|| self.inner.encode_batch(inputs, true)) {
+            Ok(Ok(encs)) => return Ok(encs.iter().map(Encoded::from).collect()),
+            Ok(Err(e)) => e.to_string(),
+            Err(msg) => msg,
+        };
+        // Which example: one at a time.
+        Err(self.first_failure(ds).unwrap_or_else(|| Error::Tokenizer {
+            path: self.path.clone(),
+            msg,
+        }))
+    }
+
+    /// The first example of `ds` that the tokenizer fails on, as an error naming its line.
+    fn first_failure(&self, ds: &Dataset) -> Option<Error> {
+        ds.examples.iter().find_map(|e| {
+            self.encode(&e.text, e.text_pair.as_deref())
+                .err()
+                .map(|err| Error::Data {
+                    path: ds.path.clone(),
+                    line: e.line,
+                    msg: format!("the tokenizer failed on this example: {err}"),
+                })
         })
     }
 
-    /// Tokenizes many examples (in parallel inside `tokenizers`).
-    pub fn encode_batch(&self, examples: &[(&str, Option<&str>)]) -> Result<Vec<Encoded>> {
-        let inputs: Vec<EncodeInput> = examples
-            .iter()
-            .map(|&(a, b)| match b {
-                Some(b) => (a, b).into(),
-                None => a.into(),
-            })
-            .collect();
-        let encs = self
-            .inner
-            .encode_batch(inputs, true)
-            .map_err(|e| Error::Tokenizer {
-                path: self.path.clone(),
-                msg: e.to_string(),
-            })?;
-        Ok(encs
-            .iter()
-            .map(|enc| Encoded {
-                input_ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
-                token_type_ids: enc.get_type_ids().iter().map(|&i| i as i64).collect(),
-            })
-            .collect())
+    /// Refuses a text that the normalizer and pre-tokenizer could grow beyond
+    /// [`growth::MAX_GROWN_BYTES`]. Most texts are short enough for the static bound; a longer
+    /// one is normalized piece by piece (each piece small enough that even the bound's growth
+    /// stays small) and its grown length measured, so only what really grows is refused.
+    fn check_growth(&self, text: &str) -> std::result::Result<(), String> {
+        let limit = growth::MAX_GROWN_BYTES as f64;
+        if text.len() as f64 * self.growth.factor() <= limit {
+            return Ok(());
+        }
+        let too_long = |grown: f64| {
+            format!(
+                "a text of {} bytes would grow to more than {} bytes in the tokenizer (at least \
+                 {grown:.0}: its {} can make text up to {:.0} times longer); shorten it",
+                text.len(),
+                growth::MAX_GROWN_BYTES,
+                self.growth.culprit,
+                self.growth.factor()
+            )
+        };
+        let Some(normalizer) = self.inner.get_normalizer() else {
+            return Err(too_long(text.len() as f64 * self.growth.pre_tokenizer));
+        };
+        use tokenizers::{NormalizedString, Normalizer};
+        let piece = ((64 << 10) as f64 / self.growth.normalizer).max(1.0) as usize;
+        let mut grown = 0.0;
+        let mut chars = text
+            .char_indices()
+            .map(|(i, _)| i)
+            .step_by(piece)
+            .peekable();
+        while let Some(start) = chars.next() {
+            let end = chars.peek().copied().unwrap_or(text.len());
+            let mut n = NormalizedString::from(&text[start..end]);
+            guarded(|| normalizer.normalize(&mut n))?.map_err(|e| e.to_string())?;
+            grown += n.get().len() as f64 * self.growth.pre_tokenizer;
+            if grown > limit {
+                return Err(too_long(grown));
+            }
+        }
+        Ok(())
     }
+}
+
+impl From<&tokenizers::Encoding> for Encoded {
+    fn from(enc: &tokenizers::Encoding) -> Self {
+        Encoded {
+            input_ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
+            token_type_ids: enc.get_type_ids().iter().map(|&i| i as i64).collect(),
+        }
+    }
+}
+
+/// Runs a call into `tokenizers`, turning a panic inside it into an error message: the
+/// `onig` regex engine panics when a pattern of a `tokenizer.json` backtracks past its limit
+/// (`retry-limit-in-match over`). While a call runs here, [`quiet_panic`] tells the binary's
+/// panic hook not to print panics from the tokenizer's crates, since they are reported as
+/// errors instead.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    use std::sync::atomic::Ordering;
+    GUARDED_CALLS.fetch_add(1, Ordering::SeqCst);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED_CALLS.fetch_sub(1, Ordering::SeqCst);
+    result.map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        format!("{msg} (the tokenizer stopped inside `tokenizers`; a regular expression of its tokenizer.json that backtracks too much does this)")
+    })
+}
+
+/// Calls now inside [`guarded`] (on any thread: `tokenizers` encodes on a thread pool). A
+/// count rather than a flag so that concurrent calls nest.
+static GUARDED_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Whether a panic is one [`guarded`] will catch and report: raised in the tokenizer's crates
+/// while a guarded call runs. The binary's panic hook stays quiet about those.
+pub fn quiet_panic(info: &std::panic::PanicHookInfo) -> bool {
+    GUARDED_CALLS.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && info.location().is_some_and(|l| {
+            let f = l.file();
+            f.contains("/onig") || f.contains("/tokenizers-")
+        })
 }
 
 /// HF `BertTokenizerFast` assembled from a WordPiece vocabulary.
