@@ -63,6 +63,59 @@ fn custom_specs(file: &Path) -> Vec<TaskSpec> {
     specs
 }
 
+/// One normalizer of a `tokenizer.json`, of every kind clsnorm bounds.
+fn normalizer_json() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    let leaf = prop_oneof![
+        prop::sample::select(vec![
+            "NFC",
+            "NFD",
+            "NFKC",
+            "NFKD",
+            "Lowercase",
+            "Strip",
+            "StripAccents",
+            "Nmt"
+        ])
+        .prop_map(|t| json!({"type": t})),
+        Just(
+            json!({"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                    "strip_accents": true, "lowercase": true})
+        ),
+        ("[ab ]{0,3}", "[ab▁]{0,40}").prop_map(|(s, c)| json!({"type": "Replace",
+            "pattern": {"String": s}, "content": c})),
+        (
+            prop::sample::select(vec!["", "a*", "(a+)+$", "\\b", " {2,}", "(?=a)", "a|b"]),
+            "[ab]{0,20}"
+        )
+            .prop_map(|(r, c)| json!({"type": "Replace", "pattern": {"Regex": r}, "content": c})),
+        "[▁a]{0,6}".prop_map(|p| json!({"type": "Prepend", "prepend": p})),
+    ];
+    leaf.prop_recursive(2, 8, 3, |inner| {
+        prop::collection::vec(inner, 0..3)
+            .prop_map(|v| serde_json::json!({"type": "Sequence", "normalizers": v}))
+    })
+}
+
+/// One pre-tokenizer of a `tokenizer.json`.
+fn pre_tokenizer_json() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    prop_oneof![
+        Just(json!({"type": "BertPreTokenizer"})),
+        Just(json!({"type": "Whitespace"})),
+        Just(
+            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                    "use_regex": true})
+        ),
+        Just(
+            json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always",
+                    "split": true})
+        ),
+        prop::sample::select(vec!["(a+)+$", "a*", " ", "\\s+"]).prop_map(|r| json!({
+            "type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false})),
+    ]
+}
+
 proptest! {
     #[test]
     fn data_readers_never_panic(body in tabular_bytes()) {
@@ -142,6 +195,104 @@ proptest! {
                 prop_assert!(e.input_ids.len() <= max_len.max(3));
             }
         }
+    }
+
+    /// Random normalizer and pre-tokenizer chains in a `tokenizer.json` (long replacements,
+    /// empty and catastrophic regular expressions, prepends, nested sequences) on random text:
+    /// loading and encoding end in `Ok` or `Err`, and no text grows beyond the bound clsnorm
+    /// computes for the file (which decides what it measures and refuses).
+    #[test]
+    fn tokenizer_json_chains_never_panic_or_outgrow_their_bound(
+        normalizers in prop::collection::vec(normalizer_json(), 0..4),
+        pre in prop::collection::vec(pre_tokenizer_json(), 0..3),
+        text in prop_oneof![
+            "[ab ]{0,80}".prop_map(String::from),
+            any::<String>(),
+            "[a-z\u{fdfa}\u{0130}\u{4e00}\u{1f82} ]{0,40}".prop_map(String::from),
+        ],
+    ) {
+        use tokenizers::{NormalizedString, Normalizer, OffsetReferential, OffsetType,
+                         PreTokenizedString, PreTokenizer};
+        let json = common::tiny_tokenizer_json(|t| {
+            t["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": normalizers});
+            t["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": pre});
+        });
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "tokenizer.json", json.as_bytes());
+        if let Ok(tok) = TextTokenizer::load(d.path(), 16) {
+            let _ = tok.encode(&text, Some("b a"));
+        }
+        // The bound holds for what the pipeline really does.
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let Ok(growth) = clsnorm::tokenize::Growth::of_json(&value) else { return Ok(()) };
+        let Ok(raw) = tokenizers::Tokenizer::from_bytes(json.as_bytes()) else { return Ok(()) };
+        let n = text.len().max(1) as f64;
+        if growth.factor() * n > 1e7 {
+            return Ok(()); // clsnorm measures such texts; running the chain raw could take GBs
+        }
+        let mut normalized = NormalizedString::from(text.as_str());
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            raw.get_normalizer().map(|nz| nz.normalize(&mut normalized))
+        }));
+        let Ok(None | Some(Ok(()))) = caught else { return Ok(()) };
+        let grown = normalized.get().len() as f64;
+        prop_assert!(grown <= growth.normalizer * n, "{grown} > {} x {n}", growth.normalizer);
+        let mut pre_split = PreTokenizedString::from(normalized);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            raw.get_pre_tokenizer().map(|p| p.pre_tokenize(&mut pre_split))
+        }));
+        let Ok(None | Some(Ok(()))) = caught else { return Ok(()) };
+        let split: usize = pre_split
+            .get_splits(OffsetReferential::Normalized, OffsetType::Byte)
+            .iter()
+            .map(|(s, _, _)| s.len())
+            .sum();
+        prop_assert!(
+            split as f64 <= growth.factor() * n,
+            "{split} > {} x {n}", growth.factor()
+        );
+    }
+
+    /// Pairs are encoded one side at a time and truncated by `post_process` (to avoid the
+    /// cubic overflow merging of `Tokenizer::encode`): ids and token types must equal what
+    /// `Tokenizer::encode` gives, for every post-processor kind, at every length and limit.
+    #[test]
+    fn pairs_encode_exactly_as_tokenizers_does(
+        a in prop::collection::vec(prop::sample::select(common::TINY_VOCAB[5..].to_vec()), 0..40),
+        b in prop::collection::vec(prop::sample::select(common::TINY_VOCAB[5..].to_vec()), 0..40),
+        max_len in 3usize..30,
+        processor in 0usize..3,
+    ) {
+        let json = common::tiny_tokenizer_json(|t| match processor {
+            0 => {}
+            1 => t["post_processor"] = serde_json::json!({"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                           {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                         {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": "[SEP]", "type_id": 1}},
+                         {"Sequence": {"id": "B", "type_id": 1}},
+                         {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+                "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                                   "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}}),
+            _ => t["post_processor"] = serde_json::Value::Null,
+        });
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "tokenizer.json", json.as_bytes());
+        let tok = TextTokenizer::load(d.path(), max_len).unwrap();
+        let mut raw = tokenizers::Tokenizer::from_bytes(json.as_bytes()).unwrap();
+        raw.with_truncation(Some(tokenizers::TruncationParams {
+            max_length: max_len,
+            ..Default::default()
+        }))
+        .unwrap();
+        let (a, b) = (a.join(" "), b.join(" "));
+        let want = raw.encode((a.as_str(), b.as_str()), true).unwrap();
+        let got = tok.encode(&a, Some(&b)).unwrap();
+        let want_ids: Vec<i64> = want.get_ids().iter().map(|&i| i as i64).collect();
+        let want_types: Vec<i64> = want.get_type_ids().iter().map(|&i| i as i64).collect();
+        prop_assert_eq!(got.input_ids, want_ids);
+        prop_assert_eq!(got.token_type_ids, want_types);
     }
 
     #[test]

@@ -810,27 +810,6 @@ fn special_files_as_side_files_are_refused_without_reading_them() {
     );
 }
 
-/// A BERT `tokenizer.json` for the tiny vocabulary, with `edit` applied.
-fn tiny_tokenizer_json(edit: impl FnOnce(&mut serde_json::Value)) -> String {
-    let vocab: serde_json::Map<String, serde_json::Value> = common::TINY_VOCAB
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.to_string(), serde_json::json!(i)))
-        .collect();
-    let mut t = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
-                       "strip_accents": null, "lowercase": true},
-        "pre_tokenizer": {"type": "BertPreTokenizer"},
-        "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
-        "decoder": null,
-        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
-                  "max_input_chars_per_word": 100, "vocab": vocab},
-    });
-    edit(&mut t);
-    t.to_string()
-}
-
 /// A `tokenizer.json` is code-like input too: the `onig` regex engine panics on a pattern
 /// that backtracks past its limit, and a normalizer that multiplies text made `tokenizers`
 /// (which normalizes a whole text before truncating it) abort on a failed allocation of
@@ -852,7 +831,7 @@ fn hostile_tokenizers_are_errors_not_panics_or_memory_exhaustion() {
     let embed =
         |dir: &Path, text: &str| clsnorm(&["embed", "--model", p(dir), "--device", "cpu", text]);
     // The tokenizer.json itself is good: it tokenizes as vocab.txt does.
-    let plain = with_tokenizer("plain", tiny_tokenizer_json(|_| {}));
+    let plain = with_tokenizer("plain", common::tiny_tokenizer_json(|_| {}));
     let ids = |out: String| {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v["input_ids"].clone()
@@ -865,7 +844,7 @@ fn hostile_tokenizers_are_errors_not_panics_or_memory_exhaustion() {
     // A catastrophic regular expression: `(a+)+$` on "aaa...ab".
     let regex = with_tokenizer(
         "regex",
-        tiny_tokenizer_json(|t| {
+        common::tiny_tokenizer_json(|t| {
             t["pre_tokenizer"] = serde_json::json!({"type": "Split",
                 "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": false});
         }),
@@ -903,7 +882,7 @@ fn hostile_tokenizers_are_errors_not_panics_or_memory_exhaustion() {
     // A normalizer that can grow text 12 x 2^21 times is refused when loaded.
     let huge = with_tokenizer(
         "huge",
-        tiny_tokenizer_json(|t| {
+        common::tiny_tokenizer_json(|t| {
             t["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": [
                 t["normalizer"].clone(),
                 {"type": "Replace", "pattern": {"String": "a"}, "content": "b".repeat(1 << 21)},
@@ -918,7 +897,7 @@ fn hostile_tokenizers_are_errors_not_panics_or_memory_exhaustion() {
     // really grows past it is refused, what does not is tokenized.
     let grows = with_tokenizer(
         "grows",
-        tiny_tokenizer_json(|t| {
+        common::tiny_tokenizer_json(|t| {
             t["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": [
                 t["normalizer"].clone(),
                 {"type": "Replace", "pattern": {"String": "a"}, "content": "b".repeat(1000)},
@@ -941,4 +920,53 @@ fn hostile_tokenizers_are_errors_not_panics_or_memory_exhaustion() {
         &analyze(&grows, &glue, "an-grows"),
         "SST-2/train.tsv:10: a text of 10000 bytes would grow",
     );
+}
+
+/// `tokenizers` truncates a pair by keeping every overflowing window of both sides and merging
+/// them pairwise, cubic in the windows: two texts of 6,400 words at `--max-len 16` took 7.4 GB
+/// (a GLUE-style pair file with two 50,000-word texts aborted `predict` at the default
+/// `--max-len 128` under an 8 GB limit). Pairs are now cut side by side first; under a 3 GB
+/// address-space limit (the process needs ~0.4 GB) the pair tokenizes, to the same ids as a
+/// pair of short texts with the same first words.
+#[test]
+fn a_pair_of_long_texts_is_tokenized_in_bounded_memory() {
+    use std::os::unix::process::CommandExt;
+    let s = setup();
+    let long = "the cat sat on the mat ".repeat(2000);
+    let embed = |a: &str, b: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clsnorm"));
+        cmd.args([
+            "embed",
+            "--model",
+            p(&s.model),
+            "--device",
+            "cpu",
+            "--max-len",
+            "16",
+            a,
+            b,
+        ])
+        .env("RUST_LOG", "warn");
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 3 << 30,
+                    rlim_max: 3 << 30,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let ids = |out: String| {
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["input_ids"].clone()
+    };
+    let got = ids(ok(&embed(&long, &long)));
+    let short = "the cat sat on the mat the cat sat";
+    assert_eq!(got, ids(ok(&embed(short, short))));
+    assert_eq!(got.as_array().unwrap().len(), 16);
 }

@@ -88,13 +88,20 @@ fn normalizer(v: &Value, worst: &mut (f64, String)) -> Result<f64, String> {
             let pattern = &v["pattern"];
             match (pattern["String"].as_str(), pattern["Regex"].as_str()) {
                 // Each match of |s| bytes becomes the content; an empty pattern (and a regex
-                // that can match the empty string) inserts it between any two bytes.
+                // that can match the empty string) inserts it at each of the n + 1 places
+                // around n bytes: n + (n + 1) c <= n (1 + 2c) for n >= 1.
                 (Some(s), _) if !s.is_empty() => (
                     (content / s.len() as f64).max(1.0),
                     format!("Replace {s:?} -> {content} bytes"),
                 ),
-                (_, Some(r)) => (1.0 + content, format!("Replace /{r}/ -> {content} bytes")),
-                _ => (1.0 + content, format!("Replace \"\" -> {content} bytes")),
+                (_, Some(r)) => (
+                    1.0 + 2.0 * content,
+                    format!("Replace /{r}/ -> {content} bytes"),
+                ),
+                _ => (
+                    1.0 + 2.0 * content,
+                    format!("Replace \"\" -> {content} bytes"),
+                ),
             }
         }
         "Precompiled" => {
@@ -126,7 +133,8 @@ fn precompiled_longest(b64: &str) -> Result<usize, String> {
 }
 
 /// Bytes out per byte in of a pre-tokenizer: ByteLevel maps a byte to a character of up to 2
-/// bytes; Metaspace turns a space into `▁` (3 bytes) and may prefix every word with one.
+/// bytes and may prefix every piece (at least a byte) with `Ġ` (2 bytes); Metaspace turns a
+/// space into its replacement character (`▁`, 3 bytes) and may prefix every piece with one.
 fn pre_tokenizer(v: &Value) -> f64 {
     match v["type"].as_str() {
         None => 1.0,
@@ -136,13 +144,15 @@ fn pre_tokenizer(v: &Value) -> f64 {
             .flatten()
             .map(pre_tokenizer)
             .product(),
-        Some("ByteLevel") => 2.0,
+        Some("ByteLevel") if v["add_prefix_space"] == Value::Bool(false) => 2.0,
+        Some("ByteLevel") => 4.0,
+        Some("Metaspace") => 1.0 + v["replacement"].as_str().map_or(3, str::len).max(1) as f64,
         Some(
             "BertPreTokenizer" | "Whitespace" | "WhitespaceSplit" | "Split" | "Punctuation"
             | "Digits" | "UnicodeScripts" | "CharDelimiterSplit" | "FixedLength",
         ) => 1.0,
-        // Metaspace, and any type newer than this list.
-        Some(_) => 4.0,
+        // A type newer than this list: as much as the largest above.
+        Some(_) => 5.0,
     }
 }
 
@@ -164,8 +174,8 @@ mod tests {
             ]},
         }))
         .unwrap();
-        assert_eq!(g.normalizer, 11.0 * 50.0 * 2.0);
-        assert_eq!(g.pre_tokenizer, 2.0);
+        assert_eq!(g.normalizer, 11.0 * 50.0 * 3.0);
+        assert_eq!(g.pre_tokenizer, 4.0);
         assert_eq!(g.culprit, "Replace \"ab\" -> 100 bytes");
         assert_eq!(Growth::of_json(&json!({})).unwrap().factor(), 1.0);
     }

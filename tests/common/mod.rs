@@ -29,6 +29,27 @@ pub fn write_tiny_vocab(dir: &Path) {
     .unwrap();
 }
 
+/// A BERT `tokenizer.json` for the tiny vocabulary, with `edit` applied.
+pub fn tiny_tokenizer_json(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> = TINY_VOCAB
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), serde_json::json!(i)))
+        .collect();
+    let mut t = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                       "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
+        "decoder": null,
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100, "vocab": vocab},
+    });
+    edit(&mut t);
+    t.to_string()
+}
+
 /// Asserts that two checkpoint folders hold bit-identical encoder and head weights.
 pub fn same_checkpoint_weights(a: &Path, b: &Path) {
     for f in ["model.safetensors", "head.safetensors"] {
