@@ -173,6 +173,24 @@ fn crlf_lines_train_and_a_10_mb_line_is_refused_or_skipped() {
     assert!(out.join("best/model.safetensors").is_file());
 }
 
+/// Rows are bounded in number as well as in size: 20,000,001 one-word rows (80 MB) would take
+/// ~6.6 GB in memory; the file is refused from its line count, before a row is parsed.
+#[test]
+fn a_file_of_more_than_twenty_million_rows_is_refused_before_parsing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    common::tiny_model_dir(&model, 3);
+    let mut body = b"sentence\tlabel\n".to_vec();
+    body.extend(b"a\t1\n".repeat(clsnorm::data::read::MAX_ROWS));
+    let data = sst_dir(tmp.path(), "many", Some(&body));
+    let out = tmp.path().join("run");
+    fails(
+        &clsnorm(&finetune_args(p(&model), p(&data), p(&out))),
+        "train.tsv: 20000001 lines; clsnorm holds a split in memory",
+    );
+    assert!(!out.exists());
+}
+
 /// A quoted CSV field that is never closed swallows the rest of the file; with the text column
 /// last it would still have the header's width and pass as one long row.
 #[test]
