@@ -698,6 +698,52 @@ fn a_label_column_of_ten_thousand_values_is_refused_before_a_head_is_built() {
     assert!(!out.exists());
 }
 
+/// A float column written by JSON or pandas spells class 1 as `1.0`; beside `1` it would have
+/// become a third class and trained silently. Now it names both lines.
+#[test]
+fn one_number_spelled_two_ways_is_not_two_classes() {
+    let s = setup();
+    let cases: [(&str, &str, &str); 3] = [
+        (
+            "float.jsonl",
+            "{\"text\": \"the cat\", \"label\": 1}\n{\"text\": \"a dog\", \"label\": 0}\n{\"text\": \"it sat\", \"label\": 1.0}\n",
+            "float.jsonl:3: label '1.0' is the number of label '1' (line 1)",
+        ),
+        (
+            "float.csv",
+            "text,label\nthe cat,0\na dog,1.00\nit sat,1\n",
+            "float.csv:4: label '1' is the number of label '1.00' (line 3)",
+        ),
+        (
+            "names.csv",
+            "text,label\nthe cat,yes\na dog,no\nit sat,1\nthe mat,01\n",
+            "names.csv:5: label '01' is the number of label '1' (line 4)",
+        ),
+    ];
+    for (name, body, want) in cases {
+        let train = common::write_file(&s.root, name, body.as_bytes());
+        let out = s.root.join(format!("{name}-run"));
+        fails(
+            &clsnorm(&[
+                "finetune",
+                "--model",
+                p(&s.model),
+                "--train-file",
+                p(&train),
+                "--dev-file",
+                p(&train),
+                "--output",
+                p(&out),
+                "--threads",
+                "1",
+                "--quiet",
+            ]),
+            want,
+        );
+        assert!(!out.exists());
+    }
+}
+
 fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(p(path)).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);

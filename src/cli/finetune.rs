@@ -153,7 +153,7 @@ pub fn resolve_task(
         .map_err(anyhow::Error::msg)?;
         if !args.regression {
             let raw = read_rows(train, &spec, opts)?;
-            let classes = infer_classes(&raw.rows);
+            let classes = infer_classes(train, &raw.rows)?;
             if classes.len() < 2 {
                 bail!("{}: found {} distinct label(s); classification needs at least 2 (use --regression for scores)", train.display(), classes.len());
             }

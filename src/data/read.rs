@@ -440,13 +440,41 @@ pub fn read_rows(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<RawF
 
 /// The class names of a custom classification file: its distinct labels, numerically sorted
 /// when all are integers, else lexicographically.
-pub fn infer_classes(rows: &[RawRow]) -> Vec<String> {
-    let set: BTreeSet<&str> = rows.iter().filter_map(|r| r.label.as_deref()).collect();
+///
+/// Two spellings of one number (`1` and `1.0`, as a JSON or pandas float column writes them)
+/// would silently become two classes; they are an error naming both lines.
+pub fn infer_classes(path: &Path, rows: &[RawRow]) -> Result<Vec<String>> {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    let mut by_value: Vec<(f64, &str)> = Vec::new();
+    for r in rows {
+        let Some(label) = r.label.as_deref() else {
+            continue;
+        };
+        if first.contains_key(label) {
+            continue;
+        }
+        first.insert(label, r.line);
+        if let Some(v) = label.trim().parse::<f64>().ok().filter(|v| v.is_finite()) {
+            if let Some((_, other)) = by_value.iter().find(|(w, _)| *w == v) {
+                return Err(Error::Data {
+                    path: path.to_path_buf(),
+                    line: r.line,
+                    msg: format!(
+                        "label '{label}' is the number of label '{other}' (line {}); write each \
+                         class one way, or they are two classes",
+                        first[other]
+                    ),
+                });
+            }
+            by_value.push((v, label));
+        }
+    }
+    let set: BTreeSet<&str> = first.into_keys().collect();
     let mut v: Vec<String> = set.into_iter().map(str::to_string).collect();
     if v.iter().all(|s| s.parse::<i64>().is_ok()) {
         v.sort_by_key(|s| s.parse::<i64>().unwrap_or(0));
     }
-    v
+    Ok(v)
 }
 
 /// Reads a file into labelled (or, for prediction, possibly unlabelled) examples.
