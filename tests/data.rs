@@ -255,7 +255,7 @@ fn custom(
     .unwrap();
     if !regression {
         let rows = read_rows(file, &spec, STRICT).unwrap().rows;
-        spec.labels = LabelSpace::Classes(infer_classes(&rows));
+        spec.labels = LabelSpace::Classes(infer_classes(file, &rows).unwrap());
     }
     spec
 }
