@@ -220,24 +220,7 @@ fn an_unterminated_csv_quote_is_refused_not_read_to_the_end() {
     for (name, body, want) in cases {
         let train = common::write_file(tmp.path(), name, body.as_bytes());
         let out = tmp.path().join(format!("run-{name}"));
-        let o = clsnorm(&[
-            "finetune",
-            "--model",
-            p(&model),
-            "--train-file",
-            p(&train),
-            "--dev-file",
-            p(&train),
-            "--output",
-            p(&out),
-            "--epochs",
-            "1",
-            "--max-len",
-            "16",
-            "--threads",
-            "1",
-            "--quiet",
-        ]);
+        let o = clsnorm(&common::finetune_custom(&model, &train, &out));
         match want {
             Some(want) => {
                 fails(&o, want);

@@ -689,10 +689,7 @@ fn a_label_column_of_ten_thousand_values_is_refused_before_a_head_is_built() {
     let train = common::write_file(&s.root, "ids.csv", body.as_bytes());
     let out = s.root.join("ids-run");
     fails(
-        &clsnorm(&[
-            "finetune", "--model", p(&s.model), "--train-file", p(&train), "--dev-file",
-            p(&train), "--output", p(&out), "--threads", "1", "--quiet",
-        ]),
+        &clsnorm(&common::finetune_custom(&s.model, &train, &out)),
         "found 10001 distinct labels in column 'label'; clsnorm classifies into at most 10000 classes",
     );
     assert!(!out.exists());
@@ -724,20 +721,7 @@ fn one_number_spelled_two_ways_is_not_two_classes() {
         let train = common::write_file(&s.root, name, body.as_bytes());
         let out = s.root.join(format!("{name}-run"));
         fails(
-            &clsnorm(&[
-                "finetune",
-                "--model",
-                p(&s.model),
-                "--train-file",
-                p(&train),
-                "--dev-file",
-                p(&train),
-                "--output",
-                p(&out),
-                "--threads",
-                "1",
-                "--quiet",
-            ]),
+            &clsnorm(&common::finetune_custom(&s.model, &train, &out)),
             want,
         );
         assert!(!out.exists());

@@ -117,6 +117,29 @@ pub fn clsnorm(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `clsnorm finetune` on a custom data file used for training and evaluation (one epoch,
+/// length 16, one thread, quiet).
+pub fn finetune_custom<'a>(model: &'a Path, train: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "finetune",
+        "--model",
+        p(model),
+        "--train-file",
+        p(train),
+        "--dev-file",
+        p(train),
+        "--output",
+        p(out),
+        "--epochs",
+        "1",
+        "--max-len",
+        "16",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
+}
+
 /// Asserts success; returns stdout.
 pub fn ok(o: &std::process::Output) -> String {
     assert!(
