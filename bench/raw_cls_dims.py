@@ -70,10 +70,10 @@ def main():
         med = lambda f: statistics.median(f(r) for r in recs)
         share = med(lambda r: (r["max_dim_grad"] / r["cls_grad_norm"]) ** 2 if r["cls_grad_norm"] else 0)
         best = run / "best" / "model.safetensors"
-        if run.name not in cache and best.is_file():
+        if run.name.endswith("_s1") and run.name not in cache and best.is_file():
             g = np.abs(load_file(str(best))[ln])
             cache[run.name] = {str(d): float(g[d]) for d in dead}
-        kept = cache.get(run.name)
+        kept = cache.get(run.name) if run.name.endswith("_s1") else None
         after = " / ".join(f"{kept[str(d)]:.2g}" for d in dead) if kept else "–"
         print(f"| {run.name} | {dim} ({count}/{len(recs)}) | {share:.2f} | "
               f"{med(lambda r: r['cls_grad_norm']):.3f} | {med(lambda r: r['groups'][last_group]):.2f} | "
