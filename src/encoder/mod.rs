@@ -235,22 +235,22 @@ impl Encoder {
         families: &Families,
     ) -> Result<Self> {
         let config = families.read_config(dir)?;
-        let ckpt = weights::read_model_dir(dir, allow_pickle)?;
-        // Shapes first: the weights (bounded by the file's size) must be what the config
-        // describes before the model is allocated from the config.
+        let src = weights::open_model_dir(dir, allow_pickle)?;
+        // Shapes first, from the file's header: the weights (bounded by the file's size) must
+        // be what the config describes before the model is allocated from the config. The
+        // tensors are then read one at a time into the model's variables.
         let names = config.names();
-        weights::check_shapes(&ckpt, &config.expected_shapes(), &names)?;
+        weights::check_shapes(src.as_ref(), &config.expected_shapes(), &names)?;
         let enc = Self::random(config.as_ref(), device, 0);
-        let absent = weights::load_into(&enc.vs, &ckpt, &names)?;
+        let absent = weights::load_into(&enc.vs, src.as_ref(), &names)?;
         if !absent.is_empty() {
             tracing::warn!(
                 "{}: no {} in the checkpoint: initialised at random (HF's initialisation, seed \
                  0); fine-tuning trains them from there",
-                ckpt.path.display(),
+                src.path().display(),
                 absent.join(", ")
             );
         }
-        weights::check_finite(&ckpt)?;
         Ok(enc)
     }
 

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors, View};
+use safetensors::{Dtype, View};
 use tch::{nn, Kind, Tensor};
 
 use crate::atomic;
@@ -20,10 +20,54 @@ pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
 /// Name of the pickle weight file HF uses.
 pub const PICKLE_FILE: &str = "pytorch_model.bin";
 
-/// Named tensors read from a checkpoint, with the file(s) they came from.
+/// Named tensors a model is loaded from: names, shapes and dtypes known up front, the data
+/// copied one tensor at a time into the model's own variables, so that a model never sits in
+/// memory twice (its file's bytes, a tensor copy, and the model).
+pub trait TensorSource {
+    /// The file the tensors come from (the index of a sharded checkpoint), for messages.
+    fn path(&self) -> &Path;
+    /// Name, shape and dtype of every tensor, in a fixed order.
+    fn entries(&self) -> Vec<(&str, Vec<i64>, Kind)>;
+    /// Copies tensor `i` of [`TensorSource::entries`] into `dst`, which has its number of
+    /// elements and any dtype (converted as `copy_` does); returns whether every value was
+    /// finite.
+    fn read_into(&self, i: usize, dst: &Tensor) -> Result<bool>;
+}
+
+/// Named tensors held in memory, with the file(s) they came from.
 pub struct Checkpoint {
     pub path: PathBuf,
     pub tensors: Vec<(String, Tensor)>,
+}
+
+impl TensorSource for Checkpoint {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn entries(&self) -> Vec<(&str, Vec<i64>, Kind)> {
+        self.tensors
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.size(), t.kind()))
+            .collect()
+    }
+    fn read_into(&self, i: usize, dst: &Tensor) -> Result<bool> {
+        let (name, src) = &self.tensors[i];
+        if src.numel() != dst.numel() {
+            return Err(Error::Invalid(format!(
+                "{name}: expected {} elements",
+                dst.numel()
+            )));
+        }
+        tch::no_grad(|| dst.shallow_clone().f_copy_(&src.f_reshape(dst.size())?))?;
+        Ok(all_finite(src)?)
+    }
+}
+
+fn all_finite(t: &Tensor) -> std::result::Result<bool, tch::TchError> {
+    if !t.is_floating_point() {
+        return Ok(true);
+    }
+    Ok(t.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0)
 }
 
 /// The weights file of the model directory `dir`: `model.safetensors`, else the sharded
@@ -49,17 +93,41 @@ pub fn weights_file(dir: &Path, allow_pickle: bool) -> Result<PathBuf> {
     }
 }
 
-/// Finds and reads the weights of the model directory `dir`.
-pub fn read_model_dir(dir: &Path, allow_pickle: bool) -> Result<Checkpoint> {
+/// Opens the weights of the model directory `dir` for loading: safetensors files are read
+/// one tensor at a time when loaded; a pickle (only when allowed) is read whole.
+pub fn open_model_dir(dir: &Path, allow_pickle: bool) -> Result<Box<dyn TensorSource>> {
     let path = weights_file(dir, allow_pickle)?;
-    let tensors = if path.ends_with(SAFETENSORS_FILE) {
-        read_safetensors(&path)?
+    Ok(if path.ends_with(SAFETENSORS_FILE) {
+        Box::new(SafetensorsFiles::open(&path)?)
     } else if path.ends_with(SAFETENSORS_INDEX_FILE) {
-        read_sharded(&path)?
+        Box::new(SafetensorsFiles::open_sharded(&path)?)
     } else {
-        super::pickle::read_torch_zip(&path)?
-    };
-    Ok(Checkpoint { path, tensors })
+        Box::new(Checkpoint {
+            tensors: super::pickle::read_torch_zip(&path)?,
+            path,
+        })
+    })
+}
+
+/// Finds and reads the weights of the model directory `dir` into memory.
+pub fn read_model_dir(dir: &Path, allow_pickle: bool) -> Result<Checkpoint> {
+    let src = open_model_dir(dir, allow_pickle)?;
+    Ok(Checkpoint {
+        tensors: read_all(src.as_ref())?,
+        path: src.path().to_path_buf(),
+    })
+}
+
+/// Every tensor of `src` on the CPU in its own dtype, sorted by name.
+fn read_all(src: &dyn TensorSource) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::new();
+    for (i, (name, shape, kind)) in src.entries().into_iter().enumerate() {
+        let t = Tensor::f_empty(shape.as_slice(), (kind, tch::Device::Cpu))?;
+        src.read_into(i, &t)?;
+        out.push((name.to_string(), t));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
 }
 
 fn kind_of(dtype: Dtype) -> Option<Kind> {
@@ -96,63 +164,205 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
 
 /// Reads every tensor of a safetensors file onto the CPU, validating header and offsets.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    use crate::fsread::{read_regular, Links, MAX_WEIGHTS_BYTES};
-    let bytes = read_regular(path, MAX_WEIGHTS_BYTES, Links::Follow)?;
-    let err = |msg: String| Error::Weights {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
-        err(format!(
-            "not a valid safetensors file (truncated or corrupted?): {e}"
-        ))
-    })?;
-    let mut out = Vec::with_capacity(st.len());
-    for (name, view) in st.iter() {
-        let kind = kind_of(view.dtype()).ok_or_else(|| {
-            err(format!(
-                "tensor {name}: unsupported dtype {:?}",
-                view.dtype()
-            ))
-        })?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_from_data_size(view.data(), &shape, kind)
-            .map_err(|e| err(format!("tensor {name}: {e}")))?;
-        out.push((name.to_string(), t));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    read_all(&SafetensorsFiles::open(path)?)
 }
 
-fn read_sharded(index: &Path) -> Result<Vec<(String, Tensor)>> {
-    #[derive(serde::Deserialize)]
-    struct Index {
-        weight_map: BTreeMap<String, String>,
+/// The largest header a safetensors file may have (the `safetensors` crate's own bound).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// Bytes read from a weights file at a time: a tensor of any size is copied into its
+/// destination in pieces of this size, never held whole a second time.
+const READ_CHUNK_BYTES: u64 = 16 << 20;
+
+/// The tensors of one safetensors file or of the shards of a sharded checkpoint: headers read
+/// and validated when opened, each tensor's bytes read from its file when it is loaded.
+pub struct SafetensorsFiles {
+    path: PathBuf,
+    files: Vec<(PathBuf, std::fs::File)>,
+    entries: Vec<Stored>,
+}
+
+/// Where a tensor's bytes lie in one of [`SafetensorsFiles`]'s files.
+struct Stored {
+    name: String,
+    file: usize,
+    kind: Kind,
+    shape: Vec<i64>,
+    offset: u64,
+}
+
+impl SafetensorsFiles {
+    /// Opens one safetensors file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut files = SafetensorsFiles {
+            path: path.to_path_buf(),
+            files: Vec::new(),
+            entries: Vec::new(),
+        };
+        files.add(path)?;
+        files.entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(files)
     }
-    let text = crate::fsread::read_text(index, crate::fsread::MAX_SMALL_BYTES)?;
-    let idx: Index = serde_json::from_str(&text).map_err(|e| Error::Weights {
-        path: index.to_path_buf(),
-        msg: format!("invalid shard index: {e}"),
-    })?;
-    let dir = index.parent().unwrap_or(Path::new("."));
-    let mut shards: Vec<&String> = idx.weight_map.values().collect();
-    shards.sort();
-    shards.dedup();
-    let mut out = Vec::new();
-    for shard in shards {
-        // A plain file name beside the index: no path may lead out of the model directory.
-        let plain = Path::new(shard)
-            .file_name()
-            .is_some_and(|n| n == shard.as_str());
-        if !plain {
+
+    /// Opens the shards named by a sharded checkpoint's index (`model.safetensors.index.json`),
+    /// which must lie beside it.
+    pub fn open_sharded(index: &Path) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: BTreeMap<String, String>,
+        }
+        let text = crate::fsread::read_text(index, crate::fsread::MAX_SMALL_BYTES)?;
+        let idx: Index = serde_json::from_str(&text).map_err(|e| Error::Weights {
+            path: index.to_path_buf(),
+            msg: format!("invalid shard index: {e}"),
+        })?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut shards: Vec<&String> = idx.weight_map.values().collect();
+        shards.sort();
+        shards.dedup();
+        let mut files = SafetensorsFiles {
+            path: index.to_path_buf(),
+            files: Vec::new(),
+            entries: Vec::new(),
+        };
+        for shard in shards {
+            // A plain file name beside the index: no path may lead out of the model directory.
+            let plain = Path::new(shard)
+                .file_name()
+                .is_some_and(|n| n == shard.as_str());
+            if !plain {
+                return Err(Error::Weights {
+                    path: index.to_path_buf(),
+                    msg: format!("shard '{}' is not a plain file name", shard.escape_debug()),
+                });
+            }
+            files.add(&dir.join(shard))?;
+        }
+        files.entries.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(w) = files.entries.windows(2).find(|w| w[0].name == w[1].name) {
             return Err(Error::Weights {
                 path: index.to_path_buf(),
-                msg: format!("shard '{}' is not a plain file name", shard.escape_debug()),
+                msg: format!(
+                    "tensor {} is in two shards ({} and {})",
+                    w[0].name,
+                    files.files[w[0].file].0.display(),
+                    files.files[w[1].file].0.display()
+                ),
             });
         }
-        out.extend(read_safetensors(&dir.join(shard))?);
+        Ok(files)
     }
-    Ok(out)
+
+    /// Reads and validates the header of the safetensors file `path` (the `safetensors`
+    /// crate's rules: offsets contiguous and matching shapes and dtypes), and checks that the
+    /// file holds exactly the data it describes.
+    fn add(&mut self, path: &Path) -> Result<()> {
+        use crate::fsread::{open_regular, Links, MAX_WEIGHTS_BYTES};
+        use std::io::Read;
+        let err = |msg: String| Error::Weights {
+            path: path.to_path_buf(),
+            msg: format!("not a valid safetensors file (truncated or corrupted?): {msg}"),
+        };
+        let (mut f, len) = open_regular(path, MAX_WEIGHTS_BYTES, Links::Follow)?;
+        let mut n = [0u8; 8];
+        f.read_exact(&mut n).map_err(|_| {
+            err(format!(
+                "{len} bytes, shorter than the header's length field"
+            ))
+        })?;
+        let n = u64::from_le_bytes(n);
+        if n > MAX_HEADER_BYTES || 8 + n > len {
+            return Err(err(format!(
+                "a header of {n} bytes in a file of {len} bytes (at most {MAX_HEADER_BYTES})"
+            )));
+        }
+        let mut header = vec![0u8; n as usize];
+        f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+        let meta: safetensors::tensor::Metadata =
+            serde_json::from_slice(&header).map_err(|e| err(format!("header: {e}")))?;
+        let start = 8 + n;
+        if start.checked_add(meta.data_len() as u64) != Some(len) {
+            return Err(err(format!(
+                "the header describes {} bytes of tensor data, the file holds {}",
+                meta.data_len(),
+                len - start
+            )));
+        }
+        let file = self.files.len();
+        for (name, info) in meta.tensors() {
+            let kind = kind_of(info.dtype)
+                .ok_or_else(|| err(format!("tensor {name}: unsupported dtype {:?}", info.dtype)))?;
+            self.entries.push(Stored {
+                shape: info.shape.iter().map(|&d| d as i64).collect(),
+                offset: start + info.data_offsets.0 as u64,
+                name,
+                file,
+                kind,
+            });
+        }
+        self.files.push((path.to_path_buf(), f));
+        Ok(())
+    }
+}
+
+impl TensorSource for SafetensorsFiles {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn entries(&self) -> Vec<(&str, Vec<i64>, Kind)> {
+        self.entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.shape.clone(), e.kind))
+            .collect()
+    }
+    fn read_into(&self, i: usize, dst: &Tensor) -> Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let e = &self.entries[i];
+        let (path, file) = &self.files[e.file];
+        let numel: i64 = e.shape.iter().product();
+        if dst.numel() as i64 != numel {
+            return Err(Error::Invalid(format!(
+                "{}: tensor {} has {numel} elements, its destination {}",
+                path.display(),
+                e.name,
+                dst.numel()
+            )));
+        }
+        // A fresh tensor or a model variable: contiguous, so filled through a flat view.
+        let flat = if dst.is_contiguous() {
+            dst.shallow_clone()
+        } else {
+            Tensor::f_empty(dst.size(), (dst.kind(), dst.device()))?
+        }
+        .f_view([-1])?;
+        let elt = e.kind.elt_size_in_bytes() as i64;
+        let per_chunk = (READ_CHUNK_BYTES as i64 / elt).max(1);
+        let mut buf = vec![0u8; (numel.min(per_chunk) * elt) as usize];
+        let mut finite = true;
+        let mut done = 0;
+        while done < numel {
+            let n = per_chunk.min(numel - done);
+            let bytes = &mut buf[..(n * elt) as usize];
+            file.read_exact_at(bytes, e.offset + (done * elt) as u64)
+                .map_err(|err| match err.kind() {
+                    std::io::ErrorKind::UnexpectedEof => Error::Weights {
+                        path: path.clone(),
+                        msg: format!("shrank while tensor {} was read from it", e.name),
+                    },
+                    _ => Error::io(path, err),
+                })?;
+            let chunk = Tensor::f_from_data_size(bytes, &[n], e.kind)?;
+            finite &= all_finite(&chunk)?;
+            tch::no_grad(|| flat.f_narrow(0, done, n)?.f_copy_(&chunk))?;
+            done += n;
+        }
+        if !dst.is_contiguous() {
+            tch::no_grad(|| {
+                dst.shallow_clone()
+                    .f_copy_(&flat.f_view(dst.size().as_slice())?)
+            })?;
+        }
+        Ok(finite)
+    }
 }
 
 /// A tensor ready for serialisation: contiguous bytes on the CPU.
@@ -259,21 +469,22 @@ fn encoder_name(name: &str, names: &Names, prefixed: bool) -> Option<String> {
     Some(renamed)
 }
 
-/// The checkpoint's model tensors under the model's names.
-fn encoder_tensors<'c>(ckpt: &'c Checkpoint, names: &Names) -> BTreeMap<String, &'c Tensor> {
-    let prefixed = !names.prefix.is_empty()
-        && ckpt
-            .tensors
-            .iter()
-            .any(|(n, _)| n.starts_with(names.prefix));
-    let mut found: BTreeMap<String, &Tensor> = BTreeMap::new();
+/// The source's model tensors under the model's names: index, shape and dtype.
+fn encoder_tensors(
+    src: &dyn TensorSource,
+    names: &Names,
+) -> BTreeMap<String, (usize, Vec<i64>, Kind)> {
+    let entries = src.entries();
+    let prefixed =
+        !names.prefix.is_empty() && entries.iter().any(|(n, ..)| n.starts_with(names.prefix));
+    let mut found = BTreeMap::new();
     let mut ignored = Vec::new();
-    for (name, t) in &ckpt.tensors {
+    for (i, (name, shape, kind)) in entries.into_iter().enumerate() {
         match encoder_name(name, names, prefixed) {
             Some(n) => {
-                found.insert(n, t);
+                found.insert(n, (i, shape, kind));
             }
-            None => ignored.push(name.as_str()),
+            None => ignored.push(name),
         }
     }
     if !ignored.is_empty() {
@@ -288,39 +499,37 @@ fn encoder_tensors<'c>(ckpt: &'c Checkpoint, names: &Names) -> BTreeMap<String, 
 
 /// Checks that a checkpoint holds exactly the tensors `expected` names, with those shapes and
 /// a floating-point dtype, the checkpoint named as `names` says. All problems are reported
-/// together.
+/// together. Reads no tensor data.
 pub fn check_shapes(
-    ckpt: &Checkpoint,
+    src: &dyn TensorSource,
     expected: &BTreeMap<String, Vec<i64>>,
     names: &Names,
 ) -> Result<()> {
-    let found = encoder_tensors(ckpt, names);
+    let found = encoder_tensors(src, names);
     let mut problems = Vec::new();
     for (name, shape) in expected {
         match found.get(name) {
             None if names.optional.iter().any(|o| name.starts_with(o)) => {}
             None => problems.push(format!("missing: {name} (expected shape {shape:?})")),
-            Some(t) if &t.size() != shape => problems.push(format!(
-                "wrong shape: {name}: expected {shape:?}, found {:?}",
-                t.size()
+            Some((_, got, _)) if got != shape => problems.push(format!(
+                "wrong shape: {name}: expected {shape:?}, found {got:?}"
             )),
-            Some(t) if !t.is_floating_point() => problems.push(format!(
-                "wrong dtype: {name}: expected a floating-point tensor, found {:?}",
-                t.kind()
+            Some((_, _, kind)) if !is_float(*kind) => problems.push(format!(
+                "wrong dtype: {name}: expected a floating-point tensor, found {kind:?}"
             )),
             Some(_) => {}
         }
     }
-    for (name, t) in &found {
+    for (name, (_, shape, _)) in &found {
         if !expected.contains_key(name) {
-            problems.push(format!("unexpected: {name} (shape {:?})", t.size()));
+            problems.push(format!("unexpected: {name} (shape {shape:?})"));
         }
     }
     if problems.is_empty() {
         return Ok(());
     }
     Err(Error::Weights {
-        path: ckpt.path.clone(),
+        path: src.path().to_path_buf(),
         msg: format!(
             "checkpoint does not match the model config ({} problem(s)):\n  {}",
             problems.len(),
@@ -329,50 +538,67 @@ pub fn check_shapes(
     })
 }
 
+fn is_float(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double
+    )
+}
+
 /// Refuses weights holding NaN or infinity (a diverged or corrupted model would only produce
 /// meaningless metrics).
 pub fn check_finite(ckpt: &Checkpoint) -> Result<()> {
-    let bad: Vec<&str> = ckpt
-        .tensors
-        .iter()
-        .filter(|(_, t)| t.is_floating_point())
-        .filter(|(_, t)| t.isfinite().all().int64_value(&[]) == 0)
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let mut bad = Vec::new();
+    for (n, t) in &ckpt.tensors {
+        if !all_finite(t)? {
+            bad.push(n.as_str());
+        }
+    }
     if bad.is_empty() {
         return Ok(());
     }
-    Err(Error::Weights {
-        path: ckpt.path.clone(),
+    Err(non_finite(&ckpt.path, &bad))
+}
+
+fn non_finite(path: &Path, bad: &[&str]) -> Error {
+    Error::Weights {
+        path: path.to_path_buf(),
         msg: format!(
             "{} tensor(s) hold NaN or infinite values: {}",
             bad.len(),
             bad.iter().take(5).copied().collect::<Vec<_>>().join(", ")
         ),
-    })
+    }
 }
 
 /// Copies a checkpoint's tensors, named as `names` says, into `vs`, whose variables use HF's
-/// names. Every variable must be present with its shape, except the optional ones, which keep
-/// their values when absent (returned, sorted); tensors the model does not know are an error.
-/// All problems are reported together.
-pub fn load_into(vs: &nn::VarStore, ckpt: &Checkpoint, names: &Names) -> Result<Vec<String>> {
+/// names, one tensor at a time. Every variable must be present with its shape, except the
+/// optional ones, which keep their values when absent (returned, sorted); tensors the model
+/// does not know are an error, and so are NaN or infinite values in what is loaded (a
+/// diverged or corrupted model would only produce meaningless metrics). All problems are
+/// reported together.
+pub fn load_into(vs: &nn::VarStore, src: &dyn TensorSource, names: &Names) -> Result<Vec<String>> {
     let vars = vs.variables();
     let expected = vars.iter().map(|(n, v)| (n.clone(), v.size())).collect();
-    check_shapes(ckpt, &expected, names)?;
-    let found = encoder_tensors(ckpt, names);
+    check_shapes(src, &expected, names)?;
+    let found = encoder_tensors(src, names);
+    let entries = src.entries();
     let mut absent = Vec::new();
-    tch::no_grad(|| -> Result<()> {
-        for (name, mut var) in vars {
-            match found.get(&name) {
-                Some(src) => {
-                    var.f_copy_(src)?;
+    let mut nonfinite = Vec::new();
+    for (name, var) in vars {
+        match found.get(&name) {
+            Some(&(i, ..)) => {
+                if !src.read_into(i, &var)? {
+                    nonfinite.push(entries[i].0);
                 }
-                None => absent.push(name),
             }
+            None => absent.push(name),
         }
-        Ok(())
-    })?;
+    }
+    if !nonfinite.is_empty() {
+        nonfinite.sort();
+        return Err(non_finite(src.path(), &nonfinite));
+    }
     absent.sort();
     Ok(absent)
 }
