@@ -40,12 +40,19 @@ fn save_and_reload(enc: &Encoder) -> (tempfile::TempDir, Encoder) {
 }
 
 fn assert_same_weights(a: &Encoder, b: &Encoder) {
-    let va = weights::named_variables(&a.vs);
-    let vb = weights::named_variables(&b.vs);
-    assert_eq!(va.len(), vb.len());
-    for ((na, ta), (nb, tb)) in va.iter().zip(&vb) {
+    assert_same_tensors(
+        &weights::named_variables(&a.vs),
+        &weights::named_variables(&b.vs),
+    );
+}
+
+/// Same names in the same order, same dtypes, equal values.
+fn assert_same_tensors(a: &[(String, Tensor)], b: &[(String, Tensor)]) {
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
         assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs after round trip");
+        assert_eq!(ta.kind(), tb.kind(), "{na}");
+        assert!(ta.equal(tb), "{na} differs after the round trip");
     }
 }
 
@@ -233,6 +240,23 @@ fn config_errors_are_explained() {
     assert_eq!(cfg.num_hidden_layers, 12, "absent keys take HF's defaults");
 }
 
+/// A random tiny encoder (seed `seed`), saved in a new temporary directory.
+fn saved_tiny(seed: i64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    Encoder::random(&tiny(), Device::Cpu, seed)
+        .save(dir.path())
+        .unwrap();
+    dir
+}
+
+/// The message of loading the model directory `dir`, which must fail.
+fn load_error(dir: &std::path::Path, allow_pickle: bool) -> String {
+    match Encoder::load(dir, Device::Cpu, allow_pickle) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn checkpoint_of(enc: &Encoder) -> Vec<(String, Tensor)> {
     weights::named_variables(&enc.vs)
 }
@@ -337,17 +361,11 @@ fn prefixed_checkpoints_with_heads_and_gamma_beta_load() {
 fn truncated_or_corrupt_safetensors_is_an_error() {
     // Draws from libtorch's global generator, as other tests here do.
     let _guard = common::torch_rng_lock();
-    let cfg = tiny();
-    let enc = Encoder::random(&cfg, Device::Cpu, 2);
-    let dir = tempfile::tempdir().unwrap();
-    enc.save(dir.path()).unwrap();
+    let dir = saved_tiny(2);
     let st = dir.path().join("model.safetensors");
     let bytes = std::fs::read(&st).unwrap();
     std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
-    let err = Encoder::load(dir.path(), Device::Cpu, false)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(dir.path(), false);
     assert!(
         err.contains("model.safetensors") && err.contains("truncated or corrupted"),
         "{err}"
@@ -355,10 +373,7 @@ fn truncated_or_corrupt_safetensors_is_an_error() {
     std::fs::write(&st, b"garbage").unwrap();
     assert!(Encoder::load(dir.path(), Device::Cpu, false).is_err());
     std::fs::remove_file(&st).unwrap();
-    let err = Encoder::load(dir.path(), Device::Cpu, false)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(dir.path(), false);
     assert!(err.contains("no weights found"), "{err}");
 }
 
@@ -366,25 +381,16 @@ fn truncated_or_corrupt_safetensors_is_an_error() {
 fn pickle_needs_explicit_permission() {
     // Draws from libtorch's global generator, as other tests here do.
     let _guard = common::torch_rng_lock();
-    let cfg = tiny();
-    let enc = Encoder::random(&cfg, Device::Cpu, 2);
-    let dir = tempfile::tempdir().unwrap();
-    enc.save(dir.path()).unwrap();
+    let dir = saved_tiny(2);
     std::fs::rename(
         dir.path().join("model.safetensors"),
         dir.path().join("pytorch_model.bin"),
     )
     .unwrap();
-    let err = Encoder::load(dir.path(), Device::Cpu, false)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(dir.path(), false);
     assert!(err.contains("--allow-pickle"), "{err}");
     // Allowed, but not a pickle: an error naming the file, not a crash.
-    let err = Encoder::load(dir.path(), Device::Cpu, true)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(dir.path(), true);
     assert!(err.contains("pytorch_model.bin"), "{err}");
 }
 
@@ -454,10 +460,7 @@ fn pytorch_model_bin_loads_without_running_code() {
         let d = common::max_abs_diff(&var.to_kind(Kind::Double).flatten(0, -1), &want);
         assert!(d < 1e-6, "{name}: max difference {d}");
     }
-    let err = Encoder::load(&fixture("evil-pickle"), Device::Cpu, true)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&fixture("evil-pickle"), true);
     assert!(
         err.contains("refusing") && err.contains("os.system"),
         "{err}"
@@ -558,22 +561,13 @@ fn tensors_larger_than_a_read_chunk_round_trip_in_every_dtype() {
         ),
     ];
     weights::write_safetensors(&path, &tensors).unwrap();
-    let back = weights::read_safetensors(&path).unwrap();
-    assert_eq!(back.len(), tensors.len());
-    for ((na, a), (nb, b)) in tensors.iter().zip(&back) {
-        assert_eq!(na, nb);
-        assert_eq!(a.kind(), b.kind(), "{na}");
-        assert!(a.equal(b), "{na} differs after the round trip");
-    }
+    assert_same_tensors(&tensors, &weights::read_safetensors(&path).unwrap());
 }
 
 #[test]
 fn a_weights_file_that_shrinks_while_loading_is_an_error() {
     let _guard = common::torch_rng_lock();
-    let cfg = tiny();
-    let enc = Encoder::random(&cfg, Device::Cpu, 2);
-    let dir = tempfile::tempdir().unwrap();
-    enc.save(dir.path()).unwrap();
+    let dir = saved_tiny(2);
     let st = dir.path().join("model.safetensors");
     let src = weights::SafetensorsFiles::open(&st).unwrap();
     let len = std::fs::metadata(&st).unwrap().len();
@@ -583,7 +577,7 @@ fn a_weights_file_that_shrinks_while_loading_is_an_error() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    let target = Encoder::random(&cfg, Device::Cpu, 3);
+    let target = Encoder::random(&tiny(), Device::Cpu, 3);
     let err = weights::load_into(&target.vs, &src, &weights::Names::PLAIN)
         .unwrap_err()
         .to_string();
@@ -596,10 +590,7 @@ fn a_weights_file_that_shrinks_while_loading_is_an_error() {
 #[test]
 fn sharded_safetensors_load_as_the_single_file_does() {
     let _guard = common::torch_rng_lock();
-    let cfg = tiny();
-    let enc = Encoder::random(&cfg, Device::Cpu, 4);
-    let dir = tempfile::tempdir().unwrap();
-    enc.save(dir.path()).unwrap();
+    let dir = saved_tiny(4);
     let all = weights::read_safetensors(&dir.path().join("model.safetensors")).unwrap();
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
     let (first, second) = all.split_at(all.len() / 2);
@@ -618,12 +609,7 @@ fn sharded_safetensors_load_as_the_single_file_does() {
     };
     write_index(&map);
     let loaded = Encoder::load(dir.path(), Device::Cpu, false).unwrap();
-    let got = weights::named_variables(&loaded.vs);
-    assert_eq!(got.len(), all.len());
-    for ((na, a), (nb, b)) in all.iter().zip(&got) {
-        assert_eq!(na, nb);
-        assert!(a.equal(b), "{na} differs");
-    }
+    assert_same_tensors(&all, &weights::named_variables(&loaded.vs));
 
     // A tensor in two shards is ambiguous; a shard outside the directory is refused.
     weights::write_safetensors(
@@ -631,15 +617,11 @@ fn sharded_safetensors_load_as_the_single_file_does() {
         &all[all.len() / 2 - 1..],
     )
     .unwrap();
-    let err = Encoder::load(dir.path(), Device::Cpu, false)
-        .unwrap_err()
-        .to_string();
+    let err = load_error(dir.path(), false);
     assert!(err.contains("is in two shards"), "{err}");
     map.insert(all[0].0.clone(), serde_json::json!("../model.safetensors"));
     write_index(&map);
-    let err = Encoder::load(dir.path(), Device::Cpu, false)
-        .unwrap_err()
-        .to_string();
+    let err = load_error(dir.path(), false);
     assert!(err.contains("is not a plain file name"), "{err}");
 }
 
