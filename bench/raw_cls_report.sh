@@ -9,7 +9,8 @@
 #      md's picture links are left out);
 #   4. gradient traces of seed 1, none vs standardize vs isobn, per task and source;
 #   5. dims.md: where the [CLS] gradient goes, per run, and the last LayerNorm's dead dimensions
-#      (bench/raw_cls_dims.py, with $PYTHON: numpy and safetensors; bench/setup.sh installs them).
+#      (bench/raw_cls_dims.py, with $PYTHON: numpy and safetensors; bench/setup.sh installs them);
+#      isobn-factors.md: the scale each seed-1 IsoBN gives those dimensions (bench/isobn_factors.py).
 # Existing analyses are kept (never redone or overwritten), so it can run after every batch.
 #
 #   GLUE_DIR=../shared/data/glue bench/raw_cls_report.sh
@@ -76,7 +77,13 @@ PYTHON=${PYTHON:-bench/.venv/bin/python}
 if [ -x "$PYTHON" ]; then
     "$PYTHON" bench/raw_cls_dims.py "$SWEEP" --weights "$OUT/dims-weights.json" > "$OUT/dims.md.tmp"
     mv "$OUT/dims.md.tmp" "$OUT/dims.md"
+    isobn=()
+    for d in "$SWEEP"/*_isobn_*_s1/best; do [ -e "$d/head.safetensors" ] && isobn+=("$d"); done
+    if [ ${#isobn[@]} -gt 0 ]; then
+        "$PYTHON" bench/isobn_factors.py "${isobn[@]}" > "$OUT/isobn-factors.md.tmp"
+        mv "$OUT/isobn-factors.md.tmp" "$OUT/isobn-factors.md"
+    fi
 else
-    echo "no $PYTHON: dims.md not written (run bench/setup.sh)" >&2
+    echo "no $PYTHON: dims.md and isobn-factors.md not written (run bench/setup.sh)" >&2
 fi
 echo "wrote $OUT"
