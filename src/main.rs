@@ -16,11 +16,23 @@ fn main() -> std::process::ExitCode {
             default_hook(info)
         }
     }));
-    match cli::run(args, &matches) {
+    let result = cli::run(args, &matches);
+    if let Some(kib) = peak_resident_kib() {
+        tracing::debug!(peak_resident_mib = kib / 1024, "exiting");
+    }
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The process's peak resident memory (`VmHWM` of /proc/self/status, Linux), for `-v`: unlike
+/// `getrusage`, it counts only this program, not the memory of the process that started it.
+fn peak_resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -228,7 +228,10 @@ impl BertConfig {
                 self.attention_probs_dropout_prob,
             ),
         ])?;
-        check::positive(&[("layer_norm_eps", self.layer_norm_eps)])?;
+        check::positive(&[
+            ("layer_norm_eps", self.layer_norm_eps),
+            ("initializer_range", self.initializer_range),
+        ])?;
         check::pad_in_vocab(self.pad_token_id, self.vocab_size)
     }
 

@@ -6,26 +6,42 @@ use tch::{nn, Device, Kind, Tensor};
 /// A linear layer initialised as HF does.
 pub fn linear(p: nn::Path, std: f64, inp: i64, out: i64, bias: bool) -> nn::Linear {
     let c = nn::LinearConfig {
-        ws_init: nn::Init::Randn {
-            mean: 0.0,
-            stdev: std,
-        },
+        ws_init: nn::Init::Const(0.0),
         bs_init: Some(nn::Init::Const(0.0)),
         bias,
     };
-    nn::linear(p, inp, out, c)
+    let linear = nn::linear(p, inp, out, c);
+    normal_in_place(&linear.ws, std);
+    linear
 }
 
 /// An embedding table initialised as HF does.
 pub fn embedding(p: nn::Path, std: f64, n: i64, dim: i64) -> nn::Embedding {
     let c = nn::EmbeddingConfig {
-        ws_init: nn::Init::Randn {
-            mean: 0.0,
-            stdev: std,
-        },
+        ws_init: nn::Init::Const(0.0),
         ..Default::default()
     };
-    nn::embedding(p, n, dim, c)
+    let embedding = nn::embedding(p, n, dim, c);
+    normal_in_place(&embedding.ws, std);
+    embedding
+}
+
+/// Fills `t` with N(0, std) draws in place: the values `Init::Randn` gives (libtorch makes
+/// both from the same draws, in the same order), without its two temporaries of the
+/// tensor's size, which made the largest embedding table cost three times its size while a
+/// model was built (and then loaded over). libtorch draws a tensor of fewer than 16 values one
+/// value at a time in double precision, where `normal_`'s rounding differs from `randn * std`
+/// in the last bit, so those are drawn as `Init::Randn` draws them. `std` is a checked config
+/// value (positive, finite).
+fn normal_in_place(t: &Tensor, std: f64) {
+    tch::no_grad(|| {
+        let mut t = t.shallow_clone();
+        if t.numel() < 16 {
+            t.copy_(&(Tensor::randn(t.size(), (t.kind(), t.device())) * std));
+        } else {
+            let _ = t.normal_(0.0, std);
+        }
+    });
 }
 
 /// A LayerNorm with weight and bias over the last `dim` values.
