@@ -18,8 +18,9 @@ from safetensors.numpy import load_file
 DEAD = [223, 127, 319]
 print("Each cell: dimensions 223 / 127 / 319 ; the median of the other dimensions.\n")
 print("| checkpoint | running std s | gamma (mean squared correlation) | scale a | "
-      "a of 223 / 127 / 319 over the others' median |")
-print("|---|---|---|---|---|")
+      "a of 223 / 127 / 319 over the others' median | all dimensions: gamma min-max; "
+      "a over its median: min / 5% / 95% / max |")
+print("|---|---|---|---|---|---|")
 for arg in sys.argv[1:]:
     ckpt = pathlib.Path(arg)
     norm = json.loads((ckpt / "clsnorm.json").read_text())["head"]["norm"]
@@ -36,4 +37,6 @@ for arg in sys.argv[1:]:
         return " / ".join(f"{x:.{digits}g}" for x in v[DEAD]) + f" ; {np.median(v[live]):.{digits}g}"
 
     ratio = " / ".join(f"{x:.1f}" for x in a[DEAD] / np.median(a[live]))
-    print(f"| {ckpt.parent.name} | {fmt(s, 2)} | {fmt(gamma, 2)} | {fmt(a, 3)} | {ratio} |")
+    spread = " / ".join(f"{x:.2f}" for x in np.percentile(a / np.median(a), [0, 5, 95, 100]))
+    print(f"| {ckpt.parent.name} | {fmt(s, 2)} | {fmt(gamma, 2)} | {fmt(a, 3)} | {ratio} | "
+          f"{gamma.min():.3f}-{gamma.max():.3f}; {spread} |")
