@@ -29,7 +29,14 @@ pairs=()
 for norm in none standardize isobn; do
     pairs+=(--pair "${norm}_cls-source=hidden,${norm}_cls-source=pooler")
 done
-"$CLSNORM" report "$SWEEP" --output "$OUT/report" "${pairs[@]}"
+# clsnorm writes only into folders it made (a marker and a record with one id), so each output
+# goes to a folder of its own under $WORK and its files are copied into docs.
+publish() { # clsnorm output folder -> docs folder (files only, the marker stays behind)
+    mkdir -p "$2"
+    find "$1" -maxdepth 1 -type f ! -name '.clsnorm-*' -exec cp {} "$2/" \;
+}
+"$CLSNORM" report "$SWEEP" --output "$WORK/report" "${pairs[@]}"
+publish "$WORK/report" "$OUT/report"
 
 keep() { # analysis dir -> docs name: its json and md (never over an existing copy); the md's
     # picture links are replaced by a note, since the pictures stay in $WORK
@@ -69,7 +76,8 @@ for task in $TASKS; do
             [ -s "$d/grads.jsonl" ] && runs+=("$d")
         done
         if [ ${#runs[@]} -ge 2 ]; then
-            "$CLSNORM" compare-grads "${runs[@]}" --output "$OUT/grads-$task-$source"
+            "$CLSNORM" compare-grads "${runs[@]}" --output "$WORK/grads-$task-$source"
+            publish "$WORK/grads-$task-$source" "$OUT/grads-$task-$source"
         fi
     done
 done

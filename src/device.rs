@@ -20,7 +20,8 @@ impl FromStr for DeviceChoice {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::Invalid(format!(
-                "invalid device '{s}': expected auto, cpu, cuda or cuda:N"
+                "invalid device {}: expected auto, cpu, cuda or cuda:N",
+                crate::excerpt::quoted(s)
             ))
         };
         match s.trim().to_ascii_lowercase().as_str() {

@@ -6,7 +6,7 @@ use tch::{Device, Kind, Tensor};
 use crate::analyze::Geometry;
 use crate::classifier::Classifier;
 use crate::data::{Label, LabelSpace};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::metrics::{self, Metric, Outputs};
 use crate::rundir::records::ClsGeometry;
 use crate::tokenize::Encoded;
@@ -65,22 +65,8 @@ fn head_outputs(
         (Some(c), Some(n)) => Some((c, n)),
         _ => None,
     };
-    check_finite(&logits)?;
+    crate::precision::check_finite(&logits, "the model's outputs", model.encoder.precision)?;
     Ok((logits, vectors))
-}
-
-/// NaN or infinite outputs are an error naming the first such example.
-fn check_finite(out: &Tensor) -> Result<()> {
-    let finite: Vec<bool> = Vec::try_from(out.isfinite().all_dim(-1, false))?;
-    let bad = finite.iter().filter(|f| !**f).count();
-    if let Some(first) = finite.iter().position(|f| !f) {
-        return Err(Error::Invalid(format!(
-            "the model's outputs are NaN or infinite for {bad} of {} examples (the first is example {}): its weights or normalizer statistics are broken",
-            finite.len(),
-            first + 1
-        )));
-    }
-    Ok(())
 }
 
 /// Predicted class indices (argmax) or scores from logits.

@@ -31,6 +31,15 @@ pub fn open_regular(path: &Path, limit: u64, links: Links) -> Result<(std::fs::F
     open_regular_with(std::fs::OpenOptions::new().read(true), path, limit, links)
 }
 
+/// A small bookkeeping file clsnorm locks and rewrites (a run's lock, an output folder's
+/// marker): opened read-write and created if missing, never through a link, a regular file of
+/// at most [`MAX_SMALL_BYTES`].
+pub fn open_lock_file(path: &Path) -> Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    Ok(open_regular_with(&mut options, path, MAX_SMALL_BYTES, Links::Refuse)?.0)
+}
+
 /// [`open_regular`] with the caller's access mode (e.g. read-write, created if missing): the
 /// same non-blocking open, link rule, regular-file check and size bound.
 pub fn open_regular_with(

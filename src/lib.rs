@@ -8,12 +8,14 @@
 pub mod analyze;
 pub mod atomic;
 pub mod batch;
+pub mod bounds;
 pub mod classifier;
 pub mod data;
 pub mod device;
 pub mod encoder;
 pub mod error;
 pub mod eval;
+pub mod excerpt;
 pub mod fsread;
 pub mod metrics;
 pub mod normalize;

@@ -23,7 +23,8 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A last bound: the library cuts every excerpt of input, this cuts the whole.
+            eprintln!("error: {}", clsnorm::excerpt::message(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }

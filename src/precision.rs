@@ -32,6 +32,36 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// Refuses NaN or infinite values in `t` (rows are examples): no command writes them as
+/// results. `what` names the values ("the model's outputs"). In fp16 they come from an
+/// overflow of fp16's range (65504), which bf16 and fp32 avoid; in bf16 or fp32 from broken
+/// weights or normalizer statistics.
+pub fn check_finite(t: &tch::Tensor, what: &str, precision: Precision) -> Result<()> {
+    let rows = if t.dim() == 0 {
+        t.reshape([1, 1])
+    } else {
+        t.reshape([t.size()[0], -1])
+    };
+    let finite: Vec<bool> =
+        tch::no_grad(|| Vec::try_from(rows.isfinite().all_dim(-1, false).to_device(Device::Cpu)))?;
+    let bad = finite.iter().filter(|f| !**f).count();
+    let Some(first) = finite.iter().position(|f| !f) else {
+        return Ok(());
+    };
+    let cause = if precision == Precision::Fp16 {
+        "fp16 overflowed: the model's activations exceed fp16's range (65504); \
+         --precision bf16 (fp32's range) or fp32 avoids it"
+            .to_string()
+    } else {
+        format!("in {precision}, this means broken weights or normalizer statistics")
+    };
+    Err(Error::Invalid(format!(
+        "{what} are NaN or infinite for {bad} of {} examples (the first is example {}): {cause}",
+        finite.len(),
+        first + 1
+    )))
+}
+
 extern "C" {
     fn clsnorm_autocast_enter(
         cuda: i32,

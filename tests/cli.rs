@@ -83,8 +83,8 @@ fn finetune_evaluate_predict_round_trip() {
     let input = tmp.path().join("in.tsv");
     std::fs::write(&input, "sentence\nthe movie was good\nthe movie was bad\n").unwrap();
     let preds = tmp.path().join("preds.jsonl");
-    let predict_to = |out: &Path| {
-        clsnorm(&[
+    let predict_to = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
             "predict",
             "--checkpoint",
             p(&best_dir),
@@ -94,9 +94,11 @@ fn finetune_evaluate_predict_round_trip() {
             p(out),
             "--device",
             "cpu",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        clsnorm(&args)
     };
-    ok(&predict_to(&preds));
+    ok(&predict_to(&preds, &[]));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&preds)
         .unwrap()
         .lines()
@@ -104,14 +106,12 @@ fn finetune_evaluate_predict_round_trip() {
         .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["line"], 2);
-    // Predicting again replaces the earlier prediction; any other existing file is refused.
-    ok(&predict_to(&preds));
+    // An existing file is replaced only with --overwrite (its form cannot tell who wrote it).
+    fails(&predict_to(&preds, &[]), "pass --overwrite to replace it");
+    ok(&predict_to(&preds, &["--overwrite"]));
     let notes = tmp.path().join("notes.txt");
     std::fs::write(&notes, "my notes\n").unwrap();
-    fails(
-        &predict_to(&notes),
-        "exists and is not an earlier clsnorm prediction",
-    );
+    fails(&predict_to(&notes, &[]), "pass --overwrite to replace it");
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes\n");
     let probs = lines[0]["probabilities"].as_object().unwrap();
     let total: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
@@ -159,7 +159,7 @@ fn bad_input_exits_non_zero_with_a_message() {
             "--data-dir",
             p(&data),
         ]),
-        "unknown task 'nope'",
+        "unknown task \"nope\"",
     );
     fails(
         &clsnorm(&[
@@ -357,11 +357,11 @@ fn every_normalizer_fine_tunes() {
         ),
         (
             &["isobn", "--norm-opt", "beta=0.5", "--norm-opt", "beta=0.25"],
-            "--norm-opt beta is given twice",
+            "--norm-opt \"beta\" is given twice",
         ),
         (
             &["fancy"],
-            "unknown normalizer 'fancy': expected one of none, center",
+            "unknown normalizer \"fancy\": expected one of none, center",
         ),
     ] {
         let mut args = vec![

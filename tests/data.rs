@@ -179,12 +179,12 @@ fn bad_rows_name_the_line_and_can_be_skipped() {
         (
             format!("{h}0\ta\tb\tmaybe\n").into_bytes(),
             2,
-            "unknown label 'maybe' (expected one of: entailment, not_entailment)",
+            "unknown label \"maybe\" (expected one of: \"entailment\", \"not_entailment\")",
         ),
         (
             format!("{h}0\t  \tb\tentailment\n").into_bytes(),
             2,
-            "empty text in column 'sentence1'",
+            "empty text in column \"sentence1\"",
         ),
         (
             [h.as_bytes(), b"0\ta\xff\xfe\tb\tentailment\n"].concat(),
@@ -220,7 +220,7 @@ fn bad_rows_name_the_line_and_can_be_skipped() {
     );
     let (l, msg) = err_of(read_dataset(&p, &rte, STRICT));
     assert!(
-        l == 1 && msg.contains("header has no column 'sentence1'"),
+        l == 1 && msg.contains("header has no column \"sentence1\""),
         "{msg}"
     );
     let p = write(d.path(), "RTE/train.tsv", b"\n\n");
@@ -229,7 +229,7 @@ fn bad_rows_name_the_line_and_can_be_skipped() {
     let p = write(d.path(), "s.tsv", b"index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n0\tg\tf\t2012\t0\tn\tn\tA.\tB.\thigh\n");
     assert!(err_of(read_dataset(&p, &stsb, STRICT))
         .1
-        .contains("regression target 'high' is not a finite number"));
+        .contains("regression target \"high\" is not a finite number"));
     let missing = read_dataset(&d.path().join("nope.tsv"), &rte, STRICT).unwrap_err();
     assert!(matches!(missing, Error::Io { .. }) && missing.to_string().contains("nope.tsv"));
 }

@@ -221,9 +221,9 @@ fn config_errors_are_explained() {
         // torch's normal_ refuses a negative std, as HF's initialisation would.
         (
             r#"{"initializer_range": -0.02}"#,
-            "initializer_range must be a positive number",
+            "initializer_range must be between 1e-30 and 1",
         ),
-        (r#"{"hidden_size": "big"}"#, "line 1"),
+        (r#"{"hidden_size": "big"}"#, "\"hidden_size\": invalid type"),
         ("not json", "line 1"),
     ];
     for (json, want) in cases {

@@ -205,7 +205,7 @@ fn options_of_a_new_normalizer_come_from_its_declaration() {
         .defaults("scale")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("unknown normalizer 'scale'"), "{e}");
+    assert!(e.contains("unknown normalizer \"scale\""), "{e}");
 }
 
 #[test]
@@ -230,7 +230,7 @@ fn a_new_normalizer_and_model_family_fine_tune_and_reload() {
     let e = clsnorm::encoder::Encoder::load(&model, Device::Cpu, false)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("model_type is 'bag'"), "{e}");
+    assert!(e.contains("model_type is \"bag\""), "{e}");
 
     let task = glue_task("sst2").unwrap();
     let (train, dev) = task.paths(Some(&data.join("SST-2")));
@@ -304,5 +304,5 @@ fn a_new_normalizer_and_model_family_fine_tune_and_reload() {
     let e = checkpoint::load_model(&ck, Device::Cpu, &Registry::builtin())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("unknown normalizer 'scale'"), "{e}");
+    assert!(e.contains("unknown normalizer \"scale\""), "{e}");
 }

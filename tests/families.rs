@@ -332,7 +332,7 @@ fn family_configs_are_checked_before_anything_is_built() {
         ),
         (
             r#"{"model_type": "deberta-v2", "relative_attention": true, "pos_att_type": ["c2p", "p2p"]}"#,
-            "pos_att_type 'p2p' is not supported",
+            "pos_att_type \"p2p\" is not supported",
         ),
         (
             r#"{"model_type": "modernbert", "hidden_size": 36, "num_attention_heads": 4}"#,
@@ -360,7 +360,7 @@ fn family_configs_are_checked_before_anything_is_built() {
         ),
         (
             r#"{"model_type": "gpt2"}"#,
-            "model_type is 'gpt2', but clsnorm implements",
+            "model_type is \"gpt2\", but clsnorm implements",
         ),
         (r#"{"model_type": 7}"#, "model_type must be a string"),
     ];
@@ -371,5 +371,104 @@ fn family_configs_are_checked_before_anything_is_built() {
             .unwrap_err()
             .to_string();
         assert!(e.contains(want) && e.contains("config.json"), "{json}: {e}");
+    }
+}
+
+/// Every family (and BERT) through the binary in every precision: fine-tune a few updates,
+/// evaluate the checkpoint and embed a pair, each in that precision, with finite numbers out.
+#[test]
+fn every_family_runs_every_command_in_every_precision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("glue");
+    common::write_toy_sst(&data, 24, 8, 5);
+    let bert = tmp.path().join("bert-small");
+    {
+        let _g = common::torch_rng_lock();
+        common::tiny_model_dir(&bert, 3);
+    }
+    let mut models = vec![("bert".to_string(), bert)];
+    for family in FAMILIES {
+        let _g = common::torch_rng_lock();
+        models.push((family.to_string(), model_dir(tmp.path(), family, "small")));
+    }
+    let p = common::p;
+    for (family, model) in &models {
+        for precision in ["fp32", "bf16", "fp16"] {
+            let what = format!("{family} in {precision}");
+            let out = tmp.path().join(format!("run-{family}-{precision}"));
+            let o = common::clsnorm(&[
+                "finetune",
+                "--model",
+                p(model),
+                "--task",
+                "SST-2",
+                "--data-dir",
+                p(&data),
+                "--output",
+                p(&out),
+                "--precision",
+                precision,
+                "--max-steps",
+                "2",
+                "--max-len",
+                "16",
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]);
+            assert!(
+                o.status.success(),
+                "{what}: finetune: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let o = common::clsnorm(&[
+                "evaluate",
+                "--checkpoint",
+                p(&out.join("best")),
+                "--data-dir",
+                p(&data),
+                "--precision",
+                precision,
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+            ]);
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            assert!(
+                o.status.success(),
+                "{what}: evaluate: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(
+                text.contains("accuracy") && !text.contains("null"),
+                "{what}: {text}"
+            );
+            let o = common::clsnorm(&[
+                "embed",
+                "--model",
+                p(model),
+                "the cat sat",
+                "on the mat",
+                "--precision",
+                precision,
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+            ]);
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            assert!(
+                o.status.success(),
+                "{what}: embed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(
+                !text.contains("null") && text.contains(precision),
+                "{what}: {text}"
+            );
+        }
     }
 }

@@ -201,14 +201,19 @@ fn vocab_txt_fallback_tokenizes_like_tokenizer_json() {
 }
 
 /// `--precision bf16|fp16` against transformers under `torch.autocast("cpu")` on the same padded
-/// batch (tests/fixtures/autocast/minilm.json, from bench/golden/autocast.py).
+/// batch (tests/fixtures/autocast/, from bench/golden/autocast.py). torch's own bf16 result
+/// depends on the CPU's kernels: `minilm.json` was made on an AVX512-BF16 CPU, `minilm-avx2.json`
+/// on one without AVX-512 (2026-12-06), where torch's bf16 [CLS] differs from the first by 6e-3
+/// (its bf16-vs-fp32 difference is 7e-3). clsnorm must match one of them.
 #[test]
 fn mixed_precision_matches_torch_autocast() {
     use clsnorm::precision::Precision;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/autocast/minilm.json");
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/autocast");
+    let goldens: Vec<serde_json::Value> = ["minilm.json", "minilm-avx2.json"]
+        .iter()
+        .map(|f| serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap())
+        .collect();
+    let golden = &goldens[0];
     let mut m = minilm();
     let rows =
         |key: &str| -> Vec<Vec<i64>> { serde_json::from_value(golden[key].clone()).unwrap() };
@@ -238,7 +243,7 @@ fn mixed_precision_matches_torch_autocast() {
     }
     let refs: Vec<_> = encs.iter().collect();
     let batch = Batch::collate(&refs, m.tok.pad_id(), &m.enc.limits(), Device::Cpu).unwrap();
-    let want = |p: &str, what: &str| -> Tensor {
+    let want = |golden: &serde_json::Value, p: &str, what: &str| -> Tensor {
         let v: Vec<Vec<f32>> = serde_json::from_value(golden[p][what].clone()).unwrap();
         Tensor::from_slice2(&v)
     };
@@ -249,15 +254,23 @@ fn mixed_precision_matches_torch_autocast() {
         m.enc.precision = p;
         let out = tch::no_grad(|| m.enc.forward(&batch, false));
         for (what, got) in [("cls", &out.cls), ("pooler", &out.pooler_output)] {
-            let d = common::max_abs_diff(got, &want(&p.to_string(), what));
-            let vs32 = common::max_abs_diff(&want(&p.to_string(), what), &want("fp32", what));
-            eprintln!("{p} {what}: max |clsnorm - torch.autocast| {d:.3e} (torch {p} vs fp32: {vs32:.3e})");
-            let tol = if p == Precision::Fp32 {
-                1e-5
-            } else {
-                vs32 / 2.0
-            };
-            assert!(d < tol, "{p} {what}: {d} (tolerance {tol})");
+            let mut seen = Vec::new();
+            let close = goldens.iter().any(|g| {
+                let d = common::max_abs_diff(got, &want(g, &p.to_string(), what));
+                let vs32 = common::max_abs_diff(&want(g, &p.to_string(), what), &want(g, "fp32", what));
+                eprintln!("{p} {what}: max |clsnorm - torch.autocast| {d:.3e} (torch {p} vs fp32: {vs32:.3e})");
+                let tol = if p == Precision::Fp32 {
+                    1e-5
+                } else {
+                    vs32 / 2.0
+                };
+                seen.push((d, tol));
+                d < tol
+            });
+            assert!(
+                close,
+                "{p} {what}: (difference, tolerance) per golden file: {seen:?}"
+            );
         }
     }
 }

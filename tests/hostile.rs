@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{clsnorm, fails, ok, p};
+use common::{clsnorm, fails, ok, p, snapshot};
 
 struct Setup {
     _tmp: tempfile::TempDir,
@@ -54,25 +54,6 @@ fn train_args<'a>(s: &'a Setup, out: &'a Path) -> Vec<&'a str> {
     ]
 }
 
-/// Every file under `dir` with its bytes (directories as empty entries), to prove nothing
-/// changed.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                out.insert(path.clone(), Vec::new());
-                stack.push(path);
-            } else {
-                out.insert(path.clone(), std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn output_directories_that_are_not_clsnorm_runs_are_refused_and_untouched() {
     let s = setup();
@@ -89,13 +70,13 @@ fn output_directories_that_are_not_clsnorm_runs_are_refused_and_untouched() {
     let before = snapshot(&user);
     fails(
         &clsnorm(&train_args(&s, &user)),
-        "is not empty and is not a clsnorm run directory",
+        "is not empty and holds no run that clsnorm recognises",
     );
     assert_eq!(snapshot(&user), before, "the user's folder was modified");
 
     fails(
         &clsnorm(&train_args(&s, Path::new("/"))),
-        "is not a clsnorm run directory",
+        "holds no run that clsnorm recognises",
     );
     let file = common::write_file(&s.root, "a-file", b"keep me");
     fails(&clsnorm(&train_args(&s, &file)), "is not a directory");
@@ -139,7 +120,7 @@ fn output_directories_that_are_not_clsnorm_runs_are_refused_and_untouched() {
             "16",
             "--quiet",
         ]),
-        "holds no analysis.json",
+        "is not empty and is not a clsnorm analysis folder",
     );
     assert_eq!(snapshot(&user), before);
 }
@@ -618,7 +599,7 @@ fn sweeps_check_task_names_and_report_locked_and_corrupt_runs() {
     write("\"sst2\", \"RTEE\"");
     fails(
         &clsnorm(&["sweep", "--config", p(&cfg), "--list"]),
-        "unknown task 'RTEE'",
+        "unknown task \"RTEE\"",
     );
     write("\"sst2\"");
     let env_sweep = |args: &[&str]| {
@@ -634,7 +615,7 @@ fn sweeps_check_task_names_and_report_locked_and_corrupt_runs() {
     let before = snapshot(&s.data);
     fails(
         &clsnorm(&["report", p(&sweep_dir), "--output", p(&s.data)]),
-        "holds no results.json",
+        "is not empty and is not a clsnorm report folder",
     );
     assert_eq!(snapshot(&s.data), before);
     ok(&clsnorm(&["report", p(&sweep_dir)]));
@@ -690,7 +671,7 @@ fn a_label_column_of_ten_thousand_values_is_refused_before_a_head_is_built() {
     let out = s.root.join("ids-run");
     fails(
         &clsnorm(&common::finetune_custom(&s.model, &train, &out)),
-        "found 10001 distinct labels in column 'label'; clsnorm classifies into at most 10000 classes",
+        "found 10001 distinct labels in column \"label\"; clsnorm classifies into at most 10000 classes",
     );
     assert!(!out.exists());
 }
@@ -704,17 +685,17 @@ fn one_number_spelled_two_ways_is_not_two_classes() {
         (
             "float.jsonl",
             "{\"text\": \"the cat\", \"label\": 1}\n{\"text\": \"a dog\", \"label\": 0}\n{\"text\": \"it sat\", \"label\": 1.0}\n",
-            "float.jsonl:3: label '1.0' is the number of label '1' (line 1)",
+            "float.jsonl:3: label \"1.0\" is the number of label \"1\" (line 1)",
         ),
         (
             "float.csv",
             "text,label\nthe cat,0\na dog,1.00\nit sat,1\n",
-            "float.csv:4: label '1' is the number of label '1.00' (line 3)",
+            "float.csv:4: label \"1\" is the number of label \"1.00\" (line 3)",
         ),
         (
             "names.csv",
             "text,label\nthe cat,yes\na dog,no\nit sat,1\nthe mat,01\n",
-            "names.csv:5: label '01' is the number of label '1' (line 4)",
+            "names.csv:5: label \"01\" is the number of label \"1\" (line 4)",
         ),
     ];
     for (name, body, want) in cases {
@@ -802,7 +783,7 @@ fn special_files_as_side_files_are_refused_without_reading_them() {
     std::os::unix::fs::symlink("/dev/zero", out.join("config.json")).unwrap();
     fails(
         &clsnorm(&train_args(&s, &out)),
-        "is not a clsnorm run directory",
+        "holds no run that clsnorm recognises",
     );
 
     // A run (it carries the marker) whose lock is a link to a file of the user's.

@@ -798,8 +798,10 @@ fn a_report_takes_the_runs_it_lacks_from_an_earlier_reports_records() {
     assert_eq!(none_s1.from_records.as_deref(), Some(&*recorded));
     assert_eq!(none_s1.cls_grad_median, Some(2.0));
 
-    // Through the binary, and what it refuses: another sweep's records, and a file that is
-    // not a report's results.json.
+    // Through the binary (into a folder of its own: the library wrote `out` without the
+    // binary's folder record), and what it refuses: another sweep's records, and a file that
+    // is not a report's results.json.
+    let out = dir.path().join("joined-cli");
     let ok = clsnorm(
         &[
             "report",

@@ -300,13 +300,18 @@ pub struct StateSummary {
     /// Euclidean (Frobenius) norm.
     pub norm: f64,
     /// The value of a scalar (e.g. `num_batches_tracked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
     /// The entries of a vector, or the diagonal of a square matrix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<Spread>,
     /// A square matrix's eigenvalues (taken as symmetric): trace, share of the largest,
     /// smallest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_eigen_share: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_eigen: Option<f64>,
 }
 

@@ -8,6 +8,8 @@ use clsnorm::classifier::{Classifier, ClsSource};
 use clsnorm::data::{read_dataset, ReadOptions};
 use clsnorm::device::set_threads;
 use clsnorm::encoder::Encoder;
+use clsnorm::precision::Precision;
+use clsnorm::rundir::owner::OutputKind;
 use clsnorm::tokenize::{Encoded, TextTokenizer};
 use clsnorm::Registry;
 use serde_json::json;
@@ -125,14 +127,214 @@ impl Analysed {
     }
 }
 
+/// The model, the optional trained normalizer and the vectors of one split.
+struct Embedded {
+    model_dir: PathBuf,
+    analysed: Analysed,
+    task: clsnorm::data::TaskSpec,
+    path: PathBuf,
+    examples: usize,
+    embed_secs: f64,
+    pooler: Tensor,
+    cls: Tensor,
+}
+
 pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
     set_threads(a.rt.threads)?;
-    let device = a.rt.device.resolve()?;
     let registry = Registry::builtin();
+    let e = embed_split(&a, &registry)?;
+    let out_dir = a
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("analysis").join(&e.task.name));
+    // Claimed before anything is written; held until the record repeats its id.
+    let claim = clsnorm::rundir::owner::claim(&out_dir, OutputKind::Analysis)?;
+    let trained = trained_normalizer(&a, &e.analysed)?;
+    let norm = match trained {
+        Some((c, source)) => Norm::Trained(c, source),
+        None => Norm::Fitted(a.norm.config(&registry.normalizers)?),
+    };
+    let sources: Vec<(&str, &Tensor)> = match a.cls_source {
+        Source::Pooler => vec![("pooler", &e.pooler)],
+        Source::Hidden => vec![("hidden", &e.cls)],
+        Source::Both => vec![("hidden", &e.cls), ("pooler", &e.pooler)],
+    };
+    let analysed: Vec<SourceAnalysis> = sources
+        .into_iter()
+        .map(|(name, x)| analyse_source(&a, &registry, &norm, name, x))
+        .collect::<anyhow::Result<_>>()?;
+    write_outputs(&a, &e, &norm, &analysed, &out_dir, &claim.id)
+}
+
+/// The normalizer an analysis applies: the checkpoint's own, on the source it was trained on,
+/// or one fitted afresh (`--norm`).
+enum Norm<'a> {
+    Trained(&'a Classifier, &'static str),
+    Fitted(clsnorm::normalize::NormConfig),
+}
+
+impl Norm<'_> {
+    fn label(&self) -> String {
+        match self {
+            Norm::Trained(c, _) => format!("trained-{}", c.config.norm.name()),
+            Norm::Fitted(n) => n.name().to_string(),
+        }
+    }
+}
+
+/// One source's statistics before and (if normalized) after the normalizer.
+struct SourceAnalysis {
+    name: &'static str,
+    raw: EmbeddingStats,
+    raw_details: analyze::Details,
+    after: Option<(EmbeddingStats, analyze::Details)>,
+    entry: serde_json::Value,
+}
+
+/// Statistics of one source's vectors, and of them after the normalizer; refuses numbers that
+/// are not finite.
+fn analyse_source(
+    a: &AnalyzeArgs,
+    registry: &Registry,
+    norm: &Norm,
+    name: &'static str,
+    x: &Tensor,
+) -> anyhow::Result<SourceAnalysis> {
+    let (raw, raw_details) = analyze::compute(x, a.cosine_sample, a.seed);
+    check_stats(&raw, &format!("the {name} vectors' statistics"))?;
+    let mut entry = json!({ "raw": raw });
+    let normalized = match norm {
+        Norm::Trained(c, source) if *source == name => {
+            Some(c.normalize(x).to_device(tch::Device::Cpu))
+        }
+        Norm::Trained(..) => None,
+        Norm::Fitted(n) if n.is_none() => None,
+        Norm::Fitted(n) => Some(analyze::normalize_as_trained(
+            &registry.normalizers,
+            n,
+            &x.to_kind(Kind::Float),
+            a.seed,
+        )?),
+    };
+    let mut after = None;
+    if let Some(y) = normalized {
+        let what = format!("the {name} vectors after the {} normalizer", norm.label());
+        clsnorm::precision::check_finite(&y, &what, Precision::Fp32)
+            .map_err(|e| anyhow::anyhow!("{e} (the normalizer's statistics are extreme)"))?;
+        let (s, d) = analyze::compute(&y, a.cosine_sample, a.seed);
+        check_stats(&s, &format!("{what}: their statistics"))?;
+        entry["normalized"] = match norm {
+            Norm::Trained(c, _) => json!({ "norm": c.config.norm, "trained": true, "stats": s }),
+            Norm::Fitted(n) => json!({ "norm": n, "stats": s }),
+        };
+        after = Some((s, d));
+    }
+    Ok(SourceAnalysis {
+        name,
+        raw,
+        raw_details,
+        after,
+        entry,
+    })
+}
+
+/// The pictures, `analysis.json` (with the folder's id) and `analysis.md`.
+fn write_outputs(
+    a: &AnalyzeArgs,
+    e: &Embedded,
+    norm: &Norm,
+    analysed: &[SourceAnalysis],
+    out_dir: &std::path::Path,
+    output_id: &str,
+) -> anyhow::Result<()> {
+    let label = norm.label();
+    for s in analysed {
+        let after = s.after.as_ref().map(|(_, d)| (label.as_str(), d));
+        plots::write_all(out_dir, s.name, &s.raw_details, after)?;
+    }
+    let state: Vec<analyze::StateSummary> = match norm {
+        Norm::Trained(c, _) => c
+            .normalizer_state()
+            .iter()
+            .map(|(name, t)| analyze::state_summary(name, t))
+            .collect(),
+        Norm::Fitted(_) => Vec::new(),
+    };
+    let split = format!("{:?}", a.split).to_lowercase();
+    let sources: serde_json::Map<String, serde_json::Value> = analysed
+        .iter()
+        .map(|s| (s.name.to_string(), s.entry.clone()))
+        .collect();
+    let doc = json!({
+        "output_id": output_id,
+        "model": e.model_dir,
+        "task": e.task.name,
+        "split": split,
+        "file": e.path,
+        "examples": e.examples,
+        "max_len": a.max_len,
+        "embed_secs": e.embed_secs,
+        "sources": sources,
+        "normalizer_state": state,
+    });
+    check_numbers(&doc, "the analysis")?;
+    clsnorm::atomic::write_json(&out_dir.join("analysis.json"), &doc)?;
+    let sections: Vec<(String, EmbeddingStats, Option<EmbeddingStats>)> = analysed
+        .iter()
+        .map(|s| {
+            let after = s.after.as_ref().map(|(st, _)| st.clone());
+            (s.name.to_string(), s.raw.clone(), after)
+        })
+        .collect();
+    let md = plots::markdown(
+        &e.task.name,
+        &split,
+        &e.model_dir.display().to_string(),
+        e.examples,
+        e.embed_secs,
+        &label,
+        &sections,
+    ) + &plots::state_markdown(&label, &state);
+    clsnorm::atomic::write_bytes(&out_dir.join("analysis.md"), md.as_bytes())?;
+    tracing::info!(
+        examples = e.examples,
+        secs = format!("{:.1}", e.embed_secs),
+        "wrote {}",
+        out_dir.join("analysis.md").display()
+    );
+    Ok(())
+}
+
+/// Refuses statistics with a NaN or infinite number (JSON would write them as `null`).
+fn check_stats(s: &EmbeddingStats, what: &str) -> anyhow::Result<()> {
+    check_numbers(&serde_json::to_value(s)?, what)
+}
+
+/// Refuses a JSON document with a `null`: the documents analyze writes have none but where a
+/// number was NaN or infinite.
+fn check_numbers(v: &serde_json::Value, what: &str) -> anyhow::Result<()> {
+    fn has_null(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Null => true,
+            serde_json::Value::Array(a) => a.iter().any(has_null),
+            serde_json::Value::Object(o) => o.values().any(has_null),
+            _ => false,
+        }
+    }
+    if has_null(v) {
+        bail!("{what} are not finite: the vectors' values are too large to summarise (extreme weights or normalizer statistics)");
+    }
+    Ok(())
+}
+
+/// Loads the model or checkpoint, reads the split and embeds every example, in the precision
+/// asked for; refuses vectors that are not finite.
+fn embed_split(a: &AnalyzeArgs, registry: &Registry) -> anyhow::Result<Embedded> {
+    let device = a.rt.device.resolve()?;
     let (task, task_dir, _) = resolve_task(&a.data)?;
     let (model_dir, mut analysed) = match &a.checkpoint {
         Some(dir) => {
-            let (model, _) = clsnorm::train::checkpoint::load_model(dir, device, &registry)
+            let (model, _) = clsnorm::train::checkpoint::load_model(dir, device, registry)
                 .with_context(|| format!("loading {}", dir.display()))?;
             (dir.clone(), Analysed::Checkpoint(Box::new(model)))
         }
@@ -142,31 +344,10 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
             (model, Analysed::Model(enc))
         }
     };
-    analysed.encoder().precision = a.rt.precision.apply(device)?;
-    // The trained normalizer, and the source it normalizes.
-    let trained = match (&analysed, a.trained_norm) {
-        (Analysed::Checkpoint(c), true) => {
-            let source = match c.config.cls_source {
-                ClsSource::Pooler => "pooler",
-                ClsSource::Hidden => "hidden",
-            };
-            if !matches!(
-                (a.cls_source, c.config.cls_source),
-                (Source::Both, _)
-                    | (Source::Pooler, ClsSource::Pooler)
-                    | (Source::Hidden, ClsSource::Hidden)
-            ) {
-                bail!("--trained-norm: the checkpoint's normalizer was trained on the {source} vectors; give --cls-source {source} or both");
-            }
-            Some((c.as_ref(), source))
-        }
-        _ => None,
-    };
-    let enc = match &analysed {
-        Analysed::Checkpoint(c) => &c.encoder,
-        Analysed::Model(e) => e,
-    };
+    let precision = a.rt.precision.apply(device)?;
+    analysed.encoder().precision = precision;
     let tok = TextTokenizer::load(&model_dir, a.max_len)?;
+    let enc = analysed.encoder();
     enc.limits()
         .check_tokenizer(&tok, task.text_pair.is_some())?;
     let (train_path, dev_paths) = task.paths(task_dir.as_deref());
@@ -185,94 +366,42 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let encs = tok.encode_dataset(&ds)?;
     let (pooler, cls) = embed_all(enc, &encs, a.batch_size, tok.pad_id(), a.quiet)?;
-    let embed_secs = t0.elapsed().as_secs_f64();
-    let out_dir = a
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("analysis").join(&task.name));
-    clsnorm::rundir::check_output_dir(&out_dir, "analysis.json")?;
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let norm = a.norm.config(&registry.normalizers)?;
-    let norm_label = match trained {
-        Some((c, _)) => format!("trained-{}", c.config.norm.name()),
-        None => norm.name().to_string(),
+    clsnorm::precision::check_finite(&cls, "the [CLS] vectors", precision)?;
+    clsnorm::precision::check_finite(&pooler, "the pooler outputs", precision)?;
+    Ok(Embedded {
+        model_dir,
+        analysed,
+        task,
+        path,
+        examples: ds.examples.len(),
+        embed_secs: t0.elapsed().as_secs_f64(),
+        pooler,
+        cls,
+    })
+}
+
+/// With `--trained-norm`: the checkpoint's normalizer and the source it was trained on.
+fn trained_normalizer<'a>(
+    a: &AnalyzeArgs,
+    analysed: &'a Analysed,
+) -> anyhow::Result<Option<(&'a Classifier, &'static str)>> {
+    let Analysed::Checkpoint(c) = analysed else {
+        return Ok(None);
     };
-    let sources: Vec<(&str, &Tensor)> = match a.cls_source {
-        Source::Pooler => vec![("pooler", &pooler)],
-        Source::Hidden => vec![("hidden", &cls)],
-        Source::Both => vec![("hidden", &cls), ("pooler", &pooler)],
-    };
-    let mut report = serde_json::Map::new();
-    let mut sections: Vec<(String, EmbeddingStats, Option<EmbeddingStats>)> = Vec::new();
-    for (name, x) in sources {
-        let (raw, det) = analyze::compute(x, a.cosine_sample, a.seed);
-        let mut entry = json!({ "raw": raw });
-        let mut after = None;
-        let mut after_det = None;
-        let normalized = match trained {
-            Some((c, source)) if source == name => Some(c.normalize(x).to_device(tch::Device::Cpu)),
-            Some(_) => None,
-            None if norm.is_none() => None,
-            None => Some(analyze::normalize_as_trained(
-                &registry.normalizers,
-                &norm,
-                &x.to_kind(Kind::Float),
-                a.seed,
-            )?),
-        };
-        if let Some(y) = normalized {
-            let (s, d) = analyze::compute(&y, a.cosine_sample, a.seed);
-            entry["normalized"] = match trained {
-                Some((c, _)) => json!({ "norm": c.config.norm, "trained": true, "stats": s }),
-                None => json!({ "norm": norm, "stats": s }),
-            };
-            after = Some(s);
-            after_det = Some(d);
-        }
-        plots::write_all(
-            &out_dir,
-            name,
-            &det,
-            after_det.as_ref().map(|d| (norm_label.as_str(), d)),
-        )?;
-        report.insert(name.to_string(), entry);
-        sections.push((name.to_string(), raw, after));
+    if !a.trained_norm {
+        return Ok(None);
     }
-    let state: Vec<analyze::StateSummary> = trained
-        .map(|(c, _)| {
-            c.normalizer_state()
-                .iter()
-                .map(|(name, t)| analyze::state_summary(name, t))
-                .collect()
-        })
-        .unwrap_or_default();
-    let doc = json!({
-        "model": model_dir,
-        "task": task.name,
-        "split": format!("{:?}", a.split).to_lowercase(),
-        "file": path,
-        "examples": ds.examples.len(),
-        "max_len": a.max_len,
-        "embed_secs": embed_secs,
-        "sources": report,
-        "normalizer_state": state,
-    });
-    clsnorm::atomic::write_json(&out_dir.join("analysis.json"), &doc)?;
-    let md = plots::markdown(
-        &task.name,
-        &format!("{:?}", a.split).to_lowercase(),
-        &model_dir.display().to_string(),
-        ds.examples.len(),
-        embed_secs,
-        &norm_label,
-        &sections,
-    ) + &plots::state_markdown(&norm_label, &state);
-    clsnorm::atomic::write_bytes(&out_dir.join("analysis.md"), md.as_bytes())?;
-    tracing::info!(
-        examples = ds.examples.len(),
-        secs = format!("{embed_secs:.1}"),
-        "wrote {}",
-        out_dir.join("analysis.md").display()
-    );
-    Ok(())
+    let source = match c.config.cls_source {
+        ClsSource::Pooler => "pooler",
+        ClsSource::Hidden => "hidden",
+    };
+    if !matches!(
+        (a.cls_source, c.config.cls_source),
+        (Source::Both, _)
+            | (Source::Pooler, ClsSource::Pooler)
+            | (Source::Hidden, ClsSource::Hidden)
+    ) {
+        bail!("--trained-norm: the checkpoint's normalizer was trained on the {source} vectors; give --cls-source {source} or both");
+    }
+    Ok(Some((c.as_ref(), source)))
 }

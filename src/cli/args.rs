@@ -168,7 +168,10 @@ impl NormArgs {
         for opt in &self.norm_opt {
             let (key, value) = parse_option(opt);
             if given.insert(key.replace('-', "_"), value).is_some() {
-                anyhow::bail!("--norm-opt {key} is given twice");
+                anyhow::bail!(
+                    "--norm-opt {} is given twice",
+                    clsnorm::excerpt::quoted(key)
+                );
             }
         }
         Ok(norms.config(&self.norm, &given)?)

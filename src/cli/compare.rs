@@ -1,9 +1,10 @@
 //! `clsnorm compare-grads`: overlays the gradient traces (`grads.jsonl`) of several runs.
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use clsnorm::analyze::plots::{grad_curves, Curve};
+use clsnorm::rundir::owner::OutputKind;
 use clsnorm::train::GradRecord;
 
 #[derive(Debug, Args)]
@@ -39,9 +40,8 @@ pub fn run(a: CompareGradsArgs) -> anyhow::Result<()> {
         );
         traces.push((label, recs));
     }
-    clsnorm::rundir::check_output_dir(&a.output, "grads_cls.png")?;
-    std::fs::create_dir_all(&a.output)
-        .with_context(|| format!("creating {}", a.output.display()))?;
+    // Claimed before anything is written; held until compare.json repeats its id.
+    let claim = clsnorm::rundir::owner::claim(&a.output, OutputKind::Compare)?;
     let curves = |f: &dyn Fn(&GradRecord) -> f64| -> Vec<Curve> {
         traces
             .iter()
@@ -88,5 +88,10 @@ pub fn run(a: CompareGradsArgs) -> anyhow::Result<()> {
             }),
         );
     }
-    super::print_stdout(&serde_json::to_string_pretty(&summary)?)
+    let text = serde_json::to_string_pretty(&summary)?;
+    clsnorm::atomic::write_json(
+        &a.output.join(OutputKind::Compare.record()),
+        &serde_json::json!({ "output_id": claim.id, "runs": summary }),
+    )?;
+    super::print_stdout(&text)
 }

@@ -159,10 +159,10 @@ pub fn resolve_task(
             }
             if classes.len() > MAX_CLASSES {
                 bail!(
-                    "{}: found {} distinct labels in column '{}'; clsnorm classifies into at most {MAX_CLASSES} classes (is --label-col the label? use --regression for scores)",
+                    "{}: found {} distinct labels in column {}; clsnorm classifies into at most {MAX_CLASSES} classes (is --label-col the label? use --regression for scores)",
                     train.display(),
                     classes.len(),
-                    args.label_col
+                    clsnorm::excerpt::quoted(&args.label_col)
                 );
             }
             spec.labels = LabelSpace::Classes(classes);
@@ -175,7 +175,8 @@ pub fn resolve_task(
     };
     let spec = glue_task(name).with_context(|| {
         format!(
-            "unknown task '{name}': expected one of {} or --train-file for custom data",
+            "unknown task {}: expected one of {} or --train-file for custom data",
+            clsnorm::excerpt::quoted(name),
             clsnorm::data::task::glue_task_names().join(", ")
         )
     })?;

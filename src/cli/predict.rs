@@ -19,9 +19,14 @@ pub struct PredictArgs {
     /// Examples to label, with the task's text columns (label column optional).
     #[arg(long)]
     pub input: PathBuf,
-    /// Where to write JSON lines of predictions (default: standard output).
+    /// Where to write JSON lines of predictions (default: standard output). A new or empty
+    /// file; an existing one only with --overwrite.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Replace the --output file if it exists (whatever it holds: clsnorm cannot tell an
+    /// earlier prediction from a user's file of the same form).
+    #[arg(long, requires = "output")]
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Args)]
@@ -102,7 +107,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     }
     match &a.output {
         Some(p) => {
-            check_prediction_output(p)?;
+            check_prediction_output(p, &a.input, a.overwrite)?;
             clsnorm::atomic::write_bytes(p, text.as_bytes())?
         }
         None => {
@@ -122,27 +127,33 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--output` may name a new file, an empty one, or an earlier prediction (JSON lines with a
-/// `line` field), which is replaced; any other existing file is not clsnorm's to overwrite.
-fn check_prediction_output(path: &std::path::Path) -> anyhow::Result<()> {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
+/// `--output` may name a new file or an empty one; an existing file with content only with
+/// `--overwrite` (the user's decision: its form says nothing of who wrote it), never the input
+/// itself, and never inside a run's checkpoint folder.
+fn check_prediction_output(
+    path: &std::path::Path,
+    input: &std::path::Path,
+    overwrite: bool,
+) -> anyhow::Result<()> {
+    clsnorm::rundir::owner::check_placement(path, clsnorm::rundir::owner::Placement::Output)?;
+    let Ok(meta) = std::fs::metadata(path) else {
         return Ok(());
     };
-    let earlier = meta.is_file()
-        && (meta.len() == 0 || {
-            use std::io::BufRead;
-            let mut first = String::new();
-            // The first line only, and at most 1 MiB of it.
-            std::fs::File::open(path)
-                .map(|f| std::io::BufReader::new(std::io::Read::take(f, 1 << 20)))
-                .and_then(|mut r| r.read_line(&mut first))
-                .is_ok()
-                && serde_json::from_str::<serde_json::Value>(&first)
-                    .is_ok_and(|v| v.get("line").is_some())
-        });
-    if !earlier {
+    if !meta.is_file() {
         bail!(
-            "{} exists and is not an earlier clsnorm prediction; choose another --output",
+            "{} exists and is not a file; choose another --output",
+            path.display()
+        );
+    }
+    if std::fs::metadata(input).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino()) == (meta.dev(), meta.ino())
+    }) {
+        bail!("--output {} is the --input file", path.display());
+    }
+    if meta.len() > 0 && !overwrite {
+        bail!(
+            "{} exists; pass --overwrite to replace it, or choose another --output",
             path.display()
         );
     }

@@ -7,8 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Parser};
 use clsnorm::report::{Inputs, Invocation, Records, Report, INVOCATIONS_FILE};
+use clsnorm::rundir::owner::OutputKind;
 use clsnorm::sweep::pool::{self, Stop};
-use clsnorm::sweep::{status, RunStatus, Shard, SweepConfig, SweepPlan, PLAN_FILE};
+use clsnorm::sweep::{status, RunStatus, Shard, SweepConfig, SweepPlan};
 
 #[derive(Debug, Args)]
 pub struct SweepArgs {
@@ -93,75 +94,66 @@ fn validate(plan: &SweepPlan) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses to reuse a sweep directory whose runs were planned with other arguments.
-fn check_existing_plan(plan: &SweepPlan) -> anyhow::Result<()> {
-    let path = plan.dir.join(PLAN_FILE);
-    if !path.is_file() {
-        return Ok(());
-    }
-    let old = SweepPlan::load(&plan.dir)?;
-    for run in &plan.runs {
-        if let Some(o) = old.runs.iter().find(|o| o.name == run.name) {
-            if o.args != run.args {
-                bail!(
-                    "{} plans run {} with other options ({}); use another `output` for a changed sweep",
-                    path.display(),
-                    run.name,
-                    shell_words::join(&o.args)
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
 pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     let cfg = SweepConfig::from_file(&a.config)?;
-    let plan = cfg.expand(&a.config)?;
+    let mut plan = cfg.expand(&a.config)?;
     validate(&plan)?;
     let shard = a.shard.unwrap_or(Shard { index: 0, count: 1 });
     let selected: Vec<usize> = (0..plan.runs.len())
         .filter(|&i| shard.contains(i))
         .collect();
     if a.list {
-        let mut out = String::new();
-        for &i in &selected {
-            let run = &plan.runs[i];
-            let (st, cmd) = match status(&plan.dir.join(&run.dir)) {
-                Ok(st) => (
-                    st.describe().to_string(),
-                    plan.next_command(run, st)
-                        .unwrap_or_else(|| run.command(&plan.dir)),
-                ),
-                Err(e) => (format!("unreadable: {e}"), run.command(&plan.dir)),
-            };
-            let words = std::iter::once("clsnorm".to_string()).chain(cmd);
-            out.push_str(&format!(
-                "{}\t{}\t{}\n",
-                run.name,
-                st,
-                shell_words::join(words)
-            ));
-        }
-        return super::print_stdout(out.trim_end());
+        return list_runs(&plan, &selected);
     }
-    check_existing_plan(&plan)?;
+    if a.slurm {
+        // Everything that goes into the scripts is checked before the folder is touched.
+        clsnorm::sweep::slurm::check(&plan, &slurm_options(&a), &slurm_env())?;
+    }
+    plan.claim_and_write()?;
     std::fs::create_dir_all(plan.dir.join("logs"))
         .with_context(|| format!("creating {}", plan.dir.display()))?;
-    // Written once: array tasks and other shards find it in place and equal; a sweep file
-    // that grew (more seeds, say) writes the larger plan.
-    let same = SweepPlan::load(&plan.dir).is_ok_and(|old| old.runs == plan.runs);
-    if !same {
-        clsnorm::atomic::write_json(&plan.dir.join(PLAN_FILE), &plan)?;
-    }
     if a.slurm {
         return submit_to_slurm(&a, &plan);
     }
+    run_shard(&a, &plan, shard, &selected)
+}
 
-    let mut todo: VecDeque<(usize, Vec<String>)> = VecDeque::new();
+/// `--list`: each selected run's name, status and the command that would run it.
+fn list_runs(plan: &SweepPlan, selected: &[usize]) -> anyhow::Result<()> {
+    let mut out = String::new();
+    for &i in selected {
+        let run = &plan.runs[i];
+        let (st, cmd) = match status(&plan.dir.join(&run.dir)) {
+            Ok(st) => (
+                st.describe().to_string(),
+                plan.next_command(run, st)
+                    .unwrap_or_else(|| run.command(&plan.dir)),
+            ),
+            Err(e) => (format!("unreadable: {e}"), run.command(&plan.dir)),
+        };
+        let words = std::iter::once("clsnorm".to_string()).chain(cmd);
+        out.push_str(&format!(
+            "{}\t{}\t{}\n",
+            run.name,
+            st,
+            shell_words::join(words)
+        ));
+    }
+    super::print_stdout(out.trim_end())
+}
+
+/// Runs the selected runs of `plan` on this machine, records the invocation, and fails when a
+/// run failed or a signal stopped the sweep.
+fn run_shard(
+    a: &SweepArgs,
+    plan: &SweepPlan,
+    shard: Shard,
+    selected: &[usize],
+) -> anyhow::Result<()> {
+    let mut todo: VecDeque<usize> = VecDeque::new();
     let mut elsewhere = Vec::new();
     let mut unreadable = Vec::new();
-    for &i in &selected {
+    for &i in selected {
         let run = &plan.runs[i];
         match status(&plan.dir.join(&run.dir)) {
             Ok(RunStatus::Running) => {
@@ -171,7 +163,8 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                 );
                 elsewhere.push(run.name.clone());
             }
-            Ok(st) => todo.extend(plan.next_command(run, st).map(|c| (i, c))),
+            Ok(RunStatus::Done) => {}
+            Ok(_) => todo.push_back(i),
             Err(e) => {
                 tracing::error!("{}: {e}; not run (fix or remove the file)", run.name);
                 unreadable.push(run.name.clone());
@@ -205,7 +198,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
             .context("installing the SIGINT/SIGTERM handler")?;
     }
     let total = todo.len();
-    let out = pool::execute(&plan, todo, jobs, threads, &exe, &stop, true);
+    let out = pool::execute(plan, todo, jobs, threads, &exe, &stop, true);
     let mut failed = out.failed;
     failed.extend(unreadable);
     let interrupted = out.interrupted;
@@ -222,7 +215,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     };
     append_invocation(&plan.dir, &inv)?;
     tracing::info!(
-        "{} run(s) executed, {} already done, {} failed, {} interrupted, {} running elsewhere, in {:.1} min; `clsnorm report {}` writes the comparison",
+        "{} run(s) executed, {} already done, {} failed, {} interrupted, {} done or running elsewhere, in {:.1} min; `clsnorm report {}` writes the comparison",
         inv.executed,
         skipped,
         failed.len(),
@@ -236,7 +229,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
             "{} run(s) failed (logs in {}): {}",
             failed.len(),
             plan.dir.join("logs").display(),
-            failed.join(", ")
+            clsnorm::excerpt::list(&failed)
         );
     }
     if inv.stopped {
@@ -249,22 +242,29 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--slurm`: writes the batch scripts and submits them.
-fn submit_to_slurm(a: &SweepArgs, plan: &SweepPlan) -> anyhow::Result<()> {
-    use clsnorm::sweep::slurm::{self, SlurmOptions};
-    let exe = std::env::current_exe().context("locating the clsnorm executable")?;
-    let env: Vec<(String, String)> = ["GLUE_DIR", "HF_HOME", "HF_HUB_CACHE"]
+/// The variables the Slurm tasks need from this environment.
+fn slurm_env() -> Vec<(String, String)> {
+    ["GLUE_DIR", "HF_HOME", "HF_HUB_CACHE"]
         .iter()
         .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
-        .collect();
-    let opts = SlurmOptions {
+        .collect()
+}
+
+fn slurm_options(a: &SweepArgs) -> clsnorm::sweep::slurm::SlurmOptions {
+    clsnorm::sweep::slurm::SlurmOptions {
         concurrent: a.slurm_concurrent,
         cpus: a.slurm_cpus,
         gpus: a.slurm_gpus,
         time: a.slurm_time.clone(),
         extra: a.slurm_arg.clone(),
-    };
-    let scripts = slurm::write_scripts(plan, &a.config, &exe, &env, &opts)?;
+    }
+}
+
+/// `--slurm`: writes the batch scripts and submits them.
+fn submit_to_slurm(a: &SweepArgs, plan: &SweepPlan) -> anyhow::Result<()> {
+    use clsnorm::sweep::slurm;
+    let exe = std::env::current_exe().context("locating the clsnorm executable")?;
+    let scripts = slurm::write_scripts(plan, &a.config, &exe, &slurm_env(), &slurm_options(a))?;
     let (array, report) = slurm::submit(&scripts)?;
     tracing::info!(
         "submitted {} run(s) as array job {array} ({}), and the report as job {report} after it; \
@@ -274,6 +274,20 @@ fn submit_to_slurm(a: &SweepArgs, plan: &SweepPlan) -> anyhow::Result<()> {
         plan.dir.join("slurm").display()
     );
     super::print_stdout(&format!("{array}\n{report}"))
+}
+
+/// Whether two paths name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Whether two paths name the same folder (also when neither exists yet and they are equal).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    same_file(a, b) || std::path::absolute(a).ok() == std::path::absolute(b).ok()
 }
 
 fn append_invocation(dir: &Path, inv: &Invocation) -> anyhow::Result<()> {
@@ -302,7 +316,19 @@ pub fn report(a: ReportArgs) -> anyhow::Result<()> {
                 .split_once('=')
                 .filter(|(l, p)| !l.is_empty() && !p.is_empty())
                 .with_context(|| format!("--replication {s}: expected LABEL=RESULTS_JSON"))?;
-            Ok((label.to_string(), Records::read(Path::new(path))?))
+            let path = Path::new(path);
+            // The sweep's own report holds the sweep's own runs: joined as a replication,
+            // every run would count twice.
+            let own = plan.dir.join("results.json");
+            if same_file(path, &own) {
+                bail!(
+                    "--replication {}: {} is this sweep's own report; a replication is another \
+                     sweep of the same design",
+                    clsnorm::excerpt::quoted(label),
+                    path.display()
+                );
+            }
+            Ok((label.to_string(), Records::read(path)?))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let pairs = a
@@ -312,7 +338,21 @@ pub fn report(a: ReportArgs) -> anyhow::Result<()> {
             s.split_once(',')
                 .filter(|(x, y)| !x.is_empty() && !y.is_empty())
                 .map(|(x, y)| (x.to_string(), y.to_string()))
-                .with_context(|| format!("--pair {s}: expected A,B (two variant names)"))
+                .with_context(|| {
+                    format!(
+                        "--pair {}: expected A,B (two variant names)",
+                        clsnorm::excerpt::quoted(s)
+                    )
+                })
+                .and_then(|(x, y)| {
+                    if x == y {
+                        bail!(
+                            "--pair {}: compares the variant with itself (every difference is 0); name two variants",
+                            clsnorm::excerpt::quoted(s)
+                        );
+                    }
+                    Ok((x, y))
+                })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let inputs = Inputs {
@@ -320,12 +360,21 @@ pub fn report(a: ReportArgs) -> anyhow::Result<()> {
         replications,
         pairs,
     };
-    let report = Report::assemble(&plan, &inputs)?;
-    let out = a.output.unwrap_or_else(|| plan.dir.clone());
-    // The sweep's own directory, an earlier report, or a new or empty directory.
-    if !out.join(PLAN_FILE).is_file() {
-        clsnorm::rundir::check_output_dir(&out, "results.json")?;
-    }
+    let mut plan = plan;
+    let out = a.output.clone().unwrap_or_else(|| plan.dir.clone());
+    // The sweep's own folder (claimed as the sweep does), or a report folder of its own.
+    let _claim;
+    let output_id = if same_dir(&out, &plan.dir) {
+        plan.claim_and_write()?;
+        None
+    } else {
+        let c = clsnorm::rundir::owner::claim(&out, OutputKind::Report)?;
+        let id = c.id.clone();
+        _claim = c;
+        Some(id)
+    };
+    let mut report = Report::assemble(&plan, &inputs)?;
+    report.output_id = output_id;
     report.write(&out)?;
     let done = report.runs.iter().filter(|r| r.best.is_some()).count();
     tracing::info!(

@@ -56,7 +56,7 @@ impl Rows<'_> {
 
 fn column_label(c: &Column) -> String {
     match c {
-        Column::Name(n) => format!("'{n}'"),
+        Column::Name(n) => crate::excerpt::quoted(n),
         Column::Index(i) => format!("{}", i + 1),
     }
 }
@@ -75,6 +75,29 @@ fn resolve(
     path: &Path,
     require_label: bool,
 ) -> Result<Resolved> {
+    // A name given twice in the header: which column is meant cannot be told.
+    if let Some(h) = header {
+        for c in [Some(&spec.text), spec.text_pair.as_ref(), Some(&spec.label)]
+            .into_iter()
+            .flatten()
+        {
+            if let Column::Name(n) = c {
+                let at: Vec<usize> = (0..h.len()).filter(|&i| h[i].trim() == n).collect();
+                if at.len() > 1 {
+                    return Err(Error::Data {
+                        path: path.to_path_buf(),
+                        line: 1,
+                        msg: format!(
+                            "the header names column {} twice (columns {} and {}): rename one",
+                            column_label(c),
+                            at[0] + 1,
+                            at[1] + 1
+                        ),
+                    });
+                }
+            }
+        }
+    }
     let find = |c: &Column| -> Option<usize> {
         match (c, header) {
             (Column::Index(i), _) => Some(*i),
@@ -89,7 +112,7 @@ fn resolve(
             Some(h) => format!(
                 "header has no column {} (found: {})",
                 column_label(c),
-                h.join(", ")
+                crate::excerpt::list(h)
             ),
             None => format!(
                 "column {} needs a header row, but the file has none",
@@ -268,12 +291,21 @@ fn read_csv(bytes: &[u8], spec: &TaskSpec, rows: &mut Rows) -> Result<()> {
                 let start = record.position().map_or(0, |p| p.byte() as usize);
                 let fields: std::result::Result<Vec<&str>, _> =
                     record.iter().map(std::str::from_utf8).collect();
-                let at_end = rdr.position().byte() as usize >= bytes.len();
+                let end = (rdr.position().byte() as usize).min(bytes.len());
+                let at_end = end >= bytes.len();
+                let raw = &bytes[start.min(end)..end];
                 let row = if at_end && unterminated_quote(&bytes[start.min(bytes.len())..]) {
                     Err(BadRow {
                         line,
                         msg: "unterminated quote: the quoted field opened on this line runs to \
                               the end of the file"
+                            .into(),
+                    })
+                } else if text_after_closing_quote(raw) {
+                    Err(BadRow {
+                        line,
+                        msg: "text after the closing quote of a quoted field (RFC 4180: a quoted \
+                              field ends at its closing quote; write a quote inside it as \"\")"
                             .into(),
                     })
                 } else {
@@ -309,6 +341,66 @@ fn unterminated_quote(rest: &[u8]) -> bool {
     quotes % 2 == 1 && opens
 }
 
+/// Whether a CSV record's raw bytes hold text between a quoted field's closing quote and the
+/// next comma or line end (`"abc"def`), which the csv crate silently joins into the field.
+fn text_after_closing_quote(raw: &[u8]) -> bool {
+    let (mut i, mut field_start, mut quoted) = (0, true, false);
+    while i < raw.len() {
+        let b = raw[i];
+        if quoted {
+            if b == b'"' {
+                if raw.get(i + 1) == Some(&b'"') {
+                    i += 2;
+                    continue;
+                }
+                quoted = false;
+                field_start = false;
+                if !matches!(raw.get(i + 1), None | Some(b',' | b'\r' | b'\n')) {
+                    return true;
+                }
+            }
+        } else {
+            quoted = b == b'"' && field_start;
+            field_start = b == b',';
+        }
+        i += 1;
+    }
+    false
+}
+
+/// A JSON object whose keys are all different: serde_json keeps the last of two equal keys,
+/// which silently picks one of two values.
+struct UniqueKeys(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<UniqueKeys, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some((k, v)) = m.next_entry::<String, serde_json::Value>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "key {} appears twice",
+                            crate::excerpt::quoted(&k)
+                        )));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(UniqueKeys(out))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
 fn json_field(
     obj: &serde_json::Map<String, serde_json::Value>,
     c: &Column,
@@ -325,7 +417,12 @@ fn json_field(
         Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
             Some(v.to_string())
         }
-        Some(_) => return Err(format!("field '{name}' must be a string or number")),
+        Some(_) => {
+            return Err(format!(
+                "field {} must be a string or number",
+                crate::excerpt::quoted(name)
+            ))
+        }
     })
 }
 
@@ -345,9 +442,14 @@ fn read_jsonl(bytes: &[u8], spec: &TaskSpec, rows: &mut Rows) -> Result<()> {
         let row = (|| -> std::result::Result<RawRow, String> {
             let text = std::str::from_utf8(raw)
                 .map_err(|e| format!("invalid UTF-8 at byte {} of the line", e.valid_up_to()))?;
-            let v: serde_json::Value =
-                serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-            let obj = v.as_object().ok_or("expected a JSON object")?;
+            let UniqueKeys(obj) = serde_json::from_str(text).map_err(|e| {
+                if text.trim_start().starts_with('{') {
+                    format!("invalid JSON: {e}")
+                } else {
+                    "expected a JSON object".to_string()
+                }
+            })?;
+            let obj = &obj;
             let get_text = |c: &Column| -> std::result::Result<String, String> {
                 let s = json_field(obj, c)?
                     .ok_or_else(|| format!("missing field {}", column_label(c)))?;
@@ -369,6 +471,64 @@ fn read_jsonl(bytes: &[u8], spec: &TaskSpec, rows: &mut Rows) -> Result<()> {
     Ok(())
 }
 
+/// The longest line a data file may hold: two texts of [`MAX_TEXT_BYTES`] and the other
+/// fields with room to spare. Checked before the file is read into memory, so that a file of
+/// one multi-GB line is refused after reading a few MB of it.
+pub const MAX_LINE_BYTES: usize = 4 << 20;
+
+/// Streams through `path` once, refusing it at the first line longer than [`MAX_LINE_BYTES`]
+/// (unless `refuse_long` is false: `--skip-bad-rows` skips such a row, whose text is over
+/// [`MAX_TEXT_BYTES`]) or past [`MAX_ROWS`] lines, before anything is held in memory.
+fn check_lines(path: &Path, refuse_long: bool) -> Result<()> {
+    use std::io::Read;
+    let (f, _) = crate::fsread::open_regular(
+        path,
+        crate::fsread::MAX_DATA_BYTES,
+        crate::fsread::Links::Follow,
+    )?;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut lines, mut current) = (0usize, 0usize);
+    loop {
+        let n = r.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut rest = &buf[..n];
+        while let Some(at) = rest.iter().position(|&b| b == b'\n') {
+            current += at;
+            if refuse_long && current > MAX_LINE_BYTES {
+                break;
+            }
+            lines += 1;
+            current = 0;
+            rest = &rest[at + 1..];
+        }
+        current += rest.len();
+        if refuse_long && current > MAX_LINE_BYTES {
+            return Err(Error::Data {
+                path: path.to_path_buf(),
+                line: lines + 1,
+                msg: format!(
+                    "the line is longer than {} MiB (at most {} MiB of text per field); is \
+                     this a data file with one row per line?",
+                    MAX_LINE_BYTES >> 20,
+                    MAX_TEXT_BYTES >> 20
+                ),
+            });
+        }
+        if lines > MAX_ROWS {
+            return Err(Error::File {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "more than {MAX_ROWS} lines; clsnorm holds a split in memory (~330 bytes a \
+                     row besides its text) and reads at most {MAX_ROWS} rows: split the file"
+                ),
+            });
+        }
+    }
+}
+
 /// The rows of one file, read once, and the sha256 of exactly the bytes they were parsed from.
 #[derive(Debug, Clone)]
 pub struct RawFile {
@@ -383,6 +543,7 @@ pub struct RawFile {
 /// device is refused without blocking), at most [`crate::fsread::MAX_DATA_BYTES`].
 pub fn read_rows(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<RawFile> {
     use crate::fsread::{read_regular, Links, MAX_DATA_BYTES};
+    check_lines(path, !opts.skip_bad_rows)?;
     let bytes = read_regular(path, MAX_DATA_BYTES, Links::Follow)?;
     let sha256 = crate::fsread::sha256_hex(&bytes);
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -390,16 +551,6 @@ pub fn read_rows(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<RawF
             path: path.to_path_buf(),
             line: 1,
             msg: "the file is empty".into(),
-        });
-    }
-    let lines = bytes.iter().filter(|&&b| b == b'\n').count();
-    if lines > MAX_ROWS {
-        return Err(Error::File {
-            path: path.to_path_buf(),
-            msg: format!(
-                "{lines} lines; clsnorm holds a split in memory (~330 bytes a row besides its \
-                 text) and reads at most {MAX_ROWS} rows: split the file"
-            ),
         });
     }
     let mut rows = Rows {
@@ -460,8 +611,10 @@ pub fn infer_classes(path: &Path, rows: &[RawRow]) -> Result<Vec<String>> {
                     path: path.to_path_buf(),
                     line: r.line,
                     msg: format!(
-                        "label '{label}' is the number of label '{other}' (line {}); write each \
-                         class one way, or they are two classes",
+                        "label {} is the number of label {} (line {}); write each class one \
+                         way, or they are two classes",
+                        crate::excerpt::quoted(label),
+                        crate::excerpt::quoted(other),
                         first[other]
                     ),
                 });
@@ -495,14 +648,25 @@ pub fn dataset_from_rows(raw: RawFile, spec: &TaskSpec, opts: ReadOptions) -> Re
             LabelSpace::Classes(classes) => {
                 index.get(l).map(|&i| Label::Class(i)).ok_or_else(|| {
                     format!(
-                        "unknown label '{l}' (expected one of: {})",
-                        classes.join(", ")
+                        "unknown label {} (expected one of: {})",
+                        crate::excerpt::quoted(l),
+                        crate::excerpt::list(classes)
                     )
                 })
             }
-            LabelSpace::Regression => match l.parse::<f32>() {
-                Ok(v) if v.is_finite() => Ok(Label::Score(v)),
-                _ => Err(format!("regression target '{l}' is not a finite number")),
+            LabelSpace::Regression => match l.parse::<f64>() {
+                Ok(v) if v.is_finite() && v.abs() <= f64::from(f32::MAX) => {
+                    Ok(Label::Score(v as f32))
+                }
+                Ok(v) if v.is_finite() => Err(format!(
+                    "regression target {} is beyond the range of f32, in which targets are \
+                     trained (at most 3.4e38 in magnitude)",
+                    crate::excerpt::quoted(l)
+                )),
+                _ => Err(format!(
+                    "regression target {} is not a finite number",
+                    crate::excerpt::quoted(l)
+                )),
             },
         }
     };

@@ -276,7 +276,10 @@ impl TaskSpec {
                 Ok(Column::Name(s.to_string()))
             } else {
                 s.parse().map(Column::Index).map_err(|_| {
-                    format!("without a header row, columns are 0-based numbers, got '{s}'")
+                    format!(
+                        "without a header row, columns are 0-based numbers, got {}",
+                        crate::excerpt::quoted(s)
+                    )
                 })
             }
         };

@@ -154,8 +154,8 @@ impl BertConfig {
         parse_checked(path, text, |cfg: &BertConfig| {
             if !model_types.contains(&cfg.model_type.as_str()) {
                 return Err(format!(
-                    "model_type is '{}', expected {}",
-                    cfg.model_type,
+                    "model_type is {}, expected {}",
+                    crate::excerpt::quoted(&cfg.model_type),
                     model_types.join(" or ")
                 ));
             }
@@ -167,8 +167,8 @@ impl BertConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.model_type != "bert" {
             return Err(format!(
-                "model_type is '{}', but clsnorm implements BERT ('bert') only",
-                self.model_type
+                "model_type is {}, but clsnorm implements BERT ('bert') only",
+                crate::excerpt::quoted(&self.model_type)
             ));
         }
         self.check_values()
@@ -178,8 +178,8 @@ impl BertConfig {
     fn check_values(&self) -> std::result::Result<(), String> {
         if self.position_embedding_type != "absolute" {
             return Err(format!(
-                "position_embedding_type '{}' is not supported (expected 'absolute')",
-                self.position_embedding_type
+                "position_embedding_type {} is not supported (expected 'absolute')",
+                crate::excerpt::quoted(&self.position_embedding_type)
             ));
         }
         for (name, v) in [
@@ -228,10 +228,10 @@ impl BertConfig {
                 self.attention_probs_dropout_prob,
             ),
         ])?;
-        check::positive(&[
-            ("layer_norm_eps", self.layer_norm_eps),
-            ("initializer_range", self.initializer_range),
-        ])?;
+        check::eps_and_init(
+            Some(("layer_norm_eps", self.layer_norm_eps)),
+            self.initializer_range,
+        )?;
         check::pad_in_vocab(self.pad_token_id, self.vocab_size)
     }
 
@@ -292,9 +292,32 @@ pub(crate) fn parse_checked<T: serde::de::DeserializeOwned>(
         path: path.to_path_buf(),
         msg,
     };
-    let cfg: T = serde_json::from_str(text).map_err(|e| bad(explain_serde(&e)))?;
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(explain_serde(&e)))?;
+    let cfg: T = deserialize_named(json).map_err(bad)?;
     check(&cfg).map_err(bad)?;
     Ok(cfg)
+}
+
+/// Deserializes a config object; an error names the key it is about. serde cannot say which
+/// key a type error belongs to inside a struct with flattened fields (which the configs have,
+/// to keep unknown keys), so the key is found by leaving each out in turn.
+pub(crate) fn deserialize_named<T: serde::de::DeserializeOwned>(
+    json: serde_json::Value,
+) -> std::result::Result<T, String> {
+    let e = match T::deserialize(&json) {
+        Ok(cfg) => return Ok(cfg),
+        Err(e) => explain_serde(&e),
+    };
+    if let serde_json::Value::Object(map) = &json {
+        for key in map.keys() {
+            let mut without = map.clone();
+            without.remove(key);
+            if T::deserialize(&serde_json::Value::Object(without)).is_ok() {
+                return Err(format!("{}: {e}", crate::excerpt::quoted(key)));
+            }
+        }
+    }
+    Err(e)
 }
 
 /// serde's message already names line and column; make unknown-variant errors list choices.

@@ -261,7 +261,10 @@ impl DebertaV2Config {
                     .map(|k| k.trim().to_ascii_lowercase())
                     .find(|k| k != "c2p" && k != "p2c")
                 {
-                    return Err(format!("pos_att_type '{k}' is not supported (c2p, p2c)"));
+                    return Err(format!(
+                        "pos_att_type {} is not supported (c2p, p2c)",
+                        crate::excerpt::quoted(&k)
+                    ));
                 }
             }
         }
@@ -273,10 +276,10 @@ impl DebertaV2Config {
             ),
             ("pooler_dropout", self.pooler_dropout),
         ])?;
-        check::positive(&[
-            ("layer_norm_eps", self.layer_norm_eps),
-            ("initializer_range", self.initializer_range),
-        ])?;
+        check::eps_and_init(
+            Some(("layer_norm_eps", self.layer_norm_eps)),
+            self.initializer_range,
+        )?;
         check::pad_in_vocab(self.pad_token_id, self.vocab_size)
     }
 
@@ -571,7 +574,7 @@ impl DebertaV2Model {
         }
         let scores = scores
             .view([b, n, s, s])
-            .masked_fill(&mask.logical_not(), f64::from(f32::MIN));
+            .masked_fill(&mask.logical_not(), lowest(scores.kind()));
         let probs = scores
             .softmax(-1, Kind::Float)
             .apply_dropout(cfg.attention_probs_dropout_prob, train);
@@ -652,5 +655,16 @@ impl EncoderModel for DebertaV2Model {
             cls,
             last_hidden_state: xs,
         }
+    }
+}
+
+/// The lowest finite value of `kind` (`torch.finfo(dtype).min`, as the reference fills its
+/// mask): f32's minimum overflows bf16 and fp16.
+fn lowest(kind: Kind) -> f64 {
+    match kind {
+        Kind::Half => -65504.0,
+        Kind::BFloat16 => -3.389_531_389_251_535_5e38,
+        Kind::Double => f64::MIN,
+        _ => f64::from(f32::MIN),
     }
 }

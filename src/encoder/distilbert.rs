@@ -141,7 +141,7 @@ impl DistilBertConfig {
             ("attention_dropout", self.attention_dropout),
             ("seq_classif_dropout", self.seq_classif_dropout),
         ])?;
-        check::positive(&[("initializer_range", self.initializer_range)])?;
+        check::eps_and_init(None, self.initializer_range)?;
         check::pad_in_vocab(self.pad_token_id, self.vocab_size)
     }
 

@@ -60,7 +60,13 @@ pub fn resolve(model: &Path, cache: Option<&Path>) -> Result<PathBuf> {
         others.sort();
         repos.extend(others);
     }
-    let found: Vec<PathBuf> = repos.iter().filter_map(|r| snapshot(r)).collect();
+    let mut found: Vec<PathBuf> = Vec::new();
+    for r in &repos {
+        found.extend(
+            snapshot(r)
+                .map_err(|msg| Error::Invalid(format!("--model {id}: {}: {msg}", r.display())))?,
+        );
+    }
     match found.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(not_found(format!(
@@ -90,23 +96,50 @@ fn is_hub_id(s: &str) -> bool {
         })
 }
 
-/// The snapshot of a cached repository: the revision `refs/main` names, else the only one.
-fn snapshot(repo: &Path) -> Option<PathBuf> {
+/// The snapshot of a cached repository: the revision `refs/main` names, else the only one;
+/// `None` when there is none. A `refs/main` naming a revision that is not there, or several
+/// snapshots and no `refs/main`, is an error: loading some other snapshot would be a guess.
+fn snapshot(repo: &Path) -> std::result::Result<Option<PathBuf>, String> {
     let snapshots = repo.join("snapshots");
-    if let Ok(rev) = crate::fsread::read_text(&repo.join("refs").join("main"), 4096) {
-        let rev = rev.trim();
-        if is_hub_id(rev) && !rev.contains('/') {
-            let dir = snapshots.join(rev);
-            if dir.is_dir() {
-                return Some(dir);
-            }
-        }
-    }
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&snapshots)
-        .ok()?
+    let mut dirs: Vec<String> = std::fs::read_dir(&snapshots)
+        .into_iter()
         .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    (dirs.len() == 1).then(|| dirs.remove(0))
+    dirs.sort();
+    let refs = repo.join("refs").join("main");
+    if std::fs::symlink_metadata(&refs).is_ok() {
+        let rev = crate::fsread::read_text(&refs, 4096).map_err(|e| e.to_string())?;
+        let rev = rev.trim();
+        if !is_hub_id(rev) || rev.contains('/') {
+            return Err(format!(
+                "refs/main holds {}, which is not a revision",
+                crate::excerpt::quoted(rev)
+            ));
+        }
+        let dir = snapshots.join(rev);
+        if dir.is_dir() {
+            return Ok(Some(dir));
+        }
+        return Err(format!(
+            "refs/main names revision {rev}, which is not in the cache (snapshots there: {}); \
+             download it again, or give a snapshot directory as --model",
+            if dirs.is_empty() {
+                "none".to_string()
+            } else {
+                crate::excerpt::list(&dirs)
+            }
+        ));
+    }
+    match dirs.len() {
+        0 => Ok(None),
+        1 => Ok(Some(snapshots.join(&dirs[0]))),
+        n => Err(format!(
+            "{n} snapshots ({}) and no refs/main to choose one; give a snapshot directory as \
+             --model",
+            crate::excerpt::list(&dirs)
+        )),
+    }
 }

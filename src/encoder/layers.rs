@@ -98,12 +98,13 @@ pub mod check {
         }
     }
 
-    /// Every value a positive finite number.
-    pub fn positive(values: &[(&str, f64)]) -> Result<(), String> {
-        match values.iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
-            Some((name, v)) => Err(format!("{name} must be a positive number, found {v}")),
-            None => Ok(()),
+    /// A LayerNorm epsilon ([`crate::bounds::epsilon`]) and the initialiser's standard
+    /// deviation (positive in f32, at most 1), as they are used.
+    pub fn eps_and_init(eps: Option<(&str, f64)>, initializer_range: f64) -> Result<(), String> {
+        if let Some((name, e)) = eps {
+            crate::bounds::epsilon(name, e)?;
         }
+        crate::bounds::f32_range("initializer_range", initializer_range, 1e-30, 1.0)
     }
 
     /// The pad id names a row of the vocabulary.

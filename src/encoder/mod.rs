@@ -182,7 +182,8 @@ impl Families {
             .ok_or_else(|| Error::Config {
                 path: path.clone(),
                 msg: format!(
-                    "model_type is '{model_type}', but clsnorm implements {}",
+                    "model_type is {}, but clsnorm implements {}",
+                    crate::excerpt::quoted(model_type),
                     self.model_types().join(", ")
                 ),
             })?;

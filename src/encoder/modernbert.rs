@@ -227,7 +227,10 @@ impl ModernBertConfig {
                 .iter()
                 .find(|t| *t != "full_attention" && *t != "sliding_attention")
             {
-                return Err(format!("layer type '{t}' is not supported"));
+                return Err(format!(
+                    "layer type {} is not supported",
+                    crate::excerpt::quoted(t)
+                ));
             }
         }
         if self.global_attn_every_n_layers.is_some_and(|n| n < 1) {
@@ -235,9 +238,10 @@ impl ModernBertConfig {
         }
         for local in [false, true] {
             let theta = self.rope_theta(local);
-            if !(theta > 1.0 && theta.is_finite()) {
+            // Its powers are taken in f32: beyond ~1e30 the frequencies round to 0.
+            if !(theta > 1.0 && theta <= 1e30) {
                 return Err(format!(
-                    "rope_theta must be a number above 1, found {theta}"
+                    "rope_theta must be a number above 1 and at most 1e30, found {theta}"
                 ));
             }
         }
@@ -248,8 +252,9 @@ impl ModernBertConfig {
             .find(|(_, r)| r.rope_type != "default")
         {
             return Err(format!(
-                "rope_parameters.{k}.rope_type '{}' is not supported (only 'default')",
-                r.rope_type
+                "rope_parameters.{}.rope_type {} is not supported (only 'default')",
+                crate::excerpt::quoted(k),
+                crate::excerpt::quoted(&r.rope_type)
             ));
         }
         check::probabilities(&[
@@ -258,10 +263,7 @@ impl ModernBertConfig {
             ("mlp_dropout", self.mlp_dropout),
             ("classifier_dropout", self.classifier_dropout),
         ])?;
-        check::positive(&[
-            ("norm_eps", self.norm_eps),
-            ("initializer_range", self.initializer_range),
-        ])?;
+        check::eps_and_init(Some(("norm_eps", self.norm_eps)), self.initializer_range)?;
         check::pad_in_vocab(self.pad_token_id, self.vocab_size)
     }
 

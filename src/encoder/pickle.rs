@@ -233,8 +233,9 @@ impl<'a> Machine<'a> {
             Ok(Value::Global(full))
         } else {
             Err(format!(
-                "refusing to load: the pickle references '{full}', which is not part of a \
-                 plain tensor state dict"
+                "refusing to load: the pickle references {}, which is not part of a \
+                 plain tensor state dict",
+                crate::excerpt::quoted(&full)
             ))
         }
     }
@@ -278,7 +279,7 @@ impl<'a> Machine<'a> {
                     _ => Err("_rebuild_tensor_v2 arguments are not (storage, offset, ...)".into()),
                 }
             }
-            other => Err(format!("cannot call '{other}'")),
+            other => Err(format!("cannot call {}", crate::excerpt::quoted(other))),
         }
     }
 

@@ -70,6 +70,10 @@ impl BatchNorm {
 }
 
 impl Normalizer for BatchNorm {
+    fn check_state(&self) -> std::result::Result<(), String> {
+        super::check_variances("normalizer.running_var", &self.running_var)
+    }
+
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let use_batch = train && x.size()[0] > 1;
         Tensor::batch_norm(

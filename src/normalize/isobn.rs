@@ -127,6 +127,12 @@ impl IsoBn {
 }
 
 impl Normalizer for IsoBn {
+    fn check_state(&self) -> std::result::Result<(), String> {
+        // running_std is an average of standard deviations: never negative.
+        super::check_variances("normalizer.running_std", &self.std)?;
+        super::check_covariance("normalizer.running_cov", &self.cov)
+    }
+
     fn forward(&self, h: &Tensor, train: bool) -> Tensor {
         if train {
             tch::no_grad(|| {

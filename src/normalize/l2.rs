@@ -20,11 +20,11 @@ impl NormOptions for L2Options {
     const ABOUT: &'static str = "s x / ||x||, s learnable unless fixed";
 
     fn validate(&self) -> Result<(), String> {
+        // The default is sqrt(hidden) (~20-40); outside this range the logits vanish or
+        // overflow.
         match self.scale {
-            Some(s) if !(s > 0.0 && s.is_finite()) => {
-                Err(format!("scale must be a positive number, got {s}"))
-            }
-            _ => Ok(()),
+            Some(s) => crate::bounds::f32_range("scale", s, 1e-4, 1e4),
+            None => Ok(()),
         }
     }
 

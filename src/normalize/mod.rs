@@ -44,6 +44,46 @@ pub trait Normalizer: std::fmt::Debug + Send {
     fn fit(&self, _cls: &Tensor) -> Result<()> {
         Ok(())
     }
+
+    /// Checks state read from a checkpoint for values training can never produce (a negative
+    /// variance, a covariance that is not positive semi-definite): such a file was edited or
+    /// corrupted, and its outputs would be meaningless. Names the offending tensor.
+    fn check_state(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A variance vector that training could have produced: no negative entry.
+pub(crate) fn check_variances(name: &str, v: &Tensor) -> std::result::Result<(), String> {
+    let min = tch::no_grad(|| v.min().double_value(&[]));
+    if min < 0.0 {
+        return Err(format!(
+            "the saved `{name}` holds a negative variance ({min:e}); a variance is never negative"
+        ));
+    }
+    Ok(())
+}
+
+/// A covariance matrix that training could have produced: symmetric and positive
+/// semi-definite up to rounding (its smallest eigenvalue above -1e-4 of its largest).
+pub(crate) fn check_covariance(name: &str, c: &Tensor) -> std::result::Result<(), String> {
+    tch::no_grad(|| {
+        let c = c.to_kind(tch::Kind::Double);
+        let asym = (&c - c.tr()).abs().max().double_value(&[]);
+        let scale = c.abs().max().double_value(&[]);
+        if asym > 1e-5 * scale.max(f64::MIN_POSITIVE) {
+            return Err(format!("the saved `{name}` is not symmetric"));
+        }
+        let ev = c.linalg_eigvalsh("L");
+        let (lo, hi) = (ev.min().double_value(&[]), ev.max().double_value(&[]));
+        if lo < -1e-4 * hi.abs().max(f64::MIN_POSITIVE) {
+            return Err(format!(
+                "the saved `{name}` is not positive semi-definite (eigenvalues from {lo:e} to \
+                 {hi:e}); a covariance never is"
+            ));
+        }
+        Ok(())
+    })
 }
 
 /// A normalizer's options: declared once, in the normalizer's own file, as a serde struct
@@ -171,7 +211,8 @@ impl Normalizers {
             .map(|m| m.as_ref())
             .ok_or_else(|| {
                 Error::Invalid(format!(
-                    "unknown normalizer '{name}': expected one of {}",
+                    "unknown normalizer {}: expected one of {}",
+                    crate::excerpt::quoted(name),
                     self.names().join(", ")
                 ))
             })
@@ -183,6 +224,20 @@ impl Normalizers {
     pub fn config(&self, name: &str, given: &OptionMap) -> Result<NormConfig> {
         let name = name.to_ascii_lowercase();
         let method = self.method(&name)?;
+        // Option names are short identifiers; anything else is not echoed back whole.
+        for k in given.keys() {
+            let ok = !k.is_empty()
+                && k.len() <= 64
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return Err(Error::Invalid(format!(
+                    "--norm {}: unknown option {} (options are names such as beta or eps)",
+                    method.name(),
+                    crate::excerpt::quoted(k)
+                )));
+            }
+        }
         let given: OptionMap = given
             .iter()
             .map(|(k, v)| (k.replace('-', "_"), v.clone()))
@@ -278,20 +333,12 @@ impl NormOptions for NoneOptions {
 
 /// Checks that an EMA momentum is in (0, 1].
 pub(crate) fn check_momentum(m: f64) -> std::result::Result<(), String> {
-    if m > 0.0 && m <= 1.0 {
-        Ok(())
-    } else {
-        Err(format!("momentum must be in (0, 1], got {m}"))
-    }
+    crate::bounds::momentum("momentum", m)
 }
 
-/// Checks that an epsilon is positive and finite.
+/// Checks that an epsilon is positive in f32 and at most 1.
 pub(crate) fn check_eps(e: f64) -> std::result::Result<(), String> {
-    if e > 0.0 && e.is_finite() {
-        Ok(())
-    } else {
-        Err(format!("eps must be a positive number, got {e}"))
-    }
+    crate::bounds::epsilon("eps", e)
 }
 
 /// `none`: returns its input.

@@ -51,6 +51,10 @@ impl Standardize {
 }
 
 impl Normalizer for Standardize {
+    fn check_state(&self) -> std::result::Result<(), String> {
+        super::check_variances("normalizer.var", &self.var)
+    }
+
     fn forward(&self, x: &Tensor, _train: bool) -> Tensor {
         (x - &self.mean) / (&self.var + self.eps).sqrt()
     }

@@ -97,6 +97,10 @@ impl Whiten {
 }
 
 impl Normalizer for Whiten {
+    fn check_state(&self) -> std::result::Result<(), String> {
+        super::check_covariance("normalizer.running_cov", &self.cov)
+    }
+
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let n = x.size()[0];
         let xf = x.to_kind(self.cov.kind());

@@ -152,6 +152,8 @@ fn median_of(series: &[(usize, f64)]) -> Option<f64> {
 pub struct Records {
     pub path: PathBuf,
     pub sweep: String,
+    /// The sweep folder's id, in reports written since folders have ids.
+    pub sweep_id: Option<String>,
     pub runs: Vec<RunResult>,
     pub invocations: Vec<Invocation>,
 }
@@ -162,6 +164,8 @@ impl Records {
         #[derive(Deserialize)]
         struct File {
             sweep: String,
+            #[serde(default)]
+            sweep_id: Option<String>,
             runs: Vec<RunResult>,
             #[serde(default)]
             invocations: Vec<Invocation>,
@@ -174,6 +178,7 @@ impl Records {
         Ok(Records {
             path: path.to_path_buf(),
             sweep: f.sweep,
+            sweep_id: f.sweep_id,
             runs: f.runs,
             invocations: f.invocations,
         })

@@ -167,6 +167,14 @@ pub struct Inputs {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub sweep: String,
+    /// The id of the sweep folder the runs came from ([`SweepPlan::output_id`]): a replication
+    /// with the same id is this sweep itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep_id: Option<String>,
+    /// The id of the report folder this was written to, when it is not the sweep's
+    /// ([`crate::rundir::owner`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_id: Option<String>,
     pub runs: Vec<RunResult>,
     pub rows: Vec<Row>,
     /// The comparisons asked for with `--pair`.
@@ -203,6 +211,15 @@ impl Report {
     pub fn assemble(plan: &SweepPlan, inputs: &Inputs) -> Result<Report> {
         let (mut runs, invocations) = collect::collect(plan, &inputs.records)?;
         for (label, rep) in &inputs.replications {
+            if rep.sweep_id.is_some() && rep.sweep_id == plan.output_id {
+                return Err(Error::File {
+                    path: rep.path.clone(),
+                    msg: format!(
+                        "--replication {label}: a report of this same sweep folder; its runs are \
+                         already this sweep's (a replication is another sweep of the same design)"
+                    ),
+                });
+            }
             // A label given twice joins its files; the first that holds a run wins.
             for run in collect::replication(plan, label, rep)? {
                 let known = runs.iter().any(|r| {
@@ -219,6 +236,8 @@ impl Report {
         let pairs = aggregate::pairs(&runs, &inputs.pairs)?;
         Ok(Report {
             sweep: plan.name.clone(),
+            sweep_id: plan.output_id.clone(),
+            output_id: None,
             invocations,
             runs,
             rows,

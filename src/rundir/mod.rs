@@ -5,14 +5,19 @@
 //! directory), and several processes may start on the same new directory at the same moment
 //! (sweeps, cluster array jobs). The rules that keep their files safe:
 //! - a fresh run goes into a directory that this process creates (atomically, `mkdir`), into
-//!   an empty one, or into one that clsnorm marked as a run directory ([`MARKER`]); any other
-//!   existing directory is refused without writing anything in it;
+//!   an empty one, or into one where a start of a run was killed before the run's `config.json`
+//!   existed (its [`MARKER`] carries the run's id; the only other files are the lock, temporary
+//!   files and the normalizer cache); any other existing directory is refused without writing
+//!   anything in it, and so is a directory inside another run's (see [`owner`]);
+//! - a run's `config.json` repeats the marker's id: `--resume` refuses a folder whose two
+//!   disagree;
 //! - the lock ([`LOCK_FILE`], an advisory `flock`) is taken before anything else is written;
 //! - a start that fails before the run's `config.json` exists removes the files it created,
 //!   and the directory only when it created it and it is then empty (`rmdir`, never a
 //!   recursive delete), and only while it still holds the lock;
 //! - leftovers of a killed process (temporary checkpoint directories and files, a checkpoint
 //!   left as `NAME.old` between its two renames) are recovered or removed under the lock.
+pub mod owner;
 pub mod records;
 
 use std::fs::File;
@@ -30,6 +35,18 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const CHECKPOINTS: &[&str] = &["best", "last"];
 /// The training-loss log.
 pub const LOSS_FILE: &str = "train_loss.jsonl";
+/// Frozen normalizer statistics fitted before training.
+pub const NORMALIZER_CACHE: &str = "normalizer_stats.safetensors";
+
+/// Whether `name` is a checkpoint being written (`best.tmp-PID`, as `checkpoint::save` names
+/// them).
+fn is_checkpoint_temp(name: &str) -> bool {
+    CHECKPOINTS.iter().any(|c| {
+        name.strip_prefix(c)
+            .and_then(|r| r.strip_prefix(".tmp-"))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
 
 /// Where each file of a run directory is.
 #[derive(Debug, Clone)]
@@ -73,7 +90,7 @@ impl Layout {
     }
     /// Frozen normalizer statistics fitted before training.
     pub fn normalizer_cache(&self) -> PathBuf {
-        self.dir.join("normalizer_stats.safetensors")
+        self.dir.join(NORMALIZER_CACHE)
     }
 }
 
@@ -92,6 +109,9 @@ pub struct RunDir {
     lock: Option<File>,
     /// Whether this process made the directory itself.
     created_dir: bool,
+    /// The run's id ([`MARKER`]), repeated in its `config.json`; `None` for a run started
+    /// before runs had ids (resumed as before).
+    id: Option<String>,
     /// Files this process created in it, removed again if the start fails.
     created: Vec<PathBuf>,
     committed: bool,
@@ -104,8 +124,17 @@ fn invalid(msg: String) -> Error {
 /// Whether `name` is a file clsnorm itself puts into a fresh run directory before the run
 /// starts (an empty directory holding only these may be used for a new run).
 fn is_bookkeeping(name: &str) -> bool {
-    // The marker's temporary name too: another process may be writing it right now.
-    name == MARKER || name == LOCK_FILE || name.starts_with(&format!(".{MARKER}.tmp-"))
+    // Temporary files too: another process may be writing the marker right now.
+    name == MARKER || name == LOCK_FILE || owner::is_atomic_temp(name)
+}
+
+/// The id in the run marker of `dir`, when the marker is one that carries an id.
+pub fn marker_id(dir: &Path) -> Option<String> {
+    use crate::fsread::{read_regular, Links, MAX_SMALL_BYTES};
+    let bytes = read_regular(&dir.join(MARKER), MAX_SMALL_BYTES, Links::Refuse).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let id = v.get("id")?.as_str()?;
+    (v.get("clsnorm")?.as_str()? == "run" && owner::is_id(id)).then(|| id.to_string())
 }
 
 /// Whether `dir` is a clsnorm run directory: it carries the [`MARKER`], or (runs from before
@@ -144,9 +173,11 @@ impl RunDir {
             path: path.to_path_buf(),
             lock: None,
             created_dir: false,
+            id: None,
             created: Vec::new(),
             committed: false,
         };
+        owner::check_placement(path, owner::Placement::RunOrSweep)?;
         if resume {
             if !path.join(CONFIG_FILE).is_file() || !is_run_dir(path) {
                 return Err(invalid(format!(
@@ -155,6 +186,8 @@ impl RunDir {
                 )));
             }
             run.committed = true; // nothing of an existing run is ever removed
+                                  // Before the lock: a refused folder gets nothing written, not even the lock's pid.
+            run.id = run.check_identity()?;
         } else {
             run.create_or_adopt()?;
         }
@@ -167,14 +200,84 @@ impl RunDir {
                     path.display()
                 )));
             }
-            let marker = path.join(MARKER);
-            if !marker.exists() {
-                crate::atomic::write_bytes(&marker, b"clsnorm run directory\n")?;
-                run.created.push(marker);
-            }
+            run.check_adoptable()?;
+            let id = match marker_id(path) {
+                Some(id) => id,
+                None => {
+                    let id = owner::new_id();
+                    let marker = path.join(MARKER);
+                    let existed = marker.exists();
+                    let text = format!("{{\"clsnorm\": \"run\", \"id\": \"{id}\"}}\n");
+                    crate::atomic::write_bytes(&marker, text.as_bytes())?;
+                    if !existed {
+                        run.created.push(marker);
+                    }
+                    id
+                }
+            };
+            run.id = Some(id);
         }
         run.recover_leftovers()?;
         Ok(run)
+    }
+
+    /// The run's id, recorded in its `config.json`.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// On resume: the marker's id must be the one `config.json` repeats. A run from before
+    /// runs had ids has neither.
+    fn check_identity(&self) -> Result<Option<String>> {
+        use crate::fsread::{read_regular, Links, MAX_SMALL_BYTES};
+        let config = self.path.join(CONFIG_FILE);
+        let bytes = read_regular(&config, MAX_SMALL_BYTES, Links::Refuse)?;
+        let recorded = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("run_id")?.as_str().map(str::to_string));
+        let marked = marker_id(&self.path);
+        match (&recorded, &marked) {
+            (None, None) => Ok(None),
+            (Some(r), Some(m)) if r == m => Ok(recorded),
+            _ => Err(invalid(format!(
+                "--resume: the run id in {} ({}) is not the one its marker {} holds ({}); \
+                 the folder's files are not all of one run, so nothing in it is replaced",
+                config.display(),
+                recorded.as_deref().unwrap_or("none"),
+                MARKER,
+                marked.as_deref().unwrap_or("none")
+            ))),
+        }
+    }
+
+    /// A new run in an existing folder without a `config.json`: only what a killed start of a
+    /// run leaves may be there (the lock, temporary files, and, when the marker carries an id,
+    /// the normalizer cache that start fitted). Checked under the lock.
+    fn check_adoptable(&self) -> Result<()> {
+        let with_id = marker_id(&self.path).is_some();
+        let mut foreign = Vec::new();
+        for entry in std::fs::read_dir(&self.path).map_err(|e| Error::io(&self.path, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.path, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let cache = with_id && name == NORMALIZER_CACHE;
+            if !(is_bookkeeping(&name) || cache || is_checkpoint_temp(&name)) {
+                foreign.push(crate::excerpt::quoted(&name));
+                if foreign.len() == 3 {
+                    break;
+                }
+            }
+        }
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        foreign.sort();
+        Err(invalid(format!(
+            "{} is not empty and holds no run that clsnorm recognises (it holds {}{}); clsnorm \
+             writes a new run only into a new or empty directory: choose another --output",
+            self.path.display(),
+            foreign.join(", "),
+            if foreign.len() == 3 { ", ..." } else { "" }
+        )))
     }
 
     /// Creates the directory, or accepts an existing one that is empty or a clsnorm run
@@ -199,31 +302,17 @@ impl RunDir {
                 path.display()
             )));
         }
-        if is_run_dir(&path) {
+        if path.join(CONFIG_FILE).exists() && is_run_dir(&path) {
+            // Refused under the lock, with the hint to resume.
             return Ok(());
         }
-        let mut foreign = Vec::new();
-        for entry in std::fs::read_dir(&path).map_err(|e| Error::io(&path, e))? {
-            let entry = entry.map_err(|e| Error::io(&path, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !is_bookkeeping(&name) {
-                foreign.push(name);
-                if foreign.len() == 3 {
-                    break;
-                }
-            }
+        // Before the lock file is created in it: a foreign folder gets nothing written.
+        match self.check_adoptable() {
+            // Another process started a run here while the folder was listed: refused under
+            // the lock, with the hint to resume.
+            Err(_) if path.join(CONFIG_FILE).exists() && is_run_dir(&path) => Ok(()),
+            other => other,
         }
-        if foreign.is_empty() {
-            return Ok(());
-        }
-        foreign.sort();
-        Err(invalid(format!(
-            "{} is not empty and is not a clsnorm run directory (it holds {}{}); clsnorm writes a \
-             new run only into a new or empty directory: choose another --output",
-            path.display(),
-            foreign.join(", "),
-            if foreign.len() == 3 { ", ..." } else { "" }
-        )))
     }
 
     /// Takes the advisory lock on `RUN/.lock`.
@@ -232,18 +321,8 @@ impl RunDir {
         let path = self.path.join(LOCK_FILE);
         let existed = path.exists();
         // Never through a link, and only a regular file: the lock is truncated and rewritten.
-        let opened = crate::fsread::open_regular_with(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false),
-            &path,
-            crate::fsread::MAX_SMALL_BYTES,
-            crate::fsread::Links::Refuse,
-        );
-        let mut f = match opened {
-            Ok((f, _)) => f,
+        let mut f = match crate::fsread::open_lock_file(&path) {
+            Ok(f) => f,
             Err(Error::File { path, msg }) => {
                 return Err(Error::File {
                     path,
@@ -319,10 +398,8 @@ impl RunDir {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let p = entry.path();
-            let is_tmp_checkpoint = CHECKPOINTS
-                .iter()
-                .any(|c| name.strip_prefix(c).is_some_and(|r| r.starts_with(".tmp-")));
-            let is_tmp_file = name.starts_with('.') && name.contains(".tmp-");
+            let is_tmp_checkpoint = is_checkpoint_temp(&name);
+            let is_tmp_file = owner::is_atomic_temp(&name);
             let Ok(ft) = entry.file_type() else { continue };
             if is_tmp_checkpoint && ft.is_dir() {
                 tracing::info!("removing {} left by an interrupted process", p.display());

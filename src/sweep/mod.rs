@@ -88,6 +88,10 @@ pub struct SweepPlan {
     pub dir: PathBuf,
     pub config: SweepConfig,
     pub runs: Vec<PlannedRun>,
+    /// The sweep folder's id, as its marker holds it ([`crate::rundir::owner`]); absent in a
+    /// plan not yet written, and in sweeps made before folders had ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_id: Option<String>,
 }
 
 /// File name of the plan in the sweep directory.
@@ -228,66 +232,113 @@ impl SweepConfig {
     /// Expands the cross product. Runs are ordered task, model, options, normalizer, seed, so
     /// that a shard's runs are spread over tasks and the seeds of a variant end up together.
     pub fn expand(&self, path: &Path) -> Result<SweepPlan> {
+        let err = |m: String| invalid(path, m);
         let name = self.resolved_name(path);
+        self.check_fields(&name).map_err(&err)?;
         let dir = self
             .output
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(sanitize(&name)));
-        let err = |m: String| invalid(path, m);
+        let models = self.models().map_err(&err)?;
+        let arg_choices: Vec<(String, Vec<toml::Value>)> = self
+            .args
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), alternatives(k, v)?)))
+            .collect::<std::result::Result<_, String>>()
+            .map_err(&err)?;
+        let norms = self.norm_entries();
+        self.check_run_count(&models, &norms).map_err(&err)?;
+        let variants = norm_variants(&norms).map_err(&err)?;
+        let runs = self
+            .plan_runs(&models, &arg_choices, &variants)
+            .map_err(&err)?;
+        Ok(SweepPlan {
+            name,
+            dir,
+            config: self.clone(),
+            runs,
+            output_id: None,
+        })
+    }
+
+    /// Checks the fields that need no expansion: names, tasks, seeds, and `args` keys.
+    fn check_fields(&self, name: &str) -> std::result::Result<(), String> {
+        // The name and folder reach file names, logs and Slurm scripts: a control character
+        // there is a mistake (or an attack), never a name.
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(format!(
+                "`name` {}: expected a non-empty name without control characters",
+                crate::excerpt::quoted(name)
+            ));
+        }
+        if let Some(o) = &self.output {
+            let text = o.to_string_lossy();
+            if text.is_empty() || text.chars().any(char::is_control) {
+                return Err(format!(
+                    "`output` {}: expected a folder name without control characters",
+                    crate::excerpt::quoted(&text)
+                ));
+            }
+        }
         if self.tasks.is_empty() {
-            return Err(err("`tasks` is empty".into()));
+            return Err("`tasks` is empty".into());
         }
         if self.seeds.is_empty() {
-            return Err(err("`seeds` is empty".into()));
+            return Err("`seeds` is empty".into());
         }
         // A task name is a GLUE task, or the name of custom data given with `train_file`: a
         // typo fails now, not when its runs start.
         let custom = self.args.contains_key("train_file") || self.args.contains_key("train-file");
         for t in &self.tasks {
             if crate::data::task::glue_task(t).is_none() && !custom {
-                return Err(err(format!(
-                    "unknown task '{t}': expected one of {} (or give custom data with `args.train_file`)",
+                return Err(format!(
+                    "unknown task {}: expected one of {} (or give custom data with `args.train_file`)",
+                    crate::excerpt::quoted(t),
                     crate::data::task::glue_task_names().join(", ")
-                )));
+                ));
             }
         }
         let mut seen_seeds = self.seeds.clone();
         seen_seeds.sort_unstable();
         seen_seeds.dedup();
         if seen_seeds.len() != self.seeds.len() {
-            return Err(err("`seeds` lists a seed twice".into()));
+            return Err("`seeds` lists a seed twice".into());
         }
         for k in self.args.keys() {
+            let shown = crate::excerpt::quoted(k);
             if RESERVED.contains(&k.as_str()) {
-                return Err(err(format!(
+                return Err(format!(
                     "`args.{k}` is set by the sweep itself; use the top-level `tasks`, `seeds`, `model` or `[[norm]]`"
-                )));
+                ));
             }
             if k == "norm-opt" || k == "norm_opt" {
-                return Err(err(format!(
+                return Err(format!(
                     "`args.{k}` is a normalizer option: put it in the `[[norm]]` entry it belongs to"
-                )));
+                ));
             }
             if k.starts_with('-') {
-                return Err(err(format!(
-                    "`args.{k}`: write option names without dashes"
-                )));
+                return Err(format!(
+                    "`args` key {shown}: write option names without dashes"
+                ));
             }
         }
-        let models: Vec<String> = alternatives("model", &self.model)
-            .map_err(&err)?
+        Ok(())
+    }
+
+    /// The models, one or a list.
+    fn models(&self) -> std::result::Result<Vec<String>, String> {
+        alternatives("model", &self.model)?
             .iter()
             .map(|v| match v {
                 toml::Value::String(s) => Ok(s.clone()),
-                _ => Err(err("`model`: expected a directory name".into())),
+                _ => Err("`model`: expected a directory name".into()),
             })
-            .collect::<Result<_>>()?;
-        let arg_choices: Vec<(String, Vec<toml::Value>)> = self
-            .args
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), alternatives(k, v).map_err(&err)?)))
-            .collect::<Result<_>>()?;
-        let norms = if self.norm.is_empty() {
+            .collect()
+    }
+
+    /// The `[[norm]]` entries, or `none` alone.
+    fn norm_entries(&self) -> Vec<NormEntry> {
+        if self.norm.is_empty() {
             vec![NormEntry {
                 name: "none".into(),
                 label: None,
@@ -295,9 +346,16 @@ impl SweepConfig {
             }]
         } else {
             self.norm.clone()
-        };
-        // Count before expanding: a few lists of options multiply into more runs than memory
-        // holds.
+        }
+    }
+
+    /// Counts the runs before expanding: a few lists of options multiply into more runs than
+    /// memory holds.
+    fn check_run_count(
+        &self,
+        models: &[String],
+        norms: &[NormEntry],
+    ) -> std::result::Result<(), String> {
         let norm_variants = norms.iter().try_fold(0usize, |n, entry| {
             n.checked_add(alternatives_product(entry.options.values())?)
         });
@@ -311,56 +369,22 @@ impl SweepConfig {
         .into_iter()
         .try_fold(1usize, |n, k| n.checked_mul(k?));
         match total {
-            Some(n) if n <= MAX_RUNS => {}
-            _ => {
-                return Err(err(format!(
-                    "the sweep expands to {} runs (tasks x models x option lists x normalizer \
-                     variants x seeds); at most {MAX_RUNS}",
-                    total.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
-                )))
-            }
+            Some(n) if n <= MAX_RUNS => Ok(()),
+            _ => Err(format!(
+                "the sweep expands to {} runs (tasks x models x option lists x normalizer \
+                 variants x seeds); at most {MAX_RUNS}",
+                total.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+            )),
         }
-        // Normalizer variants: (label, name, flags).
-        let mut variants: Vec<(String, String, Vec<String>)> = Vec::new();
-        for n in &norms {
-            let choices: Vec<(String, Vec<toml::Value>)> = n
-                .options
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), alternatives(k, v).map_err(&err)?)))
-                .collect::<Result<_>>()?;
-            let varying: Vec<&str> = choices
-                .iter()
-                .filter(|(_, a)| a.len() > 1)
-                .map(|(k, _)| k.as_str())
-                .collect();
-            // Options name the variant when they vary within the entry (a list) or tell it
-            // apart from another entry of the same normalizer.
-            let shared_name = norms.iter().filter(|m| m.name == n.name).count() > 1;
-            for combo in cross(&choices) {
-                let mut label = n.label.clone().unwrap_or_else(|| n.name.clone());
-                for (k, v) in &combo {
-                    let named = varying.contains(&k.as_str()) || (shared_name && n.label.is_none());
-                    if !named {
-                        continue;
-                    }
-                    if let Some(t) = tag(k, v) {
-                        label.push('-');
-                        label.push_str(&t);
-                    }
-                }
-                let f = norm_flags(&combo).map_err(&err)?;
-                variants.push((sanitize(&label), n.name.clone(), f));
-            }
-        }
-        let mut labels: Vec<&str> = variants.iter().map(|v| v.0.as_str()).collect();
-        labels.sort_unstable();
-        if let Some(w) = labels.windows(2).find(|w| w[0] == w[1]) {
-            return Err(err(format!(
-                "two normalizer entries are both named `{}`: give one a `label`",
-                w[0]
-            )));
-        }
+    }
 
+    /// Every run of the plan, in plan order; refuses two runs of one name.
+    fn plan_runs(
+        &self,
+        models: &[String],
+        arg_choices: &[(String, Vec<toml::Value>)],
+        variants: &[NormVariant],
+    ) -> std::result::Result<Vec<PlannedRun>, String> {
         // GLUE names in their canonical spelling (`sst2` -> `SST-2`), so names and tables agree
         // whatever the file says; other names are custom tasks and stay as written.
         let tasks: Vec<String> = self
@@ -370,23 +394,12 @@ impl SweepConfig {
             .collect();
         let mut runs = Vec::new();
         for task in &tasks {
-            for model in &models {
-                for combo in cross(&arg_choices) {
-                    let mut hp: Vec<String> = Vec::new();
-                    if models.len() > 1 {
-                        let stem = Path::new(model)
-                            .file_name()
-                            .map_or_else(|| model.clone(), |s| s.to_string_lossy().into_owned());
-                        hp.push(sanitize(&stem));
-                    }
-                    for (k, v) in &combo {
-                        if arg_choices.iter().any(|(ck, a)| ck == k && a.len() > 1) {
-                            hp.extend(tag(k, v).map(|t| sanitize(&t)));
-                        }
-                    }
-                    let arg_flags = flags(&combo).map_err(&err)?;
-                    for (label, norm, norm_flags) in &variants {
-                        let variant = std::iter::once(label.clone())
+            for model in models {
+                for combo in cross(arg_choices) {
+                    let hp = hyperparameter_tags(models.len() > 1, model, arg_choices, &combo);
+                    let arg_flags = flags(&combo)?;
+                    for v in variants {
+                        let variant = std::iter::once(v.label.clone())
                             .chain(hp.iter().cloned())
                             .collect::<Vec<_>>()
                             .join("_");
@@ -400,16 +413,16 @@ impl SweepConfig {
                                 "--seed".into(),
                                 seed.to_string(),
                                 "--norm".into(),
-                                norm.clone(),
+                                v.norm.clone(),
                             ];
-                            args.extend(norm_flags.iter().cloned());
+                            args.extend(v.flags.iter().cloned());
                             args.extend(arg_flags.iter().cloned());
                             runs.push(PlannedRun {
                                 dir: PathBuf::from(&name),
                                 name,
                                 task: task.clone(),
                                 variant: variant.clone(),
-                                norm: norm.clone(),
+                                norm: v.norm.clone(),
                                 seed,
                                 args,
                             });
@@ -421,15 +434,87 @@ impl SweepConfig {
         let mut names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(err(format!("two runs would share the name `{}`", w[0])));
+            return Err(format!("two runs would share the name `{}`", w[0]));
         }
-        Ok(SweepPlan {
-            name,
-            dir,
-            config: self.clone(),
-            runs,
-        })
+        Ok(runs)
     }
+}
+
+/// One normalizer variant of a sweep: its label in names and tables, the normalizer and its
+/// `--norm-opt` words.
+struct NormVariant {
+    label: String,
+    norm: String,
+    flags: Vec<String>,
+}
+
+/// The variants of the `[[norm]]` entries; refuses two of one label.
+fn norm_variants(norms: &[NormEntry]) -> std::result::Result<Vec<NormVariant>, String> {
+    let mut variants: Vec<NormVariant> = Vec::new();
+    for n in norms {
+        let choices: Vec<(String, Vec<toml::Value>)> = n
+            .options
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), alternatives(k, v)?)))
+            .collect::<std::result::Result<_, String>>()?;
+        let varying: Vec<&str> = choices
+            .iter()
+            .filter(|(_, a)| a.len() > 1)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        // Options name the variant when they vary within the entry (a list) or tell it apart
+        // from another entry of the same normalizer.
+        let shared_name = norms.iter().filter(|m| m.name == n.name).count() > 1;
+        for combo in cross(&choices) {
+            let mut label = n.label.clone().unwrap_or_else(|| n.name.clone());
+            for (k, v) in &combo {
+                let named = varying.contains(&k.as_str()) || (shared_name && n.label.is_none());
+                if !named {
+                    continue;
+                }
+                if let Some(t) = tag(k, v) {
+                    label.push('-');
+                    label.push_str(&t);
+                }
+            }
+            variants.push(NormVariant {
+                label: sanitize(&label),
+                norm: n.name.clone(),
+                flags: norm_flags(&combo)?,
+            });
+        }
+    }
+    let mut labels: Vec<&str> = variants.iter().map(|v| v.label.as_str()).collect();
+    labels.sort_unstable();
+    if let Some(w) = labels.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!(
+            "two normalizer entries are both named `{}`: give one a `label`",
+            w[0]
+        ));
+    }
+    Ok(variants)
+}
+
+/// The parts of a variant's name that tell its model and varying `args` apart.
+fn hyperparameter_tags(
+    several_models: bool,
+    model: &str,
+    arg_choices: &[(String, Vec<toml::Value>)],
+    combo: &[(String, toml::Value)],
+) -> Vec<String> {
+    let mut hp = Vec::new();
+    if several_models {
+        let stem = Path::new(model)
+            .file_name()
+            .map_or_else(|| model.to_string(), |s| s.to_string_lossy().into_owned());
+        hp.push(sanitize(&stem));
+    }
+    for (k, v) in combo {
+        if arg_choices.iter().any(|(ck, a)| ck == k && a.len() > 1) {
+            hp.extend(tag(k, v).map(|t| sanitize(&t)));
+        }
+    }
+    hp
 }
 
 /// The most runs one sweep may plan (its plan, `sweep.json`, lists every run).
@@ -539,6 +624,50 @@ impl SweepPlan {
             ]),
             RunStatus::Pending => Some(run.command(&self.dir)),
         }
+    }
+
+    /// Claims the sweep folder ([`crate::rundir::owner::claim`]) and writes the plan into it
+    /// with the folder's id, unless the same plan is there. A folder of an earlier sweep of
+    /// the same file keeps its id; one whose runs were planned with other arguments is
+    /// refused. A sweep folder made before folders had ids (a `sweep.json` without one) is
+    /// given an id.
+    pub fn claim_and_write(&mut self) -> Result<()> {
+        use crate::rundir::owner::{self, OutputKind};
+        owner::check_placement(&self.dir, owner::Placement::RunOrSweep)?;
+        let path = self.dir.join(PLAN_FILE);
+        let claim = owner::claim_adopting(&self.dir, OutputKind::Sweep, || {
+            // Only a plan clsnorm wrote counts: anything else makes the claim refuse.
+            let mut old = SweepPlan::load(&self.dir)?;
+            if old.output_id.is_none() {
+                old.output_id = Some(owner::new_id());
+                crate::atomic::write_json(&path, &old)?;
+            }
+            Ok(old.output_id)
+        })?;
+        self.output_id = Some(claim.id.clone());
+        if std::fs::symlink_metadata(&path).is_ok() {
+            let old = SweepPlan::load(&self.dir)?;
+            for run in &self.runs {
+                if let Some(o) = old.runs.iter().find(|o| o.name == run.name) {
+                    if o.args != run.args {
+                        return Err(invalid(
+                            &path,
+                            format!(
+                                "plans run {} with other options ({}); use another `output` for a changed sweep",
+                                run.name,
+                                shell_words::join(&o.args)
+                            ),
+                        ));
+                    }
+                }
+            }
+            // Array tasks and other shards find it in place and equal; a sweep file that
+            // grew (more seeds, say) writes the larger plan.
+            if old.runs == self.runs && old.output_id == self.output_id {
+                return Ok(());
+            }
+        }
+        crate::atomic::write_json(&path, self)
     }
 
     /// Reads the `sweep.json` of a sweep directory.

@@ -19,16 +19,50 @@ pub struct Outcome {
     pub failed: Vec<String>,
     /// Runs a signal stopped, left resumable.
     pub interrupted: Vec<String>,
-    /// Runs another process took between the plan and their start.
+    /// Runs another process took (or finished) between the plan and their start.
     pub elsewhere: Vec<String>,
 }
 
-/// Runs `todo` (a run's index in `plan` and its `clsnorm` arguments) with the executable
-/// `exe`, `jobs` at a time, each with `threads` libtorch threads unless its arguments set them.
-/// After `stop` is signalled no run starts, and the running ones are told to checkpoint.
+/// What to do with a run when its turn comes, judged then: another sweep of the same plan (a
+/// second shell, an array task) may have started or finished it since the plan was read.
+enum Turn {
+    Run(Vec<String>),
+    Elsewhere,
+}
+
+/// The run's log, opened for appending and locked for as long as this sweep runs it: a
+/// second sweep finding it locked leaves the run (and its log) to the first.
+fn claim_log(log: &Path) -> Result<Option<std::fs::File>> {
+    let (f, _) = crate::fsread::open_regular_with(
+        std::fs::OpenOptions::new().create(true).append(true),
+        log,
+        u64::MAX,
+        crate::fsread::Links::Refuse,
+    )?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(log, e)),
+    }
+}
+
+/// The run's command as it stands now, or `Elsewhere` when it is done or running elsewhere.
+fn turn(plan: &SweepPlan, i: usize) -> Result<Turn> {
+    let run = &plan.runs[i];
+    let st = status(&plan.dir.join(&run.dir))?;
+    Ok(match plan.next_command(run, st) {
+        Some(cmd) => Turn::Run(cmd),
+        None => Turn::Elsewhere,
+    })
+}
+
+/// Runs `todo` (runs' indices in `plan`) with the executable `exe`, `jobs` at a time, each
+/// with `threads` libtorch threads unless its arguments set them. Each run's command is
+/// decided when it starts (new, resumed, or left to another process). After `stop` is
+/// signalled no run starts, and the running ones are told to checkpoint.
 pub fn execute(
     plan: &SweepPlan,
-    todo: VecDeque<(usize, Vec<String>)>,
+    todo: VecDeque<usize>,
     jobs: usize,
     threads: usize,
     exe: &Path,
@@ -36,7 +70,7 @@ pub fn execute(
     progress: bool,
 ) -> Outcome {
     let total = todo.len();
-    let queue = Mutex::new(todo);
+    let queue: Mutex<VecDeque<usize>> = Mutex::new(todo);
     let failed: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let interrupted: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let taken_elsewhere: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -56,13 +90,33 @@ pub fn execute(
         for _ in 0..jobs.min(total.max(1)) {
             s.spawn(|| loop {
                 let next = queue.lock().map(|mut q| q.pop_front()).ok().flatten();
-                let Some((i, cmd)) = next else { break };
+                let Some(i) = next else { break };
                 let run = &plan.runs[i];
                 bar.set_message(run.name.clone());
                 let t0 = Instant::now();
                 let log = plan.dir.join("logs").join(format!("{}.log", run.name));
-                let child = match stop.spawn(child_command(exe, &cmd, threads.max(1)), &log) {
-                    Ok(Some(c)) => c,
+                let claimed = claim_log(&log).and_then(|f| match f {
+                    Some(f) => Ok(turn(plan, i)?.into_run().map(|cmd| (f, cmd))),
+                    None => Ok(None),
+                });
+                let started = claimed.and_then(|c| match c {
+                    Some((f, cmd)) => stop
+                        .spawn(child_command(exe, &cmd, threads.max(1)), f, &log)
+                        .map(|c| c.map(Some)),
+                    None => Ok(Some(None)),
+                });
+                let child = match started {
+                    Ok(Some(Some(c))) => c,
+                    Ok(Some(None)) => {
+                        bar.suspend(|| {
+                            tracing::warn!("{}: done or running elsewhere; skipped", run.name)
+                        });
+                        if let Ok(mut l) = taken_elsewhere.lock() {
+                            l.push(run.name.clone());
+                        }
+                        bar.inc(1);
+                        continue;
+                    }
                     Ok(None) => break, // stopped before this run started
                     Err(e) => {
                         bar.suspend(|| tracing::error!("{} failed: {e}", run.name));
@@ -79,10 +133,12 @@ pub fn execute(
                 // A run the signal stopped, at whatever point, is started or resumed by a rerun.
                 let stopped = stop.signalled()
                     && status(&plan.dir.join(&run.dir)).is_ok_and(|s| s != RunStatus::Done);
-                // Another process took the run between the plan and the start: not a failure.
+                // Another process took (or finished) the run between the plan and the start:
+                // not a failure.
                 let taken = result.is_err()
                     && !stopped
-                    && status(&plan.dir.join(&run.dir)).is_ok_and(|s| s == RunStatus::Running);
+                    && status(&plan.dir.join(&run.dir))
+                        .is_ok_and(|s| matches!(s, RunStatus::Running | RunStatus::Done));
                 bar.suspend(|| match &result {
                     Ok(()) => tracing::info!("{} finished in {:.1} min", run.name, secs / 60.0),
                     Err(_) if taken => tracing::warn!("{}: running elsewhere; skipped", run.name),
@@ -143,6 +199,15 @@ pub struct Stop {
     children: Mutex<Vec<u32>>,
 }
 
+impl Turn {
+    fn into_run(self) -> Option<Vec<String>> {
+        match self {
+            Turn::Run(cmd) => Some(cmd),
+            Turn::Elsewhere => None,
+        }
+    }
+}
+
 impl Stop {
     /// Called by the signal handler.
     pub fn signal(&self) {
@@ -168,17 +233,14 @@ impl Stop {
         self.signals.load(Ordering::SeqCst) > 0
     }
 
-    /// Starts `cmd` with its output appended to `log`, unless the sweep was already stopped.
+    /// Starts `cmd` with its output appended to `out` (the file `log`, locked by this
+    /// process), unless the sweep was already stopped.
     fn spawn(
         &self,
         mut cmd: std::process::Command,
+        out: std::fs::File,
         log: &Path,
     ) -> Result<Option<std::process::Child>> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|e| Error::io(log, e))?;
         let mut children = self.children.lock().map_err(|_| poisoned())?;
         if self.signalled() {
             return Ok(None);

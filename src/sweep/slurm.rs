@@ -33,6 +33,101 @@ fn q(s: &str) -> String {
     shell_words::quote(s).into_owned()
 }
 
+/// Checks a value for an `#SBATCH` line, which is not a shell line: sbatch splits it at
+/// whitespace and reads quotes and `#` itself, and a newline would end the directive and make
+/// the rest a command of the script. What such a line cannot carry is refused, not escaped.
+fn sbatch_word(what: &str, value: &str) -> Result<()> {
+    let bad = value
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "\"'\\#`$".contains(*c));
+    if value.is_empty() || bad.is_some() {
+        return Err(Error::Invalid(format!(
+            "{what} {}: an #SBATCH line cannot carry {}; use a value without spaces, quotes,              `#`, `$`, backslashes or control characters",
+            crate::excerpt::quoted(value),
+            match bad {
+                Some(c) => format!("the character {c:?}"),
+                None => "an empty value".to_string(),
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// Checks `--time`: Slurm's forms `M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`, `D-H:M:S`, or
+/// `UNLIMITED`/`INFINITE`.
+fn check_time(t: &str) -> Result<()> {
+    let digits = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
+    let ok = if t.eq_ignore_ascii_case("unlimited") || t.eq_ignore_ascii_case("infinite") {
+        true
+    } else {
+        let (days, rest) = match t.split_once('-') {
+            Some((d, r)) => (Some(d), r),
+            None => (None, t),
+        };
+        let parts: Vec<&str> = rest.split(':').collect();
+        days.is_none_or(digits) && parts.iter().all(|p| digits(p)) && parts.len() <= 3
+    };
+    if !ok {
+        return Err(Error::Invalid(format!(
+            "--slurm-time {}: expected a Slurm time limit such as 90, 2:00:00 or 1-12:00:00",
+            crate::excerpt::quoted(t)
+        )));
+    }
+    Ok(())
+}
+
+/// Checks every value that [`write_scripts`] puts into an `#SBATCH` line or a shell line,
+/// before anything is written.
+pub fn check(plan: &SweepPlan, opts: &SlurmOptions, env: &[(String, String)]) -> Result<()> {
+    check_options(opts, env)?;
+    let dir = std::path::absolute(plan.dir.join("slurm")).map_err(|e| Error::io(&plan.dir, e))?;
+    // Task logs go to `--output=DIR/...`: the folder must fit an #SBATCH line, and `%` would
+    // be read as one of Slurm's file name patterns.
+    let dir_text = dir.to_str().ok_or_else(|| {
+        Error::Invalid(format!(
+            "the sweep folder {} is not valid UTF-8, which an #SBATCH line cannot name",
+            dir.display()
+        ))
+    })?;
+    sbatch_word("the sweep folder", dir_text)?;
+    if dir_text.contains('%') {
+        return Err(Error::Invalid(format!(
+            "the sweep folder {dir_text} holds `%`, which Slurm reads as a file name pattern \
+             in --output: choose an `output` without it"
+        )));
+    }
+    Ok(())
+}
+
+fn check_options(opts: &SlurmOptions, env: &[(String, String)]) -> Result<()> {
+    if let Some(t) = &opts.time {
+        check_time(t)?;
+    }
+    for a in &opts.extra {
+        sbatch_word("--slurm-arg", a)?;
+        if !a.starts_with('-') {
+            return Err(Error::Invalid(format!(
+                "--slurm-arg {}: expected an sbatch option such as --partition=gpu",
+                crate::excerpt::quoted(a)
+            )));
+        }
+    }
+    for (k, _) in env {
+        let ident = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident {
+            return Err(Error::Invalid(format!(
+                "environment variable name {} cannot be exported by a script",
+                crate::excerpt::quoted(k)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Writes `SWEEP/slurm/array.sh` and `report.sh` for `plan`, whose sweep file is `config`;
 /// `exe` is the clsnorm binary the tasks run, `env` the variables they need (e.g. `GLUE_DIR`).
 /// Paths are made absolute, since Slurm starts jobs in the submission directory of another node.
@@ -45,11 +140,14 @@ pub fn write_scripts(
 ) -> Result<Scripts> {
     let abs = |p: &Path| std::path::absolute(p).map_err(|e| Error::io(p, e));
     let dir = abs(&plan.dir.join("slurm"))?;
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let n = plan.runs.len();
     if n == 0 {
         return Err(Error::Invalid("the sweep has no runs".into()));
     }
+    check(plan, opts, env)?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    // The job name is a label: kept to characters every Slurm tool prints as they are.
+    let job_name = super::sanitize(&plan.name);
     let (config, exe, sweep_dir) = (abs(config)?, abs(exe)?, abs(&plan.dir)?);
     let cwd = std::env::current_dir().map_err(|e| Error::io(Path::new("."), e))?;
     let lines = |s: &mut String, words: &[String]| {
@@ -63,7 +161,7 @@ pub fn write_scripts(
         .collect();
     let mut array = String::from("#!/bin/bash\n");
     let mut head = vec![
-        format!("--job-name={}", plan.name),
+        format!("--job-name={job_name}"),
         format!("--array=0-{}%{}", n - 1, opts.concurrent.max(1)),
         format!("--cpus-per-task={}", opts.cpus.max(1)),
         "--requeue".into(),
@@ -91,7 +189,7 @@ pub fn write_scripts(
     lines(
         &mut report,
         &[
-            format!("--job-name={}-report", plan.name),
+            format!("--job-name={job_name}-report"),
             "--cpus-per-task=1".into(),
             format!("--output={}", dir.join("report-%j.out").display()),
         ],

@@ -322,5 +322,12 @@ pub fn load_model(
     let encoder = crate::encoder::Encoder::load_with(dir, device, false, &registry.families)?;
     let model = Classifier::new(encoder, meta.head.clone(), 0, &registry.normalizers)?;
     weights::load_into(&model.head_vs, &head, &weights::Names::PLAIN)?;
+    model
+        .normalizer()
+        .check_state()
+        .map_err(|msg| Error::Weights {
+            path: head_path,
+            msg,
+        })?;
     Ok((model, meta))
 }

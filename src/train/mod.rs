@@ -113,9 +113,7 @@ impl TrainConfig {
     /// every real number finite, so that no later arithmetic overflows.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad(format!("--lr must be a positive number, got {}", self.lr));
-        }
+        crate::bounds::f32_range("--lr", self.lr, 1e-30, 1e30).or_else(bad)?;
         for (flag, v) in [
             ("--batch-size", Some(self.batch_size)),
             ("--eval-batch-size", Some(self.eval_batch_size)),
@@ -146,25 +144,17 @@ impl TrainConfig {
                 self.warmup_ratio
             ));
         }
-        if self
-            .max_grad_norm
-            .is_some_and(|c| !(c > 0.0 && c.is_finite()))
-        {
-            return bad("--max-grad-norm must be a positive number".into());
+        if let Some(c) = self.max_grad_norm {
+            crate::bounds::f32_range("--max-grad-norm", c, 1e-30, 1e30).or_else(bad)?;
         }
-        let adam_ok = self.adam.eps > 0.0
-            && self.adam.eps.is_finite()
-            && (0.0..1.0).contains(&self.adam.beta1)
-            && (0.0..1.0).contains(&self.adam.beta2);
-        if !adam_ok {
-            return bad("Adam eps must be a positive number and betas in [0, 1)".into());
+        crate::bounds::epsilon("--adam-eps", self.adam.eps).or_else(bad)?;
+        let betas_ok =
+            (0.0..1.0).contains(&self.adam.beta1) && (0.0..1.0).contains(&self.adam.beta2);
+        if !betas_ok {
+            return bad("Adam betas must be in [0, 1)".into());
         }
-        if !(self.adam.weight_decay >= 0.0 && self.adam.weight_decay.is_finite()) {
-            return bad(format!(
-                "--weight-decay must be a non-negative number, got {}",
-                self.adam.weight_decay
-            ));
-        }
+        crate::bounds::f32_range("--weight-decay", self.adam.weight_decay, 0.0, 100.0)
+            .or_else(bad)?;
         Ok(())
     }
 
@@ -257,6 +247,10 @@ pub struct RunConfig {
     pub train: TrainConfig,
     pub device: String,
     pub threads: usize,
+    /// The run's id, as its folder's marker holds it (absent in runs made before runs had
+    /// ids): `--resume` checks that the two agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 impl RunConfig {

@@ -136,9 +136,12 @@ impl<'a> Trainer<'a> {
         }
         note_build(&mut state);
         if recorded.is_none() {
-            atomic::write_json(&layout.config(), &RunConfig::of(&job)?)?;
+            let config = RunConfig {
+                run_id: run_dir.id().map(str::to_string),
+                ..RunConfig::of(&job)?
+            };
+            atomic::write_json(&layout.config(), &config)?;
             run_dir.commit();
-            let _ = std::fs::remove_file(layout.metrics());
         }
         // Records written after the checkpoint are dropped: the resumed run writes them again.
         let records = records::retain(&layout.metrics(), |r: &EpochRecord| r.epoch <= state.epoch)?;
@@ -690,6 +693,7 @@ impl RunConfig {
             train: job.config.clone(),
             device: format!("{:?}", job.device),
             threads: job.threads,
+            run_id: None,
         })
     }
 }

@@ -186,10 +186,41 @@ pub fn write_file(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
 }
 
 /// Input limits wide enough for the tests' tiny models and hand-made batches.
-#[allow(dead_code)]
 pub const LIMITS: clsnorm::batch::InputLimits = clsnorm::batch::InputLimits {
     vocab_size: 1 << 20,
     type_vocab_size: Some(2),
     max_positions: 512,
     pad_token_id: None,
 };
+
+/// Every file under `dir` with its bytes (directories as empty entries), to prove nothing
+/// changed.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                out.insert(path.clone(), Vec::new());
+                stack.push(path);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Asserts that two [`snapshot`]s are equal, naming the paths that differ (not their bytes).
+pub fn assert_same(
+    a: &std::collections::BTreeMap<PathBuf, Vec<u8>>,
+    b: &std::collections::BTreeMap<PathBuf, Vec<u8>>,
+) {
+    let keys: std::collections::BTreeSet<&PathBuf> = a.keys().chain(b.keys()).collect();
+    let differ: Vec<&PathBuf> = keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .collect();
+    assert!(differ.is_empty(), "changed: {differ:?}");
+}
