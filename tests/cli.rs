@@ -679,3 +679,38 @@ fn protocol_options_of_other_codebases_are_applied_and_recorded() {
     assert_eq!(cfg["train"]["warmup_rounding"], "floor");
     assert_eq!(cfg["head"]["classifier_init"], "torch");
 }
+
+/// Without --model, clsnorm finds all-MiniLM-L6-v2 from any working directory (the checkout's
+/// `models/`, else the Hugging Face cache); what is written as a path is never taken for a Hub
+/// id.
+#[test]
+fn the_default_model_is_found_from_anywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_clsnorm"))
+            .args(args)
+            .current_dir(tmp.path())
+            .env("HF_HUB_CACHE", tmp.path().join("no-cache"))
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let o = run(&["embed", "hello world"]);
+    let out: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert!(
+        out["model"]
+            .as_str()
+            .unwrap()
+            .ends_with("models/all-MiniLM-L6-v2"),
+        "{}",
+        out["model"]
+    );
+    for path in ["./nope", "../nope", "/nope/x", "a/b/c"] {
+        let o = run(&["embed", "--model", path, "hi"]);
+        fails(&o, &format!("--model {path}: no such directory"));
+        assert!(
+            !String::from_utf8_lossy(&o.stderr).contains("cache"),
+            "{path}"
+        );
+    }
+}

@@ -116,7 +116,66 @@ fn pre_tokenizer_json() -> impl Strategy<Value = serde_json::Value> {
     ]
 }
 
+/// A small valid parquet file (snappy, the Hub's GLUE metadata), written once.
+fn pristine_parquet() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("p.parquet");
+        let words = |w: &str| (0..20).map(|i| format!("{w} {i}")).collect::<Vec<_>>();
+        common::write_parquet(
+            &f,
+            &[
+                common::Col::Text("sentence1", words("the cat")),
+                common::Col::Text("sentence2", words("a dog")),
+                common::Col::Int("label", (0..20).map(|i| i % 3 - 1).collect()),
+                common::Col::Float("score", (0..20).map(|i| i as f32 / 4.0).collect()),
+            ],
+            Some(&["entailment", "not_entailment"]),
+        );
+        std::fs::read(f).unwrap()
+    })
+}
+
 proptest! {
+    /// A parquet file with flipped bytes or cut short: `Ok` or `Err` from the reader (whose
+    /// panics on corrupt input are caught), never a panic.
+    #[test]
+    fn parquet_files_never_panic(
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let mut bytes = pristine_parquet().to_vec();
+        for (at, b) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = b;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.index(bytes.len()));
+        }
+        let d = tempfile::tempdir().unwrap();
+        let file = write(d.path(), "f.parquet", &bytes);
+        let f = file.to_string_lossy();
+        let mut specs: Vec<TaskSpec> = Vec::new();
+        for (text, pair, label, regression) in [
+            ("sentence1", Some("sentence2"), "label", false),
+            ("sentence1", None, "score", true),
+        ] {
+            specs.push(
+                TaskSpec::custom("fuzz", Format::Parquet, true, text, pair, label, regression, &f, None)
+                    .unwrap(),
+            );
+        }
+        let mut rte = glue_task("rte").unwrap();
+        rte.format = Format::Parquet;
+        specs.push(rte);
+        for spec in specs {
+            for opts in [STRICT, SKIP] {
+                let _ = read_dataset(&file, &spec, opts);
+            }
+        }
+    }
+
     #[test]
     fn data_readers_never_panic(body in tabular_bytes()) {
         let d = tempfile::tempdir().unwrap();

@@ -11,8 +11,11 @@ use clsnorm::precision::Precision;
 pub struct RuntimeArgs {
     /// Hugging Face model directory (config.json, tokenizer, weights), or the id of a model in
     /// the local Hugging Face cache (`roberta-base`, `FacebookAI/roberta-base`; offline).
-    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
-    pub model: PathBuf,
+    /// Default: all-MiniLM-L6-v2, from `models/all-MiniLM-L6-v2` of the working directory or of
+    /// clsnorm's own checkout (`scripts/setup.sh` puts it there), else
+    /// `sentence-transformers/all-MiniLM-L6-v2` in the Hugging Face cache.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
@@ -55,11 +58,47 @@ impl RuntimeArgs {
     /// cache (`roberta-base`, `FacebookAI/roberta-base`).
     pub fn model_dir(&self) -> anyhow::Result<PathBuf> {
         let cache = clsnorm::encoder::hub::cache_dir(|v| std::env::var(v).ok());
-        Ok(clsnorm::encoder::hub::resolve(
-            &self.model,
-            cache.as_deref(),
-        )?)
+        match &self.model {
+            Some(model) => Ok(clsnorm::encoder::hub::resolve(model, cache.as_deref())?),
+            None => default_model(cache.as_deref()),
+        }
     }
+}
+
+/// The default model's folder in a checkout, and its Hub id.
+const DEFAULT_MODEL_DIR: &str = "models/all-MiniLM-L6-v2";
+const DEFAULT_MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// all-MiniLM-L6-v2 wherever clsnorm runs: the working directory's `models/` (this project's
+/// machines), the `models/` of the checkout the binary was built in (`target/*/clsnorm`, run
+/// from anywhere), else the Hub's copy in the Hugging Face cache.
+fn default_model(cache: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    let mut looked = vec![PathBuf::from(DEFAULT_MODEL_DIR)];
+    if let Ok(exe) = std::env::current_exe() {
+        // target/{debug,release}/clsnorm -> the checkout's root.
+        if let Some(root) = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .and_then(|d| d.parent())
+        {
+            looked.push(root.join(DEFAULT_MODEL_DIR));
+        }
+    }
+    if let Some(dir) = looked.iter().find(|d| d.join("config.json").is_file()) {
+        return Ok(dir.clone());
+    }
+    clsnorm::encoder::hub::resolve(std::path::Path::new(DEFAULT_MODEL_ID), cache).map_err(|e| {
+        anyhow::anyhow!(
+            "no --model given, and the default all-MiniLM-L6-v2 is in none of {} ({e}); run \
+             scripts/setup.sh in clsnorm's checkout, `huggingface-cli download {DEFAULT_MODEL_ID}`, \
+             or give --model",
+            looked
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
 }
 
 /// A batch size: 1 to 65,536.
@@ -124,7 +163,7 @@ pub struct DataArgs {
     #[arg(long, requires = "train_file")]
     pub dev_file: Option<PathBuf>,
     /// Format of custom files (default: from the extension).
-    #[arg(long, value_parser = ["tsv", "csv", "jsonl"])]
+    #[arg(long, value_parser = ["tsv", "csv", "jsonl", "parquet"])]
     pub format: Option<String>,
     /// Column (name, or 0-based index with --no-header) of the text.
     #[arg(long, default_value = "text")]

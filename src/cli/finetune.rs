@@ -112,13 +112,25 @@ fn format_of(args: &DataArgs, path: &Path) -> anyhow::Result<Format> {
         Some("tsv") => Ok(Format::Tsv),
         Some("csv") => Ok(Format::Csv),
         Some("jsonl") => Ok(Format::Jsonl),
+        Some("parquet") => Ok(Format::Parquet),
         _ => Format::from_path(path).with_context(|| {
             format!(
-                "cannot tell the format of {} from its extension: pass --format tsv|csv|jsonl",
+                "cannot tell the format of {} from its extension: pass --format tsv|csv|jsonl|parquet",
                 path.display()
             )
         }),
     }
+}
+
+/// The snapshot of the Hub's GLUE (`nyu-mll/glue`) in the local Hugging Face cache, if any.
+pub fn glue_in_hf_cache() -> anyhow::Result<Option<PathBuf>> {
+    let Some(cache) = clsnorm::encoder::hub::cache_dir(|v| std::env::var(v).ok()) else {
+        return Ok(None);
+    };
+    Ok(clsnorm::encoder::hub::cached_dataset(
+        &cache,
+        "nyu-mll/glue",
+    )?)
 }
 
 /// Most classes a custom classification task may have (each is a row of the head).
@@ -180,13 +192,28 @@ pub fn resolve_task(
             clsnorm::data::task::glue_task_names().join(", ")
         )
     })?;
-    let Some(dir) = &args.data_dir else {
+    let cached = match &args.data_dir {
+        Some(_) => None,
+        None => glue_in_hf_cache()?,
+    };
+    let Some(dir) = args.data_dir.as_ref().or(cached.as_ref()) else {
         bail!(
-            "no data directory: pass --data-dir or set GLUE_DIR (the folder holding {}/train.tsv)",
+            "no data directory: pass --data-dir or set GLUE_DIR (the folder holding {}/train.tsv, \
+             or a copy of the Hub's nyu-mll/glue with its parquet files), or put nyu-mll/glue \
+             into the Hugging Face cache (`huggingface-cli download nyu-mll/glue --repo-type \
+             dataset`); clsnorm does not download it itself yet",
             spec.name
         );
     };
-    Ok((spec.clone(), Some(dir.join(&spec.name)), None))
+    if cached.is_some() {
+        tracing::info!(
+            "reading {} from the Hugging Face cache: {}",
+            spec.name,
+            dir.display()
+        );
+    }
+    let (spec, dir) = clsnorm::data::task::locate_glue(&spec, dir).map_err(anyhow::Error::msg)?;
+    Ok((spec, Some(dir), None))
 }
 
 /// `--resume` continues a run exactly as it was configured, so any other option that would

@@ -162,14 +162,26 @@ fn check_prediction_output(
 
 pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     let (model, meta, tok) = load(&a.ck)?;
-    let task = &meta.task;
+    let mut task = meta.task.clone();
     let is_glue = clsnorm::data::glue_task(&task.name).is_some();
-    let files: Vec<(String, PathBuf)> = match (&a.file, &a.data_dir) {
+    let cached = match (&a.file, &a.data_dir) {
+        (None, None) if is_glue => super::finetune::glue_in_hf_cache()?,
+        _ => None,
+    };
+    let files: Vec<(String, PathBuf)> = match (&a.file, a.data_dir.as_ref().or(cached.as_ref())) {
         (Some(f), _) => vec![("file".into(), f.clone())],
         (None, _) if !is_glue => task.paths(None).1,
-        (None, Some(d)) => task.paths(Some(&d.join(&task.name))).1,
+        (None, Some(d)) => {
+            // The layout found there (classic TSV or the Hub's parquet), whichever the
+            // checkpoint was trained on.
+            let (spec, dir) =
+                clsnorm::data::task::locate_glue(&task, d).map_err(anyhow::Error::msg)?;
+            task = spec;
+            task.paths(Some(&dir)).1
+        }
         (None, None) => bail!("no data directory: pass --data-dir or set GLUE_DIR, or give --file"),
     };
+    let task = &task;
     let opts = ReadOptions {
         skip_bad_rows: a.ck.skip_bad_rows,
         require_label: true,

@@ -529,6 +529,180 @@ fn check_lines(path: &Path, refuse_long: bool) -> Result<()> {
     }
 }
 
+/// The class names by id of the integer column `column`, from the metadata `datasets` writes
+/// into a parquet file (`huggingface`: `info.features.COLUMN.names` of a `ClassLabel`).
+fn hub_class_names(
+    kv: Option<&Vec<parquet::file::metadata::KeyValue>>,
+    column: &str,
+) -> Option<Vec<String>> {
+    let text = kv?
+        .iter()
+        .find(|k| k.key == "huggingface")?
+        .value
+        .as_ref()?;
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let names = v.get("info")?.get("features")?.get(column)?.get("names")?;
+    serde_json::from_value(names.clone()).ok()
+}
+
+/// A parquet label as the task's class name or score text: integer ids through the class
+/// names (the file's, else the spec's), names through the spec's aliases; `Ok(None)` for a
+/// missing label.
+fn parquet_label(
+    field: &parquet::record::Field,
+    names: Option<&[String]>,
+    spec: &TaskSpec,
+) -> std::result::Result<Option<String>, String> {
+    use parquet::record::Field;
+    let id = match field {
+        Field::Null => return Ok(None),
+        Field::Byte(v) => Some(i64::from(*v)),
+        Field::Short(v) => Some(i64::from(*v)),
+        Field::Int(v) => Some(i64::from(*v)),
+        Field::Long(v) => Some(*v),
+        Field::UByte(v) => Some(i64::from(*v)),
+        Field::UShort(v) => Some(i64::from(*v)),
+        Field::UInt(v) => Some(i64::from(*v)),
+        _ => None,
+    };
+    let name = match (id, names) {
+        (Some(-1), Some(_)) => {
+            return Err(
+                "label -1: an unlabelled row (as in the Hub's test splits), which cannot be \
+                 trained or evaluated on"
+                    .into(),
+            )
+        }
+        (Some(i), Some(names)) => usize::try_from(i)
+            .ok()
+            .and_then(|i| names.get(i))
+            .cloned()
+            .ok_or_else(|| format!("label id {i} is not one of the {} classes", names.len()))?,
+        (Some(i), None) => i.to_string(),
+        (None, _) => match field {
+            Field::Str(s) => s.clone(),
+            Field::Float(v) => v.to_string(),
+            Field::Double(v) => v.to_string(),
+            Field::Bool(b) => b.to_string(),
+            Field::ULong(v) => v.to_string(),
+            other => {
+                return Err(format!(
+                    "the label is a {}, not a number or a name",
+                    field_kind(other)
+                ))
+            }
+        },
+    };
+    Ok(Some(
+        spec.label_aliases
+            .iter()
+            .find(|(from, _)| *from == name)
+            .map_or(name, |(_, to)| to.clone()),
+    ))
+}
+
+fn field_kind(f: &parquet::record::Field) -> &'static str {
+    use parquet::record::Field;
+    match f {
+        Field::Null => "null",
+        Field::Bool(_) => "boolean",
+        Field::Str(_) => "string",
+        Field::Bytes(_) => "binary value",
+        Field::Group(_) => "struct",
+        Field::ListInternal(_) => "list",
+        Field::MapInternal(_) => "map",
+        Field::Float(_) | Field::Double(_) | Field::Float16(_) | Field::Decimal(_) => "real number",
+        Field::Date(_)
+        | Field::TimeMillis(_)
+        | Field::TimeMicros(_)
+        | Field::TimestampMillis(_)
+        | Field::TimestampMicros(_) => "date or time",
+        _ => "integer",
+    }
+}
+
+/// Rows of a parquet file: columns by name (or 0-based position), one row per record; a
+/// row's "line" is its 1-based row number.
+fn read_parquet(bytes: Vec<u8>, spec: &TaskSpec, rows: &mut Rows) -> Result<()> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let path = rows.path;
+    let bad_file = |msg: String| Error::File {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let reader = SerializedFileReader::new(bytes::Bytes::from(bytes))
+        .map_err(|e| bad_file(format!("not a parquet file that clsnorm can read: {e}")))?;
+    let meta = reader.metadata().file_metadata();
+    if usize::try_from(meta.num_rows()).map_or(true, |n| n > MAX_ROWS) {
+        return Err(bad_file(format!(
+            "{} rows; clsnorm reads at most {MAX_ROWS} rows: split the file",
+            meta.num_rows()
+        )));
+    }
+    let schema = meta.schema();
+    let all = schema.get_fields();
+    let names: Vec<String> = all.iter().map(|f| f.name().to_string()).collect();
+    let r = resolve(spec, Some(&names), path, rows.opts.require_label)?;
+    let mut wanted: Vec<usize> = [Some(r.text), r.text_pair, r.label]
+        .into_iter()
+        .flatten()
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let projection = parquet::schema::types::Type::group_type_builder(schema.name())
+        .with_fields(wanted.iter().map(|&i| all[i].clone()).collect())
+        .build()
+        .map_err(|e| bad_file(e.to_string()))?;
+    let class_names = r
+        .label
+        .and_then(|i| hub_class_names(meta.key_value_metadata(), &names[i]))
+        .or_else(|| spec.label_ids.clone());
+    let at = |col: usize| wanted.iter().position(|&w| w == col).unwrap_or(0);
+    let iter = reader
+        .get_row_iter(Some(projection))
+        .map_err(|e| bad_file(e.to_string()))?;
+    for (i, row) in iter.enumerate() {
+        let line = i + 1;
+        let row = row.map_err(|e| bad_file(format!("row {line}: {e}")))?;
+        let fields: Vec<&Field> = row.get_column_iter().map(|(_, f)| f).collect();
+        let text_of = |col: usize, c: &Column| -> std::result::Result<String, String> {
+            match fields.get(at(col)) {
+                Some(Field::Str(s)) => check_text(s, c),
+                Some(Field::Null) | None => Err(format!("no text in column {}", column_label(c))),
+                Some(other) => Err(format!(
+                    "column {} holds a {}, not text",
+                    column_label(c),
+                    field_kind(other)
+                )),
+            }
+        };
+        let row = (|| -> std::result::Result<RawRow, String> {
+            let label = match r.label {
+                Some(col) => match fields.get(at(col)) {
+                    Some(f) => parquet_label(f, class_names.as_deref(), spec)?,
+                    None => None,
+                },
+                None => None,
+            };
+            if rows.opts.require_label && label.is_none() {
+                return Err(format!("no label in column {}", column_label(&spec.label)));
+            }
+            Ok(RawRow {
+                line,
+                text: text_of(r.text, &spec.text)?,
+                text_pair: match (r.text_pair, &spec.text_pair) {
+                    (Some(col), Some(c)) => Some(text_of(col, c)?),
+                    _ => None,
+                },
+                label,
+            })
+        })();
+        rows.push(row.map_err(|msg| BadRow { line, msg }))?;
+    }
+    Ok(())
+}
+
 /// The rows of one file, read once, and the sha256 of exactly the bytes they were parsed from.
 #[derive(Debug, Clone)]
 pub struct RawFile {
@@ -543,7 +717,9 @@ pub struct RawFile {
 /// device is refused without blocking), at most [`crate::fsread::MAX_DATA_BYTES`].
 pub fn read_rows(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<RawFile> {
     use crate::fsread::{read_regular, Links, MAX_DATA_BYTES};
-    check_lines(path, !opts.skip_bad_rows)?;
+    if spec.format != Format::Parquet {
+        check_lines(path, !opts.skip_bad_rows)?;
+    }
     let bytes = read_regular(path, MAX_DATA_BYTES, Links::Follow)?;
     let sha256 = crate::fsread::sha256_hex(&bytes);
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -563,6 +739,17 @@ pub fn read_rows(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<RawF
         Format::Tsv => read_tsv(&bytes, spec, &mut rows)?,
         Format::Csv => read_csv(&bytes, spec, &mut rows)?,
         Format::Jsonl => read_jsonl(&bytes, spec, &mut rows)?,
+        Format::Parquet => {
+            // The parquet crate can panic on a corrupt file: an error naming the file instead.
+            crate::tokenize::guarded_call(
+                "(raised inside the `parquet` reader by this file)",
+                || read_parquet(bytes, spec, &mut rows),
+            )
+            .map_err(|msg| Error::File {
+                path: path.to_path_buf(),
+                msg: format!("not a parquet file that clsnorm can read: {msg}"),
+            })??
+        }
     }
     for b in rows.bad.iter().take(5) {
         tracing::warn!("{}:{}: skipped: {}", path.display(), b.line, b.msg);

@@ -23,6 +23,8 @@ pub enum Format {
     Csv,
     /// One JSON object per line.
     Jsonl,
+    /// Apache Parquet (the Hub's datasets, pandas); columns by name.
+    Parquet,
 }
 
 impl Format {
@@ -32,6 +34,7 @@ impl Format {
             "tsv" | "txt" => Some(Format::Tsv),
             "csv" => Some(Format::Csv),
             "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
+            "parquet" | "pq" => Some(Format::Parquet),
             _ => None,
         }
     }
@@ -75,6 +78,14 @@ pub struct TaskSpec {
     pub train_file: String,
     /// Dev splits: (split name, file).
     pub dev_files: Vec<(String, String)>,
+    /// Another source's names of the classes and the task's names they stand for (the Hub's
+    /// GLUE calls SST-2's class `0` `negative`): labels are mapped by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub label_aliases: Vec<(String, String)>,
+    /// The class names of integer labels, by id, for a file that does not name them itself
+    /// (the Hub's GLUE files name them in their metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_ids: Option<Vec<String>>,
 }
 
 /// A GLUE task in the standard `glue_data/TASK/{train,dev}.tsv` layout.
@@ -253,7 +264,188 @@ pub fn glue_task(name: &str) -> Option<TaskSpec> {
             .iter()
             .map(|(s, f)| (s.to_string(), f.to_string()))
             .collect(),
+        label_aliases: Vec::new(),
+        label_ids: None,
     })
+}
+
+/// A GLUE task as the Hub's dataset `nyu-mll/glue` lays it out: a folder per task of parquet
+/// files per split (`rte/train-00000-of-00001.parquet`), other column names, and integer
+/// labels whose class names the files' metadata gives.
+struct HubGlue {
+    task: &'static str,
+    dir: &'static str,
+    text: &'static str,
+    text_pair: Option<&'static str>,
+    /// The Hub's class names by id, and the classic files' name of each.
+    classes: &'static [(&'static str, &'static str)],
+    /// (split name as in [`GLUE`], the Hub's split).
+    dev: &'static [(&'static str, &'static str)],
+}
+
+const HUB_DEV: &[(&str, &str)] = &[("dev", "validation")];
+const HUB_GLUE: &[HubGlue] = &[
+    HubGlue {
+        task: "CoLA",
+        dir: "cola",
+        text: "sentence",
+        text_pair: None,
+        classes: &[("unacceptable", "0"), ("acceptable", "1")],
+        dev: HUB_DEV,
+    },
+    HubGlue {
+        task: "SST-2",
+        dir: "sst2",
+        text: "sentence",
+        text_pair: None,
+        classes: &[("negative", "0"), ("positive", "1")],
+        dev: HUB_DEV,
+    },
+    HubGlue {
+        task: "MRPC",
+        dir: "mrpc",
+        text: "sentence1",
+        text_pair: Some("sentence2"),
+        classes: &[("not_equivalent", "0"), ("equivalent", "1")],
+        dev: HUB_DEV,
+    },
+    HubGlue {
+        task: "STS-B",
+        dir: "stsb",
+        text: "sentence1",
+        text_pair: Some("sentence2"),
+        classes: &[],
+        dev: HUB_DEV,
+    },
+    HubGlue {
+        task: "QQP",
+        dir: "qqp",
+        text: "question1",
+        text_pair: Some("question2"),
+        classes: &[("not_duplicate", "0"), ("duplicate", "1")],
+        dev: HUB_DEV,
+    },
+    HubGlue {
+        task: "MNLI",
+        dir: "mnli",
+        text: "premise",
+        text_pair: Some("hypothesis"),
+        classes: &[
+            ("entailment", "entailment"),
+            ("neutral", "neutral"),
+            ("contradiction", "contradiction"),
+        ],
+        dev: &[
+            ("dev_matched", "validation_matched"),
+            ("dev_mismatched", "validation_mismatched"),
+        ],
+    },
+    HubGlue {
+        task: "QNLI",
+        dir: "qnli",
+        text: "question",
+        text_pair: Some("sentence"),
+        classes: &[
+            ("entailment", "entailment"),
+            ("not_entailment", "not_entailment"),
+        ],
+        dev: HUB_DEV,
+    },
+    HubGlue {
+        task: "RTE",
+        dir: "rte",
+        text: "sentence1",
+        text_pair: Some("sentence2"),
+        classes: &[
+            ("entailment", "entailment"),
+            ("not_entailment", "not_entailment"),
+        ],
+        dev: HUB_DEV,
+    },
+    HubGlue {
+        task: "WNLI",
+        dir: "wnli",
+        text: "sentence1",
+        text_pair: Some("sentence2"),
+        classes: &[("not_entailment", "0"), ("entailment", "1")],
+        dev: HUB_DEV,
+    },
+];
+
+/// The one parquet file of `split` in `dir` (`SPLIT-00000-of-00001.parquet`).
+fn split_file(dir: &std::path::Path, split: &str) -> Result<String, String> {
+    let prefix = format!("{split}-");
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix) && n.ends_with(".parquet"))
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(format!(
+            "{}: no {split}-*.parquet file (the Hub's GLUE layout)",
+            dir.display()
+        )),
+        n => Err(format!(
+            "{}: the {split} split is in {n} parquet files; clsnorm reads one file per split",
+            dir.display()
+        )),
+    }
+}
+
+/// Where GLUE task `spec` is under the GLUE folder `data_dir`: the classic layout
+/// (`TASK/train.tsv`), else the Hub's (`task/train-*.parquet`, a snapshot of `nyu-mll/glue`).
+/// Returns the spec of the layout found (the Hub's maps its class names to the classic ones,
+/// so that both train the same head) and the folder its file names are under.
+pub fn locate_glue(
+    spec: &TaskSpec,
+    data_dir: &std::path::Path,
+) -> Result<(TaskSpec, std::path::PathBuf), String> {
+    // From the task's classic spec, whatever layout `spec` was read from (a checkpoint's).
+    let Some(base) = glue_task(&spec.name) else {
+        return Ok((spec.clone(), data_dir.join(&spec.name)));
+    };
+    let base = TaskSpec {
+        labels: spec.labels.clone(),
+        ..base
+    };
+    let classic = data_dir.join(&base.name);
+    if classic.join(&base.train_file).exists() {
+        return Ok((base, classic));
+    }
+    let Some(hub) = HUB_GLUE.iter().find(|h| h.task == base.name) else {
+        return Ok((base, classic));
+    };
+    let dir = data_dir.join(hub.dir);
+    if !dir.is_dir() {
+        // Neither layout: the classic one, whose missing file the reader names.
+        return Ok((base, classic));
+    }
+    let mut dev_files = Vec::new();
+    for (name, split) in hub.dev {
+        dev_files.push((name.to_string(), split_file(&dir, split)?));
+    }
+    let hub_spec = TaskSpec {
+        format: Format::Parquet,
+        header: true,
+        text: Column::Name(hub.text.into()),
+        text_pair: hub.text_pair.map(|c| Column::Name(c.into())),
+        label: Column::Name("label".into()),
+        train_file: split_file(&dir, "train")?,
+        dev_files,
+        label_aliases: hub
+            .classes
+            .iter()
+            .filter(|(hub_name, name)| hub_name != name)
+            .map(|(h, n)| (h.to_string(), n.to_string()))
+            .collect(),
+        label_ids: (!hub.classes.is_empty())
+            .then(|| hub.classes.iter().map(|(h, _)| h.to_string()).collect()),
+        ..base
+    };
+    Ok((hub_spec, dir))
 }
 
 impl TaskSpec {
@@ -310,6 +502,8 @@ impl TaskSpec {
             dev_files: dev_file
                 .map(|d| vec![("dev".to_string(), d.to_string())])
                 .unwrap_or_default(),
+            label_aliases: Vec::new(),
+            label_ids: None,
         })
     }
 

@@ -34,7 +34,11 @@ pub fn resolve(model: &Path, cache: Option<&Path>) -> Result<PathBuf> {
             model.display()
         ))
     };
-    let Some(id) = model.to_str().filter(|s| is_hub_id(s)) else {
+    // What is written as a path (`./x`, `../x`, `/x`, `~/x`, `a/b/c`) is never a Hub id.
+    let Some(id) = model
+        .to_str()
+        .filter(|s| is_hub_id(s) && !s.starts_with('.'))
+    else {
         return Err(not_found(String::new()));
     };
     let Some(cache) = cache else {
@@ -81,6 +85,21 @@ pub fn resolve(model: &Path, cache: Option<&Path>) -> Result<PathBuf> {
                 .join(", ")
         ))),
     }
+}
+
+/// The snapshot of dataset `id` (`ORG/NAME`) in the Hugging Face cache `cache`
+/// (`datasets--ORG--NAME/snapshots/REVISION/`, as `huggingface_hub` downloads it), if there is
+/// one; the same rules as for models.
+pub fn cached_dataset(cache: &Path, id: &str) -> Result<Option<PathBuf>> {
+    if !is_hub_id(id) {
+        return Err(Error::Invalid(format!(
+            "{} is not a Hub dataset id",
+            crate::excerpt::quoted(id)
+        )));
+    }
+    let repo = cache.join(format!("datasets--{}", id.replace('/', "--")));
+    snapshot(&repo)
+        .map_err(|msg| Error::Invalid(format!("dataset {id}: {}: {msg}", repo.display())))
 }
 
 /// `NAME` or `ORG/NAME` of letters, digits, `-`, `_` and `.` (not `.` or `..`).

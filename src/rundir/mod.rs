@@ -428,33 +428,6 @@ impl RunDir {
     }
 }
 
-/// Checks that `dir` may receive a command's output files: it does not exist yet, is empty, or
-/// holds `own_file`, which marks an earlier output of the same command (whose files are then
-/// replaced). Any other existing directory is refused: its files are not clsnorm's to replace.
-pub fn check_output_dir(dir: &Path, own_file: &str) -> Result<()> {
-    let Ok(meta) = std::fs::metadata(dir) else {
-        return Ok(());
-    };
-    if !meta.is_dir() {
-        return Err(invalid(format!(
-            "{} exists and is not a directory",
-            dir.display()
-        )));
-    }
-    if dir.join(own_file).is_file() {
-        return Ok(());
-    }
-    let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    if entries.next().is_none() {
-        return Ok(());
-    }
-    Err(invalid(format!(
-        "{} is not empty and holds no {own_file} of an earlier clsnorm output: choose a new or \
-         empty --output directory",
-        dir.display()
-    )))
-}
-
 fn remove_dir_all(p: &Path) -> Result<()> {
     std::fs::remove_dir_all(p).map_err(|e| Error::io(p, e))
 }

@@ -421,6 +421,19 @@ impl From<&tokenizers::Encoding> for Encoded {
 /// panic hook not to print panics from the tokenizer's crates, since they are reported as
 /// errors instead.
 fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    guarded_call(
+        "(raised inside the `tokenizers` library by this tokenizer.json on this text)",
+        f,
+    )
+}
+
+/// Runs `f`, a call into a library that can panic on hostile input (`tokenizers`, the
+/// `parquet` reader), turning a panic into an error message ending in `context`; the binary's
+/// panic hook stays quiet about it ([`quiet_panic`]).
+pub(crate) fn guarded_call<T>(
+    context: &str,
+    f: impl FnOnce() -> T,
+) -> std::result::Result<T, String> {
     use std::sync::atomic::Ordering;
     GUARDED_CALLS.fetch_add(1, Ordering::SeqCst);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
@@ -431,9 +444,7 @@ fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown failure".into());
-        format!(
-            "{msg} (raised inside the `tokenizers` library by this tokenizer.json on this text)"
-        )
+        format!("{msg} {context}")
     })
 }
 
@@ -441,14 +452,24 @@ fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
 /// count rather than a flag so that concurrent calls nest.
 static GUARDED_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Whether a panic is one [`guarded`] will catch and report: raised in the tokenizer's crates
-/// while a guarded call runs. The binary's panic hook stays quiet about those.
+/// Whether a panic is one [`guarded_call`] will catch and report: raised in the guarded
+/// libraries' crates (the tokenizer's, the parquet reader's and its codecs') while a guarded
+/// call runs. The binary's panic hook stays quiet about those.
 pub fn quiet_panic(info: &std::panic::PanicHookInfo) -> bool {
+    const GUARDED: &[&str] = &[
+        "/onig",
+        "/tokenizers-",
+        "/parquet-",
+        "/snap-",
+        "/lz4_flex-",
+        "/zlib-rs-",
+        "/flate2-",
+        "/thrift",
+    ];
     GUARDED_CALLS.load(std::sync::atomic::Ordering::SeqCst) > 0
-        && info.location().is_some_and(|l| {
-            let f = l.file();
-            f.contains("/onig") || f.contains("/tokenizers-")
-        })
+        && info
+            .location()
+            .is_some_and(|l| GUARDED.iter().any(|g| l.file().contains(g)))
 }
 
 /// HF `BertTokenizerFast` assembled from a WordPiece vocabulary.

@@ -224,3 +224,77 @@ pub fn assert_same(
         .collect();
     assert!(differ.is_empty(), "changed: {differ:?}");
 }
+
+/// A column to write.
+pub enum Col {
+    Text(&'static str, Vec<String>),
+    Int(&'static str, Vec<i64>),
+    Float(&'static str, Vec<f32>),
+}
+
+/// Writes `cols` as one row group of a snappy-compressed parquet file, with the metadata
+/// `datasets` writes when `class_names` names the classes of the `label` column.
+pub fn write_parquet(path: &Path, cols: &[Col], class_names: Option<&[&str]>) {
+    let fields: Vec<String> = cols
+        .iter()
+        .map(|c| match c {
+            Col::Text(n, _) => format!("required binary {n} (UTF8);"),
+            Col::Int(n, _) => format!("required int64 {n};"),
+            Col::Float(n, _) => format!("required float {n};"),
+        })
+        .collect();
+    let schema = std::sync::Arc::new(
+        parquet::schema::parser::parse_message_type(&format!(
+            "message schema {{ {} }}",
+            fields.join(" ")
+        ))
+        .unwrap(),
+    );
+    let meta = class_names.map(|names| {
+        let info = serde_json::json!({"info": {"features": {
+            "label": {"names": names, "_type": "ClassLabel"},
+        }}});
+        vec![parquet::file::metadata::KeyValue::new(
+            "huggingface".into(),
+            info.to_string(),
+        )]
+    });
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_key_value_metadata(meta)
+        .build();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w =
+        parquet::file::writer::SerializedFileWriter::new(file, schema, std::sync::Arc::new(props))
+            .unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    let mut i = 0;
+    while let Some(mut col) = rg.next_column().unwrap() {
+        match &cols[i] {
+            Col::Text(_, v) => {
+                let v: Vec<parquet::data_type::ByteArray> = v
+                    .iter()
+                    .map(|s| parquet::data_type::ByteArray::from(s.as_str()))
+                    .collect();
+                col.typed::<parquet::data_type::ByteArrayType>()
+                    .write_batch(&v, None, None)
+                    .unwrap();
+            }
+            Col::Int(_, v) => {
+                col.typed::<parquet::data_type::Int64Type>()
+                    .write_batch(v, None, None)
+                    .unwrap();
+            }
+            Col::Float(_, v) => {
+                col.typed::<parquet::data_type::FloatType>()
+                    .write_batch(v, None, None)
+                    .unwrap();
+            }
+        }
+        col.close().unwrap();
+        i += 1;
+    }
+    rg.close().unwrap();
+    w.close().unwrap();
+}
