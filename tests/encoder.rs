@@ -713,3 +713,26 @@ fn in_place_initialisation_draws_what_randn_times_std_draws() {
         assert!(emb.ws.equal(&want), "embedding {out}x{inp}, std {std}");
     }
 }
+
+/// A repo that ships only a slow tokenizer's files (DeBERTa-v3's `spm.model`) is refused with a
+/// message naming the file and how to get a tokenizer.json.
+#[test]
+fn a_folder_with_only_a_sentencepiece_model_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("spm.model"), b"\x0a\x00").unwrap();
+    let e = clsnorm::tokenize::TextTokenizer::load(tmp.path(), 16)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("the folder holds spm.model (a SentencePiece model")
+            && e.contains("save_pretrained"),
+        "{e}"
+    );
+    std::fs::remove_file(tmp.path().join("spm.model")).unwrap();
+    let e = clsnorm::tokenize::TextTokenizer::load(tmp.path(), 16)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("expected tokenizer.json or vocab.txt"), "{e}");
+}

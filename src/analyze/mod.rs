@@ -24,7 +24,7 @@ pub fn normalize_as_trained(
     if n.needs_fit() {
         n.fit(x)?;
     }
-    let order = crate::train::epoch_order(x.size()[0] as usize, seed, 0);
+    let order = crate::batch::epoch_order(x.size()[0] as usize, seed, 0);
     tch::no_grad(|| {
         for chunk in order.chunks(16) {
             let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();

@@ -182,7 +182,7 @@ impl TextTokenizer {
         } else {
             return Err(Error::Tokenizer {
                 path: dir.to_path_buf(),
-                msg: "no tokenizer found: expected tokenizer.json or vocab.txt".into(),
+                msg: missing_tokenizer(dir),
             });
         };
         let pad_token = config
@@ -470,6 +470,33 @@ pub fn quiet_panic(info: &std::panic::PanicHookInfo) -> bool {
         && info
             .location()
             .is_some_and(|l| GUARDED.iter().any(|g| l.file().contains(g)))
+}
+
+/// Why a folder has no tokenizer clsnorm can build, naming the slow-tokenizer files it does
+/// hold (which `transformers` converts, and clsnorm cannot yet).
+fn missing_tokenizer(dir: &Path) -> String {
+    let slow: &[(&str, &str)] = &[
+        (
+            "spm.model",
+            "a SentencePiece model, as DeBERTa-v2/v3 repos ship",
+        ),
+        (
+            "sentencepiece.bpe.model",
+            "a SentencePiece model, as XLM-RoBERTa repos ship",
+        ),
+        (
+            "vocab.json",
+            "a byte-level BPE vocabulary (with merges.txt), as RoBERTa repos ship",
+        ),
+    ];
+    match slow.iter().find(|(f, _)| dir.join(f).is_file()) {
+        Some((file, what)) => format!(
+            "no tokenizer.json or vocab.txt; the folder holds {file} ({what}), which clsnorm \
+             cannot convert yet: save the tokenizer once with transformers \
+             (`AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)` writes tokenizer.json)"
+        ),
+        None => "no tokenizer found: expected tokenizer.json or vocab.txt".into(),
+    }
 }
 
 /// HF `BertTokenizerFast` assembled from a WordPiece vocabulary.

@@ -7,11 +7,10 @@ pub mod trainer;
 
 use std::path::{Path, PathBuf};
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
+pub use crate::batch::{epoch_batches, epoch_order, LENGTH_GROUP_BATCHES};
 use crate::classifier::HeadConfig;
 use crate::data::{Dataset, Label, TaskSpec};
 use crate::error::{Error, Result};
@@ -358,49 +357,6 @@ fn step_seed(seed: u64, step: usize) -> i64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 1) as i64
-}
-
-/// The example order of `epoch`: a pure function of (seed, epoch).
-pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(epoch as u64);
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut rng);
-    order
-}
-
-/// Shuffled examples per mega-batch when grouping by length, in batches (HF's
-/// `LengthGroupedSampler` uses the same factor).
-pub const LENGTH_GROUP_BATCHES: usize = 50;
-
-/// The batches of `epoch`, a pure function of (lengths, batch size, seed, epoch).
-///
-/// Without grouping: consecutive slices of [`epoch_order`]. With grouping: that shuffled order is
-/// cut into mega-batches of [`LENGTH_GROUP_BATCHES`] batches, each sorted by length (longest
-/// first) and sliced into batches, and then the batches are shuffled; every example is still
-/// seen once per epoch in a random neighbourhood, but a batch pads to a similar length.
-pub fn epoch_batches(
-    lengths: &[usize],
-    batch_size: usize,
-    seed: u64,
-    epoch: usize,
-    group_by_length: bool,
-) -> Vec<Vec<usize>> {
-    let order = epoch_order(lengths.len(), seed, epoch);
-    if !group_by_length {
-        return order.chunks(batch_size).map(<[usize]>::to_vec).collect();
-    }
-    let mut batches: Vec<Vec<usize>> = Vec::with_capacity(lengths.len().div_ceil(batch_size));
-    for mega in order.chunks(batch_size * LENGTH_GROUP_BATCHES) {
-        let mut mega = mega.to_vec();
-        mega.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-        batches.extend(mega.chunks(batch_size).map(<[usize]>::to_vec));
-    }
-    // A stream of its own, so the example order above stays that of the ungrouped epoch.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream((1 << 32) | epoch as u64);
-    batches.shuffle(&mut rng);
-    batches
 }
 
 /// Runs (or resumes) fine-tuning and returns the summary; everything lands in `output`.
