@@ -189,9 +189,10 @@ impl Classifier {
         self.encoder.vs.device()
     }
 
-    /// Runs encoder and head; dropout and statistics updates only when `train`.
+    /// Runs encoder and head; dropout and statistics updates only when `train`. The head reads
+    /// the first token, so the encoder's last layer computes that token alone.
     pub fn forward(&self, batch: &Batch, train: bool) -> HeadOutput {
-        let out = self.encoder.forward(batch, train);
+        let out = self.encoder.forward_first_token(batch, train);
         let cls = match self.config.cls_source {
             ClsSource::Pooler => out.pooler_output,
             ClsSource::Hidden => out.cls,
@@ -243,7 +244,7 @@ impl Classifier {
             &limits,
             device,
             |batch| {
-                let out = self.encoder.forward(batch, false);
+                let out = self.encoder.forward_first_token(batch, false);
                 vec![match self.config.cls_source {
                     ClsSource::Pooler => out.pooler_output,
                     ClsSource::Hidden => out.cls,

@@ -100,6 +100,21 @@ fn first_token_state_and_head_input_equal_transformers() {
             let refs: Vec<&Encoded> = encs.iter().collect();
             let batch = Batch::collate(&refs, tok.pad_id(), &enc.limits(), Device::Cpu).unwrap();
             let out = tch::no_grad(|| enc.forward(&batch, false));
+            // The last layer computing the first token alone gives the same head input.
+            let first = tch::no_grad(|| enc.forward_first_token(&batch, false));
+            for (a, b) in [
+                (&out.cls, &first.cls),
+                (&out.pooler_output, &first.pooler_output),
+            ] {
+                // f32 rounding of matmuls and attention kernels of another shape (measured
+                // up to 2.6e-6 here), within the 1e-5 this test allows against transformers.
+                let scale = a.abs().max().double_value(&[]).max(1.0);
+                let d = common::max_abs_diff(a, b);
+                assert!(
+                    d < 1e-5 * scale,
+                    "{family} {size}: first-token-only differs by {d}"
+                );
+            }
             for (what, got) in [("cls", &out.cls), ("pooler", &out.pooler_output)] {
                 let want: Vec<Vec<f64>> =
                     serde_json::from_value(golden["sizes"][size][what].clone()).unwrap();
@@ -468,6 +483,71 @@ fn every_family_runs_every_command_in_every_precision() {
             assert!(
                 !text.contains("null") && text.contains(precision),
                 "{what}: {text}"
+            );
+        }
+    }
+}
+
+/// The last layer computing only the first token is exact: head input and every parameter's
+/// gradient equal those of the full computation (to f32 rounding), for every family (those
+/// that keep the full forward trivially).
+#[test]
+fn the_first_token_only_last_layer_has_the_full_computations_gradients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bert = tmp.path().join("bert-small");
+    {
+        let _g = common::torch_rng_lock();
+        common::tiny_model_dir(&bert, 3);
+    }
+    let mut models = vec![("bert".to_string(), bert)];
+    for family in FAMILIES {
+        let _g = common::torch_rng_lock();
+        models.push((family.to_string(), model_dir(tmp.path(), family, "h256")));
+    }
+    for (family, dir) in &models {
+        let enc = Encoder::load(dir, Device::Cpu, false).unwrap();
+        let tok = TextTokenizer::load(dir, 32).unwrap();
+        let encs: Vec<Encoded> = [
+            ("the cat sat on the mat", Some("a dog")),
+            ("good movie", None),
+            ("it was not very good at all, the film", Some("bad")),
+        ]
+        .iter()
+        .map(|(a, b)| tok.encode(a, *b).unwrap())
+        .collect();
+        let refs: Vec<&Encoded> = encs.iter().collect();
+        let batch = Batch::collate(&refs, tok.pad_id(), &enc.limits(), Device::Cpu).unwrap();
+        let grads = |first: bool| -> Vec<Tensor> {
+            let vars = enc.vs.trainable_variables();
+            for v in &vars {
+                let mut g = v.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            // Eval mode (no dropout), with gradients: a loss on both head inputs.
+            let out = if first {
+                enc.forward_first_token(&batch, false)
+            } else {
+                enc.forward(&batch, false)
+            };
+            let w = Tensor::arange(out.cls.size()[1], (Kind::Float, Device::Cpu)).sin();
+            let loss =
+                (&out.cls * &w).sum(Kind::Float) + (&out.pooler_output * &w).sin().sum(Kind::Float);
+            loss.backward();
+            vars.iter().map(|v| v.grad().copy()).collect()
+        };
+        let (full, first) = (grads(false), grads(true));
+        // Against the largest gradient: parameters that get (almost) none differ by rounding.
+        let scale = full
+            .iter()
+            .map(|g| g.abs().max().double_value(&[]))
+            .fold(0.0, f64::max);
+        for (a, b) in full.iter().zip(&first) {
+            let d = common::max_abs_diff(a, b);
+            assert!(
+                d <= 1e-5 * scale,
+                "{family}: gradient differs by {d} (largest {scale})"
             );
         }
     }

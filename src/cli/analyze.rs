@@ -96,7 +96,7 @@ fn embed_all(
         &enc.limits(),
         enc.vs.device(),
         |b| {
-            let out = enc.forward(b, false);
+            let out = enc.forward_first_token(b, false);
             vec![
                 out.pooler_output.to_device(tch::Device::Cpu),
                 out.cls.to_device(tch::Device::Cpu),

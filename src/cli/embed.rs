@@ -42,7 +42,7 @@ pub fn run(a: EmbedArgs) -> anyhow::Result<()> {
     limits.check_tokenizer(&tok, a.pair_text.is_some())?;
     let e = tok.encode(&a.text, a.pair_text.as_deref())?;
     let batch = Batch::collate(&[&e], tok.pad_id(), &limits, device)?;
-    let out = tch::no_grad(|| enc.forward(&batch, false));
+    let out = tch::no_grad(|| enc.forward_first_token(&batch, false));
     clsnorm::precision::check_finite(&out.cls, "the [CLS] vector", enc.precision)?;
     clsnorm::precision::check_finite(&out.pooler_output, "the pooler output", enc.precision)?;
     let report = json!({

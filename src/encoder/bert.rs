@@ -113,19 +113,32 @@ impl BertSelfAttention {
     /// `mask`: boolean `[batch, 1, 1, seq]`, true where a key may be attended to; `None` when
     /// the batch has no padding.
     pub fn forward(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        self.attend(xs, xs, mask, train)
+    }
+
+    /// Attention of the `queries` (`[batch, q, hidden]`, e.g. the first token alone) over the
+    /// keys and values of `xs` (`[batch, seq, hidden]`).
+    pub fn attend(
+        &self,
+        queries: &Tensor,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         let (b, s, h) = xs
             .size3()
             .unwrap_or_else(|_| unreachable!("hidden states are 3-d"));
-        let heads = |t: Tensor| {
-            t.view([b, s, self.num_heads, self.head_dim])
+        let sq = queries.size()[1];
+        let heads = |t: Tensor, len: i64| {
+            t.view([b, len, self.num_heads, self.head_dim])
                 .transpose(1, 2)
         };
-        let q = heads(self.query.forward(xs));
-        let k = heads(self.key.forward(xs));
-        let v = heads(self.value.forward(xs));
+        let q = heads(self.query.forward(queries), sq);
+        let k = heads(self.key.forward(xs), s);
+        let v = heads(self.value.forward(xs), s);
         let p = self.dropout;
         let ctx = super::layers::attention(&q, &k, &v, mask, p, train);
-        ctx.transpose(1, 2).contiguous().view([b, s, h])
+        ctx.transpose(1, 2).contiguous().view([b, sq, h])
     }
 }
 
@@ -181,12 +194,49 @@ impl BertLayer {
     }
 
     pub fn forward(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
-        let att = self.attention_self.forward(xs, mask, train);
-        let att = self.attention_output.forward(&att, xs, train);
+        self.forward_queries(xs, xs, mask, train)
+    }
+
+    /// The block's output for the first token only, `[batch, 1, hidden]`: keys and values of
+    /// every token, but the query, attention output and feed-forward block of the first. Equal
+    /// in mathematics to the first row of [`BertLayer::forward`].
+    pub fn forward_first(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        self.forward_queries(&xs.narrow(1, 0, 1), xs, mask, train)
+    }
+
+    fn forward_queries(
+        &self,
+        queries: &Tensor,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let att = self.attention_self.attend(queries, xs, mask, train);
+        let att = self.attention_output.forward(&att, queries, train);
         let inter = self.intermediate.forward(&att);
         let inter = self.act.apply(&inter);
         self.output.forward(&inter, &att, train)
     }
+}
+
+/// Runs `layers` over `xs`; with `first_only`, the last one computes the first token alone
+/// ([`BertLayer::forward_first`]).
+pub fn run_layers(
+    layers: &[BertLayer],
+    mut xs: Tensor,
+    mask: Option<&Tensor>,
+    train: bool,
+    first_only: bool,
+) -> Tensor {
+    let n = layers.len();
+    for (i, layer) in layers.iter().enumerate() {
+        xs = if first_only && i + 1 == n {
+            layer.forward_first(&xs, mask, train)
+        } else {
+            layer.forward(&xs, mask, train)
+        };
+    }
+    xs
 }
 
 /// `tanh(W h_cls + b)`, HF's pooler.
@@ -238,6 +288,28 @@ impl BertModel {
     }
 }
 
+impl BertModel {
+    fn run(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+        first_only: bool,
+    ) -> EncoderOutput {
+        let mask = super::key_mask(attention_mask);
+        let xs = self.embeddings.forward(input_ids, token_type_ids, train);
+        let xs = run_layers(&self.layers, xs, mask.as_ref(), train, first_only);
+        let cls = xs.select(1, 0);
+        let pooler_output = self.pooler.forward(&cls);
+        EncoderOutput {
+            last_hidden_state: xs,
+            cls,
+            pooler_output,
+        }
+    }
+}
+
 impl EncoderModel for BertModel {
     fn forward(
         &self,
@@ -246,18 +318,17 @@ impl EncoderModel for BertModel {
         attention_mask: Option<&Tensor>,
         train: bool,
     ) -> EncoderOutput {
-        let mask = super::key_mask(attention_mask);
-        let mut xs = self.embeddings.forward(input_ids, token_type_ids, train);
-        for layer in &self.layers {
-            xs = layer.forward(&xs, mask.as_ref(), train);
-        }
-        let cls = xs.select(1, 0);
-        let pooler_output = self.pooler.forward(&cls);
-        EncoderOutput {
-            last_hidden_state: xs,
-            cls,
-            pooler_output,
-        }
+        self.run(input_ids, token_type_ids, attention_mask, train, false)
+    }
+
+    fn forward_first_token(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> EncoderOutput {
+        self.run(input_ids, token_type_ids, attention_mask, train, true)
     }
 }
 

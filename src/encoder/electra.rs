@@ -167,6 +167,31 @@ pub struct ElectraModel {
     pooler: nn::Linear,
 }
 
+impl ElectraModel {
+    fn run(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+        first_only: bool,
+    ) -> EncoderOutput {
+        let mask = super::key_mask(attention_mask);
+        let mut xs = self.embeddings.forward(input_ids, token_type_ids, train);
+        if let Some(p) = &self.embeddings_project {
+            xs = p.forward(&xs);
+        }
+        let xs = super::bert::run_layers(&self.layers, xs, mask.as_ref(), train, first_only);
+        let cls = xs.select(1, 0);
+        let pooler_output = self.pooler.forward(&cls).gelu("none");
+        EncoderOutput {
+            last_hidden_state: xs,
+            cls,
+            pooler_output,
+        }
+    }
+}
+
 impl EncoderModel for ElectraModel {
     fn forward(
         &self,
@@ -175,20 +200,16 @@ impl EncoderModel for ElectraModel {
         attention_mask: Option<&Tensor>,
         train: bool,
     ) -> EncoderOutput {
-        let mask = super::key_mask(attention_mask);
-        let mut xs = self.embeddings.forward(input_ids, token_type_ids, train);
-        if let Some(p) = &self.embeddings_project {
-            xs = p.forward(&xs);
-        }
-        for layer in &self.layers {
-            xs = layer.forward(&xs, mask.as_ref(), train);
-        }
-        let cls = xs.select(1, 0);
-        let pooler_output = self.pooler.forward(&cls).gelu("none");
-        EncoderOutput {
-            last_hidden_state: xs,
-            cls,
-            pooler_output,
-        }
+        self.run(input_ids, token_type_ids, attention_mask, train, false)
+    }
+
+    fn forward_first_token(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> EncoderOutput {
+        self.run(input_ids, token_type_ids, attention_mask, train, true)
     }
 }

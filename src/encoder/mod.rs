@@ -58,6 +58,22 @@ pub trait EncoderModel: std::fmt::Debug + Send {
         attention_mask: Option<&Tensor>,
         train: bool,
     ) -> EncoderOutput;
+
+    /// [`EncoderModel::forward`] for a caller that reads only the first token (its state and
+    /// the head input made from it): the last layer may compute the query, attention output
+    /// and feed-forward block of that token alone, exact in mathematics, with
+    /// `last_hidden_state` then `[batch, 1, hidden]`. Dropout draws fewer values, so a run's
+    /// random stream differs from the full computation's. The default is the full forward
+    /// (families whose head reads every token, e.g. mean pooling, keep it).
+    fn forward_first_token(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> EncoderOutput {
+        self.forward(input_ids, token_type_ids, attention_mask, train)
+    }
 }
 
 /// A checked `config.json` of some family: what the rest of clsnorm needs to know of a model
@@ -259,13 +275,27 @@ impl Encoder {
     /// outputs are fp32 whatever the precision, so what follows (normalizer, head, loss,
     /// analysis) runs in fp32.
     pub fn forward(&self, batch: &Batch, train: bool) -> EncoderOutput {
+        self.run(batch, train, false)
+    }
+
+    /// [`Encoder::forward`] when only the first token's state and the head input are read
+    /// ([`EncoderModel::forward_first_token`]): the last layer computes that token alone.
+    pub fn forward_first_token(&self, batch: &Batch, train: bool) -> EncoderOutput {
+        self.run(batch, train, true)
+    }
+
+    fn run(&self, batch: &Batch, train: bool, first_only: bool) -> EncoderOutput {
         let out = self.precision.autocast(self.vs.device(), || {
-            self.model.forward(
+            let (ids, types, mask) = (
                 &batch.input_ids,
                 &batch.token_type_ids,
                 batch.attention_mask.as_ref(),
-                train,
-            )
+            );
+            if first_only {
+                self.model.forward_first_token(ids, types, mask, train)
+            } else {
+                self.model.forward(ids, types, mask, train)
+            }
         });
         if self.precision == Precision::Fp32 {
             return out;
