@@ -7,29 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{clsnorm, fails, ok, p, snapshot};
-
-struct Setup {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    model: PathBuf,
-    data: PathBuf,
-}
-
-fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let model = root.join("model");
-    common::tiny_model_dir(&model, 3);
-    let data = root.join("glue");
-    common::write_toy_sst(&data, 16, 8, 1);
-    Setup {
-        _tmp: tmp,
-        root,
-        model,
-        data,
-    }
-}
+use common::{clsnorm, fails, ok, p, setup, snapshot, Setup};
 
 fn train_args<'a>(s: &'a Setup, out: &'a Path) -> Vec<&'a str> {
     vec![

@@ -5,32 +5,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_same, clsnorm, fails, ok, p, snapshot};
-
-struct Setup {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    model: PathBuf,
-    data: PathBuf,
-}
-
-fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let model = root.join("model");
-    {
-        let _g = common::torch_rng_lock();
-        common::tiny_model_dir(&model, 3);
-    }
-    let data = root.join("glue");
-    common::write_toy_sst(&data, 16, 8, 1);
-    Setup {
-        _tmp: tmp,
-        root,
-        model,
-        data,
-    }
-}
+use common::{assert_same, clsnorm, fails, ok, p, setup, snapshot, Setup};
 
 fn train<'a>(s: &'a Setup, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![

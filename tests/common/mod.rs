@@ -298,3 +298,30 @@ pub fn write_parquet(path: &Path, cols: &[Col], class_names: Option<&[&str]>) {
     rg.close().unwrap();
     w.close().unwrap();
 }
+
+/// A temporary folder with a tiny random BERT (`model`) and toy SST-2 data (`data`).
+pub struct Setup {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub model: PathBuf,
+    pub data: PathBuf,
+}
+
+/// [`Setup`]: the model drawn under [`torch_rng_lock`], 16 training and 8 dev rows.
+pub fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let model = root.join("model");
+    {
+        let _g = torch_rng_lock();
+        tiny_model_dir(&model, 3);
+    }
+    let data = root.join("glue");
+    write_toy_sst(&data, 16, 8, 1);
+    Setup {
+        _tmp: tmp,
+        root,
+        model,
+        data,
+    }
+}
