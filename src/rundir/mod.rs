@@ -255,22 +255,14 @@ impl RunDir {
     /// the normalizer cache that start fitted). Checked under the lock.
     fn check_adoptable(&self) -> Result<()> {
         let with_id = marker_id(&self.path).is_some();
-        let mut foreign = Vec::new();
-        for entry in std::fs::read_dir(&self.path).map_err(|e| Error::io(&self.path, e))? {
-            let entry = entry.map_err(|e| Error::io(&self.path, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let cache = with_id && name == NORMALIZER_CACHE;
-            if !(is_bookkeeping(&name) || cache || is_checkpoint_temp(&name)) {
-                foreign.push(crate::excerpt::quoted(&name));
-                if foreign.len() == 3 {
-                    break;
-                }
-            }
-        }
+        let foreign = owner::foreign_entries(&self.path, |name| {
+            is_bookkeeping(name)
+                || (with_id && name == NORMALIZER_CACHE)
+                || is_checkpoint_temp(name)
+        })?;
         if foreign.is_empty() {
             return Ok(());
         }
-        foreign.sort();
         Err(invalid(format!(
             "{} is not empty and holds no run that clsnorm recognises (it holds {}{}); clsnorm \
              writes a new run only into a new or empty directory: choose another --output",

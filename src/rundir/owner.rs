@@ -110,7 +110,7 @@ fn record_id(path: &Path) -> Result<Option<String>> {
 }
 
 /// Up to three entries of `dir` other than those `keep` accepts, for a refusal.
-fn foreign_entries(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+pub(crate) fn foreign_entries(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<String>> {
     let mut foreign = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
