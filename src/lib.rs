@@ -17,6 +17,7 @@ pub mod error;
 pub mod eval;
 pub mod excerpt;
 pub mod fsread;
+pub mod hub;
 pub mod metrics;
 pub mod normalize;
 mod plot;

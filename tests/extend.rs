@@ -275,6 +275,7 @@ fn a_new_normalizer_and_model_family_fine_tune_and_reload() {
         device: Device::Cpu,
         threads: 1,
         allow_pickle: false,
+        sources: Default::default(),
         progress: false,
         stop_after: None,
         stop: None,

@@ -4,7 +4,7 @@
 //! and exact resume on each family.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clsnorm::batch::Batch;
 use clsnorm::classifier::{ClsSource, HeadConfig};
@@ -25,50 +25,7 @@ const FAMILIES: &[&str] = &[
 ];
 const SIZES: &[&str] = &["small", "h256"];
 
-fn fixture(family: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/families")
-        .join(family)
-}
-
-/// The formula of `bench/golden/families.py`: parameter `t` of the sorted names, element `j`:
-/// `sin(0.37 j + 1.3 t)`, scaled 0.1 around 1 for LayerNorm weights, 0.02 for biases, 0.05
-/// otherwise. The names are clsnorm's: HF's, plus `pooler.dense` where clsnorm keeps the task
-/// head's dense layer (ELECTRA, DistilBERT).
-fn formula_weights(dir: &Path) -> Vec<(String, Tensor)> {
-    let config = Families::builtin().read_config(dir).unwrap();
-    config
-        .expected_shapes()
-        .into_iter()
-        .enumerate()
-        .map(|(t, (name, shape))| {
-            let n: i64 = shape.iter().product();
-            let s = (Tensor::arange(n, (Kind::Double, Device::Cpu)) * 0.37 + 1.3 * t as f64).sin();
-            let v = if name.to_lowercase().ends_with("norm.weight") {
-                s * 0.1 + 1.0
-            } else if name.ends_with("bias") {
-                s * 0.02
-            } else {
-                s * 0.05
-            };
-            (name, v.to_kind(Kind::Float).reshape(shape.as_slice()))
-        })
-        .collect()
-}
-
-/// A model directory of `family` at `size`: the fixture's tokenizer and config, formula weights.
-fn model_dir(root: &Path, family: &str, size: &str) -> PathBuf {
-    let dir = root.join(format!("{family}-{size}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let fx = fixture(family);
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(fx.join(f), dir.join(f)).unwrap();
-    }
-    std::fs::copy(fx.join(size).join("config.json"), dir.join("config.json")).unwrap();
-    let w = formula_weights(&dir);
-    weights::write_safetensors(&dir.join(weights::SAFETENSORS_FILE), &w).unwrap();
-    dir
-}
+use common::{family_fixture as fixture, family_model_dir as model_dir, formula_weights};
 
 fn rows(t: &Tensor) -> Vec<Vec<f64>> {
     Vec::<Vec<f64>>::try_from(t.to_kind(Kind::Double)).unwrap()
@@ -219,6 +176,7 @@ fn run(model: &Path, data: &Path, out: &Path, stop_after: Option<usize>, resume:
         device: Device::Cpu,
         threads: 1,
         allow_pickle: false,
+        sources: Default::default(),
         progress: false,
         stop_after,
         stop: None,
@@ -274,7 +232,7 @@ fn every_family_fine_tunes_saves_and_resumes_exactly() {
 
 #[test]
 fn a_model_in_the_hugging_face_cache_is_found_by_its_id() {
-    use clsnorm::encoder::hub;
+    use clsnorm::hub::{self, cache, HubEnv, RepoRef};
     let _g = common::torch_rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let hub_dir = tmp.path().join("hf/hub");
@@ -287,34 +245,53 @@ fn a_model_in_the_hugging_face_cache_is_found_by_its_id() {
     let built = model_dir(tmp.path(), "roberta", "small");
     std::fs::rename(&built, &snap).unwrap();
 
-    let env = |hf_home: &Path| {
-        let h = hf_home.to_str().unwrap().to_string();
-        move |v: &str| (v == "HF_HOME").then(|| h.clone())
+    let hf_home = tmp.path().join("hf").to_str().unwrap().to_string();
+    let var = |v: &str| match v {
+        "HF_HOME" => Some(hf_home.clone()),
+        "HF_HUB_OFFLINE" => Some("1".to_string()),
+        _ => None,
     };
-    let cache = hub::cache_dir(env(&tmp.path().join("hf"))).unwrap();
-    assert_eq!(cache, hub_dir);
+    let cache_dir = cache::cache_dir(var).unwrap();
+    assert_eq!(cache_dir, hub_dir);
+    let find = |id: &str| cache::find_model(&cache_dir, &RepoRef::model(id).unwrap(), false);
     for id in ["FacebookAI/tiny-roberta", "tiny-roberta"] {
-        assert_eq!(hub::resolve(Path::new(id), Some(&cache)).unwrap(), snap);
+        let found = find(id).unwrap().unwrap();
+        assert_eq!(found.dir, snap);
+        let src = found.source.unwrap();
+        assert_eq!(
+            (src.repo.as_str(), src.commit.as_str()),
+            ("FacebookAI/tiny-roberta", "0123abcd")
+        );
     }
-    let e = hub::resolve(Path::new("FacebookAI/absent"), Some(&cache))
+    assert!(find("FacebookAI/absent").unwrap().is_none());
+    let env = HubEnv::from_env(var).unwrap();
+    let e = hub::model(Path::new("FacebookAI/absent"), &env, false)
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("no such directory, and no snapshot of it in the Hugging Face cache")
-            && e.contains("models--FacebookAI--absent/snapshots/"),
+        e.contains("not in the Hugging Face cache")
+            && e.contains("models--FacebookAI--absent")
+            && e.contains("HF_HUB_OFFLINE"),
         "{e}"
     );
     // Two organisations' copies: a bare name is ambiguous.
     std::fs::create_dir_all(hub_dir.join("models--other--tiny-roberta/snapshots/x")).unwrap();
-    let e = hub::resolve(Path::new("tiny-roberta"), Some(&cache))
-        .unwrap_err()
-        .to_string();
+    let e = find("tiny-roberta").unwrap_err().to_string();
     assert!(e.contains("matches several cached models"), "{e}");
-    for bad in ["../x", "a/b/c", "/nonexistent/dir"] {
-        let e = hub::resolve(Path::new(bad), Some(&cache))
+    for bad in [
+        "../x",
+        "a/b/c",
+        "/nonexistent/dir",
+        "org/x@a b",
+        "org/x@../y",
+    ] {
+        let e = hub::model(Path::new(bad), &env, false)
             .unwrap_err()
             .to_string();
-        assert!(e.ends_with("no such directory"), "{bad}: {e}");
+        assert!(
+            e.contains("no such directory (and not a Hub id"),
+            "{bad}: {e}"
+        );
     }
 
     // Through the binary: `--model ORG/NAME` with HF_HOME set, offline.

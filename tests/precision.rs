@@ -133,6 +133,7 @@ fn job<'a>(t: &'a Toy, out: &'a Path, cfg: TrainConfig) -> Finetune<'a> {
         device: Device::Cpu,
         threads: 1,
         allow_pickle: false,
+        sources: Default::default(),
         progress: false,
         stop_after: None,
         stop: None,

@@ -331,7 +331,11 @@ fn check_numbers(v: &serde_json::Value, what: &str) -> anyhow::Result<()> {
 /// asked for; refuses vectors that are not finite.
 fn embed_split(a: &AnalyzeArgs, registry: &Registry) -> anyhow::Result<Embedded> {
     let device = a.rt.device.resolve()?;
-    let (task, task_dir, _) = resolve_task(&a.data)?;
+    let super::finetune::ResolvedTask {
+        spec: task,
+        dir: task_dir,
+        ..
+    } = resolve_task(&a.data)?;
     let (model_dir, mut analysed) = match &a.checkpoint {
         Some(dir) => {
             let (model, _) = clsnorm::train::checkpoint::load_model(dir, device, registry)

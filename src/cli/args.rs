@@ -3,17 +3,20 @@ use std::path::PathBuf;
 
 use clap::Args;
 use clsnorm::device::DeviceChoice;
+use clsnorm::hub::{HubEnv, Located};
 use clsnorm::normalize::{NormConfig, Normalizers, OptionMap};
 use clsnorm::precision::Precision;
 
 /// Options every command that runs a model takes.
 #[derive(Debug, Args)]
 pub struct RuntimeArgs {
-    /// Hugging Face model directory (config.json, tokenizer, weights), or the id of a model in
-    /// the local Hugging Face cache (`roberta-base`, `FacebookAI/roberta-base`; offline).
+    /// Hugging Face model directory (config.json, tokenizer, weights), or a Hub id
+    /// (`bert-base-cased`, `FacebookAI/roberta-base`, `ORG/NAME@REVISION`): from the local
+    /// Hugging Face cache, else downloaded into it (HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE,
+    /// HF_HOME / HF_HUB_CACHE as the Hugging Face libraries read them).
     /// Default: all-MiniLM-L6-v2, from `models/all-MiniLM-L6-v2` of the working directory or of
     /// clsnorm's own checkout (`scripts/setup.sh` puts it there), else
-    /// `sentence-transformers/all-MiniLM-L6-v2` in the Hugging Face cache.
+    /// `sentence-transformers/all-MiniLM-L6-v2` from the Hub.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// auto, cpu, cuda or cuda:N.
@@ -54,25 +57,31 @@ impl PrecisionArgs {
 }
 
 impl RuntimeArgs {
-    /// The model directory `--model` names: a directory, or a model in the local Hugging Face
-    /// cache (`roberta-base`, `FacebookAI/roberta-base`).
+    /// The model directory `--model` names (see [`RuntimeArgs::model`]).
     pub fn model_dir(&self) -> anyhow::Result<PathBuf> {
-        let cache = clsnorm::encoder::hub::cache_dir(|v| std::env::var(v).ok());
+        Ok(self.model()?.dir)
+    }
+
+    /// The model `--model` names: a directory, else a Hub id from the local Hugging Face cache
+    /// or, unless HF_HUB_OFFLINE is set, downloaded into it; with the repo and commit it came
+    /// from.
+    pub fn model(&self) -> anyhow::Result<Located> {
+        let env = HubEnv::from_process()?;
         match &self.model {
-            Some(model) => Ok(clsnorm::encoder::hub::resolve(model, cache.as_deref())?),
-            None => default_model(cache.as_deref()),
+            Some(model) => Ok(clsnorm::hub::model(model, &env, self.allow_pickle)?),
+            None => default_model(&env),
         }
     }
 }
 
 /// The default model's folder in a checkout, and its Hub id.
 const DEFAULT_MODEL_DIR: &str = "models/all-MiniLM-L6-v2";
-const DEFAULT_MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
+pub const DEFAULT_MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
 /// all-MiniLM-L6-v2 wherever clsnorm runs: the working directory's `models/` (this project's
 /// machines), the `models/` of the checkout the binary was built in (`target/*/clsnorm`, run
-/// from anywhere), else the Hub's copy in the Hugging Face cache.
-fn default_model(cache: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+/// from anywhere), else the Hub's copy (from the Hugging Face cache, or downloaded).
+fn default_model(env: &HubEnv) -> anyhow::Result<Located> {
     let mut looked = vec![PathBuf::from(DEFAULT_MODEL_DIR)];
     if let Ok(exe) = std::env::current_exe() {
         // target/{debug,release}/clsnorm -> the checkout's root.
@@ -85,13 +94,16 @@ fn default_model(cache: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
         }
     }
     if let Some(dir) = looked.iter().find(|d| d.join("config.json").is_file()) {
-        return Ok(dir.clone());
+        return Ok(Located {
+            dir: dir.clone(),
+            source: None,
+        });
     }
-    clsnorm::encoder::hub::resolve(std::path::Path::new(DEFAULT_MODEL_ID), cache).map_err(|e| {
+    clsnorm::hub::model(std::path::Path::new(DEFAULT_MODEL_ID), env, false).map_err(|e| {
         anyhow::anyhow!(
-            "no --model given, and the default all-MiniLM-L6-v2 is in none of {} ({e}); run \
-             scripts/setup.sh in clsnorm's checkout, `huggingface-cli download {DEFAULT_MODEL_ID}`, \
-             or give --model",
+            "no --model given, and the default all-MiniLM-L6-v2 is in none of {}, and not \
+             available from the Hub ({e}); run scripts/setup.sh in clsnorm's checkout, or give \
+             --model",
             looked
                 .iter()
                 .map(|p| p.display().to_string())

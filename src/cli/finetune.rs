@@ -7,8 +7,9 @@ use clsnorm::classifier::{BiasInit, ClassifierInit, ClsSource, HeadConfig};
 use clsnorm::data::read::{dataset_from_rows, infer_classes, read_rows, RawFile};
 use clsnorm::data::{glue_task, read_dataset, Format, LabelSpace, ReadOptions, TaskSpec};
 use clsnorm::device::set_threads;
+use clsnorm::hub::{HubEnv, HubSource, Located, RepoRef, GLUE_DATASET};
 use clsnorm::train::optim::AdamWConfig;
-use clsnorm::train::{finetune, Finetune, Rounding, RunConfig, TrainConfig};
+use clsnorm::train::{finetune, Finetune, Rounding, RunConfig, Sources, TrainConfig};
 use clsnorm::Registry;
 
 use super::{DataArgs, NormArgs, RuntimeArgs};
@@ -122,25 +123,72 @@ fn format_of(args: &DataArgs, path: &Path) -> anyhow::Result<Format> {
     }
 }
 
-/// The snapshot of the Hub's GLUE (`nyu-mll/glue`) in the local Hugging Face cache, if any.
-pub fn glue_in_hf_cache() -> anyhow::Result<Option<PathBuf>> {
-    let Some(cache) = clsnorm::encoder::hub::cache_dir(|v| std::env::var(v).ok()) else {
-        return Ok(None);
+/// GLUE task `task` from the Hub's `nyu-mll/glue`: its parquet files from the local Hugging
+/// Face cache, else (unless HF_HUB_OFFLINE is set) downloaded into it. The folder returned is
+/// the dataset's snapshot, which [`locate_glue`](clsnorm::data::task::locate_glue) reads.
+pub fn glue_from_hub(task: &str) -> anyhow::Result<Located> {
+    let env = HubEnv::from_process()?;
+    let Some((dir, splits)) = clsnorm::data::task::hub_glue_files(task) else {
+        bail!(
+            "the Hub's GLUE ({GLUE_DATASET}) has no task {task}; pass --data-dir or set GLUE_DIR"
+        );
     };
-    Ok(clsnorm::encoder::hub::cached_dataset(
-        &cache,
-        "nyu-mll/glue",
-    )?)
+    let repo = RepoRef::dataset(GLUE_DATASET, "main")?;
+    let wanted = |path: &str| {
+        splits
+            .iter()
+            .any(|s| clsnorm::data::task::is_hub_glue_file(path, dir, s))
+    };
+    let complete = |snap: &Path| -> Option<Vec<String>> {
+        let names: Vec<String> = std::fs::read_dir(snap.join(dir))
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(|n| format!("{dir}/{n}")))
+            .filter(|p| wanted(p))
+            .collect();
+        splits
+            .iter()
+            .all(|s| {
+                names
+                    .iter()
+                    .any(|p| clsnorm::data::task::is_hub_glue_file(p, dir, s))
+            })
+            .then_some(names)
+    };
+    let what = format!(
+        "GLUE {task} ({GLUE_DATASET}, {dir}/: {})",
+        splits.join(", ")
+    );
+    let found = clsnorm::hub::dataset(&env, &repo, &wanted, &complete, &what).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\n(no --data-dir or GLUE_DIR was given, so clsnorm reads GLUE from the Hub; a \
+             local GLUE folder works too: --data-dir DIR holding {task}/train.tsv)"
+        )
+    })?;
+    tracing::info!(
+        "reading {task} from the Hugging Face cache: {}",
+        found.dir.display()
+    );
+    Ok(found)
 }
 
 /// Most classes a custom classification task may have (each is a row of the head).
 const MAX_CLASSES: usize = 10_000;
 
-/// The task spec, the directory its relative file names are under, and, for custom
-/// classification data, the training file's rows (read once: its classes come from them).
-pub fn resolve_task(
-    args: &DataArgs,
-) -> anyhow::Result<(TaskSpec, Option<PathBuf>, Option<RawFile>)> {
+/// A task ready to read.
+pub struct ResolvedTask {
+    pub spec: TaskSpec,
+    /// The directory the spec's relative file names are under (GLUE tasks).
+    pub dir: Option<PathBuf>,
+    /// Custom classification data: the training file's rows (read once: its classes come
+    /// from them).
+    pub rows: Option<RawFile>,
+    /// The Hub dataset the files are a snapshot of (GLUE read from `nyu-mll/glue`).
+    pub source: Option<HubSource>,
+}
+
+/// The task `args` name, and where its files are.
+pub fn resolve_task(args: &DataArgs) -> anyhow::Result<ResolvedTask> {
     let opts = ReadOptions {
         skip_bad_rows: args.skip_bad_rows,
         require_label: true,
@@ -178,9 +226,19 @@ pub fn resolve_task(
                 );
             }
             spec.labels = LabelSpace::Classes(classes);
-            return Ok((spec, None, Some(raw)));
+            return Ok(ResolvedTask {
+                spec,
+                dir: None,
+                rows: Some(raw),
+                source: None,
+            });
         }
-        return Ok((spec, None, None));
+        return Ok(ResolvedTask {
+            spec,
+            dir: None,
+            rows: None,
+            source: None,
+        });
     }
     let Some(name) = &args.task else {
         bail!("give --task (a GLUE task) or --train-file (custom data)");
@@ -192,28 +250,22 @@ pub fn resolve_task(
             clsnorm::data::task::glue_task_names().join(", ")
         )
     })?;
-    let cached = match &args.data_dir {
+    let hub = match &args.data_dir {
         Some(_) => None,
-        None => glue_in_hf_cache()?,
+        None => Some(glue_from_hub(&spec.name)?),
     };
-    let Some(dir) = args.data_dir.as_ref().or(cached.as_ref()) else {
-        bail!(
-            "no data directory: pass --data-dir or set GLUE_DIR (the folder holding {}/train.tsv, \
-             or a copy of the Hub's nyu-mll/glue with its parquet files), or put nyu-mll/glue \
-             into the Hugging Face cache (`huggingface-cli download nyu-mll/glue --repo-type \
-             dataset`); clsnorm does not download it itself yet",
-            spec.name
-        );
+    let dir: &Path = match (&args.data_dir, &hub) {
+        (Some(d), _) => d,
+        (None, Some(h)) => &h.dir,
+        (None, None) => bail!("no data directory for {}", spec.name),
     };
-    if cached.is_some() {
-        tracing::info!(
-            "reading {} from the Hugging Face cache: {}",
-            spec.name,
-            dir.display()
-        );
-    }
     let (spec, dir) = clsnorm::data::task::locate_glue(&spec, dir).map_err(anyhow::Error::msg)?;
-    Ok((spec, Some(dir), None))
+    Ok(ResolvedTask {
+        spec,
+        dir: Some(dir),
+        rows: None,
+        source: hub.and_then(|h| h.source),
+    })
 }
 
 /// `--resume` continues a run exactly as it was configured, so any other option that would
@@ -256,7 +308,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
     let registry = Registry::builtin();
     let (job_parts, recorded) = match &a.resume {
         Some(run_dir) => {
-            let (parts, threads, skip) = from_run_dir(run_dir)?;
+            let (parts, threads, skip) = from_run_dir(run_dir, a.rt.allow_pickle)?;
             (parts, Some((threads, skip)))
         }
         None => (from_args(&a, &registry)?, None),
@@ -264,7 +316,16 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
     let resume = a.resume.is_some();
     let threads = set_threads(resume_threads(a.rt.threads, recorded.map(|r| r.0)))?;
     let device = a.rt.device.resolve()?;
-    let (task, task_dir, train_rows, head, config, model_dir, output) = job_parts;
+    let JobParts {
+        task,
+        task_dir,
+        train_rows,
+        head,
+        config,
+        model_dir,
+        output,
+        sources,
+    } = job_parts;
     let opts = ReadOptions {
         // A resumed run reads its data as it did at the start.
         skip_bad_rows: recorded.map_or(a.data.skip_bad_rows, |r| r.1),
@@ -296,6 +357,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
         device,
         threads,
         allow_pickle: a.rt.allow_pickle,
+        sources,
         registry,
         progress: !a.quiet,
         stop_after: None,
@@ -364,19 +426,29 @@ fn on_signal(first: &mut Option<std::time::Instant>, now: std::time::Instant) ->
     }
 }
 
-type JobParts = (
-    TaskSpec,
-    Option<PathBuf>,
-    Option<RawFile>,
-    HeadConfig,
-    TrainConfig,
-    PathBuf,
-    PathBuf,
-);
+/// What a run is made of, from its options or from the config.json of the run it resumes.
+struct JobParts {
+    task: TaskSpec,
+    task_dir: Option<PathBuf>,
+    train_rows: Option<RawFile>,
+    head: HeadConfig,
+    config: TrainConfig,
+    model_dir: PathBuf,
+    output: PathBuf,
+    sources: Sources,
+}
 
 fn from_args(a: &FinetuneArgs, registry: &Registry) -> anyhow::Result<JobParts> {
-    let (task, task_dir, train_rows) = resolve_task(&a.data)?;
-    let model = a.rt.model_dir()?;
+    let ResolvedTask {
+        spec: task,
+        dir: task_dir,
+        rows: train_rows,
+        source: data_source,
+    } = resolve_task(&a.data)?;
+    let Located {
+        dir: model,
+        source: model_source,
+    } = a.rt.model()?;
     let dropout = match a.dropout {
         Some(p) => p,
         None => registry.families.read_config(&model)?.classifier_dropout(),
@@ -423,7 +495,19 @@ fn from_args(a: &FinetuneArgs, registry: &Registry) -> anyhow::Result<JobParts> 
     let output = a.output.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!("{}-{}-seed{}", task.name, head.norm.name(), a.seed))
     });
-    Ok((task, task_dir, train_rows, head, config, model, output))
+    Ok(JobParts {
+        task,
+        task_dir,
+        train_rows,
+        head,
+        config,
+        model_dir: model,
+        output,
+        sources: Sources {
+            model_source,
+            data_source,
+        },
+    })
 }
 
 /// The thread count for a run: `--threads` if given, else the count a resumed run recorded.
@@ -445,7 +529,7 @@ fn resume_threads(given: Option<usize>, recorded: Option<usize>) -> Option<usize
 
 /// The job a run directory describes, the libtorch thread count it ran with, and whether it
 /// skipped bad rows.
-fn from_run_dir(run_dir: &Path) -> anyhow::Result<(JobParts, usize, bool)> {
+fn from_run_dir(run_dir: &Path, allow_pickle: bool) -> anyhow::Result<(JobParts, usize, bool)> {
     let rc = RunConfig::read(run_dir).context("--resume")?;
     let mut task = rc.task.clone();
     task.train_file = rc.train_file.path.to_string_lossy().into_owned();
@@ -454,21 +538,48 @@ fn from_run_dir(run_dir: &Path) -> anyhow::Result<(JobParts, usize, bool)> {
         .iter()
         .map(|(n, i)| (n.clone(), i.path.to_string_lossy().into_owned()))
         .collect();
+    let model_dir = resumed_model(&rc, allow_pickle)?;
     Ok((
-        (
+        JobParts {
             task,
-            None,
-            None,
-            rc.head,
-            rc.train,
-            rc.model,
-            run_dir.to_path_buf(),
-        ),
+            task_dir: None,
+            train_rows: None,
+            head: rc.head,
+            config: rc.train,
+            model_dir,
+            output: run_dir.to_path_buf(),
+            sources: rc.sources,
+        },
         rc.threads,
         std::iter::once(&rc.train_file)
             .chain(rc.dev_files.iter().map(|(_, i)| i))
             .any(|i| i.skipped > 0),
     ))
+}
+
+/// The model a resumed run continues from: the folder it recorded, else (moved, or another
+/// machine's cache) the same commit of its Hub repo, from this machine's cache or the Hub.
+fn resumed_model(rc: &RunConfig, allow_pickle: bool) -> anyhow::Result<PathBuf> {
+    if rc.model.is_dir() {
+        return Ok(rc.model.clone());
+    }
+    let Some(src) = &rc.sources.model_source else {
+        bail!(
+            "--resume: the run's model folder {} is gone",
+            rc.model.display()
+        );
+    };
+    let pinned = src.pinned();
+    let env = HubEnv::from_process()?;
+    let found = clsnorm::hub::model(Path::new(&pinned.display()), &env, allow_pickle)
+        .with_context(|| {
+            format!(
+                "--resume: the run's model folder {} is gone, and {} could not be fetched again",
+                rc.model.display(),
+                pinned.display()
+            )
+        })?;
+    Ok(found.dir)
 }
 
 #[cfg(test)]

@@ -164,11 +164,11 @@ pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     let (model, meta, tok) = load(&a.ck)?;
     let mut task = meta.task.clone();
     let is_glue = clsnorm::data::glue_task(&task.name).is_some();
-    let cached = match (&a.file, &a.data_dir) {
-        (None, None) if is_glue => super::finetune::glue_in_hf_cache()?,
+    let hub = match (&a.file, &a.data_dir) {
+        (None, None) if is_glue => Some(super::finetune::glue_from_hub(&task.name)?.dir),
         _ => None,
     };
-    let files: Vec<(String, PathBuf)> = match (&a.file, a.data_dir.as_ref().or(cached.as_ref())) {
+    let files: Vec<(String, PathBuf)> = match (&a.file, a.data_dir.as_ref().or(hub.as_ref())) {
         (Some(f), _) => vec![("file".into(), f.clone())],
         (None, _) if !is_glue => task.paths(None).1,
         (None, Some(d)) => {

@@ -395,6 +395,26 @@ fn split_file(dir: &std::path::Path, split: &str) -> Result<String, String> {
     }
 }
 
+/// The Hub's GLUE files that GLUE task `name` reads: its folder in `nyu-mll/glue` and the
+/// splits (training and every dev split; never the unlabelled test splits). `None` for a task
+/// the Hub's GLUE does not hold.
+pub fn hub_glue_files(name: &str) -> Option<(&'static str, Vec<&'static str>)> {
+    let hub = HUB_GLUE.iter().find(|h| h.task == name)?;
+    let splits = std::iter::once("train")
+        .chain(hub.dev.iter().map(|(_, split)| *split))
+        .collect();
+    Some((hub.dir, splits))
+}
+
+/// Whether `path` (inside `nyu-mll/glue`) is a file of `split` in folder `dir`.
+pub fn is_hub_glue_file(path: &str, dir: &str, split: &str) -> bool {
+    path.strip_prefix(dir)
+        .and_then(|p| p.strip_prefix('/'))
+        .is_some_and(|f| {
+            !f.contains('/') && f.starts_with(&format!("{split}-")) && f.ends_with(".parquet")
+        })
+}
+
 /// Where GLUE task `spec` is under the GLUE folder `data_dir`: the classic layout
 /// (`TASK/train.tsv`), else the Hub's (`task/train-*.parquet`, a snapshot of `nyu-mll/glue`).
 /// Returns the spec of the layout found (the Hub's maps its class names to the classic ones,

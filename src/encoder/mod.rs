@@ -11,7 +11,6 @@ pub mod config;
 pub mod deberta;
 pub mod distilbert;
 pub mod electra;
-pub mod hub;
 pub mod layers;
 pub mod modernbert;
 pub mod pickle;

@@ -182,7 +182,7 @@ impl TextTokenizer {
         } else {
             return Err(Error::Tokenizer {
                 path: dir.to_path_buf(),
-                msg: missing_tokenizer(dir),
+                msg: missing_tokenizer(|f| dir.join(f).is_file()),
             });
         };
         let pad_token = config
@@ -472,9 +472,10 @@ pub fn quiet_panic(info: &std::panic::PanicHookInfo) -> bool {
             .is_some_and(|l| GUARDED.iter().any(|g| l.file().contains(g)))
 }
 
-/// Why a folder has no tokenizer clsnorm can build, naming the slow-tokenizer files it does
-/// hold (which `transformers` converts, and clsnorm cannot yet).
-fn missing_tokenizer(dir: &Path) -> String {
+/// Why a folder (or a Hub repository) has no tokenizer clsnorm can build, naming the
+/// slow-tokenizer files it does hold (`has`), which `transformers` converts and clsnorm cannot
+/// yet.
+pub fn missing_tokenizer(has: impl Fn(&str) -> bool) -> String {
     let slow: &[(&str, &str)] = &[
         (
             "spm.model",
@@ -489,7 +490,7 @@ fn missing_tokenizer(dir: &Path) -> String {
             "a byte-level BPE vocabulary (with merges.txt), as RoBERTa repos ship",
         ),
     ];
-    match slow.iter().find(|(f, _)| dir.join(f).is_file()) {
+    match slow.iter().find(|(f, _)| has(f)) {
         Some((file, what)) => format!(
             "no tokenizer.json or vocab.txt; the folder holds {file} ({what}), which clsnorm \
              cannot convert yet: save the tokenizer once with transformers \

@@ -250,6 +250,20 @@ pub struct RunConfig {
     /// ids): `--resume` checks that the two agree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// Where the model and the data came from when read from the Hub (repo and commit).
+    #[serde(default, flatten)]
+    pub sources: Sources,
+}
+
+/// The Hub repositories a run read, each with the commit it resolved to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sources {
+    /// The model's repo (`--model ORG/NAME`); absent for a local folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_source: Option<crate::hub::HubSource>,
+    /// The data's repo (GLUE from `nyu-mll/glue`); absent for local files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_source: Option<crate::hub::HubSource>,
 }
 
 impl RunConfig {
@@ -337,6 +351,8 @@ pub struct Finetune<'a> {
     pub device: Device,
     pub threads: usize,
     pub allow_pickle: bool,
+    /// Where the model and data came from (recorded in `config.json`).
+    pub sources: Sources,
     /// The normalizers and model families the run may use (`head.norm`, the model's
     /// `model_type`).
     pub registry: crate::Registry,

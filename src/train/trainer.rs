@@ -694,6 +694,7 @@ impl RunConfig {
             device: format!("{:?}", job.device),
             threads: job.threads,
             run_id: None,
+            sources: job.sources.clone(),
         })
     }
 }

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 
+pub mod hub_server;
+
 /// The real all-MiniLM-L6-v2 installed by `scripts/setup.sh`.
 pub fn minilm_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
@@ -324,4 +326,58 @@ pub fn setup() -> Setup {
         model,
         data,
     }
+}
+
+/// The fixture folder of model family `family` (tokenizer, configs, transformers' golden values).
+pub fn family_fixture(family: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/families")
+        .join(family)
+}
+
+/// The formula of `bench/golden/families.py`: parameter `t` of the sorted names, element `j`:
+/// `sin(0.37 j + 1.3 t)`, scaled 0.1 around 1 for LayerNorm weights, 0.02 for biases, 0.05
+/// otherwise. The names are clsnorm's: HF's, plus `pooler.dense` where clsnorm keeps the task
+/// head's dense layer (ELECTRA, DistilBERT).
+pub fn formula_weights(dir: &Path) -> Vec<(String, tch::Tensor)> {
+    let config = clsnorm::encoder::Families::builtin()
+        .read_config(dir)
+        .unwrap();
+    config
+        .expected_shapes()
+        .into_iter()
+        .enumerate()
+        .map(|(t, (name, shape))| {
+            let n: i64 = shape.iter().product();
+            let s = (tch::Tensor::arange(n, (tch::Kind::Double, tch::Device::Cpu)) * 0.37
+                + 1.3 * t as f64)
+                .sin();
+            let v = if name.to_lowercase().ends_with("norm.weight") {
+                s * 0.1 + 1.0
+            } else if name.ends_with("bias") {
+                s * 0.02
+            } else {
+                s * 0.05
+            };
+            (name, v.to_kind(tch::Kind::Float).reshape(shape.as_slice()))
+        })
+        .collect()
+}
+
+/// A model directory of `family` at `size`: the fixture's tokenizer and config, formula weights.
+pub fn family_model_dir(root: &Path, family: &str, size: &str) -> PathBuf {
+    let dir = root.join(format!("{family}-{size}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fx = family_fixture(family);
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fx.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(fx.join(size).join("config.json"), dir.join("config.json")).unwrap();
+    let w = formula_weights(&dir);
+    clsnorm::encoder::weights::write_safetensors(
+        &dir.join(clsnorm::encoder::weights::SAFETENSORS_FILE),
+        &w,
+    )
+    .unwrap();
+    dir
 }
