@@ -45,24 +45,7 @@ seeds = [1, 2]
 epochs = 1
 "#;
 
-/// A fake `sbatch` on PATH that records its arguments and prints a job id.
-fn fake_sbatch(dir: &Path) -> String {
-    let bin = dir.join("fakebin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let sbatch = bin.join("sbatch");
-    std::fs::write(
-        &sbatch,
-        "#!/bin/sh\nprintf '%s\\n' \"$@\" >> \"$(dirname \"$0\")/calls\"\necho 4242\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&sbatch, std::fs::Permissions::from_mode(0o755)).unwrap();
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
+use common::fake_sbatch;
 
 fn sweep_slurm(cfg: &Path, path_var: &str, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_clsnorm"))
@@ -70,6 +53,8 @@ fn sweep_slurm(cfg: &Path, path_var: &str, extra: &[&str]) -> std::process::Outp
         .args(extra)
         .env("PATH", path_var)
         .env("RUST_LOG", "warn")
+        // GLUE from a folder: nothing to fetch from the Hub before submitting.
+        .env("GLUE_DIR", cfg.parent().unwrap())
         .current_dir(cfg.parent().unwrap())
         .output()
         .unwrap()

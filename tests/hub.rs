@@ -458,3 +458,212 @@ fn an_interrupted_or_damaged_download_is_never_trusted_and_a_rerun_completes_it(
         );
     }
 }
+
+#[test]
+fn fetch_fills_the_cache_for_offline_runs_and_sweep_slurm_fetches_before_submitting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut repos = model_repos(root);
+    repos.push(glue_repo(root));
+    let commits: Vec<String> = repos.iter().map(|r| r.commit.clone()).collect();
+    let server = HubServer::start(repos);
+    let mut hf = Hf::new(root, &server.endpoint);
+
+    let out = common::ok(&hf.run(&["fetch", "--model", "org/tiny-bert", "--task", "RTE"]));
+    assert!(
+        out.contains(&format!(
+            "model org/tiny-bert: org/tiny-bert@{}",
+            commits[0]
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("GLUE RTE: nyu-mll/glue@{}", commits[2])),
+        "{out}"
+    );
+    common::fails(&hf.run(&["fetch"]), "nothing to fetch");
+    common::fails(&hf.run(&["fetch", "--task", "XNLI"]), "unknown GLUE task");
+    let offline = Hf {
+        endpoint: dead_endpoint(),
+        offline: true,
+        ..Hf::new(root, "")
+    };
+    common::ok(&offline.run(&[
+        "finetune",
+        "--model",
+        "org/tiny-bert",
+        "--task",
+        "RTE",
+        "--epochs",
+        "1",
+        "--max-len",
+        "32",
+        "--threads",
+        "1",
+        "--quiet",
+        "--output",
+        common::p(&root.join("run")),
+    ]));
+
+    // A sweep of Hub models, offline from the cache: the report names repo and commit.
+    let local = root.join("local.toml");
+    std::fs::write(
+        &local,
+        "model = \"org/tiny-bert\"\ntasks = [\"RTE\"]\nseeds = [1]\noutput = \"local\"\n[args]\nepochs = 1\nmax-len = 32\n",
+    )
+    .unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_clsnorm"));
+    c.current_dir(root)
+        .env("HF_HOME", &offline.home)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", &offline.endpoint)
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("GLUE_DIR")
+        .env("RUST_LOG", "warn");
+    common::ok(
+        &c.args(["sweep", "--config", common::p(&local), "--threads", "1"])
+            .output()
+            .unwrap(),
+    );
+    let mut c = Command::new(env!("CARGO_BIN_EXE_clsnorm"));
+    common::ok(
+        &c.args(["report", common::p(&root.join("local"))])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap(),
+    );
+    let report = std::fs::read_to_string(root.join("local/report.md")).unwrap();
+    assert!(
+        report.contains(&format!("`org/tiny-bert@{}` (1 run)", commits[0])),
+        "{report}"
+    );
+
+    // sweep --slurm fetches the plan's models and data, then its jobs run offline; the token
+    // used to fetch is not in the scripts.
+    let cfg = root.join("sweep.toml");
+    std::fs::write(
+        &cfg,
+        "model = \"FacebookAI/tiny-roberta\"\ntasks = [\"RTE\"]\nseeds = [1]\noutput = \"sw\"\n[args]\nepochs = 1\nmax-len = 32\n",
+    )
+    .unwrap();
+    let path_var = common::fake_sbatch(root);
+    hf.token = Some("hf_sweepSECRET".into());
+    let out = Command::new(env!("CARGO_BIN_EXE_clsnorm"))
+        .args(["sweep", "--config", common::p(&cfg), "--slurm"])
+        .env("PATH", path_var)
+        .env("HF_HOME", &hf.home)
+        .env("HF_ENDPOINT", &hf.endpoint)
+        .env("HF_TOKEN", "hf_sweepSECRET")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("GLUE_DIR")
+        .env("RUST_LOG", "warn")
+        .current_dir(root)
+        .output()
+        .unwrap();
+    common::ok(&out);
+    let snap = hf
+        .cache()
+        .join("models--FacebookAI--tiny-roberta/snapshots")
+        .join(&commits[1]);
+    assert!(snap.join("model.safetensors").is_file());
+    let array = std::fs::read_to_string(root.join("sw/slurm/array.sh")).unwrap();
+    assert!(array.contains("export HF_HUB_OFFLINE=1\n"), "{array}");
+    assert!(!array.contains("SECRET"), "{array}");
+}
+
+#[test]
+fn sharded_checkpoints_download_whole_and_pickles_only_when_allowed() {
+    use clsnorm::encoder::weights;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // The tiny BERT split into two shards with an index, as large checkpoints are.
+    let sharded = root.join("sharded-src");
+    {
+        let _g = common::torch_rng_lock();
+        common::tiny_model_dir(&sharded, 5);
+    }
+    let ck = weights::read_model_dir(&sharded, false).unwrap();
+    std::fs::remove_file(sharded.join(weights::SAFETENSORS_FILE)).unwrap();
+    let half = ck.tensors.len() / 2;
+    let mut map = serde_json::Map::new();
+    for (i, part) in [&ck.tensors[..half], &ck.tensors[half..]]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let tensors: Vec<(String, tch::Tensor)> = part
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        weights::write_safetensors(&sharded.join(&name), &tensors).unwrap();
+        for (n, _) in part {
+            map.insert(n.clone(), name.clone().into());
+        }
+    }
+    std::fs::write(
+        sharded.join(weights::SAFETENSORS_INDEX_FILE),
+        serde_json::to_vec(&serde_json::json!({"metadata": {}, "weight_map": map})).unwrap(),
+    )
+    .unwrap();
+    // A repo with only a pickle checkpoint.
+    let pickle = root.join("pickle-src");
+    std::fs::create_dir_all(&pickle).unwrap();
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert-pickle");
+    for f in ["config.json", "pytorch_model.bin"] {
+        std::fs::copy(fx.join(f), pickle.join(f)).unwrap();
+    }
+    std::fs::write(
+        pickle.join("vocab.txt"),
+        common::TINY_VOCAB[..8].join("\n") + "\n",
+    )
+    .unwrap();
+    let server = HubServer::start(vec![
+        HubRepo::from_dir("models", "org/sharded", 0xd1, &sharded),
+        HubRepo::from_dir("models", "org/pickled", 0xe1, &pickle),
+    ]);
+    let hf = Hf::new(root, &server.endpoint);
+
+    let want = common::ok(&common::clsnorm(&[
+        "embed",
+        "--model",
+        common::p(&sharded),
+        "--threads",
+        "1",
+        "the cat sat",
+    ]));
+    let got = common::ok(&hf.run(&[
+        "embed",
+        "--model",
+        "org/sharded",
+        "--threads",
+        "1",
+        "the cat sat",
+    ]));
+    let cls =
+        |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["cls"]["values"].clone();
+    assert_eq!(cls(&got), cls(&want));
+
+    let out = hf.run(&[
+        "embed",
+        "--model",
+        "org/pickled",
+        "--max-len",
+        "8",
+        "the cat",
+    ]);
+    common::fails(&out, "pass --allow-pickle if you trust it");
+    assert!(server
+        .requests()
+        .iter()
+        .all(|p| !p.contains("pytorch_model.bin")));
+    common::ok(&hf.run(&[
+        "embed",
+        "--model",
+        "org/pickled",
+        "--allow-pickle",
+        "--max-len",
+        "8",
+        "the cat",
+    ]));
+}

@@ -66,11 +66,27 @@ impl RuntimeArgs {
     /// or, unless HF_HUB_OFFLINE is set, downloaded into it; with the repo and commit it came
     /// from.
     pub fn model(&self) -> anyhow::Result<Located> {
-        let env = HubEnv::from_process()?;
-        match &self.model {
-            Some(model) => Ok(clsnorm::hub::model(model, &env, self.allow_pickle)?),
-            None => default_model(&env),
+        resolve_model(
+            self.model.as_deref(),
+            &HubEnv::from_process()?,
+            self.allow_pickle,
+        )
+    }
+}
+
+/// The model `--model` names (`None`: the default). `models/all-MiniLM-L6-v2`, the default
+/// written out (as sweep files do), is the default wherever it runs, not a Hub repo of an
+/// organisation called `models`.
+pub fn resolve_model(
+    model: Option<&std::path::Path>,
+    env: &HubEnv,
+    allow_pickle: bool,
+) -> anyhow::Result<Located> {
+    match model {
+        Some(m) if m.is_dir() || m != std::path::Path::new(DEFAULT_MODEL_DIR) => {
+            Ok(clsnorm::hub::model(m, env, allow_pickle)?)
         }
+        _ => default_model(env),
     }
 }
 

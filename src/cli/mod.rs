@@ -3,6 +3,7 @@ mod analyze;
 mod args;
 mod compare;
 mod embed;
+mod fetch;
 mod finetune;
 mod predict;
 mod sweep;
@@ -32,6 +33,9 @@ pub struct Cli {
 pub enum Command {
     /// Tokenize a sentence (or pair) and print its [CLS] state and pooler output as JSON.
     Embed(embed::EmbedArgs),
+    /// Download models and GLUE tasks from the Hugging Face Hub into its local cache, ahead of
+    /// runs on machines without internet (which then set HF_HUB_OFFLINE=1).
+    Fetch(fetch::FetchArgs),
     /// Fine-tune encoder and classifier jointly on a GLUE task or custom data.
     Finetune(Box<finetune::FinetuneArgs>),
     /// Label new examples with a fine-tuned checkpoint (JSON lines: label and probabilities).
@@ -73,7 +77,7 @@ pub fn passive_openmp(cli: &Cli) {
         Command::Evaluate(a) => a.ck.threads,
         // Its runs are processes of their own, which inherit the variable.
         Command::Sweep(_) => None,
-        Command::CompareGrads(_) | Command::Report(_) => return,
+        Command::CompareGrads(_) | Command::Report(_) | Command::Fetch(_) => return,
     };
     if threads == Some(1) || std::env::var_os(VAR).is_some() {
         return;
@@ -110,6 +114,7 @@ pub fn init_logging(verbose: u8) {
 pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     match cli.command {
         Command::Embed(a) => embed::run(a),
+        Command::Fetch(a) => fetch::run(a),
         Command::Finetune(a) => {
             if a.resume.is_some() {
                 if let Some(("finetune", sub)) = matches.subcommand() {

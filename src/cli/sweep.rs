@@ -108,6 +108,11 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     if a.slurm {
         // Everything that goes into the scripts is checked before the folder is touched.
         clsnorm::sweep::slurm::check(&plan, &slurm_options(&a), &slurm_env())?;
+        // Compute nodes often have no internet: what the runs read from the Hub is fetched
+        // here, and the jobs run with HF_HUB_OFFLINE=1.
+        for line in super::fetch::fetch(&super::fetch::Needs::of_plan(&plan))? {
+            tracing::info!("fetched {line}");
+        }
     }
     plan.claim_and_write()?;
     std::fs::create_dir_all(plan.dir.join("logs"))
@@ -242,11 +247,14 @@ fn run_shard(
     Ok(())
 }
 
-/// The variables the Slurm tasks need from this environment.
+/// The variables the Slurm tasks need from this environment, and HF_HUB_OFFLINE=1: the jobs
+/// read the Hub's files from the cache `sweep --slurm` filled. HF_TOKEN is never among them
+/// (the scripts are files).
 fn slurm_env() -> Vec<(String, String)> {
     ["GLUE_DIR", "HF_HOME", "HF_HUB_CACHE"]
         .iter()
         .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+        .chain(std::iter::once(("HF_HUB_OFFLINE".into(), "1".into())))
         .collect()
 }
 

@@ -73,6 +73,7 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
         epochs: epochs.iter().map(|e| 100.0 * e.primary).collect(),
         wall_secs: None,
         builds: Vec::new(),
+        model: None,
         cls_grad_median: None,
         global_grad_median: None,
         from_records: None,
@@ -97,6 +98,13 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
         res.metric = Some(s.primary_metric.clone());
         res.wall_secs = Some(s.wall_secs);
         res.builds = s.builds;
+        res.model =
+            crate::train::RunConfig::read(&dir)
+                .ok()
+                .map(|rc| match rc.sources.model_source {
+                    Some(src) => format!("{}@{}", src.repo, src.commit),
+                    None => rc.model.display().to_string(),
+                });
         res.cls_grad_median = median_of(&res.cls_grad);
         res.global_grad_median = median_of(&res.global_grad);
     }

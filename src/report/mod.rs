@@ -38,6 +38,10 @@ pub struct RunResult {
     /// Builds of clsnorm that trained the run (finished runs; empty for runs made before
     /// builds were recorded).
     pub builds: Vec<String>,
+    /// The model the run fine-tuned: `REPO@COMMIT` for a Hub model, else its folder (finished
+    /// runs; absent in records made before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Median over updates of the [CLS] and of the global gradient norm (finished, traced
     /// runs), kept so that a report rebuilt from these records still has the gradient scale.
     #[serde(default)]

@@ -145,6 +145,33 @@ impl Report {
         )
     }
 
+    /// The models the finished runs fine-tuned (Hub repo and commit, or folder).
+    fn models_line(&self) -> String {
+        let done: Vec<&RunResult> = self
+            .runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Done && r.model.is_some())
+            .collect();
+        let parts: Vec<String> = groups(&done, |r| r.model.clone())
+            .iter()
+            .filter_map(|(model, runs)| {
+                Some(format!(
+                    "`{}` ({} run{})",
+                    model.as_ref()?,
+                    runs.len(),
+                    if runs.len() == 1 { "" } else { "s" }
+                ))
+            })
+            .collect();
+        if parts.is_empty() {
+            return String::new();
+        }
+        format!(
+            "Models fine-tuned (Hub repo@commit, or folder): {}.\n",
+            parts.join("; ")
+        )
+    }
+
     /// Which finished runs were taken from records, and what they lack.
     fn records_line(&self) -> String {
         let from: Vec<(Option<PathBuf>, Vec<&RunResult>)> =
@@ -333,6 +360,7 @@ impl Report {
             run_secs / 3600.0
         );
         md.push_str(&self.builds_line());
+        md.push_str(&self.models_line());
         md.push_str(&self.records_line());
         if !self.invocations.is_empty() {
             md.push_str("\n`clsnorm sweep` invocations (shard, parallel jobs, runs executed, wall time):\n\n");

@@ -381,3 +381,22 @@ pub fn family_model_dir(root: &Path, family: &str, size: &str) -> PathBuf {
     .unwrap();
     dir
 }
+
+/// A fake `sbatch` on PATH that records its arguments and prints a job id.
+pub fn fake_sbatch(dir: &Path) -> String {
+    let bin = dir.join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let sbatch = bin.join("sbatch");
+    std::fs::write(
+        &sbatch,
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" >> \"$(dirname \"$0\")/calls\"\necho 4242\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sbatch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
