@@ -265,6 +265,25 @@ fn models_and_glue_come_from_the_hub_into_the_shared_cache_and_then_work_offline
         "1",
         "--quiet",
     ]));
+    // The recorded snapshot gone (another machine, a cleaned cache): --resume fetches the
+    // same commit again.
+    let first = root.join("run-org-tiny-bert");
+    std::fs::rename(&hf.home, root.join("hf-moved")).unwrap();
+    common::ok(&hf.run(&[
+        "finetune",
+        "--resume",
+        common::p(&first),
+        "--threads",
+        "1",
+        "--quiet",
+    ]));
+    let pinned = hf
+        .cache()
+        .join("models--org--tiny-bert/snapshots")
+        .join(&commits[0].1);
+    assert!(pinned.join("model.safetensors").is_file());
+    std::fs::remove_dir_all(&hf.home).unwrap();
+    std::fs::rename(root.join("hf-moved"), &hf.home).unwrap();
     // Offline and not cached: the message says how to get it.
     let out = offline.run(&["embed", "--model", "org/other", "x"]);
     common::fails(&out, "HF_HUB_OFFLINE is set");
@@ -618,10 +637,24 @@ fn sharded_checkpoints_download_whole_and_pickles_only_when_allowed() {
         common::TINY_VOCAB[..8].join("\n") + "\n",
     )
     .unwrap();
+    // A repo whose tokenizer is only a SentencePiece model (as microsoft/deberta-v3-base).
+    let spm = root.join("spm-src");
+    std::fs::create_dir_all(&spm).unwrap();
+    std::fs::copy(pickle.join("config.json"), spm.join("config.json")).unwrap();
+    std::fs::write(spm.join("spm.model"), b"sentencepiece").unwrap();
+    std::fs::write(spm.join("model.safetensors"), b"weights never fetched").unwrap();
     let server = HubServer::start(vec![
         HubRepo::from_dir("models", "org/sharded", 0xd1, &sharded),
         HubRepo::from_dir("models", "org/pickled", 0xe1, &pickle),
+        HubRepo::from_dir("models", "microsoft/spm-only", 0xf1, &spm),
     ]);
+    let out = Hf::new(root, &server.endpoint).run(&["embed", "--model", "microsoft/spm-only", "x"]);
+    common::fails(&out, "the repository holds spm.model");
+    assert!(
+        server.requests().iter().all(|p| !p.contains("resolve")),
+        "{:?}",
+        server.requests()
+    );
     let hf = Hf::new(root, &server.endpoint);
 
     let want = common::ok(&common::clsnorm(&[

@@ -108,7 +108,7 @@ pub fn fetch(needs: &Needs) -> anyhow::Result<Vec<String>> {
         lines.push(describe(format!("model {name}"), &found));
     }
     for task in &needs.tasks {
-        let found = super::finetune::glue_from_hub(task)?;
+        let found = super::finetune::glue_from_hub(task, "main")?;
         lines.push(describe(format!("GLUE {task}"), &found));
     }
     Ok(lines)

@@ -126,14 +126,14 @@ fn format_of(args: &DataArgs, path: &Path) -> anyhow::Result<Format> {
 /// GLUE task `task` from the Hub's `nyu-mll/glue`: its parquet files from the local Hugging
 /// Face cache, else (unless HF_HUB_OFFLINE is set) downloaded into it. The folder returned is
 /// the dataset's snapshot, which [`locate_glue`](clsnorm::data::task::locate_glue) reads.
-pub fn glue_from_hub(task: &str) -> anyhow::Result<Located> {
+pub fn glue_from_hub(task: &str, revision: &str) -> anyhow::Result<Located> {
     let env = HubEnv::from_process()?;
     let Some((dir, splits)) = clsnorm::data::task::hub_glue_files(task) else {
         bail!(
             "the Hub's GLUE ({GLUE_DATASET}) has no task {task}; pass --data-dir or set GLUE_DIR"
         );
     };
-    let repo = RepoRef::dataset(GLUE_DATASET, "main")?;
+    let repo = RepoRef::dataset(GLUE_DATASET, revision)?;
     let wanted = |path: &str| {
         splits
             .iter()
@@ -252,7 +252,7 @@ pub fn resolve_task(args: &DataArgs) -> anyhow::Result<ResolvedTask> {
     })?;
     let hub = match &args.data_dir {
         Some(_) => None,
-        None => Some(glue_from_hub(&spec.name)?),
+        None => Some(glue_from_hub(&spec.name, "main")?),
     };
     let dir: &Path = match (&args.data_dir, &hub) {
         (Some(d), _) => d,
@@ -539,6 +539,7 @@ fn from_run_dir(run_dir: &Path, allow_pickle: bool) -> anyhow::Result<(JobParts,
         .map(|(n, i)| (n.clone(), i.path.to_string_lossy().into_owned()))
         .collect();
     let model_dir = resumed_model(&rc, allow_pickle)?;
+    resumed_data(&rc, &mut task)?;
     Ok((
         JobParts {
             task,
@@ -555,6 +556,43 @@ fn from_run_dir(run_dir: &Path, allow_pickle: bool) -> anyhow::Result<(JobParts,
             .chain(rc.dev_files.iter().map(|(_, i)| i))
             .any(|i| i.skipped > 0),
     ))
+}
+
+/// The data files a resumed run reads: those it recorded, else (gone: another machine's
+/// cache, a cleaned one) the same files of the same commit of its Hub dataset.
+fn resumed_data(rc: &RunConfig, task: &mut TaskSpec) -> anyhow::Result<()> {
+    let recorded = std::iter::once(&rc.train_file).chain(rc.dev_files.iter().map(|(_, i)| i));
+    if recorded.clone().all(|i| i.path.exists()) {
+        return Ok(());
+    }
+    let Some(src) = &rc.sources.data_source else {
+        return Ok(()); // the reader names the missing file
+    };
+    let Some(old) = rc
+        .train_file
+        .path
+        .ancestors()
+        .find(|a| a.file_name() == Some(std::ffi::OsStr::new(&src.commit)))
+    else {
+        return Ok(());
+    };
+    let found = glue_from_hub(&task.name, &src.commit).with_context(|| {
+        format!(
+            "--resume: the run's data in {} is gone, and {}@{} could not be fetched again",
+            old.display(),
+            src.repo,
+            src.commit
+        )
+    })?;
+    let moved = |p: &str| match Path::new(p).strip_prefix(old) {
+        Ok(rel) => found.dir.join(rel).to_string_lossy().into_owned(),
+        Err(_) => p.to_string(),
+    };
+    task.train_file = moved(&task.train_file);
+    for (_, f) in &mut task.dev_files {
+        *f = moved(f);
+    }
+    Ok(())
 }
 
 /// The model a resumed run continues from: the folder it recorded, else (moved, or another

@@ -165,7 +165,7 @@ pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     let mut task = meta.task.clone();
     let is_glue = clsnorm::data::glue_task(&task.name).is_some();
     let hub = match (&a.file, &a.data_dir) {
-        (None, None) if is_glue => Some(super::finetune::glue_from_hub(&task.name)?.dir),
+        (None, None) if is_glue => Some(super::finetune::glue_from_hub(&task.name, "main")?.dir),
         _ => None,
     };
     let files: Vec<(String, PathBuf)> = match (&a.file, a.data_dir.as_ref().or(hub.as_ref())) {
