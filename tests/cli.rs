@@ -226,7 +226,7 @@ fn bad_input_exits_non_zero_with_a_message() {
             "--data-dir",
             p(&data),
         ]),
-        "none: no such directory",
+        "none\": no such directory",
     );
     // A directory that is not a model says which file it lacks.
     fails(
@@ -707,7 +707,7 @@ fn the_default_model_is_found_from_anywhere() {
     );
     for path in ["./nope", "../nope", "/nope/x", "a/b/c"] {
         let o = run(&["embed", "--model", path, "hi"]);
-        fails(&o, &format!("--model {path}: no such directory"));
+        fails(&o, &format!("--model \"{path}\": no such directory"));
         assert!(
             !String::from_utf8_lossy(&o.stderr).contains("cache"),
             "{path}"

@@ -484,7 +484,8 @@ fn glue_is_read_from_the_hugging_face_cache_without_a_data_dir() {
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
-    // Without the cache: a message saying where the data can come from.
+    // Offline and not cached: a message saying where the data can come from (tests/hub.rs
+    // downloads it from a Hub stand-in).
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_clsnorm"))
         .args([
             "finetune",
@@ -497,10 +498,12 @@ fn glue_is_read_from_the_hugging_face_cache_without_a_data_dir() {
         ])
         .env_remove("GLUE_DIR")
         .env("HF_HUB_CACHE", tmp.path().join("empty"))
+        .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap();
     fails(
         &o,
-        "huggingface-cli download nyu-mll/glue --repo-type dataset",
+        "HF_HUB_OFFLINE is set: fetch it where the Hub is reachable",
     );
+    fails(&o, "--data-dir DIR holding RTE/train.tsv");
 }

@@ -80,6 +80,10 @@ pub struct FinetuneArgs {
     /// Skip the last partial batch of every epoch (as the IsoBN code's DataLoader).
     #[arg(long)]
     pub drop_last: bool,
+    /// Compute padded batches as they are, padding included, instead of the real tokens only
+    /// (the default on CPU for BERT, RoBERTa/XLM-R and ELECTRA; equal to rounding, slower).
+    #[arg(long)]
+    pub padded: bool,
     #[command(flatten)]
     pub norm: NormArgs,
     /// Run directory (default: runs/TASK-NORM-seedSEED).
@@ -488,6 +492,7 @@ fn from_args(a: &FinetuneArgs, registry: &Registry) -> anyhow::Result<JobParts> 
         group_by_length: a.group_by_length,
         warmup_rounding: a.warmup_rounding,
         drop_last: a.drop_last,
+        padded: a.padded,
         precision: a.rt.precision.precision,
         tf32: a.rt.precision.tf32,
     };
@@ -596,28 +601,32 @@ fn resumed_data(rc: &RunConfig, task: &mut TaskSpec) -> anyhow::Result<()> {
 }
 
 /// The model a resumed run continues from: the folder it recorded, else (moved, or another
-/// machine's cache) the same commit of its Hub repo, from this machine's cache or the Hub.
+/// machine's cache) the same commit of its Hub repo, from this machine's cache or the Hub. A
+/// run with a checkpoint continues from that and needs neither: the recorded path is kept when
+/// nothing else is found, and a run without one says so when it loads it.
 fn resumed_model(rc: &RunConfig, allow_pickle: bool) -> anyhow::Result<PathBuf> {
-    if rc.model.is_dir() {
+    let Some(src) = rc
+        .sources
+        .model_source
+        .as_ref()
+        .filter(|_| !rc.model.is_dir())
+    else {
         return Ok(rc.model.clone());
-    }
-    let Some(src) = &rc.sources.model_source else {
-        bail!(
-            "--resume: the run's model folder {} is gone",
-            rc.model.display()
-        );
     };
     let pinned = src.pinned();
     let env = HubEnv::from_process()?;
-    let found = clsnorm::hub::model(Path::new(&pinned.display()), &env, allow_pickle)
-        .with_context(|| {
-            format!(
-                "--resume: the run's model folder {} is gone, and {} could not be fetched again",
+    match clsnorm::hub::model(Path::new(&pinned.display()), &env, allow_pickle) {
+        Ok(found) => Ok(found.dir),
+        Err(e) => {
+            tracing::warn!(
+                "--resume: the run's model folder {} is gone, and {} could not be fetched again \
+                 ({e}); continuing from the run's checkpoint",
                 rc.model.display(),
                 pinned.display()
-            )
-        })?;
-    Ok(found.dir)
+            );
+            Ok(rc.model.clone())
+        }
+    }
 }
 
 #[cfg(test)]

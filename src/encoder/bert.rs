@@ -1,6 +1,7 @@
 //! BERT, mirroring Hugging Face's `modeling_bert.BertModel` module for module, with the same
 //! parameter names, so HF checkpoints load into it and it saves checkpoints HF can load.
 use super::layers::ApplyDropout;
+use super::packing::Packing;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -65,8 +66,9 @@ impl BertEmbeddings {
         }
     }
 
-    pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Tensor {
-        let position_ids = match self.positions {
+    /// Position ids of `input_ids` (`[batch or 1, seq]`).
+    fn position_ids(&self, input_ids: &Tensor) -> Tensor {
+        match self.positions {
             Positions::Absolute => {
                 let seq_len = input_ids.size()[1];
                 Tensor::arange(seq_len, (Kind::Int64, input_ids.device())).unsqueeze(0)
@@ -75,13 +77,37 @@ impl BertEmbeddings {
                 let real = input_ids.ne(padding_idx).to_kind(Kind::Int64);
                 real.cumsum(1, Kind::Int64) * &real + padding_idx
             }
-        };
-        let e = self.word_embeddings.forward(input_ids)
+        }
+    }
+
+    fn sum(&self, input_ids: &Tensor, token_type_ids: &Tensor, position_ids: &Tensor) -> Tensor {
+        self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids)
-            + self.position_embeddings.forward(&position_ids);
+            + self.position_embeddings.forward(position_ids)
+    }
+
+    pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Tensor {
+        let e = self.sum(input_ids, token_type_ids, &self.position_ids(input_ids));
         self.layer_norm
             .forward(&e)
             .apply_dropout(self.dropout, train)
+    }
+
+    /// [`BertEmbeddings::forward`] of the real tokens only, `[tokens, hidden]`.
+    pub fn forward_packed(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        pk: &Packing,
+        train: bool,
+    ) -> Tensor {
+        let positions = self.position_ids(input_ids).expand_as(input_ids);
+        let e = self.sum(
+            &pk.pack(input_ids),
+            &pk.pack(token_type_ids),
+            &pk.pack(&positions),
+        );
+        pk.dropout(&self.layer_norm.forward(&e), self.dropout, train)
     }
 }
 
@@ -140,6 +166,46 @@ impl BertSelfAttention {
         let ctx = super::layers::attention(&q, &k, &v, mask, p, train);
         ctx.transpose(1, 2).contiguous().view([b, sq, h])
     }
+
+    /// [`BertSelfAttention::attend`] of packed states `xs` (`[tokens, hidden]`): projections
+    /// on the real tokens, attention in the padded layout. `queries`: `None` for every token
+    /// (the result packed, `[tokens, hidden]`), else `[batch, q, hidden]` (the result so).
+    pub fn attend_packed(
+        &self,
+        queries: Option<&Tensor>,
+        xs: &Tensor,
+        pk: &Packing,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let k = pk.unpack(&self.key.forward(xs));
+        let v = pk.unpack(&self.value.forward(xs));
+        let (b, s, h) = k
+            .size3()
+            .unwrap_or_else(|_| unreachable!("unpacked states are 3-d"));
+        let q = match queries {
+            None => pk.unpack(&self.query.forward(xs)),
+            Some(q) => self.query.forward(q),
+        };
+        let sq = q.size()[1];
+        let heads = |t: Tensor, len: i64| {
+            t.view([b, len, self.num_heads, self.head_dim])
+                .transpose(1, 2)
+        };
+        let ctx = super::layers::attention(
+            &heads(q, sq),
+            &heads(k, s),
+            &heads(v, s),
+            mask,
+            self.dropout,
+            train,
+        );
+        let ctx = ctx.transpose(1, 2).contiguous().view([b, sq, h]);
+        match queries {
+            None => pk.pack(&ctx),
+            Some(_) => ctx,
+        }
+    }
 }
 
 /// Dense + dropout + residual LayerNorm after attention (`attention.output`) or after the
@@ -162,6 +228,18 @@ impl BertResidualOutput {
 
     pub fn forward(&self, xs: &Tensor, residual: &Tensor, train: bool) -> Tensor {
         let ys = self.dense.forward(xs).apply_dropout(self.dropout, train);
+        self.layer_norm.forward(&(ys + residual))
+    }
+
+    /// [`BertResidualOutput::forward`] of packed states.
+    pub fn forward_packed(
+        &self,
+        xs: &Tensor,
+        residual: &Tensor,
+        pk: &Packing,
+        train: bool,
+    ) -> Tensor {
+        let ys = pk.dropout(&self.dense.forward(xs), self.dropout, train);
         self.layer_norm.forward(&(ys + residual))
     }
 }
@@ -212,10 +290,44 @@ impl BertLayer {
         train: bool,
     ) -> Tensor {
         let att = self.attention_self.attend(queries, xs, mask, train);
-        let att = self.attention_output.forward(&att, queries, train);
+        self.after_attention(&att, queries, train)
+    }
+
+    /// Attention output, then the feed-forward block.
+    fn after_attention(&self, att: &Tensor, queries: &Tensor, train: bool) -> Tensor {
+        let att = self.attention_output.forward(att, queries, train);
         let inter = self.intermediate.forward(&att);
         let inter = self.act.apply(&inter);
         self.output.forward(&inter, &att, train)
+    }
+
+    /// [`BertLayer::forward`] of packed states `xs` (`[tokens, hidden]`), packed.
+    pub fn forward_packed(
+        &self,
+        xs: &Tensor,
+        pk: &Packing,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let att = self.attention_self.attend_packed(None, xs, pk, mask, train);
+        let att = self.attention_output.forward_packed(&att, xs, pk, train);
+        let inter = self.act.apply(&self.intermediate.forward(&att));
+        self.output.forward_packed(&inter, &att, pk, train)
+    }
+
+    /// [`BertLayer::forward_first`] of packed states: `[batch, 1, hidden]`.
+    pub fn forward_first_packed(
+        &self,
+        xs: &Tensor,
+        pk: &Packing,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let queries = pk.first_tokens(xs);
+        let att = self
+            .attention_self
+            .attend_packed(Some(&queries), xs, pk, mask, train);
+        self.after_attention(&att, &queries, train)
     }
 }
 
@@ -237,6 +349,51 @@ pub fn run_layers(
         };
     }
     xs
+}
+
+/// The last layer's states for a batch, `[batch, seq, hidden]` (with `first_only`, the first
+/// token alone, `[batch, 1, hidden]`): embeddings (then `project`, ELECTRA's), then `layers`.
+/// With `unpadded`, a CPU batch with padding runs packed ([`Packing`]); the result is the same
+/// to float rounding, but padding positions hold zeros instead of states nobody reads.
+#[allow(clippy::too_many_arguments)]
+pub fn encode(
+    embeddings: &BertEmbeddings,
+    project: Option<&nn::Linear>,
+    layers: &[BertLayer],
+    input_ids: &Tensor,
+    token_type_ids: &Tensor,
+    attention_mask: Option<&Tensor>,
+    train: bool,
+    first_only: bool,
+    unpadded: bool,
+) -> Tensor {
+    let mask = super::key_mask(attention_mask);
+    let packing = attention_mask
+        .filter(|m| unpadded && m.device() == tch::Device::Cpu)
+        .and_then(Packing::new);
+    let Some(pk) = packing else {
+        let mut xs = embeddings.forward(input_ids, token_type_ids, train);
+        if let Some(p) = project {
+            xs = p.forward(&xs);
+        }
+        return run_layers(layers, xs, mask.as_ref(), train, first_only);
+    };
+    let mut xs = embeddings.forward_packed(input_ids, token_type_ids, &pk, train);
+    if let Some(p) = project {
+        xs = p.forward(&xs);
+    }
+    let n = layers.len();
+    for (i, layer) in layers.iter().enumerate() {
+        if first_only && i + 1 == n {
+            return layer.forward_first_packed(&xs, &pk, mask.as_ref(), train);
+        }
+        xs = layer.forward_packed(&xs, &pk, mask.as_ref(), train);
+    }
+    if first_only {
+        // No layers: the embeddings' first tokens.
+        return pk.first_tokens(&xs);
+    }
+    pk.unpack(&xs)
 }
 
 /// `tanh(W h_cls + b)`, HF's pooler.
@@ -264,6 +421,8 @@ pub struct BertModel {
     embeddings: BertEmbeddings,
     layers: Vec<BertLayer>,
     pooler: BertPooler,
+    /// Run padded CPU batches packed ([`encode`]).
+    unpadded: bool,
 }
 
 impl BertModel {
@@ -284,6 +443,7 @@ impl BertModel {
                 .map(|i| BertLayer::new(&enc / i, config))
                 .collect(),
             pooler: BertPooler::new(p / "pooler", config),
+            unpadded: true,
         }
     }
 }
@@ -297,9 +457,17 @@ impl BertModel {
         train: bool,
         first_only: bool,
     ) -> EncoderOutput {
-        let mask = super::key_mask(attention_mask);
-        let xs = self.embeddings.forward(input_ids, token_type_ids, train);
-        let xs = run_layers(&self.layers, xs, mask.as_ref(), train, first_only);
+        let xs = encode(
+            &self.embeddings,
+            None,
+            &self.layers,
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            train,
+            first_only,
+            self.unpadded,
+        );
         let cls = xs.select(1, 0);
         let pooler_output = self.pooler.forward(&cls);
         EncoderOutput {
@@ -329,6 +497,15 @@ impl EncoderModel for BertModel {
         train: bool,
     ) -> EncoderOutput {
         self.run(input_ids, token_type_ids, attention_mask, train, true)
+    }
+
+    fn unpadded(&self) -> bool {
+        self.unpadded
+    }
+
+    fn set_unpadded(&mut self, on: bool) -> bool {
+        self.unpadded = on;
+        on
     }
 }
 

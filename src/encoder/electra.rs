@@ -150,6 +150,7 @@ impl EncoderConfig for ElectraConfig {
                 .map(|i| BertLayer::new(&enc / i, cfg))
                 .collect(),
             pooler: linear(p / "pooler" / "dense", cfg, h, h),
+            unpadded: true,
         })
     }
 
@@ -165,6 +166,8 @@ pub struct ElectraModel {
     embeddings_project: Option<nn::Linear>,
     layers: Vec<BertLayer>,
     pooler: nn::Linear,
+    /// Run padded CPU batches packed ([`super::bert::encode`]).
+    unpadded: bool,
 }
 
 impl ElectraModel {
@@ -176,12 +179,17 @@ impl ElectraModel {
         train: bool,
         first_only: bool,
     ) -> EncoderOutput {
-        let mask = super::key_mask(attention_mask);
-        let mut xs = self.embeddings.forward(input_ids, token_type_ids, train);
-        if let Some(p) = &self.embeddings_project {
-            xs = p.forward(&xs);
-        }
-        let xs = super::bert::run_layers(&self.layers, xs, mask.as_ref(), train, first_only);
+        let xs = super::bert::encode(
+            &self.embeddings,
+            self.embeddings_project.as_ref(),
+            &self.layers,
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            train,
+            first_only,
+            self.unpadded,
+        );
         let cls = xs.select(1, 0);
         let pooler_output = self.pooler.forward(&cls).gelu("none");
         EncoderOutput {
@@ -211,5 +219,14 @@ impl EncoderModel for ElectraModel {
         train: bool,
     ) -> EncoderOutput {
         self.run(input_ids, token_type_ids, attention_mask, train, true)
+    }
+
+    fn unpadded(&self) -> bool {
+        self.unpadded
+    }
+
+    fn set_unpadded(&mut self, on: bool) -> bool {
+        self.unpadded = on;
+        on
     }
 }

@@ -162,6 +162,49 @@ fn keep_mask(shape: &[i64], p: f64, kind: Kind) -> Tensor {
     }
 }
 
+/// The rows of [`keep_mask`] of shape `[real.len(), width]` whose `real` entry is true, as a
+/// `[rows kept, width]` tensor: the same draws (one from libtorch's generator, then the same
+/// xoshiro stream over every row), so a packed tensor gets the values its padded layout would.
+pub fn keep_mask_rows(real: &[bool], width: i64, p: f64, kind: Kind) -> Tensor {
+    use rand::{RngCore, SeedableRng};
+    let seed = Tensor::randint_low(0, i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed as u64);
+    let threshold = ((1.0 - p) * 4_294_967_296.0) as u64;
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let value = |r: u32| if u64::from(r) < threshold { scale } else { 0.0 };
+    let width = width.max(0) as usize;
+    let n = real.len() * width;
+    let kept = real.iter().filter(|&&r| r).count();
+    let mut mask = Vec::with_capacity(kept * width);
+    // keep_mask's order: value i from the low half of draw i/2 (even i) or its high half (odd
+    // i), and a lone last value from the high half of a fresh draw.
+    let mut high = 0u32;
+    let mut i = 0usize;
+    for &keep in real {
+        for _ in 0..width {
+            let v = if i % 2 == 1 {
+                value(high)
+            } else if i + 1 < n {
+                let r = rng.next_u64();
+                high = (r >> 32) as u32;
+                value(r as u32)
+            } else {
+                value(rng.next_u32())
+            };
+            if keep {
+                mask.push(v);
+            }
+            i += 1;
+        }
+    }
+    let mask = Tensor::from_slice(&mask).view([kept as i64, width as i64]);
+    if kind == Kind::Float {
+        mask
+    } else {
+        mask.to_kind(kind)
+    }
+}
+
 /// Multi-head attention `softmax(q k^T / sqrt(d) + mask) v` over `[batch, heads, seq, dim]`,
 /// with dropout `p` on the attention probabilities when `train`. `mask` is boolean (true where
 /// a key may be attended to) or additive, broadcastable to `[batch, heads, seq, seq]`.

@@ -13,6 +13,7 @@ pub mod distilbert;
 pub mod electra;
 pub mod layers;
 pub mod modernbert;
+pub mod packing;
 pub mod pickle;
 pub mod roberta;
 pub mod weights;
@@ -72,6 +73,17 @@ pub trait EncoderModel: std::fmt::Debug + Send {
         train: bool,
     ) -> EncoderOutput {
         self.forward(input_ids, token_type_ids, attention_mask, train)
+    }
+
+    /// Whether batches with padding run unpadded on the CPU ([`packing`]).
+    fn unpadded(&self) -> bool {
+        false
+    }
+
+    /// Turns unpadded execution on or off where the family has it; returns whether it is on.
+    fn set_unpadded(&mut self, on: bool) -> bool {
+        let _ = on;
+        false
     }
 }
 
@@ -206,6 +218,16 @@ impl Families {
     }
 }
 
+/// How a batch with padding runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Execution {
+    /// As padded (every position computed, padding keys masked).
+    Padded,
+    /// The real tokens only ([`packing`]).
+    Unpadded,
+}
+
 /// An encoder together with its config and the `VarStore` that owns its parameters.
 pub struct Encoder {
     pub vs: nn::VarStore,
@@ -304,6 +326,22 @@ impl Encoder {
             last_hidden_state: f32(out.last_hidden_state),
             cls: f32(out.cls),
             pooler_output: f32(out.pooler_output),
+        }
+    }
+
+    /// Runs padded batches unpadded where the family can ([`packing`]; the CPU only: on CUDA
+    /// the padded path with fused attention stays); returns the execution now in effect.
+    pub fn set_unpadded(&mut self, on: bool) -> Execution {
+        self.model.set_unpadded(on);
+        self.execution()
+    }
+
+    /// How batches with padding run.
+    pub fn execution(&self) -> Execution {
+        if self.model.unpadded() && self.vs.device() == Device::Cpu {
+            Execution::Unpadded
+        } else {
+            Execution::Padded
         }
     }
 

@@ -61,6 +61,10 @@ pub struct TrainConfig {
     /// TF32 for fp32 matmuls on CUDA (`--tf32`).
     #[serde(default)]
     pub tf32: bool,
+    /// Compute padded batches padding included (`--padded`), not unpadded where the family
+    /// can ([`crate::encoder::packing`]).
+    #[serde(default)]
+    pub padded: bool,
 }
 
 /// Rounding of the warmup length: `ceil` as Hugging Face's Trainer (clsnorm's default), `floor`
@@ -106,6 +110,7 @@ impl TrainConfig {
         drop_last: false,
         precision: Precision::Fp32,
         tf32: false,
+        padded: false,
     };
 
     /// Rejects values that cannot work, before any work starts: every count is bounded and
@@ -253,6 +258,9 @@ pub struct RunConfig {
     /// Where the model and the data came from when read from the Hub (repo and commit).
     #[serde(default, flatten)]
     pub sources: Sources,
+    /// How batches with padding ran (absent in runs made before unpadded execution: padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<crate::encoder::Execution>,
 }
 
 /// The Hub repositories a run read, each with the commit it resolved to.

@@ -94,6 +94,7 @@ impl<'a> Trainer<'a> {
             }
         };
         model.encoder.precision = cfg.precision;
+        let execution = model.encoder.set_unpadded(!cfg.padded);
         cfg.precision.warn_if_emulated(job.device);
         if cfg.tf32 {
             crate::precision::set_tf32(true)?;
@@ -138,6 +139,7 @@ impl<'a> Trainer<'a> {
         if recorded.is_none() {
             let config = RunConfig {
                 run_id: run_dir.id().map(str::to_string),
+                execution: Some(execution),
                 ..RunConfig::of(&job)?
             };
             atomic::write_json(&layout.config(), &config)?;
@@ -695,6 +697,7 @@ impl RunConfig {
             threads: job.threads,
             run_id: None,
             sources: job.sources.clone(),
+            execution: None,
         })
     }
 }
