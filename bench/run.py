@@ -147,6 +147,8 @@ def clsnorm_epoch(a, task, variant, precision):
            "--precision", precision]
     if variant == "grouped":
         cmd.append("--group-by-length")
+    elif variant == "padded":
+        cmd.append("--padded")
     _, wall, rss = run(timed(cmd))
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         rec = json.loads(f.readline())
@@ -193,7 +195,7 @@ def main():
     p.add_argument("sections", nargs="*", default=["step", "epoch"], choices=["step", "epoch"])
     p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "../shared/data/glue"))
     p.add_argument("--tasks", default="RTE,MRPC,SST-2")
-    p.add_argument("--variants", default="plain,grouped", help="clsnorm batching: plain, grouped or both")
+    p.add_argument("--variants", default="plain,grouped", help="clsnorm variants, comma-separated: plain (the reference's batches, unpadded where the family can), padded (the same batches computed padded, --padded), grouped (--group-by-length)")
     p.add_argument("--step-models", default="minilm,base")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--reps", type=int, default=6, help="timed steps per process (halved for base)")

@@ -243,3 +243,141 @@ pub fn epoch_batches(
     batches.shuffle(&mut rng);
     batches
 }
+
+/// Batches drawn by another pipeline (`--batch-order FILE`), replayed so that a run sees the
+/// same examples in the same batches in the same order: per epoch, each batch's example
+/// indices (0-based, in training-file order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOrder {
+    pub epochs: Vec<Vec<Vec<usize>>>,
+}
+
+/// One line of a batch-order file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine {
+    epoch: usize,
+    batch: Vec<usize>,
+}
+
+/// Most epochs a batch-order file may hold.
+const MAX_ORDER_EPOCHS: usize = 10_000;
+
+impl BatchOrder {
+    /// Reads a JSON-lines file, one batch a line: `{"epoch": E, "batch": [i, ...]}`, epochs from
+    /// 0, each after the previous one (`bench/reference/reference.py --write-batch-order`
+    /// writes PyTorch's).
+    pub fn read(path: &std::path::Path) -> Result<BatchOrder> {
+        use crate::fsread::{read_regular, Links, MAX_SMALL_BYTES};
+        let bytes = read_regular(path, MAX_SMALL_BYTES, Links::Follow)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| Error::File {
+            path: path.to_path_buf(),
+            msg: "not UTF-8 text".into(),
+        })?;
+        let mut epochs: Vec<Vec<Vec<usize>>> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let bad = |msg: String| Error::Data {
+                path: path.to_path_buf(),
+                line: i + 1,
+                msg,
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let b: BatchLine = serde_json::from_str(line).map_err(|e| {
+                bad(format!(
+                    "expected {{\"epoch\": E, \"batch\": [indices]}}: {e}"
+                ))
+            })?;
+            if epochs.is_empty() && b.epoch != 0 {
+                return Err(bad(format!(
+                    "the first batch is of epoch {}: epochs must come in order from 0",
+                    b.epoch
+                )));
+            }
+            if !epochs.is_empty() && b.epoch != epochs.len() - 1 && b.epoch != epochs.len() {
+                return Err(bad(format!(
+                    "epoch {} follows epoch {}: epochs must come in order from 0",
+                    b.epoch,
+                    epochs.len() - 1
+                )));
+            }
+            if b.epoch == epochs.len() {
+                if epochs.len() == MAX_ORDER_EPOCHS {
+                    return Err(bad(format!("more than {MAX_ORDER_EPOCHS} epochs")));
+                }
+                epochs.push(Vec::new());
+            }
+            if b.batch.is_empty() {
+                return Err(bad("an empty batch".into()));
+            }
+            epochs[b.epoch].push(b.batch);
+        }
+        if epochs.is_empty() {
+            return Err(Error::File {
+                path: path.to_path_buf(),
+                msg: "holds no batch".into(),
+            });
+        }
+        Ok(BatchOrder { epochs })
+    }
+
+    /// Checks the order against the run: `epochs` epochs of `steps_per_epoch` batches of at
+    /// most `batch_size` of the `n` training examples, none twice in an epoch.
+    pub fn check(
+        &self,
+        path: &std::path::Path,
+        n: usize,
+        batch_size: usize,
+        steps_per_epoch: usize,
+        epochs: usize,
+    ) -> Result<()> {
+        let bad = |msg: String| Error::File {
+            path: path.to_path_buf(),
+            msg,
+        };
+        if self.epochs.len() < epochs {
+            return Err(bad(format!(
+                "holds {} epoch(s); the run trains {epochs}",
+                self.epochs.len()
+            )));
+        }
+        for (e, batches) in self.epochs.iter().take(epochs).enumerate() {
+            if batches.len() != steps_per_epoch {
+                return Err(bad(format!(
+                    "epoch {e} has {} batches; the run makes {steps_per_epoch} updates an epoch \
+                     (batch size {batch_size}{})",
+                    batches.len(),
+                    if n % batch_size != 0 {
+                        ", --drop-last changes it"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            let mut seen = vec![false; n];
+            for b in batches {
+                if b.len() > batch_size {
+                    return Err(bad(format!(
+                        "epoch {e} has a batch of {}; --batch-size is {batch_size}",
+                        b.len()
+                    )));
+                }
+                for &i in b {
+                    match seen.get_mut(i) {
+                        None => {
+                            return Err(bad(format!(
+                                "epoch {e} names example {i}; the training data has {n}"
+                            )))
+                        }
+                        Some(true) => {
+                            return Err(bad(format!("epoch {e} names example {i} twice")))
+                        }
+                        Some(s) => *s = true,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

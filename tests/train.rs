@@ -652,3 +652,103 @@ fn classifier_init_follows_hugging_face_or_torch_linear() {
         "torch weights' std {std}"
     );
 }
+
+/// `--batch-order` replays batches: clsnorm's own drawn order written out and replayed gives
+/// the same run bit for bit; files that do not fit the run are refused with file and line.
+#[test]
+fn a_replayed_batch_order_is_the_same_run_and_bad_orders_are_refused() {
+    let (s, guard) = setup();
+    let n = 96;
+    let cfg = TrainConfig {
+        epochs: 2,
+        ..config()
+    };
+    let file = s.root.join("order.jsonl");
+    let mut text = String::new();
+    for epoch in 0..2 {
+        for b in epoch_batches(&vec![0; n], cfg.batch_size, cfg.seed, epoch, false) {
+            text.push_str(&serde_json::json!({"epoch": epoch, "batch": b}).to_string());
+            text.push('\n');
+        }
+    }
+    std::fs::write(&file, &text).unwrap();
+    let (a, b) = (s.root.join("drawn"), s.root.join("replayed"));
+    run(&s, &a, cfg.clone(), false, None);
+    let replay = TrainConfig {
+        batch_order: Some(clsnorm::train::BatchOrderFile::of(&file).unwrap()),
+        ..cfg
+    };
+    run(&s, &b, replay, false, None);
+    common::same_checkpoint_weights(&a.join("last"), &b.join("last"));
+    drop(guard);
+
+    let bad = |name: &str, body: String, want: &str| {
+        let f = s.root.join(name);
+        std::fs::write(&f, body).unwrap();
+        let out = common::clsnorm(&[
+            "finetune",
+            "--model",
+            common::p(&s.model),
+            "--task",
+            "sst2",
+            "--data-dir",
+            common::p(&s.data),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--max-len",
+            "16",
+            "--threads",
+            "1",
+            "--quiet",
+            "--batch-order",
+            common::p(&f),
+            "--output",
+            common::p(&s.root.join(format!("out-{name}"))),
+        ]);
+        common::fails(&out, want);
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    bad(
+        "short",
+        lines[..12].join("\n"),
+        "holds 1 epoch(s); the run trains 2",
+    );
+    bad(
+        "count",
+        lines[..23].join("\n"),
+        "epoch 1 has 11 batches; the run makes 12 updates",
+    );
+    let first: Vec<usize> = serde_json::from_str::<serde_json::Value>(lines[0]).unwrap()["batch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    bad(
+        "range",
+        text.replacen(&format!("[{},", first[0]), "[96,", 1),
+        "names example 96; the training data has 96",
+    );
+    bad(
+        "twice",
+        text.replacen(
+            &format!("[{},{}", first[0], first[1]),
+            &format!("[{},{}", first[1], first[1]),
+            1,
+        ),
+        "names example",
+    );
+    bad(
+        "order",
+        format!("{}\n{}", lines[13], lines[0]),
+        "the first batch is of epoch 1",
+    );
+    bad("syntax", format!("{}\nnot json\n", lines[0]), "syntax:2: expected {\"epoch\": E");
+    bad(
+        "big",
+        text.replacen("]", ",1,2,3,4,5,6,7,8,9]", 1),
+        "--batch-size is 8",
+    );
+}

@@ -73,11 +73,12 @@ class Classifier(nn.Module):
     """BertModel's pooler output -> normalizer -> dropout -> linear, as
     BertForSequenceClassification with the IsoBN code's normalizer."""
 
-    def __init__(self, encoder, n_labels, dropout=0.1, norm="none", init="hf"):
+    def __init__(self, encoder, n_labels, dropout=None, norm="none", init="hf"):
         super().__init__()
         self.bert = encoder
         self.norm = IsoBN(encoder.config.hidden_size) if norm == "isobn" else nn.Identity()
-        self.dropout = nn.Dropout(dropout)
+        # As BertForSequenceClassification: the encoder's hidden dropout unless given.
+        self.dropout = nn.Dropout(encoder.config.hidden_dropout_prob if dropout is None else dropout)
         self.classifier = nn.Linear(encoder.config.hidden_size, n_labels)
         if init == "hf":
             nn.init.normal_(self.classifier.weight, std=encoder.config.initializer_range)
@@ -248,9 +249,12 @@ def finetune_mode(a):
     dev = read_tsv(os.path.join(a.data, a.task, "dev.tsv"), a.task)
     ids, types, labels = encode(tok, train, a.max_len)
     dev_ids, dev_types, dev_labels = encode(tok, dev, a.max_len)
-    model = Classifier(
-        AutoModel.from_pretrained(a.model), len(TASKS[a.task][3]), norm=a.norm, init=a.classifier_init
-    ).to(device)
+    encoder = AutoModel.from_pretrained(a.model)
+    if a.write_batch_order:
+        # A replay must start from the same head: seeded right before it is drawn, as clsnorm
+        # draws it (nn.Linear's order, --classifier-init torch).
+        torch.manual_seed(a.seed)
+    model = Classifier(encoder, len(TASKS[a.task][3]), norm=a.norm, init=a.classifier_init).to(device)
     steps_per_epoch = len(ids) // a.batch_size if a.drop_last else math.ceil(len(ids) / a.batch_size)
     opt, sched = optimizer_and_schedule(
         model, a.lr, a.epochs * steps_per_epoch, rounding=a.warmup_rounding, fused=a.fused_adamw
@@ -262,6 +266,8 @@ def finetune_mode(a):
     t_setup = time.perf_counter() - t_start
     train_secs, tokens, padded, loss_sum = 0.0, 0, 0, 0.0
 
+    all_preds = []
+
     def evaluate():
         model.eval()
         preds = []
@@ -272,16 +278,22 @@ def finetune_mode(a):
                 with prec.autocast():
                     logits = model(x.to(device), tt.to(device), m.to(device))
                 preds += logits.float().argmax(-1).tolist()
+        all_preds.append(preds)
         return dev_metrics(dev_labels, preds)
 
     per_epoch = []
+    epoch_losses = []
     eval_secs = 0.0
-    for _ in range(a.epochs):
+    order_out = open(a.write_batch_order, "w") if a.write_batch_order else None
+    for epoch in range(a.epochs):
         model.train()
         t0 = time.perf_counter()
         order = torch.randperm(len(ids), generator=gen).tolist()
+        epoch_loss = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * a.batch_size:(b + 1) * a.batch_size]
+            if order_out:
+                order_out.write(json.dumps({"epoch": epoch, "batch": idx}) + "\n")
             x, tt, m = collate(ids, types, idx, tok.pad_token_id)
             tokens += int(m.sum())
             padded += m.numel()
@@ -292,14 +304,22 @@ def finetune_mode(a):
             sched.step()
             opt.zero_grad(set_to_none=True)
             loss_sum += loss.item()
+            epoch_loss += loss.item()
+        epoch_losses.append(epoch_loss / steps_per_epoch)
         sync()
         train_secs += time.perf_counter() - t0
         if a.eval_every_epoch:
             t0 = time.perf_counter()
             per_epoch.append(evaluate())
             eval_secs += time.perf_counter() - t0
+    if order_out:
+        order_out.close()
     t0 = time.perf_counter()
     final = per_epoch[-1] if per_epoch else evaluate()
+    if a.write_dev_predictions:
+        with open(a.write_dev_predictions, "w") as f:
+            for e, p in enumerate(all_preds):
+                f.write(json.dumps({"epoch": e, "predictions": p}) + "\n")
     eval_secs += time.perf_counter() - t0
     dev_tokens = sum(len(x) for x in dev_ids)
     print(json.dumps({
@@ -310,6 +330,7 @@ def finetune_mode(a):
         "eval_secs": eval_secs, "dev_tokens": dev_tokens,
         "dev": final,
         "dev_per_epoch": per_epoch,
+        "train_loss_per_epoch": epoch_losses,
         "best_accuracy": max((e["accuracy"] for e in per_epoch), default=final["accuracy"]),
         "protocol": {
             "norm": a.norm, "drop_last": a.drop_last, "warmup_rounding": a.warmup_rounding,
@@ -351,6 +372,8 @@ def main():
     f.add_argument("--fused-adamw", action="store_true", help="torch.optim.AdamW(fused=True)")
     f.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     f.add_argument("--eval-every-epoch", action="store_true", help="dev metrics after each epoch")
+    f.add_argument("--write-batch-order", help="write every batch's example indices (JSON lines) for clsnorm --batch-order; seeds the head right before it is drawn")
+    f.add_argument("--write-dev-predictions", help="write the dev predictions of each evaluation (JSON lines)")
     a = p.parse_args()
     step_mode(a) if a.mode == "step" else finetune_mode(a)
     return 0

@@ -84,6 +84,10 @@ pub struct FinetuneArgs {
     /// (the default on CPU for BERT, RoBERTa/XLM-R and ELECTRA; equal to rounding, slower).
     #[arg(long)]
     pub padded: bool,
+    /// Replay another pipeline's batches: a JSON-lines file, one batch a line,
+    /// `{"epoch": E, "batch": [example indices]}` (bench/reference writes PyTorch's).
+    #[arg(long, value_name = "FILE", conflicts_with = "group_by_length")]
+    pub batch_order: Option<PathBuf>,
     #[command(flatten)]
     pub norm: NormArgs,
     /// Run directory (default: runs/TASK-NORM-seedSEED).
@@ -493,6 +497,11 @@ fn from_args(a: &FinetuneArgs, registry: &Registry) -> anyhow::Result<JobParts> 
         warmup_rounding: a.warmup_rounding,
         drop_last: a.drop_last,
         padded: a.padded,
+        batch_order: a
+            .batch_order
+            .as_deref()
+            .map(clsnorm::train::BatchOrderFile::of)
+            .transpose()?,
         precision: a.rt.precision.precision,
         tf32: a.rt.precision.tf32,
     };

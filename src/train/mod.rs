@@ -65,6 +65,46 @@ pub struct TrainConfig {
     /// can ([`crate::encoder::packing`]).
     #[serde(default)]
     pub padded: bool,
+    /// Batches replayed from a file (`--batch-order`) instead of drawn from the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_order: Option<BatchOrderFile>,
+}
+
+/// A `--batch-order` file, with the sha256 of its bytes: a resumed run replays the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchOrderFile {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+impl BatchOrderFile {
+    /// Records `path` (absolute, with its hash).
+    pub fn of(path: &Path) -> Result<Self> {
+        let path = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+        let sha256 = crate::fsread::sha256_file(&path, crate::fsread::Links::Follow)?;
+        Ok(BatchOrderFile { path, sha256 })
+    }
+
+    /// Reads the order, unchanged since it was recorded, and checks it against the run.
+    pub fn load(
+        &self,
+        n: usize,
+        batch_size: usize,
+        steps_per_epoch: usize,
+        epochs: usize,
+    ) -> Result<crate::batch::BatchOrder> {
+        if crate::fsread::sha256_file(&self.path, crate::fsread::Links::Follow)? != self.sha256 {
+            return Err(Error::File {
+                path: self.path.clone(),
+                msg: "changed since the run started (its sha256 differs); a resumed run must \
+                      replay the same batches"
+                    .into(),
+            });
+        }
+        let order = crate::batch::BatchOrder::read(&self.path)?;
+        order.check(&self.path, n, batch_size, steps_per_epoch, epochs)?;
+        Ok(order)
+    }
 }
 
 /// Rounding of the warmup length: `ceil` as Hugging Face's Trainer (clsnorm's default), `floor`
@@ -111,6 +151,7 @@ impl TrainConfig {
         precision: Precision::Fp32,
         tf32: false,
         padded: false,
+        batch_order: None,
     };
 
     /// Rejects values that cannot work, before any work starts: every count is bounded and

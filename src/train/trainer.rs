@@ -38,6 +38,8 @@ pub struct Trainer<'a> {
     limits: InputLimits,
     train: Tokenized,
     lengths: Vec<usize>,
+    /// Batches replayed from `--batch-order`, instead of drawn.
+    order: Option<crate::batch::BatchOrder>,
     dev: Vec<(String, Tokenized)>,
     opt: AdamW,
     sched: LinearSchedule,
@@ -160,6 +162,10 @@ impl<'a> Trainer<'a> {
 
         let (steps_per_epoch, total_steps) = cfg.steps(train.encs.len())?;
         let epochs = total_steps.div_ceil(steps_per_epoch);
+        let order = match &cfg.batch_order {
+            Some(f) => Some(f.load(train.encs.len(), cfg.batch_size, steps_per_epoch, epochs)?),
+            None => None,
+        };
         let sched = LinearSchedule {
             lr: cfg.lr,
             warmup_steps: cfg.warmup(total_steps),
@@ -177,6 +183,7 @@ impl<'a> Trainer<'a> {
         let bar = super::progress_bar(job.progress, total_steps as u64, state.global_step as u64);
         Ok(Trainer {
             lengths: train.encs.iter().map(Encoded::len).collect(),
+            order,
             pad: tok.pad_id(),
             window_loss: Tensor::zeros([], (Kind::Float, job.device)),
             window_updates: 0,
@@ -215,14 +222,20 @@ impl<'a> Trainer<'a> {
     /// where a checkpoint taken inside the epoch left it.
     pub fn begin_epoch(&mut self) -> Vec<Vec<usize>> {
         let cfg = &self.job.config;
-        let mut batches = epoch_batches(
-            &self.lengths,
-            cfg.batch_size,
-            cfg.seed,
-            self.state.epoch,
-            cfg.group_by_length,
-        );
-        if cfg.drop_last {
+        let replayed = self
+            .order
+            .as_ref()
+            .and_then(|o| o.epochs.get(self.state.epoch).cloned());
+        let mut batches = replayed.unwrap_or_else(|| {
+            epoch_batches(
+                &self.lengths,
+                cfg.batch_size,
+                cfg.seed,
+                self.state.epoch,
+                cfg.group_by_length,
+            )
+        });
+        if cfg.drop_last && self.order.is_none() {
             // Wherever grouping put it, the one partial batch is the one dropped.
             batches.retain(|b| b.len() == cfg.batch_size);
         }
