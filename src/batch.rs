@@ -348,7 +348,7 @@ impl BatchOrder {
                     "epoch {e} has {} batches; the run makes {steps_per_epoch} updates an epoch \
                      (batch size {batch_size}{})",
                     batches.len(),
-                    if n % batch_size != 0 {
+                    if !n.is_multiple_of(batch_size) {
                         ", --drop-last changes it"
                     } else {
                         ""
