@@ -745,7 +745,11 @@ fn a_replayed_batch_order_is_the_same_run_and_bad_orders_are_refused() {
         format!("{}\n{}", lines[13], lines[0]),
         "the first batch is of epoch 1",
     );
-    bad("syntax", format!("{}\nnot json\n", lines[0]), "syntax:2: expected {\"epoch\": E");
+    bad(
+        "syntax",
+        format!("{}\nnot json\n", lines[0]),
+        "syntax:2: expected {\"epoch\": E",
+    );
     bad(
         "big",
         text.replacen("]", ",1,2,3,4,5,6,7,8,9]", 1),
