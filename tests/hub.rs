@@ -51,6 +51,28 @@ impl Hf {
     fn cache(&self) -> PathBuf {
         self.home.join("hub")
     }
+
+    /// One short epoch of GLUE RTE (no data folder: from the Hub) with `model`, into `out`.
+    fn finetune_rte(&self, model: &str, out: &Path) -> Output {
+        self.run(&[
+            "finetune",
+            "--model",
+            model,
+            "--task",
+            "RTE",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--max-len",
+            "32",
+            "--threads",
+            "1",
+            "--quiet",
+            "--output",
+            common::p(out),
+        ])
+    }
 }
 
 fn words(i: usize, n: usize) -> String {
@@ -147,25 +169,7 @@ fn models_and_glue_come_from_the_hub_into_the_shared_cache_and_then_work_offline
 
     for (id, commit) in &commits[..2] {
         let run = root.join(format!("run-{}", id.replace('/', "-")));
-        let out = hf.run(&[
-            "finetune",
-            "--model",
-            id,
-            "--task",
-            "RTE",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--max-len",
-            "32",
-            "--threads",
-            "1",
-            "--quiet",
-            "--output",
-            common::p(&run),
-        ]);
-        common::ok(&out);
+        common::ok(&hf.finetune_rte(id, &run));
         // The run names exactly what it read.
         let c = config_json(&run);
         assert_eq!(c["model_source"]["repo"], id.as_str());
@@ -232,24 +236,7 @@ fn models_and_glue_come_from_the_hub_into_the_shared_cache_and_then_work_offline
         ..Hf::new(root, "")
     };
     let run = root.join("run-offline");
-    common::ok(&offline.run(&[
-        "finetune",
-        "--model",
-        "org/tiny-bert",
-        "--task",
-        "RTE",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--max-len",
-        "32",
-        "--threads",
-        "1",
-        "--quiet",
-        "--output",
-        common::p(&run),
-    ]));
+    common::ok(&offline.finetune_rte("org/tiny-bert", &run));
     common::ok(&offline.run(&[
         "evaluate",
         "--checkpoint",
@@ -507,22 +494,7 @@ fn fetch_fills_the_cache_for_offline_runs_and_sweep_slurm_fetches_before_submitt
         offline: true,
         ..Hf::new(root, "")
     };
-    common::ok(&offline.run(&[
-        "finetune",
-        "--model",
-        "org/tiny-bert",
-        "--task",
-        "RTE",
-        "--epochs",
-        "1",
-        "--max-len",
-        "32",
-        "--threads",
-        "1",
-        "--quiet",
-        "--output",
-        common::p(&root.join("run")),
-    ]));
+    common::ok(&offline.finetune_rte("org/tiny-bert", &root.join("run")));
 
     // A sweep of Hub models, offline from the cache: the report names repo and commit.
     let local = root.join("local.toml");

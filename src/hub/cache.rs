@@ -18,13 +18,19 @@ pub fn cache_dir(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     if let Some(d) = var("HF_HUB_CACHE") {
         return Some(d.into());
     }
+    Some(hf_home(&var)?.join("hub"))
+}
+
+/// The Hugging Face libraries' home folder: `HF_HOME`, else `XDG_CACHE_HOME/huggingface`, else
+/// `~/.cache/huggingface`.
+pub fn hf_home(var: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     if let Some(d) = var("HF_HOME") {
-        return Some(Path::new(&d).join("hub"));
+        return Some(d.into());
     }
     let cache = var("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache")))?;
-    Some(cache.join("huggingface").join("hub"))
+    Some(cache.join("huggingface"))
 }
 
 /// Tokenizer files a model run can read, or that name why it cannot (small; all are fetched).

@@ -237,13 +237,7 @@ fn token_file(var: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     if let Some(p) = var("HF_TOKEN_PATH") {
         return Some(p.into());
     }
-    if let Some(h) = var("HF_HOME") {
-        return Some(Path::new(&h).join("token"));
-    }
-    let base = var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache")))?;
-    Some(base.join("huggingface").join("token"))
+    Some(cache::hf_home(var)?.join("token"))
 }
 
 /// `NAME` or `ORG/NAME` of letters, digits, `-`, `_` and `.` (not `.` or `..`, not starting
