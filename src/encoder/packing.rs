@@ -69,8 +69,10 @@ impl Packing {
     /// padding.
     pub fn unpack(&self, x: &Tensor) -> Tensor {
         let width = x.size()[1];
-        Tensor::zeros([self.batch * self.seq, width], (x.kind(), x.device()))
-            .index_copy(0, &self.index, x)
+        // In place: one padded tensor per call, not a zero one and its copy.
+        let mut padded = Tensor::zeros([self.batch * self.seq, width], (x.kind(), x.device()));
+        padded
+            .index_copy_(0, &self.index, x)
             .view([self.batch, self.seq, width])
     }
 
