@@ -145,6 +145,8 @@ def clsnorm_epoch(a, task, variant, precision):
     cmd = [a.clsnorm, "finetune", "--model", a.model, "--task", task, "--data-dir", a.glue_dir, "--epochs", "1",
            "--seed", "1", "--threads", str(a.threads), "--device", a.device, "--quiet", "--output", out_dir,
            "--precision", precision]
+    if a.max_steps:
+        cmd += ["--max-steps", str(a.max_steps)]
     if variant == "grouped":
         cmd.append("--group-by-length")
     elif variant == "padded":
@@ -163,6 +165,8 @@ def reference_epoch(a, task, precision):
     cmd = [PY, REF, "finetune", "--task", task, "--data", a.glue_dir, "--epochs", "1", "--seed", "1",
            "--threads", str(a.threads), "--model", a.model, "--device", a.device, "--precision", precision,
            *a.ref_adamw]
+    if a.max_steps:
+        cmd += ["--max-steps", str(a.max_steps)]
     out, wall, rss = run(timed(cmd))
     r = last_json(out)
     return {
@@ -196,6 +200,7 @@ def main():
     p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "../shared/data/glue"))
     p.add_argument("--tasks", default="RTE,MRPC,SST-2")
     p.add_argument("--variants", default="plain,grouped", help="clsnorm variants, comma-separated: plain (the reference's batches, unpadded where the family can), padded (the same batches computed padded, --padded), grouped (--group-by-length)")
+    p.add_argument("--max-steps", type=int, help="epoch section: stop each run after this many updates (a part of the epoch, the same on both sides)")
     p.add_argument("--step-models", default="minilm,base")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--reps", type=int, default=6, help="timed steps per process (halved for base)")

@@ -256,15 +256,19 @@ def finetune_mode(a):
         torch.manual_seed(a.seed)
     model = Classifier(encoder, len(TASKS[a.task][3]), norm=a.norm, init=a.classifier_init).to(device)
     steps_per_epoch = len(ids) // a.batch_size if a.drop_last else math.ceil(len(ids) / a.batch_size)
+    total_steps = a.epochs * steps_per_epoch
+    if a.max_steps:
+        # As clsnorm's --max-steps: the schedule spans the steps that run.
+        total_steps = min(total_steps, a.max_steps)
     opt, sched = optimizer_and_schedule(
-        model, a.lr, a.epochs * steps_per_epoch, rounding=a.warmup_rounding, fused=a.fused_adamw
+        model, a.lr, total_steps, rounding=a.warmup_rounding, fused=a.fused_adamw
     )
     loss_fn = nn.CrossEntropyLoss()
     prec = Precision(a.precision, device)
     label_t = torch.tensor(labels)
     gen = torch.Generator().manual_seed(a.seed)
     t_setup = time.perf_counter() - t_start
-    train_secs, tokens, padded, loss_sum = 0.0, 0, 0, 0.0
+    train_secs, tokens, padded, loss_sum, steps_run = 0.0, 0, 0, 0.0, 0
 
     all_preds = []
 
@@ -289,8 +293,10 @@ def finetune_mode(a):
         model.train()
         t0 = time.perf_counter()
         order = torch.randperm(len(ids), generator=gen).tolist()
-        epoch_loss = 0.0
+        epoch_loss, done = 0.0, 0
         for b in range(steps_per_epoch):
+            if a.max_steps and steps_run >= a.max_steps:
+                break
             idx = order[b * a.batch_size:(b + 1) * a.batch_size]
             if order_out:
                 order_out.write(json.dumps({"epoch": epoch, "batch": idx}) + "\n")
@@ -305,7 +311,9 @@ def finetune_mode(a):
             opt.zero_grad(set_to_none=True)
             loss_sum += loss.item()
             epoch_loss += loss.item()
-        epoch_losses.append(epoch_loss / steps_per_epoch)
+            done += 1
+            steps_run += 1
+        epoch_losses.append(epoch_loss / max(done, 1))
         sync()
         train_secs += time.perf_counter() - t0
         if a.eval_every_epoch:
@@ -326,7 +334,7 @@ def finetune_mode(a):
         "side": "reference", "task": a.task, "epochs": a.epochs, "seed": a.seed,
         "threads": a.threads, "device": a.device, "setup_secs": t_setup, "train_secs": train_secs,
         "train_tokens": tokens, "train_padded_tokens": padded,
-        "train_loss": loss_sum / (a.epochs * steps_per_epoch),
+        "train_loss": loss_sum / max(steps_run, 1), "steps": steps_run,
         "eval_secs": eval_secs, "dev_tokens": dev_tokens,
         "dev": final,
         "dev_per_epoch": per_epoch,
@@ -366,6 +374,7 @@ def main():
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--device", default="cpu")
     f.add_argument("--norm", default="none", choices=["none", "isobn"])
+    f.add_argument("--max-steps", type=int, help="stop after this many updates (the schedule spans them, as clsnorm's --max-steps)")
     f.add_argument("--drop-last", action="store_true", help="skip each epoch's partial batch")
     f.add_argument("--warmup-rounding", default="ceil", choices=["ceil", "floor"])
     f.add_argument("--classifier-init", default="hf", choices=["hf", "torch"])

@@ -11,13 +11,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::layers::ApplyDropout;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::config::{parse_checked, HiddenAct};
 use super::layers::{self, check, Shapes};
+use super::packing::Layout;
 use super::{EncoderConfig, EncoderModel, EncoderOutput, Family};
 use crate::batch::InputLimits;
 use crate::error::Result;
@@ -231,6 +231,7 @@ impl EncoderConfig for DistilBertConfig {
                 .collect(),
             pooler: self.linear(p / "pooler" / "dense", d, d),
             dropout: self.dropout,
+            unpadded: true,
         })
     }
 
@@ -275,26 +276,43 @@ impl TransformerBlock {
         }
     }
 
-    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
-        let (b, s, d) = xs
+    /// The block's output for `xs` (in `layout`), in that layout; with `first_only`, for the
+    /// first token alone (`[batch, 1, dim]`: keys and values of every token, the query,
+    /// attention output and feed-forward block of the first).
+    fn forward(
+        &self,
+        xs: &Tensor,
+        layout: Layout,
+        first_only: bool,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let k = layout.padded(&self.k_lin.forward(xs));
+        let v = layout.padded(&self.v_lin.forward(xs));
+        let (b, s, d) = k
             .size3()
             .unwrap_or_else(|_| unreachable!("hidden states are 3-d"));
-        let heads = |t: Tensor| {
-            t.view([b, s, self.n_heads, d / self.n_heads])
+        // The layout of the queries and everything after attention.
+        let (queries, out) = if first_only {
+            (layout.first_tokens(xs), Layout::Padded)
+        } else {
+            (xs.shallow_clone(), layout)
+        };
+        let q = out.padded(&self.q_lin.forward(&queries));
+        let sq = q.size()[1];
+        let heads = |t: Tensor, len: i64| {
+            t.view([b, len, self.n_heads, d / self.n_heads])
                 .transpose(1, 2)
         };
-        let q = heads(self.q_lin.forward(xs));
-        let k = heads(self.k_lin.forward(xs));
-        let v = heads(self.v_lin.forward(xs));
         let p = self.attention_dropout;
-        let ctx = super::layers::attention(&q, &k, &v, mask, p, train);
+        let ctx =
+            super::layers::attention(&heads(q, sq), &heads(k, s), &heads(v, s), mask, p, train);
+        let ctx = out.from_padded(&ctx.transpose(1, 2).contiguous().view([b, sq, d]));
         let att = self
-            .out_lin
-            .forward(&ctx.transpose(1, 2).contiguous().view([b, s, d]));
-        let att = self.sa_layer_norm.forward(&(att + xs));
-        let inter = self.lin1.forward(&att);
-        let inter = self.activation.apply(&inter);
-        let ffn = self.lin2.forward(&inter).apply_dropout(self.dropout, train);
+            .sa_layer_norm
+            .forward(&(self.out_lin.forward(&ctx) + &queries));
+        let inter = self.activation.apply(&self.lin1.forward(&att));
+        let ffn = out.dropout(&self.lin2.forward(&inter), self.dropout, train);
         self.output_layer_norm.forward(&(ffn + att))
     }
 }
@@ -308,6 +326,50 @@ pub struct DistilBertModel {
     layers: Vec<TransformerBlock>,
     pooler: nn::Linear,
     dropout: f64,
+    /// Run padded CPU batches packed ([`Layout`]).
+    unpadded: bool,
+}
+
+impl DistilBertModel {
+    fn run(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+        first_only: bool,
+    ) -> EncoderOutput {
+        let mask = super::key_mask(attention_mask);
+        let mut slot = None;
+        let layout = Layout::choose(attention_mask, self.unpadded, &mut slot);
+        let seq_len = input_ids.size()[1];
+        let positions = Tensor::arange(seq_len, (Kind::Int64, input_ids.device()))
+            .unsqueeze(0)
+            .expand_as(input_ids);
+        let e = self.word_embeddings.forward(&layout.from_padded(input_ids))
+            + self
+                .position_embeddings
+                .forward(&layout.from_padded(&positions));
+        let mut xs = layout.dropout(&self.embeddings_norm.forward(&e), self.dropout, train);
+        let n = self.layers.len();
+        let mut first = false;
+        for (i, layer) in self.layers.iter().enumerate() {
+            first = first_only && i + 1 == n;
+            xs = layer.forward(&xs, layout, first, mask.as_ref(), train);
+        }
+        let xs = match (first, first_only) {
+            (true, _) => xs,
+            // No layers: the embeddings' first tokens.
+            (false, true) => layout.first_tokens(&xs),
+            (false, false) => layout.padded(&xs),
+        };
+        let cls = xs.select(1, 0);
+        let pooler_output = self.pooler.forward(&cls).relu();
+        EncoderOutput {
+            last_hidden_state: xs,
+            cls,
+            pooler_output,
+        }
+    }
 }
 
 impl EncoderModel for DistilBertModel {
@@ -318,24 +380,25 @@ impl EncoderModel for DistilBertModel {
         attention_mask: Option<&Tensor>,
         train: bool,
     ) -> EncoderOutput {
-        let mask = super::key_mask(attention_mask);
-        let seq_len = input_ids.size()[1];
-        let positions = Tensor::arange(seq_len, (Kind::Int64, input_ids.device())).unsqueeze(0);
-        let e =
-            self.word_embeddings.forward(input_ids) + self.position_embeddings.forward(&positions);
-        let mut xs = self
-            .embeddings_norm
-            .forward(&e)
-            .apply_dropout(self.dropout, train);
-        for layer in &self.layers {
-            xs = layer.forward(&xs, mask.as_ref(), train);
-        }
-        let cls = xs.select(1, 0);
-        let pooler_output = self.pooler.forward(&cls).relu();
-        EncoderOutput {
-            last_hidden_state: xs,
-            cls,
-            pooler_output,
-        }
+        self.run(input_ids, attention_mask, train, false)
+    }
+
+    fn forward_first_token(
+        &self,
+        input_ids: &Tensor,
+        _token_type_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> EncoderOutput {
+        self.run(input_ids, attention_mask, train, true)
+    }
+
+    fn unpadded(&self) -> bool {
+        self.unpadded
+    }
+
+    fn set_unpadded(&mut self, on: bool) -> bool {
+        self.unpadded = on;
+        on
     }
 }

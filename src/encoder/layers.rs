@@ -232,7 +232,13 @@ pub fn attention(
         Some(m) => scores + m,
         None => scores,
     };
-    let probs = scores.softmax(-1, Kind::Float).to_kind(v.kind());
+    // A query that may attend to no key (a padding position outside every real token's local
+    // window, ModernBERT) gets NaN from the softmax; the fused kernel gives it zeros, and so
+    // does this path, or the NaN would reach real tokens through that padding row's values.
+    let probs = scores
+        .softmax(-1, Kind::Float)
+        .nan_to_num(0.0, None, None)
+        .to_kind(v.kind());
     dropout(&probs, p, true).matmul(v)
 }
 

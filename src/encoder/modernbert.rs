@@ -12,13 +12,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::layers::ApplyDropout;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::config::{parse_checked, HiddenAct};
 use super::layers::{self, check, Shapes};
+use super::packing::Layout;
 use super::weights::Names;
 use super::{EncoderConfig, EncoderModel, EncoderOutput, Family};
 use crate::batch::InputLimits;
@@ -379,6 +379,7 @@ impl EncoderConfig for ModernBertConfig {
             head_norm: self.norm(p / "head" / "norm"),
             head_act: self.classifier_activation,
             pooling: self.classifier_pooling,
+            unpadded: true,
         })
     }
 
@@ -460,17 +461,21 @@ struct Layer {
 }
 
 impl Layer {
-    /// `pad`: boolean `[batch, 1, 1, seq]`, true where a key may be attended to.
-    fn forward(&self, xs: &Tensor, pad: Option<&Tensor>, train: bool) -> Tensor {
-        let (b, s, h) = xs
-            .size3()
-            .unwrap_or_else(|_| unreachable!("hidden states are 3-d"));
-        let d = h / self.heads;
+    /// `xs` in `layout`, the result so. `pad`: boolean `[batch, 1, 1, seq]`, true where a key
+    /// may be attended to.
+    fn forward(&self, xs: &Tensor, layout: Layout, pad: Option<&Tensor>, train: bool) -> Tensor {
         let normed = match &self.attn_norm {
             Some(n) => n.forward(xs),
             None => xs.shallow_clone(),
         };
-        let qkv = self.wqkv.forward(&normed).view([b, s, 3, self.heads, d]);
+        // Rotary positions count within each sequence, so attention runs padded.
+        let qkv = layout.padded(&self.wqkv.forward(&normed));
+        let (b, s, h3) = qkv
+            .size3()
+            .unwrap_or_else(|_| unreachable!("hidden states are 3-d"));
+        let h = h3 / 3;
+        let d = h / self.heads;
+        let qkv = qkv.view([b, s, 3, self.heads, d]);
         let part = |i: i64| qkv.select(2, i).transpose(1, 2);
         let (cos, sin) = self.rotary.tables(s, xs.device());
         let q = Rotary::apply(&part(0), &cos, &sin).to_kind(xs.kind());
@@ -490,15 +495,13 @@ impl Layer {
         };
         let p = self.attention_dropout;
         let ctx = super::layers::attention(&q, &k, &v, mask.as_ref(), p, train);
-        let att = self
-            .wo
-            .forward(&ctx.transpose(1, 2).contiguous().view([b, s, h]))
-            .apply_dropout(self.attention_dropout, train);
+        let ctx = layout.from_padded(&ctx.transpose(1, 2).contiguous().view([b, s, h]));
+        let att = layout.dropout(&self.wo.forward(&ctx), self.attention_dropout, train);
         let xs = xs + att;
         let inter = self.wi.forward(&self.mlp_norm.forward(&xs));
-        let half = inter.size()[2] / 2;
+        let half = inter.size()[inter.dim() - 1] / 2;
         let (input, gate) = (inter.narrow(-1, 0, half), inter.narrow(-1, half, half));
-        let mlp = (self.act.apply(&input) * gate).apply_dropout(self.mlp_dropout, train);
+        let mlp = layout.dropout(&(self.act.apply(&input) * gate), self.mlp_dropout, train);
         &xs + self.mlp_wo.forward(&mlp)
     }
 }
@@ -515,6 +518,8 @@ pub struct ModernBertModel {
     head_norm: Norm,
     head_act: HiddenAct,
     pooling: Pooling,
+    /// Run padded CPU batches packed ([`Layout`]), as HF's reference unpads.
+    unpadded: bool,
 }
 
 impl EncoderModel for ModernBertModel {
@@ -526,15 +531,19 @@ impl EncoderModel for ModernBertModel {
         train: bool,
     ) -> EncoderOutput {
         let pad = super::key_mask(attention_mask);
-        let e = self.tok_embeddings.forward(input_ids);
-        let mut xs = self
-            .embeddings_norm
-            .forward(&e)
-            .apply_dropout(self.embedding_dropout, train);
+        let mut slot = None;
+        let layout = Layout::choose(attention_mask, self.unpadded, &mut slot);
+        let e = self.tok_embeddings.forward(&layout.from_padded(input_ids));
+        let mut xs = layout.dropout(
+            &self.embeddings_norm.forward(&e),
+            self.embedding_dropout,
+            train,
+        );
         for layer in &self.layers {
-            xs = layer.forward(&xs, pad.as_ref(), train);
+            xs = layer.forward(&xs, layout, pad.as_ref(), train);
         }
-        let xs = self.final_norm.forward(&xs);
+        // Padding positions hold zeros when unpadded; the mean below reads real tokens only.
+        let xs = layout.padded(&self.final_norm.forward(&xs));
         let cls = xs.select(1, 0);
         let pooled = match (self.pooling, attention_mask) {
             (Pooling::Cls, _) => cls.shallow_clone(),
@@ -553,5 +562,14 @@ impl EncoderModel for ModernBertModel {
             cls,
             pooler_output,
         }
+    }
+
+    fn unpadded(&self) -> bool {
+        self.unpadded
+    }
+
+    fn set_unpadded(&mut self, on: bool) -> bool {
+        self.unpadded = on;
+        on
     }
 }

@@ -94,3 +94,60 @@ impl Packing {
         x * super::layers::keep_mask_rows(&self.real, width, p, x.kind())
     }
 }
+
+/// Where a block's token states are: the padded `[batch, seq, width]` layout or packed
+/// `[tokens, width]` ([`Packing`]). Lets a family write its block once for both.
+#[derive(Debug, Clone, Copy)]
+pub enum Layout<'a> {
+    Padded,
+    Packed(&'a Packing),
+}
+
+impl<'a> Layout<'a> {
+    /// Packed when `unpadded` and a CPU batch has padding; the packing lives in `slot`.
+    pub fn choose(
+        attention_mask: Option<&Tensor>,
+        unpadded: bool,
+        slot: &'a mut Option<Packing>,
+    ) -> Layout<'a> {
+        *slot = attention_mask
+            .filter(|m| unpadded && m.device() == Device::Cpu)
+            .and_then(Packing::new);
+        match slot {
+            Some(pk) => Layout::Packed(pk),
+            None => Layout::Padded,
+        }
+    }
+
+    /// `x` (this layout) in the padded layout, `[batch, seq, width]`.
+    pub fn padded(&self, x: &Tensor) -> Tensor {
+        match self {
+            Layout::Padded => x.shallow_clone(),
+            Layout::Packed(pk) => pk.unpack(x),
+        }
+    }
+
+    /// `x` (`[batch, seq, ...]`) in this layout.
+    pub fn from_padded(&self, x: &Tensor) -> Tensor {
+        match self {
+            Layout::Padded => x.shallow_clone(),
+            Layout::Packed(pk) => pk.pack(x),
+        }
+    }
+
+    /// Each sequence's first token of `x` (this layout): `[batch, 1, width]`.
+    pub fn first_tokens(&self, x: &Tensor) -> Tensor {
+        match self {
+            Layout::Padded => x.narrow(1, 0, 1),
+            Layout::Packed(pk) => pk.first_tokens(x),
+        }
+    }
+
+    /// Dropout of `x` (this layout) with the padded path's mask.
+    pub fn dropout(&self, x: &Tensor, p: f64, train: bool) -> Tensor {
+        match self {
+            Layout::Padded => super::layers::dropout(x, p, train),
+            Layout::Packed(pk) => pk.dropout(x, p, train),
+        }
+    }
+}
