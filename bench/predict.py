@@ -22,11 +22,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
+
+from run import cpu_model, write_results  # bench/run.py, beside this file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET_ENV = {
@@ -166,22 +167,7 @@ def main():
                                  "ratio": med["clsnorm"] / med["pipeline"], "pipeline_infer_secs": infer,
                                  "labels_differ": differ, "max_probability_diff": dp,
                                  "commands": {"clsnorm": " ".join(ours_cmd), "pipeline": " ".join(theirs_cmd)}})
-    path = os.path.join(a.out, "results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(path + ".tmp", path)
-    print(f"wrote {path}")
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
+    print(f"wrote {write_results(a.out, results)}")
 
 
 if __name__ == "__main__":

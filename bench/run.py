@@ -240,11 +240,16 @@ def main():
         step_section(a, results)
     if "epoch" in a.sections:
         epoch_section(a, results)
-    path = os.path.join(a.out, "results.json")
+    print(f"\nwrote {write_results(a.out, results)}")
+
+
+def write_results(out, results):
+    """Writes OUT/results.json whole (a temporary file renamed); returns its path."""
+    path = os.path.join(out, "results.json")
     with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=1)
     os.replace(path + ".tmp", path)
-    print(f"\nwrote {path}")
+    return path
 
 
 def cpu_model():

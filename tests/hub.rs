@@ -465,6 +465,82 @@ fn an_interrupted_or_damaged_download_is_never_trusted_and_a_rerun_completes_it(
     }
 }
 
+/// hf-hub names the blob after the ETag and the snapshot after X-Repo-Commit, and unwraps a
+/// redirect's Location: an endpoint whose headers disagree with its own file list is refused
+/// before anything is written, and never crashes the client.
+#[test]
+fn a_hostile_endpoint_cannot_name_paths_or_crash_the_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let server = HubServer::start(model_repos(root));
+    let h = |n: &str| (n.to_string(), String::new());
+    type Headers = Vec<(String, String)>;
+    let cases: [(&str, Headers, &str); 5] = [
+        // LFS file: the ETag of the redirect names a path outside the cache.
+        (
+            "model.safetensors",
+            vec![
+                ("X-Linked-Etag".into(), "\"../../../../escaped\"".into()),
+                ("ETag".into(), "\"../../../../escaped\"".into()),
+            ],
+            "came with ETag \"../../../../escaped\"",
+        ),
+        // Plain file: the commit names a path outside the cache.
+        (
+            "config.json",
+            vec![("X-Repo-Commit".into(), "../../../../escaped".into())],
+            "came from commit \"../../../../escaped\"",
+        ),
+        // No ETag at all.
+        ("config.json", vec![h("ETag")], "came with ETag (none)"),
+        // A redirect that does not say where to (hf-hub unwraps it).
+        (
+            "model.safetensors",
+            vec![h("Location")],
+            "without a Location",
+        ),
+        // A relative redirect hf-hub cannot join to the endpoint.
+        (
+            "model.safetensors",
+            vec![("Location".into(), "lfs/x".into())],
+            "not an absolute path or URL",
+        ),
+    ];
+    for (i, (file, headers, want)) in cases.into_iter().enumerate() {
+        let hf = Hf::new(&root.join(format!("case{i}")), &server.endpoint);
+        server.with_faults(|f| {
+            f.forged = [(file.to_string(), headers)].into_iter().collect();
+        });
+        let out = hf.run(&["embed", "--model", "org/tiny-bert", "x"]);
+        common::fails(&out, want);
+        common::fails(
+            &out,
+            &format!("{file} of model org/tiny-bert at {}", server.endpoint),
+        );
+        let blobs = hf.cache().join("models--org--tiny-bert").join("blobs");
+        let written: Vec<PathBuf> = all_files(root)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("escaped") || p.starts_with(&blobs))
+            .filter(|p| !p.to_string_lossy().ends_with(".lock"))
+            .collect();
+        // Only the files fetched before the refused one, each under its own hash.
+        assert!(
+            written.iter().all(|p| p.starts_with(&blobs)
+                && p.file_name().unwrap().len() >= 40
+                && !p.to_string_lossy().contains("escaped")),
+            "case {i}: {written:?}"
+        );
+    }
+    // The same endpoint, honest again: the download completes.
+    server.with_faults(|f| f.forged.clear());
+    common::ok(&Hf::new(&root.join("case0"), &server.endpoint).run(&[
+        "embed",
+        "--model",
+        "org/tiny-bert",
+        "x",
+    ]));
+}
+
 #[test]
 fn fetch_fills_the_cache_for_offline_runs_and_sweep_slurm_fetches_before_submitting() {
     let tmp = tempfile::tempdir().unwrap();

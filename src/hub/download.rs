@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 const MAX_LISTING_BYTES: u64 = 64 << 20;
 /// Most files one fetch downloads.
 const MAX_FILES: usize = 10_000;
+/// Most redirects within the endpoint followed when asking for a file's headers.
+const MAX_REDIRECTS: usize = 10;
 
 /// A repository's files at one commit, as `GET /api/{models,datasets}/ID/revision/REV?blobs=true`
 /// lists them.
@@ -275,10 +277,14 @@ impl<'a> Fetch<'a> {
             self.repo.display(),
             self.env.endpoint
         );
-        let got = self
-            .api
-            .download_with_progress(file, Bar::new())
-            .map_err(|e| self.api_error(e, file))?;
+        self.check_headers(file, sib)?;
+        // hf-hub unwraps a few things an endpoint controls; the headers were checked above,
+        // and whatever else it may panic on becomes this file's error, not a crash.
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.api.download_with_progress(file, Bar::new())
+        }))
+        .map_err(|_| self.error(Some(file), "could not be downloaded: the Hub client failed"))?
+        .map_err(|e| self.api_error(e, file))?;
         if got != pointer {
             return Err(self.error(
                 Some(file),
@@ -302,6 +308,105 @@ impl<'a> Fetch<'a> {
             return Err(self.error(
                 Some(file),
                 &format!("arrived damaged ({msg}); removed it: run again"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Asks the endpoint for `file`'s headers as hf-hub does before downloading (bytes 0-0,
+    /// redirects within the endpoint followed) and requires what hf-hub builds paths from to
+    /// be the listing's: the ETag (the blob's file name) the listed hash and X-Repo-Commit (the
+    /// snapshot's folder name) the listed commit; a redirect must say where to (hf-hub
+    /// unwraps its Location). A broken or hostile endpoint so cannot make hf-hub write outside
+    /// the repository's cache folder. (An endpoint that answers hf-hub's identical request
+    /// otherwise is trusted that far, as `huggingface_hub` trusts it.)
+    fn check_headers(&self, file: &str, sib: &Sibling) -> Result<()> {
+        let Some(want) = listed_hash(sib) else {
+            return Err(self.error(
+                Some(file),
+                "is listed without a hash (blobId or lfs.sha256); is HF_ENDPOINT a Hub?",
+            ));
+        };
+        let agent = ureq::AgentBuilder::new()
+            .try_proxy_from_env(true)
+            .redirects(0)
+            .user_agent(concat!("clsnorm/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let mut url = self.api.url(file);
+        let mut answer = None;
+        for _ in 0..MAX_REDIRECTS {
+            let mut request = agent.get(&url).set("Range", "bytes=0-0");
+            if let Some(t) = self.env.token() {
+                request = request.set("Authorization", &format!("Bearer {t}"));
+            }
+            let r = request
+                .call()
+                .map_err(|e| self.request_error(e, Some(file)))?;
+            if !(300..400).contains(&r.status()) {
+                answer = Some(r);
+                break;
+            }
+            let Some(location) = r.header("Location") else {
+                return Err(self.error(
+                    Some(file),
+                    &format!(
+                        "was answered HTTP {} without a Location; is HF_ENDPOINT a Hub?",
+                        r.status()
+                    ),
+                ));
+            };
+            if location.contains("://") {
+                // Elsewhere (the Hub's file storage): hf-hub reads the headers of this answer.
+                answer = Some(r);
+                break;
+            }
+            match (location.strip_prefix('/'), origin(&url)) {
+                (Some(path), Some(origin)) if !path.starts_with('/') => {
+                    url = format!("{origin}/{path}");
+                }
+                _ => {
+                    return Err(self.error(
+                        Some(file),
+                        &format!(
+                            "was redirected to {}, not an absolute path or URL; is HF_ENDPOINT                              a Hub?",
+                            crate::excerpt::quoted(location)
+                        ),
+                    ))
+                }
+            }
+        }
+        let Some(r) = answer else {
+            return Err(self.error(
+                Some(file),
+                &format!("was redirected more than {MAX_REDIRECTS} times"),
+            ));
+        };
+        let etag = r
+            .header("X-Linked-Etag")
+            .or_else(|| r.header("ETag"))
+            .map(|e| e.replace('"', "").to_ascii_lowercase());
+        if etag.as_deref() != Some(want.as_str()) {
+            return Err(self.error(
+                Some(file),
+                &format!(
+                    "came with ETag {}, not the hash the file list gives ({want}); is HF_ENDPOINT                      a Hub?",
+                    etag.as_deref()
+                        .map(crate::excerpt::quoted)
+                        .unwrap_or_else(|| "(none)".into())
+                ),
+            ));
+        }
+        let commit = r.header("X-Repo-Commit");
+        if commit != Some(self.listing.sha.as_str()) {
+            return Err(self.error(
+                Some(file),
+                &format!(
+                    "came from commit {}, not the listed {}: the revision moved, or HF_ENDPOINT                      is not a Hub; run again",
+                    commit
+                        .map(crate::excerpt::quoted)
+                        .unwrap_or_else(|| "(none)".into()),
+                    self.listing.sha
+                ),
             ));
         }
         Ok(())
@@ -387,6 +492,23 @@ impl<'a> Fetch<'a> {
     }
 }
 
+/// The hash the listing gives for a file (sha256 for LFS files, the git object id for the
+/// others), lowercase: the name of its blob in the cache.
+fn listed_hash(sib: &Sibling) -> Option<String> {
+    match (&sib.lfs, &sib.blob_id) {
+        (Some(lfs), _) => Some(lfs.sha256.to_ascii_lowercase()),
+        (None, Some(id)) => Some(id.to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+/// `scheme://host[:port]` of `url`.
+fn origin(url: &str) -> Option<&str> {
+    let start = url.find("://")? + 3;
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    Some(&url[..end])
+}
+
 /// `path` against the listing: its size, and its hash where the Hub gives one.
 fn check(path: &Path, sib: &Sibling) -> std::result::Result<(), String> {
     let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
@@ -396,12 +518,7 @@ fn check(path: &Path, sib: &Sibling) -> std::result::Result<(), String> {
             return Err(format!("{len} bytes, the Hub lists {want}"));
         }
     }
-    let want_hash = match (&sib.lfs, &sib.blob_id) {
-        (Some(lfs), _) => Some(lfs.sha256.to_ascii_lowercase()),
-        (None, Some(id)) => Some(id.to_ascii_lowercase()),
-        _ => None,
-    };
-    if let Some(want) = want_hash {
+    if let Some(want) = listed_hash(sib) {
         match cache::content_hash(path, &want).map_err(|e| e.to_string())? {
             Some(got) if got != want => {
                 return Err(format!("its hash is {got}, the Hub lists {want}"));

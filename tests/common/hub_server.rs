@@ -2,7 +2,7 @@
 //! Hub client uses (repository listing with blobs, `resolve` with ETag and commit headers,
 //! LFS files redirected to another path, range requests), gated repositories, and faults
 //! (a connection closed mid-file, damaged bytes, a listed file that is missing).
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -93,6 +93,9 @@ pub struct Faults {
     pub damage: HashSet<String>,
     /// Answer 404 for a file the listing shows.
     pub missing: HashSet<String>,
+    /// Headers of the file's `resolve` answer replaced (an empty value removes the header),
+    /// on every request: a hostile or broken endpoint.
+    pub forged: HashMap<String, Vec<(String, String)>>,
 }
 
 struct State {
@@ -306,21 +309,31 @@ fn serve(mut conn: TcpStream, state: &Arc<Mutex<State>>, endpoint: &str) -> std:
         );
     };
     let etag = f.etag();
+    let forged = st.faults.forged.get(&file).cloned().unwrap_or_default();
+    let forge = |mut headers: Vec<(String, String)>| {
+        for (name, value) in &forged {
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+            if !value.is_empty() {
+                headers.push((name.clone(), value.clone()));
+            }
+        }
+        headers
+    };
     if f.lfs {
-        let headers = vec![
+        let headers = forge(vec![
             ("Location".to_string(), format!("{endpoint}/lfs/{etag}")),
             ("X-Linked-Etag".to_string(), format!("\"{etag}\"")),
             ("X-Linked-Size".to_string(), f.bytes.len().to_string()),
             ("X-Repo-Commit".to_string(), commit),
             ("ETag".to_string(), format!("\"{etag}\"")),
-        ];
+        ]);
         return respond(&mut conn, 302, &headers, b"");
     }
     let bytes = f.bytes.clone();
-    let headers = vec![
+    let headers = forge(vec![
         ("ETag".to_string(), format!("\"{etag}\"")),
         ("X-Repo-Commit".to_string(), commit),
-    ];
+    ]);
     send_file(&mut conn, &mut st, &file, bytes, range.as_deref(), headers)
 }
 
