@@ -5,6 +5,7 @@ use super::packing::Packing;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -422,7 +423,7 @@ pub struct BertModel {
     layers: Vec<BertLayer>,
     pooler: BertPooler,
     /// Run padded CPU batches packed ([`encode`]).
-    unpadded: bool,
+    unpadded: Cell<bool>,
 }
 
 impl BertModel {
@@ -443,7 +444,7 @@ impl BertModel {
                 .map(|i| BertLayer::new(&enc / i, config))
                 .collect(),
             pooler: BertPooler::new(p / "pooler", config),
-            unpadded: true,
+            unpadded: Cell::new(true),
         }
     }
 }
@@ -466,7 +467,7 @@ impl BertModel {
             attention_mask,
             train,
             first_only,
-            self.unpadded,
+            self.unpadded.get(),
         );
         let cls = xs.select(1, 0);
         let pooler_output = self.pooler.forward(&cls);
@@ -499,13 +500,8 @@ impl EncoderModel for BertModel {
         self.run(input_ids, token_type_ids, attention_mask, train, true)
     }
 
-    fn unpadded(&self) -> bool {
-        self.unpadded
-    }
-
-    fn set_unpadded(&mut self, on: bool) -> bool {
-        self.unpadded = on;
-        on
+    fn unpadded_switch(&self) -> Option<&Cell<bool>> {
+        Some(&self.unpadded)
     }
 }
 

@@ -8,6 +8,7 @@
 //! `pooler.dense` in its model file, initialises it as HF does (N(0, initializer_range), zero
 //! bias) and trains it with the rest. The head's default dropout is `seq_classif_dropout`, as in
 //! HF's classifier.
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -231,7 +232,7 @@ impl EncoderConfig for DistilBertConfig {
                 .collect(),
             pooler: self.linear(p / "pooler" / "dense", d, d),
             dropout: self.dropout,
-            unpadded: true,
+            unpadded: Cell::new(true),
         })
     }
 
@@ -327,7 +328,7 @@ pub struct DistilBertModel {
     pooler: nn::Linear,
     dropout: f64,
     /// Run padded CPU batches packed ([`Layout`]).
-    unpadded: bool,
+    unpadded: Cell<bool>,
 }
 
 impl DistilBertModel {
@@ -340,7 +341,7 @@ impl DistilBertModel {
     ) -> EncoderOutput {
         let mask = super::key_mask(attention_mask);
         let mut slot = None;
-        let layout = Layout::choose(attention_mask, self.unpadded, &mut slot);
+        let layout = Layout::choose(attention_mask, self.unpadded.get(), &mut slot);
         let seq_len = input_ids.size()[1];
         let positions = Tensor::arange(seq_len, (Kind::Int64, input_ids.device()))
             .unsqueeze(0)
@@ -393,12 +394,7 @@ impl EncoderModel for DistilBertModel {
         self.run(input_ids, attention_mask, train, true)
     }
 
-    fn unpadded(&self) -> bool {
-        self.unpadded
-    }
-
-    fn set_unpadded(&mut self, on: bool) -> bool {
-        self.unpadded = on;
-        on
+    fn unpadded_switch(&self) -> Option<&Cell<bool>> {
+        Some(&self.unpadded)
     }
 }

@@ -7,6 +7,7 @@
 //! pre-trained ELECTRA checkpoint has it: clsnorm keeps it as `pooler.dense` in its model file
 //! (transformers' `ElectraModel` ignores it when loading), initialises it as HF initialises
 //! its head (N(0, initializer_range), zero bias) and trains it with the rest, as HF does.
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -150,7 +151,7 @@ impl EncoderConfig for ElectraConfig {
                 .map(|i| BertLayer::new(&enc / i, cfg))
                 .collect(),
             pooler: linear(p / "pooler" / "dense", cfg, h, h),
-            unpadded: true,
+            unpadded: Cell::new(true),
         })
     }
 
@@ -167,7 +168,7 @@ pub struct ElectraModel {
     layers: Vec<BertLayer>,
     pooler: nn::Linear,
     /// Run padded CPU batches packed ([`super::bert::encode`]).
-    unpadded: bool,
+    unpadded: Cell<bool>,
 }
 
 impl ElectraModel {
@@ -188,7 +189,7 @@ impl ElectraModel {
             attention_mask,
             train,
             first_only,
-            self.unpadded,
+            self.unpadded.get(),
         );
         let cls = xs.select(1, 0);
         let pooler_output = self.pooler.forward(&cls).gelu("none");
@@ -221,12 +222,7 @@ impl EncoderModel for ElectraModel {
         self.run(input_ids, token_type_ids, attention_mask, train, true)
     }
 
-    fn unpadded(&self) -> bool {
-        self.unpadded
-    }
-
-    fn set_unpadded(&mut self, on: bool) -> bool {
-        self.unpadded = on;
-        on
+    fn unpadded_switch(&self) -> Option<&Cell<bool>> {
+        Some(&self.unpadded)
     }
 }

@@ -75,15 +75,10 @@ pub trait EncoderModel: std::fmt::Debug + Send {
         self.forward(input_ids, token_type_ids, attention_mask, train)
     }
 
-    /// Whether batches with padding run unpadded on the CPU ([`packing`]).
-    fn unpadded(&self) -> bool {
-        false
-    }
-
-    /// Turns unpadded execution on or off where the family has it; returns whether it is on.
-    fn set_unpadded(&mut self, on: bool) -> bool {
-        let _ = on;
-        false
+    /// The switch for running padded CPU batches unpadded ([`packing`]), where the family
+    /// has that path.
+    fn unpadded_switch(&self) -> Option<&std::cell::Cell<bool>> {
+        None
     }
 }
 
@@ -332,13 +327,16 @@ impl Encoder {
     /// Runs padded batches unpadded where the family can ([`packing`]; the CPU only: on CUDA
     /// the padded path with fused attention stays); returns the execution now in effect.
     pub fn set_unpadded(&mut self, on: bool) -> Execution {
-        self.model.set_unpadded(on);
+        if let Some(switch) = self.model.unpadded_switch() {
+            switch.set(on);
+        }
         self.execution()
     }
 
     /// How batches with padding run.
     pub fn execution(&self) -> Execution {
-        if self.model.unpadded() && self.vs.device() == Device::Cpu {
+        let unpadded = self.model.unpadded_switch().is_some_and(|s| s.get());
+        if unpadded && self.vs.device() == Device::Cpu {
             Execution::Unpadded
         } else {
             Execution::Padded

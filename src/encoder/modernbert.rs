@@ -9,6 +9,7 @@
 //! ModernBERT's pre-trained weights have a trained head of exactly that shape under the same
 //! name, which HF's classifier loads, and so does clsnorm; a checkpoint without it gets HF's
 //! initialisation (N(0, initializer_range) dense, unit norm). Token types are ignored.
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -379,7 +380,7 @@ impl EncoderConfig for ModernBertConfig {
             head_norm: self.norm(p / "head" / "norm"),
             head_act: self.classifier_activation,
             pooling: self.classifier_pooling,
-            unpadded: true,
+            unpadded: Cell::new(true),
         })
     }
 
@@ -519,7 +520,7 @@ pub struct ModernBertModel {
     head_act: HiddenAct,
     pooling: Pooling,
     /// Run padded CPU batches packed ([`Layout`]), as HF's reference unpads.
-    unpadded: bool,
+    unpadded: Cell<bool>,
 }
 
 impl EncoderModel for ModernBertModel {
@@ -532,7 +533,7 @@ impl EncoderModel for ModernBertModel {
     ) -> EncoderOutput {
         let pad = super::key_mask(attention_mask);
         let mut slot = None;
-        let layout = Layout::choose(attention_mask, self.unpadded, &mut slot);
+        let layout = Layout::choose(attention_mask, self.unpadded.get(), &mut slot);
         let e = self.tok_embeddings.forward(&layout.from_padded(input_ids));
         let mut xs = layout.dropout(
             &self.embeddings_norm.forward(&e),
@@ -564,12 +565,7 @@ impl EncoderModel for ModernBertModel {
         }
     }
 
-    fn unpadded(&self) -> bool {
-        self.unpadded
-    }
-
-    fn set_unpadded(&mut self, on: bool) -> bool {
-        self.unpadded = on;
-        on
+    fn unpadded_switch(&self) -> Option<&Cell<bool>> {
+        Some(&self.unpadded)
     }
 }
