@@ -465,6 +465,44 @@ fn an_interrupted_or_damaged_download_is_never_trusted_and_a_rerun_completes_it(
     }
 }
 
+/// An endpoint or token that no request could carry is refused before any request, and the
+/// token is not echoed.
+#[test]
+fn control_characters_in_the_endpoint_or_token_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let embed = ["embed", "--model", "org/tiny-bert", "x"];
+    for endpoint in [
+        "http://127.0.0.1:9/\u{1}x",
+        "http://127.0.0.1:9/a b",
+        "ftp://127.0.0.1:9",
+    ] {
+        let hf = Hf::new(tmp.path(), endpoint);
+        common::fails(&hf.run(&embed), "is not an http(s) address");
+    }
+    for token in [
+        "hf_secret\u{7}bell",
+        "hf_secret with space",
+        "hf_secret\u{1b}[31m",
+    ] {
+        let hf = Hf {
+            token: Some(token.to_string()),
+            ..Hf::new(tmp.path(), &dead_endpoint())
+        };
+        let out = hf.run(&embed);
+        common::fails(&out, "holds characters a token cannot have");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains("hf_secret"), "{all}");
+    }
+    assert!(
+        !tmp.path().join("hf").join("hub").exists(),
+        "nothing cached"
+    );
+}
+
 /// hf-hub names the blob after the ETag and the snapshot after X-Repo-Commit, and unwraps a
 /// redirect's Location: an endpoint whose headers disagree with its own file list is refused
 /// before anything is written, and never crashes the client.
