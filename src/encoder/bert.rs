@@ -1,7 +1,7 @@
 //! BERT, mirroring Hugging Face's `modeling_bert.BertModel` module for module, with the same
 //! parameter names, so HF checkpoints load into it and it saves checkpoints HF can load.
 use super::layers::ApplyDropout;
-use super::packing::Packing;
+use super::packing::{Layout, Packing};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -369,26 +369,24 @@ pub fn encode(
     unpadded: bool,
 ) -> Tensor {
     let mask = super::key_mask(attention_mask);
-    let packing = attention_mask
-        .filter(|m| unpadded && m.device() == tch::Device::Cpu)
-        .and_then(Packing::new);
-    let Some(pk) = packing else {
+    let mut slot = None;
+    let Layout::Packed(pk) = Layout::choose(attention_mask, unpadded, &mut slot) else {
         let mut xs = embeddings.forward(input_ids, token_type_ids, train);
         if let Some(p) = project {
             xs = p.forward(&xs);
         }
         return run_layers(layers, xs, mask.as_ref(), train, first_only);
     };
-    let mut xs = embeddings.forward_packed(input_ids, token_type_ids, &pk, train);
+    let mut xs = embeddings.forward_packed(input_ids, token_type_ids, pk, train);
     if let Some(p) = project {
         xs = p.forward(&xs);
     }
     let n = layers.len();
     for (i, layer) in layers.iter().enumerate() {
         if first_only && i + 1 == n {
-            return layer.forward_first_packed(&xs, &pk, mask.as_ref(), train);
+            return layer.forward_first_packed(&xs, pk, mask.as_ref(), train);
         }
-        xs = layer.forward_packed(&xs, &pk, mask.as_ref(), train);
+        xs = layer.forward_packed(&xs, pk, mask.as_ref(), train);
     }
     if first_only {
         // No layers: the embeddings' first tokens.
