@@ -377,6 +377,21 @@ impl BatchOrder {
                     }
                 }
             }
+            // An epoch sees every example once (all but the last partial batch's under
+            // --drop-last): an order that leaves examples out trains on another data set.
+            let covered = seen.iter().filter(|s| **s).count();
+            let want = n.min(steps_per_epoch * batch_size);
+            if covered != want {
+                return Err(bad(format!(
+                    "epoch {e} covers {covered} of the {n} training examples; an epoch's batches \
+                     cover {want} (each example once{})",
+                    if want < n {
+                        ", but the last partial batch dropped"
+                    } else {
+                        ""
+                    }
+                )));
+            }
         }
         Ok(())
     }

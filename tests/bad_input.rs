@@ -157,12 +157,27 @@ fn crlf_lines_train_and_a_10_mb_line_is_refused_or_skipped() {
     let data = sst_dir(tmp.path(), "odd", Some(body.as_bytes()));
     let out = tmp.path().join("run");
     // Tokenizing 10 MB would take ~2.3 GB before truncation: a text over 1 MiB is a bad row,
-    // and a line over 4 MiB is refused before the file is read into memory.
+    // and a line over 4 MiB is refused before the file is read into memory, with or without
+    // --skip-bad-rows (skipping it would mean reading it).
+    for extra in [None, Some("--skip-bad-rows")] {
+        let mut args = finetune_args(p(&model), p(&data), p(&out));
+        args.extend(extra);
+        fails(
+            &clsnorm(&args),
+            "train.tsv:4: the line is longer than 4 MiB (at most 1 MiB of text per field)",
+        );
+        assert!(!out.exists());
+    }
+    // A 2 MiB text on a line under 4 MiB is a bad row that --skip-bad-rows skips.
+    let long = "the movie was good ".repeat(2 * 1024 * 1024 / 19 + 1);
+    let body = format!(
+        "sentence\tlabel\r\nthe movie was good\t1\r\nthe movie was bad\t0\r\n{long}\t1\r\n"
+    );
+    let data = sst_dir(tmp.path(), "long", Some(body.as_bytes()));
     fails(
         &clsnorm(&finetune_args(p(&model), p(&data), p(&out))),
-        "train.tsv:4: the line is longer than 4 MiB (at most 1 MiB of text per field)",
+        "at most 1048576 bytes (1 MiB) per text",
     );
-    assert!(!out.exists());
     let mut args = finetune_args(p(&model), p(&data), p(&out));
     args.push("--skip-bad-rows");
     ok(&clsnorm(&args));

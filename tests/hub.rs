@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::hub_server::{dead_endpoint, HubRepo, HubServer};
+use common::hub_server::{dead_endpoint, Hostile, HubRepo, HubServer, LISTING};
 use common::Col;
 
 /// The test's own Hugging Face environment: HF_HOME under `root`, the stand-in's address.
@@ -16,6 +16,8 @@ struct Hf {
     endpoint: String,
     token: Option<String>,
     offline: bool,
+    /// More environment (timeouts, retries).
+    env: Vec<(String, String)>,
 }
 
 impl Hf {
@@ -25,6 +27,7 @@ impl Hf {
             endpoint: endpoint.to_string(),
             token: None,
             offline: false,
+            env: Vec::new(),
         }
     }
 
@@ -38,7 +41,13 @@ impl Hf {
             .env_remove("HF_TOKEN")
             .env_remove("HF_TOKEN_PATH")
             .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_HUB_DOWNLOAD_TIMEOUT")
+            .env_remove("HF_HUB_ETAG_TIMEOUT")
+            .env_remove("CLSNORM_HUB_RETRIES")
             .env_remove("GLUE_DIR");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         if let Some(t) = &self.token {
             c.env("HF_TOKEN", t);
         }
@@ -411,7 +420,11 @@ fn an_interrupted_or_damaged_download_is_never_trusted_and_a_rerun_completes_it(
         .unwrap()
         .sha256();
     let server = HubServer::start(repos);
-    let hf = Hf::new(root, &server.endpoint);
+    // No retries: the cut connection is not resumed within the run.
+    let hf = Hf {
+        env: vec![("CLSNORM_HUB_RETRIES".into(), "0".into())],
+        ..Hf::new(root, &server.endpoint)
+    };
     let folder = hf.cache().join("models--org--tiny-bert");
     let pointer = folder
         .join("snapshots")
@@ -503,80 +516,381 @@ fn control_characters_in_the_endpoint_or_token_are_refused() {
     );
 }
 
-/// hf-hub names the blob after the ETag and the snapshot after X-Repo-Commit, and unwraps a
-/// redirect's Location: an endpoint whose headers disagree with its own file list is refused
-/// before anything is written, and never crashes the client.
+/// The environment of a hostile-server case: short timeouts, one retry.
+fn impatient(root: &Path, endpoint: &str) -> Hf {
+    Hf {
+        env: vec![
+            ("HF_HUB_DOWNLOAD_TIMEOUT".into(), "1".into()),
+            ("HF_HUB_ETAG_TIMEOUT".into(), "1".into()),
+            ("CLSNORM_HUB_RETRIES".into(), "1".into()),
+        ],
+        ..Hf::new(root, endpoint)
+    }
+}
+
+/// Every file under `root`, and the entries of `root` itself (a link or folder made there).
+fn entries(root: &Path) -> Vec<PathBuf> {
+    let mut all = all_files(root);
+    all.extend(
+        std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    all
+}
+
+/// What appeared under `root` since `before`, outside the cache's `blobs/`, `snapshots/`,
+/// `refs/` and `.locks/` of `repo` (the folders holding them aside).
+fn written_outside(root: &Path, hf: &Hf, repo: &str, before: &[PathBuf]) -> Vec<PathBuf> {
+    let folder = hf.cache().join(repo);
+    let locks = hf.cache().join(".locks");
+    entries(root)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .filter(|p| {
+            !(p.starts_with(folder.join("blobs"))
+                || p.starts_with(folder.join("snapshots"))
+                || p.starts_with(folder.join("refs"))
+                || p.starts_with(&locks)
+                || p == &hf.home
+                || p == &hf.cache())
+        })
+        .collect()
+}
+
+/// No path comes from a header: whatever the ETag, X-Linked-Etag and X-Repo-Commit say
+/// (a path outside the cache, a user's file, nothing), blobs are named by the listing's
+/// hashes, the snapshot by its commit, and the bytes are checked against the listing.
 #[test]
-fn a_hostile_endpoint_cannot_name_paths_or_crash_the_client() {
+fn a_hostile_endpoint_cannot_name_paths_with_its_headers() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let server = HubServer::start(model_repos(root));
-    let h = |n: &str| (n.to_string(), String::new());
+    let victim = root.join("victim.txt");
+    std::fs::write(&victim, b"the user's own file").unwrap();
+    let v = victim.display().to_string();
     type Headers = Vec<(String, String)>;
-    let cases: [(&str, Headers, &str); 5] = [
-        // LFS file: the ETag of the redirect names a path outside the cache.
+    let cases: [(&str, Headers); 4] = [
         (
             "model.safetensors",
             vec![
                 ("X-Linked-Etag".into(), "\"../../../../escaped\"".into()),
                 ("ETag".into(), "\"../../../../escaped\"".into()),
+                ("X-Repo-Commit".into(), "../../../../escaped".into()),
             ],
-            "came with ETag \"../../../../escaped\"",
         ),
-        // Plain file: the commit names a path outside the cache.
         (
             "config.json",
-            vec![("X-Repo-Commit".into(), "../../../../escaped".into())],
-            "came from commit \"../../../../escaped\"",
+            vec![
+                ("ETag".into(), format!("\"{v}\"")),
+                ("X-Repo-Commit".into(), "../../../../escaped".into()),
+            ],
         ),
-        // No ETag at all.
-        ("config.json", vec![h("ETag")], "came with ETag (none)"),
-        // A redirect that does not say where to (hf-hub unwraps it).
         (
             "model.safetensors",
-            vec![h("Location")],
-            "without a Location",
+            vec![("X-Linked-Etag".into(), v.clone())],
         ),
-        // A relative redirect hf-hub cannot join to the endpoint.
         (
-            "model.safetensors",
-            vec![("Location".into(), "lfs/x".into())],
-            "not an absolute path or URL",
+            "config.json",
+            vec![
+                ("ETag".into(), String::new()),
+                ("X-Repo-Commit".into(), String::new()),
+            ],
         ),
     ];
-    for (i, (file, headers, want)) in cases.into_iter().enumerate() {
+    for (i, (file, headers)) in cases.into_iter().enumerate() {
+        let before = entries(root);
         let hf = Hf::new(&root.join(format!("case{i}")), &server.endpoint);
         server.with_faults(|f| {
             f.forged = [(file.to_string(), headers)].into_iter().collect();
         });
-        let out = hf.run(&["embed", "--model", "org/tiny-bert", "x"]);
+        common::ok(&hf.run(&["embed", "--model", "org/tiny-bert", "x"]));
+        let outside = written_outside(root, &hf, "models--org--tiny-bert", &before);
+        assert_eq!(outside, [root.join(format!("case{i}"))], "case {i}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"the user's own file");
+        assert!(!root.join("escaped").exists() && !hf.home.join("escaped").exists());
+    }
+}
+
+/// The token goes to the endpoint's host only: the file storage a redirect names never sees
+/// it (huggingface_hub's rule), and the download still completes there.
+#[test]
+fn the_storage_host_never_sees_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let server = HubServer::start(model_repos(root));
+    let hf = Hf {
+        token: Some("hf_storageSECRET".into()),
+        ..Hf::new(root, &server.endpoint)
+    };
+    common::ok(&hf.run(&["embed", "--model", "org/tiny-bert", "x"]));
+    let at_storage = server.storage_authorizations();
+    assert!(
+        !at_storage.is_empty(),
+        "LFS files come from the storage host"
+    );
+    assert!(at_storage.iter().all(Option::is_none), "{at_storage:?}");
+    assert!(server
+        .authorizations()
+        .contains(&Some("Bearer hf_storageSECRET".into())));
+}
+
+/// A server that says nothing, drips its headers or body, never ends a body, loops its
+/// redirects, points them elsewhere, or lies in Content-Range: each ends in an error naming
+/// the file and endpoint within a bounded time that the test measures, with nothing written
+/// beyond the listed size and nothing outside the cache.
+#[test]
+fn a_hostile_server_cannot_hold_flood_or_misdirect_a_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let server = HubServer::start(model_repos(root));
+    let model = "org/tiny-bert";
+    // One try takes at most twice the timeout for headers, or one timeout's span of a stalled
+    // body; two tries and a 1 s pause: 5 s. The bound leaves room for a loaded machine.
+    const BOUND_S: f64 = 30.0;
+    let cases: Vec<(&str, Hostile, &str)> = vec![
+        (
+            LISTING,
+            Hostile::Silent,
+            "stopped waiting: no answer within 1 s",
+        ),
+        (LISTING, Hostile::DripHeaders, "stopped waiting: no"),
+        (LISTING, Hostile::DripBody, "stopped waiting"),
+        (
+            LISTING,
+            Hostile::Endless,
+            "the answer is longer than 64.00 MiB",
+        ),
+        (
+            LISTING,
+            Hostile::RedirectTo("http://127.0.0.3:9/api".into()),
+            "redirected to another host",
+        ),
+        ("config.json", Hostile::Silent, "stopped waiting"),
+        ("config.json", Hostile::HeadersOnly, "stopped waiting"),
+        ("config.json", Hostile::DripBody, "stopped waiting"),
+        ("config.json", Hostile::Endless, "arrived damaged"),
+        (
+            "config.json",
+            Hostile::RedirectLoop,
+            "redirected more than 10 times",
+        ),
+        (
+            "config.json",
+            Hostile::RedirectTo("file:///etc/passwd".into()),
+            "only http(s)",
+        ),
+        (
+            "model.safetensors",
+            Hostile::Status {
+                code: 302,
+                headers: vec![],
+                times: usize::MAX,
+            },
+            "HTTP 302 without a Location",
+        ),
+        (
+            "storage:model.safetensors",
+            Hostile::DripBody,
+            "stopped waiting",
+        ),
+        (
+            "storage:model.safetensors",
+            Hostile::Endless,
+            "arrived damaged",
+        ),
+        (
+            "config.json",
+            Hostile::Status {
+                code: 429,
+                headers: vec![("Retry-After".into(), "3600".into())],
+                times: usize::MAX,
+            },
+            "asks to wait 3600 s before trying again",
+        ),
+        (
+            "config.json",
+            Hostile::Status {
+                code: 503,
+                headers: vec![],
+                times: usize::MAX,
+            },
+            "the Hub answered HTTP 503",
+        ),
+    ];
+    for (i, (key, hostile, want)) in cases.into_iter().enumerate() {
+        let before = entries(root);
+        let hf = impatient(&root.join(format!("case{i}")), &server.endpoint);
+        server.with_faults(|f| {
+            f.hostile = [(key.to_string(), hostile.clone())].into_iter().collect();
+        });
+        let asked = server.requests().len();
+        let start = std::time::Instant::now();
+        let out = hf.run(&["fetch", "--model", model]);
+        let took = start.elapsed().as_secs_f64();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        eprintln!("case {i} {key} {hostile:?}: {took:.1} s: {last}");
         common::fails(&out, want);
+        common::fails(&out, &server.endpoint);
+        assert!(took < BOUND_S, "case {i} {hostile:?}: {took:.1} s");
+        if key != LISTING {
+            let file = key.trim_start_matches("storage:");
+            common::fails(&out, &format!("{file} of model {model}"));
+        }
+        // Redirect loops end: at most 11 requests a try, two tries, and the files before.
+        assert!(server.requests().len() - asked < 40, "case {i}");
+        // Nothing past the listed sizes (the largest file is the weights).
+        let folder = hf.cache().join("models--org--tiny-bert");
+        let largest = std::fs::metadata(root.join("bert-src/model.safetensors"))
+            .unwrap()
+            .len();
+        for f in all_files(&folder) {
+            let len = std::fs::metadata(&f).unwrap().len();
+            assert!(len <= largest, "case {i}: {} is {len} bytes", f.display());
+        }
+        let outside = written_outside(root, &hf, "models--org--tiny-bert", &before);
+        let case = root.join(format!("case{i}"));
+        assert!(outside.iter().all(|p| p == &case), "case {i}: {outside:?}");
+    }
+
+    // Transient failures are tried again: 503 twice, 429 with a short Retry-After, a
+    // connection cut mid-file (resumed with a range request), then the honest answer.
+    let hf = Hf::new(&root.join("transient"), &server.endpoint);
+    server.with_faults(|f| {
+        f.hostile = [
+            (
+                LISTING.to_string(),
+                Hostile::Status {
+                    code: 503,
+                    headers: vec![],
+                    times: 2,
+                },
+            ),
+            (
+                "config.json".to_string(),
+                Hostile::Status {
+                    code: 429,
+                    headers: vec![("Retry-After".into(), "1".into())],
+                    times: 1,
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        f.cut.insert("model.safetensors".into());
+    });
+    common::ok(&hf.run(&["fetch", "--model", model]));
+    assert!(hf
+        .cache()
+        .join("models--org--tiny-bert/snapshots")
+        .read_dir()
+        .unwrap()
+        .next()
+        .is_some());
+
+    // A resumed download whose Content-Range does not continue it: refused, naming the
+    // header.
+    let hf = Hf {
+        env: vec![("CLSNORM_HUB_RETRIES".into(), "0".into())],
+        ..Hf::new(&root.join("range"), &server.endpoint)
+    };
+    server.with_faults(|f| {
+        f.hostile.clear();
+        f.cut.insert("model.safetensors".into());
+    });
+    common::fails(&hf.run(&["fetch", "--model", model]), "run again to resume");
+    server.with_faults(|f| {
+        f.hostile = [(
+            "storage:model.safetensors".to_string(),
+            Hostile::ContentRange("bytes 0-1/99999999999".into()),
+        )]
+        .into_iter()
+        .collect();
+    });
+    common::fails(
+        &hf.run(&["fetch", "--model", model]),
+        "the Content-Range header \"bytes 0-1/99999999999\" does not continue the download",
+    );
+    server.with_faults(|f| f.hostile.clear());
+    common::ok(&hf.run(&["fetch", "--model", model]));
+}
+
+/// The hub client's smaller weak spots: a token too long for a header, a GLUE task whose split
+/// is in many files (refused from the listing, before any download), cache entries that are
+/// not regular files.
+#[test]
+fn weak_spots_of_the_hub_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut repos = model_repos(root);
+    // GLUE whose RTE train split is in 204 files.
+    let glue = root.join("glue-many");
+    std::fs::create_dir_all(glue.join("rte")).unwrap();
+    for k in 0..204 {
+        std::fs::write(
+            glue.join(format!("rte/train-{k:05}-of-00204.parquet")),
+            format!("part {k}"),
+        )
+        .unwrap();
+    }
+    std::fs::write(glue.join("rte/validation-00000-of-00001.parquet"), "v").unwrap();
+    repos.push(HubRepo::from_dir("datasets", "nyu-mll/glue", 0xa2, &glue));
+    let server = HubServer::start(repos);
+
+    let long = Hf {
+        token: Some(format!("hf_{}", "x".repeat(5000))),
+        ..Hf::new(root, &server.endpoint)
+    };
+    let out = long.run(&["fetch", "--model", "org/tiny-bert"]);
+    common::fails(&out, "is 5003 bytes long; a token is at most 4096");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("xxxx"));
+
+    let hf = Hf::new(root, &server.endpoint);
+    let asked = server.requests().len();
+    common::fails(
+        &hf.run(&["fetch", "--task", "RTE"]),
+        "holds the train split in 204 parquet files; clsnorm reads one file per split",
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len() - asked, 1, "{:?}", &requests[asked..]);
+
+    // A FIFO as a blob, a snapshot entry linked to /dev/zero: errors naming them, online and
+    // offline, never "not in the cache" and never a read that blocks.
+    common::ok(&hf.run(&["fetch", "--model", "org/tiny-bert"]));
+    let folder = hf.cache().join("models--org--tiny-bert");
+    let snap = std::fs::read_dir(folder.join("snapshots"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let config = snap.join("config.json");
+    let blob = std::fs::canonicalize(&config).unwrap();
+    std::fs::remove_file(&blob).unwrap();
+    let fifo = std::ffi::CString::new(blob.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let offline = Hf {
+        offline: true,
+        ..Hf::new(root, &server.endpoint)
+    };
+    for h in [&hf, &offline] {
         common::fails(
-            &out,
-            &format!("{file} of model org/tiny-bert at {}", server.endpoint),
-        );
-        let blobs = hf.cache().join("models--org--tiny-bert").join("blobs");
-        let written: Vec<PathBuf> = all_files(root)
-            .into_iter()
-            .filter(|p| p.to_string_lossy().contains("escaped") || p.starts_with(&blobs))
-            .filter(|p| !p.to_string_lossy().ends_with(".lock"))
-            .collect();
-        // Only the files fetched before the refused one, each under its own hash.
-        assert!(
-            written.iter().all(|p| p.starts_with(&blobs)
-                && p.file_name().unwrap().len() >= 40
-                && !p.to_string_lossy().contains("escaped")),
-            "case {i}: {written:?}"
+            &h.run(&["embed", "--model", "org/tiny-bert", "x"]),
+            "is a FIFO, socket or device, not a regular file",
         );
     }
-    // The same endpoint, honest again: the download completes.
-    server.with_faults(|f| f.forged.clear());
-    common::ok(&Hf::new(&root.join("case0"), &server.endpoint).run(&[
-        "embed",
-        "--model",
-        "org/tiny-bert",
-        "x",
-    ]));
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::remove_file(&config).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+    for h in [&hf, &offline] {
+        common::fails(
+            &h.run(&["embed", "--model", "org/tiny-bert", "x"]),
+            "is a FIFO, socket or device, not a regular file",
+        );
+    }
 }
 
 #[test]

@@ -191,8 +191,23 @@ fn finished_runs_are_skipped_and_interrupted_ones_resumed() {
         std::fs::create_dir_all(run_dir(i)).unwrap();
         std::fs::write(run_dir(i).join("config.json"), "{}").unwrap();
     }
+    let summary = |interrupted: bool| {
+        serde_json::json!({
+            "task": "RTE", "primary_metric": "accuracy", "best_epoch": 1, "best_primary": 60.0,
+            "best_dev": [], "final_dev": [], "epochs": 1, "global_steps": 3, "wall_secs": 1.0,
+            "interrupted": interrupted,
+        })
+        .to_string()
+    };
+    // What `report` would refuse is no finished run for `sweep` either.
     std::fs::write(run_dir(0).join("summary.json"), r#"{"interrupted": false}"#).unwrap();
-    std::fs::write(run_dir(1).join("summary.json"), r#"{"interrupted": true}"#).unwrap();
+    let e = status(&run_dir(0)).unwrap_err().to_string();
+    assert!(
+        e.contains("summary.json") && e.contains("not a run summary"),
+        "{e}"
+    );
+    std::fs::write(run_dir(0).join("summary.json"), summary(false)).unwrap();
+    std::fs::write(run_dir(1).join("summary.json"), summary(true)).unwrap();
     assert_eq!(status(&run_dir(0)).unwrap(), RunStatus::Done);
     assert_eq!(status(&run_dir(1)).unwrap(), RunStatus::Interrupted);
     assert_eq!(status(&run_dir(2)).unwrap(), RunStatus::Pending);

@@ -755,4 +755,12 @@ fn a_replayed_batch_order_is_the_same_run_and_bad_orders_are_refused() {
         text.replacen("]", ",1,2,3,4,5,6,7,8,9]", 1),
         "--batch-size is 8",
     );
+    // The right number of batches, of one example each: most examples never seen.
+    bad(
+        "cover",
+        (0..2)
+            .flat_map(|e| (0..12).map(move |i| format!("{{\"epoch\": {e}, \"batch\": [{i}]}}\n")))
+            .collect(),
+        "epoch 0 covers 12 of the 96 training examples",
+    );
 }

@@ -147,6 +147,29 @@ pub fn glue_from_hub(task: &str, revision: &str) -> anyhow::Result<Located> {
             .iter()
             .any(|s| clsnorm::data::task::is_hub_glue_file(path, dir, s))
     };
+    // One file per split, as the reader takes them: decided from the listing, before any
+    // download.
+    let pick = |names: &[&str]| -> Result<Vec<String>, String> {
+        let mut files = Vec::new();
+        for split in &splits {
+            let of: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|p| clsnorm::data::task::is_hub_glue_file(p, dir, split))
+                .collect();
+            match of.len() {
+                1 => files.push(of[0].to_string()),
+                0 => return Err(format!("holds no {dir}/{split}-*.parquet file")),
+                n => {
+                    return Err(format!(
+                        "holds the {split} split in {n} parquet files; clsnorm reads one file \
+                         per split"
+                    ))
+                }
+            }
+        }
+        Ok(files)
+    };
     let complete = |snap: &Path| -> Option<Vec<String>> {
         let names: Vec<String> = std::fs::read_dir(snap.join(dir))
             .ok()?
@@ -167,7 +190,7 @@ pub fn glue_from_hub(task: &str, revision: &str) -> anyhow::Result<Located> {
         "GLUE {task} ({GLUE_DATASET}, {dir}/: {})",
         splits.join(", ")
     );
-    let found = clsnorm::hub::dataset(&env, &repo, &wanted, &complete, &what).map_err(|e| {
+    let found = clsnorm::hub::dataset(&env, &repo, &pick, &complete, &what).map_err(|e| {
         anyhow::anyhow!(
             "{e}\n(no --data-dir or GLUE_DIR was given, so clsnorm reads GLUE from the Hub; a \
              local GLUE folder works too: --data-dir DIR holding {task}/train.tsv)"

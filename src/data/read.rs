@@ -477,9 +477,9 @@ fn read_jsonl(bytes: &[u8], spec: &TaskSpec, rows: &mut Rows) -> Result<()> {
 pub const MAX_LINE_BYTES: usize = 4 << 20;
 
 /// Streams through `path` once, refusing it at the first line longer than [`MAX_LINE_BYTES`]
-/// (unless `refuse_long` is false: `--skip-bad-rows` skips such a row, whose text is over
-/// [`MAX_TEXT_BYTES`]) or past [`MAX_ROWS`] lines, before anything is held in memory.
-fn check_lines(path: &Path, refuse_long: bool) -> Result<()> {
+/// or past [`MAX_ROWS`] lines, before anything is held in memory. `--skip-bad-rows` does not
+/// skip such a line: it is no row of a data file, and skipping it would mean reading it.
+fn check_lines(path: &Path) -> Result<()> {
     use std::io::Read;
     let (f, _) = crate::fsread::open_regular(
         path,
@@ -497,7 +497,7 @@ fn check_lines(path: &Path, refuse_long: bool) -> Result<()> {
         let mut rest = &buf[..n];
         while let Some(at) = rest.iter().position(|&b| b == b'\n') {
             current += at;
-            if refuse_long && current > MAX_LINE_BYTES {
+            if current > MAX_LINE_BYTES {
                 break;
             }
             lines += 1;
@@ -505,7 +505,7 @@ fn check_lines(path: &Path, refuse_long: bool) -> Result<()> {
             rest = &rest[at + 1..];
         }
         current += rest.len();
-        if refuse_long && current > MAX_LINE_BYTES {
+        if current > MAX_LINE_BYTES {
             return Err(Error::Data {
                 path: path.to_path_buf(),
                 line: lines + 1,
@@ -555,7 +555,10 @@ fn parquet_label(
 ) -> std::result::Result<Option<String>, String> {
     use parquet::record::Field;
     let id = match field {
+        // NaN is how pandas and polars write a missing float label: no label, as null is.
         Field::Null => return Ok(None),
+        Field::Float(v) if v.is_nan() => return Ok(None),
+        Field::Double(v) if v.is_nan() => return Ok(None),
         Field::Byte(v) => Some(i64::from(*v)),
         Field::Short(v) => Some(i64::from(*v)),
         Field::Int(v) => Some(i64::from(*v)),
@@ -621,6 +624,19 @@ fn field_kind(f: &parquet::record::Field) -> &'static str {
     }
 }
 
+/// How much larger than its file a parquet file's rows may be. Text compresses 3-10x, and
+/// dictionary encoding of repeated values adds to that; a file expanding further is refused
+/// before it exhausts memory.
+const PARQUET_EXPANSION: u64 = 32;
+/// The least a parquet file may expand to, whatever its size.
+const PARQUET_MIN_BUDGET: u64 = 64 << 20;
+
+fn parquet_text_budget(file_bytes: usize) -> u64 {
+    (file_bytes as u64)
+        .saturating_mul(PARQUET_EXPANSION)
+        .max(PARQUET_MIN_BUDGET)
+}
+
 /// Rows of a parquet file: columns by name (or 0-based position), one row per record; a
 /// row's "line" is its 1-based row number.
 fn read_parquet(bytes: Vec<u8>, spec: &TaskSpec, rows: &mut Rows) -> Result<()> {
@@ -631,8 +647,28 @@ fn read_parquet(bytes: Vec<u8>, spec: &TaskSpec, rows: &mut Rows) -> Result<()> 
         path: path.to_path_buf(),
         msg,
     };
+    let budget = parquet_text_budget(bytes.len());
     let reader = SerializedFileReader::new(bytes::Bytes::from(bytes))
         .map_err(|e| bad_file(format!("not a parquet file that clsnorm can read: {e}")))?;
+    let bomb = |what: String| {
+        bad_file(format!(
+            "{what}, more than {budget} bytes ({PARQUET_EXPANSION}x the file's size, at least \
+             {} MiB): refused as a decompression bomb; a real dataset this large is split into \
+             several files",
+            PARQUET_MIN_BUDGET >> 20
+        ))
+    };
+    let declared: i64 = reader
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.total_byte_size().max(0))
+        .fold(0i64, i64::saturating_add);
+    if declared as u64 > budget {
+        return Err(bomb(format!(
+            "its row groups declare {declared} bytes uncompressed"
+        )));
+    }
     let meta = reader.metadata().file_metadata();
     if usize::try_from(meta.num_rows()).map_or(true, |n| n > MAX_ROWS) {
         return Err(bad_file(format!(
@@ -662,10 +698,26 @@ fn read_parquet(bytes: Vec<u8>, spec: &TaskSpec, rows: &mut Rows) -> Result<()> 
     let iter = reader
         .get_row_iter(Some(projection))
         .map_err(|e| bad_file(e.to_string()))?;
+    let mut materialised = 0u64;
     for (i, row) in iter.enumerate() {
         let line = i + 1;
         let row = row.map_err(|e| bad_file(format!("row {line}: {e}")))?;
         let fields: Vec<&Field> = row.get_column_iter().map(|(_, f)| f).collect();
+        // A dictionary page lets every row reference one long value: count what the rows
+        // become, not what the file holds.
+        materialised += fields
+            .iter()
+            .map(|f| match f {
+                Field::Str(s) => s.len() as u64,
+                Field::Bytes(b) => b.len() as u64,
+                _ => 8,
+            })
+            .sum::<u64>();
+        if materialised > budget {
+            return Err(bomb(format!(
+                "its first {line} rows hold {materialised} bytes"
+            )));
+        }
         let text_of = |col: usize, c: &Column| -> std::result::Result<String, String> {
             match fields.get(at(col)) {
                 Some(Field::Str(s)) => check_text(s, c),
@@ -718,7 +770,7 @@ pub struct RawFile {
 pub fn read_rows(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<RawFile> {
     use crate::fsread::{read_regular, Links, MAX_DATA_BYTES};
     if spec.format != Format::Parquet {
-        check_lines(path, !opts.skip_bad_rows)?;
+        check_lines(path)?;
     }
     let bytes = read_regular(path, MAX_DATA_BYTES, Links::Follow)?;
     let sha256 = crate::fsread::sha256_hex(&bytes);

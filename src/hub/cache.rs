@@ -162,6 +162,17 @@ pub fn find_model(cache: &Path, repo: &RepoRef, allow_pickle: bool) -> Result<Op
             )))
         }
     };
+    {
+        use crate::encoder::weights::{PICKLE_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
+        let mut names = vec![
+            "config.json",
+            SAFETENSORS_FILE,
+            SAFETENSORS_INDEX_FILE,
+            PICKLE_FILE,
+        ];
+        names.extend_from_slice(TOKENIZER_FILES);
+        check_entries(&dir, &names)?;
+    }
     let Some(files) = model_files(&dir, allow_pickle) else {
         return Ok(None);
     };
@@ -283,6 +294,7 @@ pub fn verify(folder: &Path, snap: &Path, files: &[String]) -> Result<()> {
     for f in files {
         let path = snap.join(f);
         let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+        regular(&path)?;
         if !meta.file_type().is_symlink() {
             continue;
         }
@@ -317,6 +329,39 @@ pub fn verify(folder: &Path, snap: &Path, files: &[String]) -> Result<()> {
                     ),
                 });
             }
+        }
+    }
+    Ok(())
+}
+
+/// `path` (through its links) must be a regular file: a FIFO would block the reader, a device
+/// would never end.
+fn regular(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_file() {
+        return Ok(());
+    }
+    let what = if meta.is_dir() {
+        "a folder"
+    } else {
+        "a FIFO, socket or device"
+    };
+    Err(Error::File {
+        path: path.to_path_buf(),
+        msg: format!(
+            "is {what}, not a regular file; a cache entry clsnorm will not read (delete it and \
+             fetch again)"
+        ),
+    })
+}
+
+/// Every entry of snapshot `dir` among `names` that is there but not a regular file: an
+/// error, not a file "missing from the cache".
+pub fn check_entries(dir: &Path, names: &[&str]) -> Result<()> {
+    for n in names {
+        let path = dir.join(n);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            regular(&path)?;
         }
     }
     Ok(())

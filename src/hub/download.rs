@@ -1,17 +1,20 @@
-//! Downloads from the Hub into the cache, through `hf-hub` (the client candle uses): it asks
-//! the endpoint for each file's commit and ETag, downloads into `blobs/ETAG.part` (resumed
-//! with a range request after an interruption), renames the blob into place and links
-//! `snapshots/COMMIT/FILE` to it, as `huggingface_hub` lays the cache out. On top of it,
-//! clsnorm fetches only the files a run reads, checks every downloaded file against the size
-//! and hash the Hub lists (sha256 for LFS files, the git object id for the others) before
-//! anything reads it, and names repository, file and endpoint in every error.
-use std::io::Read;
+//! Downloads from the Hub into the cache, over the Hub's plain HTTP API ([`super::http`]):
+//! one listing of the repository at a revision (`/api/.../revision/REV?blobs=true`) gives the
+//! commit and each file's size and hash; each file the run reads comes from
+//! `/ID/resolve/COMMIT/FILE` into `blobs/HASH.incomplete` (resumed with a range request
+//! after an interruption), is checked against the listed size and hash, renamed to
+//! `blobs/HASH` and linked from `snapshots/COMMIT/FILE`, as `huggingface_hub` lays the cache
+//! out. Every name in the cache comes from the validated listing, none from a header.
+//!
+//! Why not `hf-hub`: it builds cache paths from the ETag and X-Repo-Commit headers of a request
+//! clsnorm cannot see, sends the token to the storage host a redirect names, and has no
+//! timeouts, size bounds or redirect limit; the Hub's two endpoints above are all a run needs.
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use serde::Deserialize;
 
 use super::cache::{self, TOKENIZER_FILES};
+use super::http::{Client, Failure};
 use super::{is_commit, is_repo_file, HubEnv, HubSource, Located, RepoKind, RepoRef};
 use crate::error::{Error, Result};
 
@@ -19,8 +22,10 @@ use crate::error::{Error, Result};
 const MAX_LISTING_BYTES: u64 = 64 << 20;
 /// Most files one fetch downloads.
 const MAX_FILES: usize = 10_000;
-/// Most redirects within the endpoint followed when asking for a file's headers.
-const MAX_REDIRECTS: usize = 10;
+/// Largest file downloaded (the largest encoders' shards are a few GB).
+const MAX_FILE_BYTES: u64 = 64 << 30;
+/// Longest wait for another process downloading the same blob.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// A repository's files at one commit, as `GET /api/{models,datasets}/ID/revision/REV?blobs=true`
 /// lists them.
@@ -58,8 +63,9 @@ impl Listing {
 struct Fetch<'a> {
     env: &'a HubEnv,
     repo: &'a RepoRef,
-    api: ApiRepo,
+    client: Client,
     listing: Listing,
+    cache: PathBuf,
     folder: PathBuf,
 }
 
@@ -116,22 +122,22 @@ pub fn model(env: &HubEnv, cache: &Path, repo: &RepoRef, allow_pickle: bool) -> 
     Ok(f.located(snap))
 }
 
-/// Downloads the files of dataset `repo` that `wanted` picks into `cache`.
+/// Downloads the files of dataset `repo` that `pick` chooses from its listing into `cache`.
 pub fn dataset(
     env: &HubEnv,
     cache: &Path,
     repo: &RepoRef,
-    wanted: &dyn Fn(&str) -> bool,
+    pick: &super::PickFiles<'_>,
     what: &str,
 ) -> Result<Located> {
     let f = Fetch::open(env, cache, repo)?;
-    let files: Vec<String> = f
+    let names: Vec<&str> = f
         .listing
         .siblings
         .iter()
-        .map(|s| s.rfilename.clone())
-        .filter(|n| wanted(n))
+        .map(|s| s.rfilename.as_str())
         .collect();
+    let files = pick(&names).map_err(|msg| f.error(None, &format!("{msg} ({what})")))?;
     if files.is_empty() {
         return Err(f.error(None, &format!("has no files for {what}")));
     }
@@ -142,29 +148,17 @@ pub fn dataset(
 impl<'a> Fetch<'a> {
     /// The client for `repo` and its listing at the revision asked for.
     fn open(env: &'a HubEnv, cache: &Path, repo: &'a RepoRef) -> Result<Fetch<'a>> {
-        let hf_repo = hf_hub::Repo::with_revision(
-            repo.id.clone(),
-            match repo.kind {
-                RepoKind::Model => hf_hub::RepoType::Model,
-                RepoKind::Dataset => hf_hub::RepoType::Dataset,
-            },
-            repo.revision.clone(),
-        );
-        let api = ApiBuilder::from_cache(hf_hub::Cache::new(cache.to_path_buf()))
-            .with_endpoint(env.endpoint.clone())
-            .with_token(env.token().map(String::from))
-            .with_progress(false)
-            .with_user_agent("clsnorm", env!("CARGO_PKG_VERSION"))
-            .build()
-            .map_err(|e| Error::Invalid(format!("the Hub client: {e}")))?;
+        let client = Client::new(&env.endpoint, env.token(), env.limits)
+            .map_err(|e| Error::Invalid(format!("{e}: {}", env.endpoint)))?;
         let mut f = Fetch {
             env,
             repo,
-            api: api.repo(hf_repo),
+            client,
             listing: Listing {
                 sha: String::new(),
                 siblings: Vec::new(),
             },
+            cache: cache.to_path_buf(),
             folder: repo.folder(cache),
         };
         tracing::info!(
@@ -173,18 +167,17 @@ impl<'a> Fetch<'a> {
             repo.kind.word(),
             repo.display()
         );
-        let response = f
-            .api
-            .info_request()
-            .query("blobs", "true")
-            .call()
-            .map_err(|e| f.request_error(e, None))?;
-        let mut body = Vec::new();
-        response
-            .into_reader()
-            .take(MAX_LISTING_BYTES)
-            .read_to_end(&mut body)
-            .map_err(|e| f.error(None, &format!("reading the file list: {e}")))?;
+        // `refs/pr/1` is one path segment, as huggingface_hub quotes it.
+        let url = f.client.url(&format!(
+            "/api/{}/{}/revision/{}?blobs=true",
+            repo.kind.prefix(),
+            repo.id,
+            repo.revision.replace('/', "%2F")
+        ));
+        let body = f
+            .client
+            .get_small(&url, MAX_LISTING_BYTES)
+            .map_err(|e| f.failure(e, None))?;
         let listing: Listing = serde_json::from_slice(&body).map_err(|e| {
             f.error(
                 None,
@@ -229,8 +222,8 @@ impl<'a> Fetch<'a> {
         }
     }
 
-    /// Fetches `files` (those already in the snapshot and intact are kept); returns the
-    /// snapshot folder.
+    /// Fetches `files` (those already in the snapshot and intact are kept), then points
+    /// `refs/REVISION` at the commit; returns the snapshot folder.
     fn fetch_all(&self, files: &[String]) -> Result<PathBuf> {
         if files.len() > MAX_FILES {
             return Err(self.error(None, &format!("{} files; at most {MAX_FILES}", files.len())));
@@ -238,9 +231,19 @@ impl<'a> Fetch<'a> {
         for file in files {
             self.fetch(file)?;
         }
+        if self.repo.revision != self.listing.sha {
+            let path = self.folder.join("refs").join(&self.repo.revision);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            crate::atomic::write_bytes(&path, self.listing.sha.as_bytes())?;
+        }
         Ok(self.snapshot())
     }
 
+    /// One file: its blob named by the listed hash, downloaded into `blobs/HASH.incomplete`
+    /// (resumed on the next try), checked against the listed size and hash, renamed into
+    /// place, and linked from `snapshots/COMMIT/FILE`. No name comes from the server's headers.
     fn fetch(&self, file: &str) -> Result<()> {
         if !is_repo_file(file) {
             return Err(self.error(
@@ -269,147 +272,145 @@ impl<'a> Fetch<'a> {
                 ),
             });
         }
-        let size = sib.lfs.as_ref().map(|l| l.size).or(sib.size);
-        tracing::info!(
-            "downloading {file}{} of {} from {}",
-            size.map(|s| format!(" ({})", indicatif::HumanBytes(s)))
-                .unwrap_or_default(),
-            self.repo.display(),
-            self.env.endpoint
-        );
-        self.check_headers(file, sib)?;
-        // hf-hub unwraps a few things an endpoint controls; the headers were checked above,
-        // and whatever else it may panic on becomes this file's error, not a crash.
-        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.api.download_with_progress(file, Bar::new())
-        }))
-        .map_err(|_| self.error(Some(file), "could not be downloaded: the Hub client failed"))?
-        .map_err(|e| self.api_error(e, file))?;
-        if got != pointer {
+        let Some(hash) = listed_hash(sib) else {
+            return Err(self.error(
+                Some(file),
+                "is listed without a sha256 or git object id (lfs.sha256, blobId); is \
+                 HF_ENDPOINT a Hub?",
+            ));
+        };
+        let Some(size) = sib.lfs.as_ref().map(|l| l.size).or(sib.size) else {
+            return Err(self.error(
+                Some(file),
+                "is listed without a size; is HF_ENDPOINT a Hub?",
+            ));
+        };
+        if size > MAX_FILE_BYTES {
             return Err(self.error(
                 Some(file),
                 &format!(
-                    "came from another commit ({}) than the one listed ({}): the revision moved \
-                     while downloading; run again",
-                    got.parent()
-                        .and_then(|p| p.file_name())
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    self.listing.sha
+                    "is listed at {size} bytes; at most {MAX_FILE_BYTES} a file are downloaded"
                 ),
             ));
         }
-        if let Err(msg) = check(&got, sib) {
-            // Both were written by this download: remove them, so nothing trusts the bytes.
-            if let Ok(blob) = std::fs::canonicalize(&got) {
-                let _ = std::fs::remove_file(blob);
-            }
-            let _ = std::fs::remove_file(&got);
+        let blobs = self.folder.join("blobs");
+        let blob = blobs.join(&hash);
+        let _lock = self.lock(file, &hash)?;
+        if blob.is_file() && check(&blob, sib).is_ok() {
+            // Another revision (or process) brought the same bytes.
+            return self.link(file, &hash);
+        }
+        std::fs::create_dir_all(&blobs).map_err(|e| Error::io(&blobs, e))?;
+        let part = blobs.join(format!("{hash}.incomplete"));
+        tracing::info!(
+            "downloading {file} ({}) of {} from {}",
+            indicatif::HumanBytes(size),
+            self.repo.display(),
+            self.env.endpoint
+        );
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&part)
+            .map_err(|e| Error::io(&part, e))?;
+        let bar = progress_bar(file);
+        let url = self.client.url(&format!(
+            "/{}{}/resolve/{}/{file}",
+            match self.repo.kind {
+                RepoKind::Model => "",
+                RepoKind::Dataset => "datasets/",
+            },
+            self.repo.id,
+            self.listing.sha
+        ));
+        let got = self.client.download(&url, &mut out, size, &|have, total| {
+            bar.set_length(total);
+            bar.set_position(have);
+        });
+        bar.finish_and_clear();
+        drop(out);
+        got.map_err(|e| self.failure(e, Some(file)))?;
+        if let Err(msg) = check(&part, sib) {
+            // Written by this download under the listed hash: nothing may trust these bytes.
+            let _ = std::fs::remove_file(&part);
             return Err(self.error(
                 Some(file),
                 &format!("arrived damaged ({msg}); removed it: run again"),
             ));
         }
-        Ok(())
+        std::fs::rename(&part, &blob).map_err(|e| Error::io(&blob, e))?;
+        self.link(file, &hash)
     }
 
-    /// Asks the endpoint for `file`'s headers as hf-hub does before downloading (bytes 0-0,
-    /// redirects within the endpoint followed) and requires what hf-hub builds paths from to
-    /// be the listing's: the ETag (the blob's file name) the listed hash and X-Repo-Commit (the
-    /// snapshot's folder name) the listed commit; a redirect must say where to (hf-hub
-    /// unwraps its Location). A broken or hostile endpoint so cannot make hf-hub write outside
-    /// the repository's cache folder. (An endpoint that answers hf-hub's identical request
-    /// otherwise is trusted that far, as `huggingface_hub` trusts it.)
-    fn check_headers(&self, file: &str, sib: &Sibling) -> Result<()> {
-        let Some(want) = listed_hash(sib) else {
-            return Err(self.error(
-                Some(file),
-                "is listed without a hash (blobId or lfs.sha256); is HF_ENDPOINT a Hub?",
-            ));
-        };
-        let agent = ureq::AgentBuilder::new()
-            .try_proxy_from_env(true)
-            .redirects(0)
-            .user_agent(concat!("clsnorm/", env!("CARGO_PKG_VERSION")))
-            .build();
-        let mut url = self.api.url(file);
-        let mut answer = None;
-        for _ in 0..MAX_REDIRECTS {
-            let mut request = agent.get(&url).set("Range", "bytes=0-0");
-            if let Some(t) = self.env.token() {
-                request = request.set("Authorization", &format!("Bearer {t}"));
-            }
-            let r = request
-                .call()
-                .map_err(|e| self.request_error(e, Some(file)))?;
-            if !(300..400).contains(&r.status()) {
-                answer = Some(r);
-                break;
-            }
-            let Some(location) = r.header("Location") else {
-                return Err(self.error(
-                    Some(file),
-                    &format!(
-                        "was answered HTTP {} without a Location; is HF_ENDPOINT a Hub?",
-                        r.status()
-                    ),
-                ));
-            };
-            if location.contains("://") {
-                // Elsewhere (the Hub's file storage): hf-hub reads the headers of this answer.
-                answer = Some(r);
-                break;
-            }
-            match (location.strip_prefix('/'), origin(&url)) {
-                (Some(path), Some(origin)) if !path.starts_with('/') => {
-                    url = format!("{origin}/{path}");
+    /// `snapshots/COMMIT/FILE` as a relative link to `blobs/HASH`, put in place by a rename.
+    fn link(&self, file: &str, hash: &str) -> Result<()> {
+        let pointer = self.snapshot().join(file);
+        let parent = pointer.parent().unwrap_or(&self.folder);
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let up = "../".repeat(file.matches('/').count() + 2);
+        let target = PathBuf::from(format!("{up}blobs/{hash}"));
+        let tmp = parent.join(format!(
+            ".{}.link-{}",
+            pointer
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        let made = symlink(&target, &tmp).and_then(|()| std::fs::rename(&tmp, &pointer));
+        made.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(&pointer, e)
+        })
+    }
+
+    /// Holds `.locks/REPO_FOLDER/HASH.lock` (as huggingface_hub does), waiting a bounded time
+    /// for another process downloading the same blob.
+    fn lock(&self, file: &str, hash: &str) -> Result<std::fs::File> {
+        let dir = self.cache.join(".locks").join(
+            self.folder
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_default(),
+        );
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let path = dir.join(format!("{hash}.lock"));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let start = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => return Ok(lock),
+                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
+                    if !said {
+                        tracing::warn!(
+                            "another process is downloading {file} of {}; waiting for it",
+                            self.repo.display()
+                        );
+                        said = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(250));
                 }
-                _ => {
+                Err(std::fs::TryLockError::WouldBlock) => {
                     return Err(self.error(
                         Some(file),
                         &format!(
-                            "was redirected to {}, not an absolute path or URL; is HF_ENDPOINT                              a Hub?",
-                            crate::excerpt::quoted(location)
+                            "is being downloaded by another process (lock {}) for over {} \
+                             min; run again when it is done",
+                            path.display(),
+                            LOCK_WAIT.as_secs() / 60
                         ),
                     ))
                 }
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
             }
         }
-        let Some(r) = answer else {
-            return Err(self.error(
-                Some(file),
-                &format!("was redirected more than {MAX_REDIRECTS} times"),
-            ));
-        };
-        let etag = r
-            .header("X-Linked-Etag")
-            .or_else(|| r.header("ETag"))
-            .map(|e| e.replace('"', "").to_ascii_lowercase());
-        if etag.as_deref() != Some(want.as_str()) {
-            return Err(self.error(
-                Some(file),
-                &format!(
-                    "came with ETag {}, not the hash the file list gives ({want}); is HF_ENDPOINT                      a Hub?",
-                    etag.as_deref()
-                        .map(crate::excerpt::quoted)
-                        .unwrap_or_else(|| "(none)".into())
-                ),
-            ));
-        }
-        let commit = r.header("X-Repo-Commit");
-        if commit != Some(self.listing.sha.as_str()) {
-            return Err(self.error(
-                Some(file),
-                &format!(
-                    "came from commit {}, not the listed {}: the revision moved, or HF_ENDPOINT                      is not a Hub; run again",
-                    commit
-                        .map(crate::excerpt::quoted)
-                        .unwrap_or_else(|| "(none)".into()),
-                    self.listing.sha
-                ),
-            ));
-        }
-        Ok(())
     }
 
     fn what(&self, file: Option<&str>) -> String {
@@ -424,10 +425,21 @@ impl<'a> Fetch<'a> {
         Error::Invalid(format!("{} {msg}", self.what(file)))
     }
 
-    fn request_error(&self, e: ureq::Error, file: Option<&str>) -> Error {
+    /// A request's failure, said with what was asked for and what the user can do.
+    fn failure(&self, e: Failure, file: Option<&str>) -> Error {
         let what = self.what(file);
+        let resume = match file {
+            Some(_) => format!(
+                "; what arrived is kept in {}/*.incomplete: run again to resume",
+                self.folder.join("blobs").display()
+            ),
+            None => String::new(),
+        };
+        let tries = self.env.limits.retries + 1;
+        let offline = "; where the Hub cannot be reached, set HF_HUB_OFFLINE=1 to use only the \
+                       cache, and fetch where it can";
         Error::Invalid(match e {
-            ureq::Error::Status(401 | 403, _) => format!(
+            Failure::Status(401 | 403) => format!(
                 "{what}: access denied (HTTP 401/403): a gated or private repository needs a \
                  token with access to it: {} (the Hub also answers so for a repository that \
                  does not exist)",
@@ -438,7 +450,7 @@ impl<'a> Fetch<'a> {
                     "set HF_TOKEN, or run `huggingface-cli login`"
                 }
             ),
-            ureq::Error::Status(404, _) => match file {
+            Failure::Status(404) => match file {
                 Some(_) => format!(
                     "{what}: no such file at revision {} (HTTP 404)",
                     self.repo.revision
@@ -448,65 +460,51 @@ impl<'a> Fetch<'a> {
                      @REVISION"
                 ),
             },
-            ureq::Error::Status(code, _) => format!("{what}: the Hub answered HTTP {code}"),
-            ureq::Error::Transport(t) => format!(
-                "{what}: cannot reach the Hub ({t}); offline, set HF_HUB_OFFLINE=1 to use only \
-                 the cache, and fetch where the Hub is reachable"
+            Failure::Status(code @ (429 | 500..=599)) => {
+                format!("{what}: the Hub answered HTTP {code} (tried {tries} times){resume}")
+            }
+            Failure::Status(code) => format!("{what}: the Hub answered HTTP {code}{resume}"),
+            Failure::Later(m) => format!("{what}: {m}"),
+            Failure::Unreachable(m) if file.is_none() => {
+                format!("{what}: cannot reach the Hub ({m}; tried {tries} times){offline}")
+            }
+            Failure::Unreachable(m) => {
+                format!("{what}: stopped downloading ({m}; tried {tries} times){resume}{offline}")
+            }
+            Failure::Stalled(m) => format!(
+                "{what}: stopped waiting: {m} (tried {tries} times; HF_HUB_DOWNLOAD_TIMEOUT and \
+                 HF_HUB_ETAG_TIMEOUT set the wait, CLSNORM_HUB_RETRIES the tries){resume}{offline}"
             ),
+            Failure::Redirect(m) => format!("{what}: {m}; is HF_ENDPOINT a Hub?"),
+            Failure::Malformed(m) => format!("{what}: {m}; is HF_ENDPOINT a Hub?{resume}"),
+            Failure::Local(io) => format!("{what}: stopped downloading ({io}){resume}",),
         })
     }
+}
 
-    fn api_error(&self, e: ApiError, file: &str) -> Error {
-        match e {
-            ApiError::RequestError(e) => self.request_error(*e, Some(file)),
-            ApiError::TooManyRetries(e) => self.api_error(*e, file),
-            ApiError::IoError(io) => self.error(
-                Some(file),
-                &format!(
-                    "stopped downloading ({io}); what arrived is kept in {}/*.part, not used: run \
-                     again to resume",
-                    self.folder.join("blobs").display()
-                ),
-            ),
-            ApiError::MissingHeader(h) | ApiError::InvalidHeader(h) => self.error(
-                Some(file),
-                &format!("the server sent no usable {h} header; is HF_ENDPOINT a Hub?"),
-            ),
-            ApiError::InvalidResume => self.error(
-                Some(file),
-                &format!(
-                    "a partial download in {} is longer than the file: delete its .part file \
-                     and run again",
-                    self.folder.join("blobs").display()
-                ),
-            ),
-            ApiError::LockAcquisition(p) => self.error(
-                Some(file),
-                &format!(
-                    "is being downloaded by another process (lock {}); run again when it is done",
-                    p.display()
-                ),
-            ),
-            other => self.error(Some(file), &other.to_string()),
-        }
+fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(target, link)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (target, link);
+        Err(std::io::Error::other("the cache needs symbolic links"))
     }
 }
 
 /// The hash the listing gives for a file (sha256 for LFS files, the git object id for the
-/// others), lowercase: the name of its blob in the cache.
+/// others), lowercase: the name of its blob in the cache. `None` unless it is one (64 or 40
+/// hex digits), so a listing cannot name a path.
 fn listed_hash(sib: &Sibling) -> Option<String> {
-    match (&sib.lfs, &sib.blob_id) {
-        (Some(lfs), _) => Some(lfs.sha256.to_ascii_lowercase()),
-        (None, Some(id)) => Some(id.to_ascii_lowercase()),
-        _ => None,
-    }
-}
-
-/// `scheme://host[:port]` of `url`.
-fn origin(url: &str) -> Option<&str> {
-    let start = url.find("://")? + 3;
-    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
-    Some(&url[..end])
+    let hash = match (&sib.lfs, &sib.blob_id) {
+        (Some(lfs), _) => lfs.sha256.to_ascii_lowercase(),
+        (None, Some(id)) => id.to_ascii_lowercase(),
+        _ => return None,
+    };
+    let want = if sib.lfs.is_some() { 64 } else { 40 };
+    (hash.len() == want && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
 }
 
 /// `path` against the listing: its size, and its hash where the Hub gives one.
@@ -530,30 +528,13 @@ fn check(path: &Path, sib: &Sibling) -> std::result::Result<(), String> {
 }
 
 /// A download's progress bar on stderr (hidden when stderr is not a terminal).
-struct Bar(indicatif::ProgressBar);
-
-impl Bar {
-    fn new() -> Bar {
-        let bar = indicatif::ProgressBar::new(0);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ) {
-            bar.set_style(style);
-        }
-        Bar(bar)
+fn progress_bar(file: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
     }
-}
-
-impl hf_hub::api::Progress for Bar {
-    fn init(&mut self, size: usize, filename: &str) {
-        self.0.set_length(size as u64);
-        self.0.set_position(0);
-        self.0.set_message(crate::excerpt::quoted(filename));
-    }
-    fn update(&mut self, size: usize) {
-        self.0.inc(size as u64);
-    }
-    fn finish(&mut self) {
-        self.0.finish_and_clear();
-    }
+    bar.set_message(crate::excerpt::quoted(file));
+    bar
 }

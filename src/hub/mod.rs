@@ -4,10 +4,12 @@
 //!
 //! The environment is the one the Hugging Face libraries read: `HF_ENDPOINT`, `HF_TOKEN` (or
 //! the token file `huggingface-cli login` writes), `HF_HUB_OFFLINE`, `HF_HOME` /
-//! `HF_HUB_CACHE`. The token goes into request headers only: it is never printed, logged or
-//! written anywhere.
+//! `HF_HUB_CACHE`, `HF_HUB_DOWNLOAD_TIMEOUT`, `HF_HUB_ETAG_TIMEOUT` (and clsnorm's own
+//! `CLSNORM_HUB_RETRIES`). The token goes into request headers to the endpoint's host only:
+//! it is never sent elsewhere, printed, logged or written anywhere.
 pub mod cache;
 pub mod download;
+pub mod http;
 
 use std::path::{Path, PathBuf};
 
@@ -137,6 +139,8 @@ pub struct HubEnv {
     pub endpoint: String,
     /// `HF_HUB_OFFLINE`: the cache only, no network.
     pub offline: bool,
+    /// Timeouts and retries of every request.
+    pub limits: http::Limits,
     token: Option<String>,
 }
 
@@ -146,6 +150,7 @@ impl std::fmt::Debug for HubEnv {
             .field("cache", &self.cache)
             .field("endpoint", &self.endpoint)
             .field("offline", &self.offline)
+            .field("limits", &self.limits)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .finish()
     }
@@ -175,16 +180,31 @@ impl HubEnv {
         let cache = cache::cache_dir(&var);
         let token = match var("HF_TOKEN").filter(|t| !t.trim().is_empty()) {
             Some(t) => Some(t),
-            None => {
-                token_file(&var).and_then(|p| crate::fsread::read_text(&p, MAX_TOKEN_BYTES).ok())
-            }
+            None => match token_file(&var) {
+                Some(p) if p.exists() => {
+                    Some(crate::fsread::read_text(&p, MAX_TOKEN_BYTES).map_err(|e| {
+                        Error::Invalid(format!(
+                            "the Hugging Face token file cannot be read ({e}); a token is at \
+                             most {MAX_TOKEN_BYTES} bytes"
+                        ))
+                    })?)
+                }
+                _ => None,
+            },
         }
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty());
         if let Some(t) = &token {
-            // A header value cannot carry these; ureq would fail with a message that could
-            // show the value.
-            if t.len() as u64 > MAX_TOKEN_BYTES || !t.chars().all(|c| c.is_ascii_graphic()) {
+            // A header value cannot carry these; an HTTP client's error could show the value,
+            // so the message names neither.
+            if t.len() as u64 > MAX_TOKEN_BYTES {
+                return Err(Error::Invalid(format!(
+                    "HF_TOKEN (or the Hugging Face token file) is {} bytes long; a token is at \
+                     most {MAX_TOKEN_BYTES}",
+                    t.len()
+                )));
+            }
+            if !t.chars().all(|c| c.is_ascii_graphic()) {
                 return Err(Error::Invalid(
                     "HF_TOKEN (or the Hugging Face token file) holds characters a token cannot \
                      have"
@@ -192,10 +212,12 @@ impl HubEnv {
                 ));
             }
         }
+        let limits = http::Limits::from_env(&var).map_err(Error::Invalid)?;
         Ok(HubEnv {
             cache,
             endpoint,
             offline,
+            limits,
             token,
         })
     }
@@ -314,13 +336,18 @@ pub fn model(spec: &Path, env: &HubEnv, allow_pickle: bool) -> Result<Located> {
     download::model(env, cache, &repo, allow_pickle)
 }
 
-/// The files of dataset `repo` that `wanted` picks (paths inside the repo), from the cache
-/// when `complete` finds in its snapshot all it needs, else (unless offline) downloaded.
-/// `what` names the data in messages.
+/// Chooses the files to fetch from a repository listing's file names, or says why the listing
+/// lacks what is needed.
+pub type PickFiles<'a> = dyn Fn(&[&str]) -> std::result::Result<Vec<String>, String> + 'a;
+
+/// The files of dataset `repo` that `pick` chooses from its listing (paths inside the repo;
+/// an error says why the listing does not hold what is needed, before anything is
+/// downloaded), from the cache when `complete` finds in its snapshot all it needs, else
+/// (unless offline) downloaded. `what` names the data in messages.
 pub fn dataset(
     env: &HubEnv,
     repo: &RepoRef,
-    wanted: &dyn Fn(&str) -> bool,
+    pick: &PickFiles<'_>,
     complete: &dyn Fn(&Path) -> Option<Vec<String>>,
     what: &str,
 ) -> Result<Located> {
@@ -336,5 +363,5 @@ pub fn dataset(
             repo.folder(cache).display()
         )));
     }
-    download::dataset(env, cache, repo, wanted, what)
+    download::dataset(env, cache, repo, pick, what)
 }

@@ -130,6 +130,7 @@ impl Normalizer for IsoBn {
     fn check_state(&self) -> std::result::Result<(), String> {
         // running_std is an average of standard deviations: never negative.
         super::check_variances("normalizer.running_std", &self.std)?;
+        super::check_tracked("normalizer.num_batches_tracked", &self.steps, &self.cov)?;
         super::check_covariance("normalizer.running_cov", &self.cov)
     }
 

@@ -64,6 +64,30 @@ pub(crate) fn check_variances(name: &str, v: &Tensor) -> std::result::Result<(),
     Ok(())
 }
 
+/// A batch count and covariance that training could have produced together: the count a
+/// whole number from 0, and after any batch a covariance that is not all zeros (training on
+/// [CLS] vectors that differ never gives one; whitening would divide by its epsilon alone).
+pub(crate) fn check_tracked(
+    name: &str,
+    steps: &Tensor,
+    cov: &Tensor,
+) -> std::result::Result<(), String> {
+    tch::no_grad(|| {
+        let n = steps.double_value(&[]);
+        if !(n.is_finite() && n >= 0.0 && n.fract() == 0.0) {
+            return Err(format!(
+                "the saved `{name}` is {n}; a count of batches is a whole number from 0"
+            ));
+        }
+        if n > 0.0 && cov.abs().max().double_value(&[]) == 0.0 {
+            return Err(format!(
+                "the saved covariance is all zeros after {n} batches; training never gives that"
+            ));
+        }
+        Ok(())
+    })
+}
+
 /// A covariance matrix that training could have produced: symmetric and positive
 /// semi-definite up to rounding (its smallest eigenvalue above -1e-4 of its largest).
 pub(crate) fn check_covariance(name: &str, c: &Tensor) -> std::result::Result<(), String> {

@@ -98,6 +98,7 @@ impl Whiten {
 
 impl Normalizer for Whiten {
     fn check_state(&self) -> std::result::Result<(), String> {
+        super::check_tracked("normalizer.num_batches_tracked", &self.steps, &self.cov)?;
         super::check_covariance("normalizer.running_cov", &self.cov)
     }
 

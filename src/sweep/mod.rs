@@ -582,26 +582,13 @@ pub fn status(dir: &Path) -> Result<RunStatus> {
     if crate::rundir::is_locked(dir) {
         return Ok(RunStatus::Running);
     }
-    /// All that the status needs of `summary.json`.
-    #[derive(Deserialize)]
-    struct Finished {
-        interrupted: bool,
-    }
     let layout = crate::rundir::Layout::new(dir);
     let path = layout.summary();
-    if std::fs::symlink_metadata(&path).is_ok() {
-        let bytes = crate::fsread::read_regular(
-            &path,
-            crate::fsread::MAX_SMALL_BYTES,
-            crate::fsread::Links::Follow,
-        )?;
-        let s: Finished = serde_json::from_slice(&bytes).map_err(|e| Error::File {
-            path: path.clone(),
-            msg: format!("not a run summary (corrupt?): {e}"),
-        })?;
-        if !s.interrupted {
-            return Ok(RunStatus::Done);
-        }
+    // The whole summary, as `report` reads it: a run `sweep` calls done is one it can report.
+    if std::fs::symlink_metadata(&path).is_ok()
+        && !crate::rundir::records::Summary::read(&path)?.interrupted
+    {
+        return Ok(RunStatus::Done);
     }
     Ok(if layout.config().is_file() {
         RunStatus::Interrupted

@@ -42,7 +42,8 @@ fn sbatch_word(what: &str, value: &str) -> Result<()> {
         .find(|c| c.is_whitespace() || c.is_control() || "\"'\\#`$".contains(*c));
     if value.is_empty() || bad.is_some() {
         return Err(Error::Invalid(format!(
-            "{what} {}: an #SBATCH line cannot carry {}; use a value without spaces, quotes,              `#`, `$`, backslashes or control characters",
+            "{what} {}: an #SBATCH line cannot carry {}; use a value without spaces, quotes, \
+             `#`, `$`, backslashes or control characters",
             crate::excerpt::quoted(value),
             match bad {
                 Some(c) => format!("the character {c:?}"),

@@ -1,7 +1,8 @@
 //! A Hugging Face Hub stand-in on 127.0.0.1 for the tests: the endpoints and headers the
 //! Hub client uses (repository listing with blobs, `resolve` with ETag and commit headers,
-//! LFS files redirected to another path, range requests), gated repositories, and faults
-//! (a connection closed mid-file, damaged bytes, a listed file that is missing).
+//! LFS files redirected to file storage on another host, 127.0.0.2, as huggingface.co's is,
+//! range requests), gated repositories, and faults (a connection closed mid-file, damaged
+//! bytes, a listed file that is missing) and hostile answers ([`Hostile`]).
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -96,17 +97,54 @@ pub struct Faults {
     /// Headers of the file's `resolve` answer replaced (an empty value removes the header),
     /// on every request: a hostile or broken endpoint.
     pub forged: HashMap<String, Vec<(String, String)>>,
+    /// Hostile answers by file path, or [`LISTING`] for the repository listing, on the
+    /// endpoint's `resolve`, or `storage:FILE` for the storage host's answer.
+    pub hostile: HashMap<String, Hostile>,
+}
+
+/// The key of [`Faults::hostile`] for the repository listing.
+pub const LISTING: &str = "<listing>";
+
+/// A server that does not answer as a Hub does. Each loop is bounded in time and bytes and
+/// ends when the client hangs up.
+#[derive(Clone, Debug)]
+pub enum Hostile {
+    /// Reads the request and says nothing (for at most 60 s).
+    Silent,
+    /// Sends the status line and headers one byte a second.
+    DripHeaders,
+    /// Sends headers promising the body, then the body one byte a second.
+    DripBody,
+    /// Sends headers promising the body, then nothing.
+    HeadersOnly,
+    /// A body without end (no length; at most 1 GiB).
+    Endless,
+    /// A relative redirect to itself.
+    RedirectLoop,
+    /// A redirect to this Location (on every request).
+    RedirectTo(String),
+    /// This status, with these headers, the first `times` requests; then the honest answer.
+    Status {
+        code: u16,
+        headers: Vec<(String, String)>,
+        times: usize,
+    },
+    /// The honest file, with `Content-Range` replaced by this value on range requests.
+    ContentRange(String),
 }
 
 struct State {
     repos: Vec<HubRepo>,
     faults: Faults,
-    log: Vec<(String, Option<String>)>,
+    /// (host, path, Authorization header) of each request.
+    log: Vec<(String, String, Option<String>)>,
 }
 
-/// The running stand-in; its thread lives as long as the test process.
+/// The running stand-in; its threads live as long as the test process.
 pub struct HubServer {
     pub endpoint: String,
+    /// The file storage LFS files are redirected to: another host, as the Hub's is.
+    pub storage: String,
     state: Arc<Mutex<State>>,
 }
 
@@ -114,21 +152,42 @@ impl HubServer {
     pub fn start(repos: Vec<HubRepo>) -> HubServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let storage_listener = TcpListener::bind("127.0.0.2:0").unwrap();
+        let storage = format!("http://{}", storage_listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State {
             repos,
             faults: Faults::default(),
             log: Vec::new(),
         }));
-        let (st, ep) = (state.clone(), endpoint.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (st, ep) = (st.clone(), ep.clone());
-                std::thread::spawn(move || {
-                    let _ = serve(conn, &st, &ep);
-                });
-            }
-        });
-        HubServer { endpoint, state }
+        for (l, host) in [
+            (listener, endpoint.clone()),
+            (storage_listener, storage.clone()),
+        ] {
+            let (st, storage) = (state.clone(), storage.clone());
+            std::thread::spawn(move || {
+                for conn in l.incoming().flatten() {
+                    let (st, host, storage) = (st.clone(), host.clone(), storage.clone());
+                    std::thread::spawn(move || {
+                        let _ = serve(conn, &st, &host, &storage);
+                    });
+                }
+            });
+        }
+        HubServer {
+            endpoint,
+            storage,
+            state,
+        }
+    }
+
+    /// Authorization headers the storage host received.
+    pub fn storage_authorizations(&self) -> Vec<Option<String>> {
+        let st = self.state.lock().unwrap();
+        st.log
+            .iter()
+            .filter(|(h, ..)| *h == self.storage)
+            .map(|(.., a)| a.clone())
+            .collect()
     }
 
     pub fn with_faults(&self, f: impl FnOnce(&mut Faults)) {
@@ -142,7 +201,7 @@ impl HubServer {
             .unwrap()
             .log
             .iter()
-            .map(|(p, _)| p.clone())
+            .map(|(_, p, _)| p.clone())
             .collect()
     }
 
@@ -153,7 +212,7 @@ impl HubServer {
             .unwrap()
             .log
             .iter()
-            .map(|(_, a)| a.clone())
+            .map(|(.., a)| a.clone())
             .collect()
     }
 }
@@ -185,7 +244,73 @@ fn respond(
     conn.flush()
 }
 
-fn serve(mut conn: TcpStream, state: &Arc<Mutex<State>>, endpoint: &str) -> std::io::Result<()> {
+/// Plays `h` on `conn`; `Ok(true)` when it answered, `Ok(false)` when the honest answer
+/// should follow.
+fn play(conn: &mut TcpStream, h: &mut Hostile, target: &str) -> std::io::Result<bool> {
+    let start = std::time::Instant::now();
+    let drip = |conn: &mut TcpStream, bytes: &[u8]| -> std::io::Result<bool> {
+        for b in bytes {
+            if start.elapsed().as_secs() > 60 {
+                break;
+            }
+            conn.write_all(&[*b])?;
+            conn.flush()?;
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        Ok(true)
+    };
+    match h {
+        Hostile::Silent => {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            Ok(true)
+        }
+        Hostile::DripHeaders => drip(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"),
+        Hostile::DripBody => {
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")?;
+            drip(conn, &[b' '; 100])
+        }
+        Hostile::HeadersOnly => {
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")?;
+            conn.flush()?;
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            Ok(true)
+        }
+        Hostile::Endless => {
+            conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            let chunk = vec![b'x'; 1 << 16];
+            for _ in 0..(1 << 14) {
+                conn.write_all(&chunk)?;
+            }
+            Ok(true)
+        }
+        Hostile::RedirectLoop => {
+            let name = target.rsplit('/').next().unwrap_or("x").to_string();
+            respond(conn, 302, &[("Location".into(), name)], b"")?;
+            Ok(true)
+        }
+        Hostile::RedirectTo(to) => {
+            respond(conn, 302, &[("Location".into(), to.clone())], b"")?;
+            Ok(true)
+        }
+        Hostile::Status {
+            code,
+            headers,
+            times,
+        } if *times > 0 => {
+            *times -= 1;
+            respond(conn, *code, headers, b"{}")?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+fn serve(
+    mut conn: TcpStream,
+    state: &Arc<Mutex<State>>,
+    host: &str,
+    storage: &str,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -206,7 +331,8 @@ fn serve(mut conn: TcpStream, state: &Arc<Mutex<State>>, endpoint: &str) -> std:
     }
     let path = target.split('?').next().unwrap_or("").to_string();
     let mut st = state.lock().unwrap();
-    st.log.push((path.clone(), auth.clone()));
+    st.log.push((host.to_string(), path.clone(), auth.clone()));
+    let at_storage = host == storage;
     let not_found = |conn: &mut TcpStream| {
         respond(
             conn,
@@ -216,17 +342,28 @@ fn serve(mut conn: TcpStream, state: &Arc<Mutex<State>>, endpoint: &str) -> std:
         )
     };
 
-    // LFS storage: /lfs/SHA256
-    if let Some(sha) = path.strip_prefix("/lfs/") {
-        let found = st
-            .repos
-            .iter()
-            .flat_map(|r| r.files.iter())
-            .find(|f| f.lfs && f.sha256() == sha)
-            .map(|f| (f.path.clone(), f.bytes.clone()));
+    // LFS storage, on the other host only: /lfs/SHA256
+    if at_storage {
+        let found = path.strip_prefix("/lfs/").and_then(|sha| {
+            st.repos
+                .iter()
+                .flat_map(|r| r.files.iter())
+                .find(|f| f.lfs && f.sha256() == sha)
+                .map(|f| (f.path.clone(), f.bytes.clone()))
+        });
         let Some((file, bytes)) = found else {
             return not_found(&mut conn);
         };
+        let key = format!("storage:{file}");
+        if let Some(mut h) = st.faults.hostile.get(&key).cloned() {
+            drop(st);
+            let answered = play(&mut conn, &mut h, &target)?;
+            st = state.lock().unwrap();
+            st.faults.hostile.insert(key, h);
+            if answered {
+                return Ok(());
+            }
+        }
         return send_file(&mut conn, &mut st, &file, bytes, range.as_deref(), vec![]);
     }
     let (kind, rest) = if let Some(r) = path.strip_prefix("/api/models/") {
@@ -253,6 +390,16 @@ fn serve(mut conn: TcpStream, state: &Arc<Mutex<State>>, endpoint: &str) -> std:
         };
         (id.to_string(), rev.to_string(), Some(file.to_string()))
     };
+    let key = file.clone().unwrap_or_else(|| LISTING.to_string());
+    if let Some(mut h) = st.faults.hostile.get(&key).cloned() {
+        drop(st);
+        let answered = play(&mut conn, &mut h, &target)?;
+        st = state.lock().unwrap();
+        st.faults.hostile.insert(key, h);
+        if answered {
+            return Ok(());
+        }
+    }
     let Some(ri) = st
         .repos
         .iter()
@@ -321,7 +468,7 @@ fn serve(mut conn: TcpStream, state: &Arc<Mutex<State>>, endpoint: &str) -> std:
     };
     if f.lfs {
         let headers = forge(vec![
-            ("Location".to_string(), format!("{endpoint}/lfs/{etag}")),
+            ("Location".to_string(), format!("{storage}/lfs/{etag}")),
             ("X-Linked-Etag".to_string(), format!("\"{etag}\"")),
             ("X-Linked-Size".to_string(), f.bytes.len().to_string()),
             ("X-Repo-Commit".to_string(), commit),
@@ -369,9 +516,15 @@ fn send_file(
     let body = &bytes[start..=end];
     let code = if range.is_some() { 206 } else { 200 };
     if range.is_some() {
+        let forged = [file.to_string(), format!("storage:{file}")]
+            .iter()
+            .find_map(|k| match st.faults.hostile.get(k) {
+                Some(Hostile::ContentRange(v)) => Some(v.clone()),
+                _ => None,
+            });
         headers.push((
             "Content-Range".into(),
-            format!("bytes {start}-{end}/{total}"),
+            forged.unwrap_or_else(|| format!("bytes {start}-{end}/{total}")),
         ));
     }
     if whole_body && st.faults.cut.remove(file) {

@@ -232,17 +232,30 @@ pub enum Col {
     Text(&'static str, Vec<String>),
     Int(&'static str, Vec<i64>),
     Float(&'static str, Vec<f32>),
+    /// One text in every one of `n` rows (shared, not copied: a dictionary page holds it once).
+    Repeated(&'static str, bytes::Bytes, usize),
 }
 
 /// Writes `cols` as one row group of a snappy-compressed parquet file, with the metadata
 /// `datasets` writes when `class_names` names the classes of the `label` column.
 pub fn write_parquet(path: &Path, cols: &[Col], class_names: Option<&[&str]>) {
+    write_parquet_with(path, cols, class_names, parquet::basic::Compression::SNAPPY);
+}
+
+/// [`write_parquet`] with another codec.
+pub fn write_parquet_with(
+    path: &Path,
+    cols: &[Col],
+    class_names: Option<&[&str]>,
+    compression: parquet::basic::Compression,
+) {
     let fields: Vec<String> = cols
         .iter()
         .map(|c| match c {
             Col::Text(n, _) => format!("required binary {n} (UTF8);"),
             Col::Int(n, _) => format!("required int64 {n};"),
             Col::Float(n, _) => format!("required float {n};"),
+            Col::Repeated(n, ..) => format!("required binary {n} (UTF8);"),
         })
         .collect();
     let schema = std::sync::Arc::new(
@@ -262,7 +275,9 @@ pub fn write_parquet(path: &Path, cols: &[Col], class_names: Option<&[&str]>) {
         )]
     });
     let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_compression(compression)
+        // Room for long repeated texts in one dictionary page (a decompression bomb's shape).
+        .set_dictionary_page_size_limit(8 << 20)
         .set_key_value_metadata(meta)
         .build();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -291,6 +306,14 @@ pub fn write_parquet(path: &Path, cols: &[Col], class_names: Option<&[&str]>) {
             Col::Float(_, v) => {
                 col.typed::<parquet::data_type::FloatType>()
                     .write_batch(v, None, None)
+                    .unwrap();
+            }
+            Col::Repeated(_, text, n) => {
+                let v: Vec<parquet::data_type::ByteArray> = (0..*n)
+                    .map(|_| parquet::data_type::ByteArray::from(text.clone()))
+                    .collect();
+                col.typed::<parquet::data_type::ByteArrayType>()
+                    .write_batch(&v, None, None)
                     .unwrap();
             }
         }
