@@ -714,10 +714,11 @@ fn in_place_initialisation_draws_what_randn_times_std_draws() {
     }
 }
 
-/// A repo that ships only a slow tokenizer's files (DeBERTa-v3's `spm.model`) is refused with a
-/// message naming the file and how to get a tokenizer.json.
+/// A folder whose only tokenizer file is a broken slow tokenizer's (a SentencePiece model of
+/// two bytes) is refused naming the file and what is wrong; a folder with none lists what
+/// clsnorm reads.
 #[test]
-fn a_folder_with_only_a_sentencepiece_model_names_it() {
+fn a_folder_with_a_broken_or_no_slow_tokenizer_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("spm.model"), b"\x0a\x00").unwrap();
     let e = clsnorm::tokenize::TextTokenizer::load(tmp.path(), 16)
@@ -725,8 +726,7 @@ fn a_folder_with_only_a_sentencepiece_model_names_it() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("the folder holds spm.model (a SentencePiece model")
-            && e.contains("save_pretrained"),
+        e.contains("spm.model") && e.contains("an empty piece"),
         "{e}"
     );
     std::fs::remove_file(tmp.path().join("spm.model")).unwrap();
@@ -734,5 +734,8 @@ fn a_folder_with_only_a_sentencepiece_model_names_it() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("expected tokenizer.json or vocab.txt"), "{e}");
+    assert!(
+        e.contains("expected tokenizer.json, vocab.txt (WordPiece), spm.model"),
+        "{e}"
+    );
 }

@@ -992,7 +992,7 @@ fn fetch_fills_the_cache_for_offline_runs_and_sweep_slurm_fetches_before_submitt
 }
 
 #[test]
-fn sharded_checkpoints_download_whole_and_pickles_only_when_allowed() {
+fn sharded_pickled_and_sentencepiece_repos_download_and_load() {
     use clsnorm::encoder::weights;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
@@ -1037,25 +1037,52 @@ fn sharded_checkpoints_download_whole_and_pickles_only_when_allowed() {
         common::TINY_VOCAB[..8].join("\n") + "\n",
     )
     .unwrap();
-    // A repo whose tokenizer is only a SentencePiece model (as microsoft/deberta-v3-base).
-    let spm = root.join("spm-src");
-    std::fs::create_dir_all(&spm).unwrap();
-    std::fs::copy(pickle.join("config.json"), spm.join("config.json")).unwrap();
-    std::fs::write(spm.join("spm.model"), b"sentencepiece").unwrap();
-    std::fs::write(spm.join("model.safetensors"), b"weights never fetched").unwrap();
+    // A repo whose tokenizer is only a SentencePiece model (as microsoft/deberta-v3-base),
+    // and one with a vocab.json but no merges.txt.
+    let spm = common::deberta_v3_spm_dir(&root.join("spm-src"));
+    let half = root.join("half-src");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::copy(pickle.join("config.json"), half.join("config.json")).unwrap();
+    std::fs::write(half.join("vocab.json"), b"{}").unwrap();
+    std::fs::write(half.join("model.safetensors"), b"weights never fetched").unwrap();
     let server = HubServer::start(vec![
         HubRepo::from_dir("models", "org/sharded", 0xd1, &sharded),
         HubRepo::from_dir("models", "org/pickled", 0xe1, &pickle),
         HubRepo::from_dir("models", "microsoft/spm-only", 0xf1, &spm),
+        HubRepo::from_dir("models", "org/half", 0xf2, &half),
     ]);
-    let out = Hf::new(root, &server.endpoint).run(&["embed", "--model", "microsoft/spm-only", "x"]);
-    common::fails(&out, "the repository holds spm.model");
+    let hf = Hf::new(root, &server.endpoint);
+    let out = hf.run(&["embed", "--model", "org/half", "x"]);
+    common::fails(&out, "vocab.json without the merges.txt");
     assert!(
         server.requests().iter().all(|p| !p.contains("resolve")),
         "{:?}",
         server.requests()
     );
-    let hf = Hf::new(root, &server.endpoint);
+    // The SentencePiece-only repo downloads, fine-tunes and tokenizes as its folder does.
+    let data = write_custom(root);
+    let run = root.join("spm-run");
+    common::ok(&hf.run(&common::finetune_custom(
+        Path::new("microsoft/spm-only"),
+        &data,
+        &run,
+    )));
+    let ids =
+        |out: String| serde_json::from_str::<serde_json::Value>(&out).unwrap()["input_ids"].clone();
+    assert_eq!(
+        ids(common::ok(&hf.run(&[
+            "embed",
+            "--model",
+            "microsoft/spm-only",
+            "the cat sat"
+        ]))),
+        ids(common::ok(&common::clsnorm(&[
+            "embed",
+            "--model",
+            common::p(&spm),
+            "the cat sat"
+        ])))
+    );
 
     let want = common::ok(&common::clsnorm(&[
         "embed",

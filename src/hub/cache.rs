@@ -52,7 +52,7 @@ pub const TOKENIZER_FILES: &[&str] = &[
 pub fn model_files(dir: &Path, allow_pickle: bool) -> Option<Vec<String>> {
     use crate::encoder::weights::{PICKLE_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
     let has = |f: &str| dir.join(f).is_file();
-    if !has("config.json") || !(has("tokenizer.json") || has("vocab.txt")) {
+    if !has("config.json") || !crate::tokenize::has_tokenizer(has) {
         return None;
     }
     let mut files: Vec<String> = std::iter::once("config.json")

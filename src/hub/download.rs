@@ -80,7 +80,7 @@ pub fn model(env: &HubEnv, cache: &Path, repo: &RepoRef, allow_pickle: bool) -> 
             "has no config.json: not a model repository transformers loads",
         ));
     }
-    if !(l.has("tokenizer.json") || l.has("vocab.txt")) {
+    if !crate::tokenize::has_tokenizer(|name| l.has(name)) {
         let why = crate::tokenize::missing_tokenizer(|name| l.has(name));
         return Err(f.error(
             None,

@@ -15,6 +15,8 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 
 pub mod growth;
+pub mod slow;
+pub mod spm;
 pub use growth::Growth;
 
 /// The tokenizer files of a model directory or checkpoint, read once into memory: a run
@@ -27,10 +29,15 @@ pub struct TokenizerFiles {
 }
 
 impl TokenizerFiles {
-    /// The files a BERT tokenizer may come with, in the order they are looked for.
+    /// The files a tokenizer may come with, in the order they are looked for: a fast
+    /// tokenizer, BERT's WordPiece vocabulary, or the slow files [`slow`] converts.
     pub const NAMES: &'static [&'static str] = &[
         "tokenizer.json",
         "vocab.txt",
+        "spm.model",
+        "sentencepiece.bpe.model",
+        "vocab.json",
+        "merges.txt",
         "tokenizer_config.json",
         "special_tokens_map.json",
     ];
@@ -141,17 +148,21 @@ impl TextTokenizer {
     pub fn from_files(files: &TokenizerFiles, max_len: usize) -> Result<Self> {
         let dir = &files.dir;
         let config_path = dir.join("tokenizer_config.json");
-        let config: TokenizerConfig = match files.get("tokenizer_config.json") {
+        let config_value: serde_json::Value = match files.get("tokenizer_config.json") {
             Some(bytes) => serde_json::from_slice(bytes).map_err(|e| Error::Tokenizer {
                 path: config_path.clone(),
                 msg: e.to_string(),
             })?,
-            None => {
-                serde_json::from_str("{}").unwrap_or_else(|_| unreachable!("all fields default"))
-            }
+            None => serde_json::json!({}),
         };
+        let config: TokenizerConfig =
+            serde_json::from_value(config_value.clone()).map_err(|e| Error::Tokenizer {
+                path: config_path.clone(),
+                msg: e.to_string(),
+            })?;
         let json = dir.join("tokenizer.json");
         let vocab = dir.join("vocab.txt");
+        let mut pad_default = "[PAD]";
         let (mut inner, path, growth) = if let Some(bytes) = files.get("tokenizer.json") {
             let err = |msg: String| Error::Tokenizer {
                 path: json.clone(),
@@ -179,6 +190,28 @@ impl TextTokenizer {
                 vocab,
                 Growth::bert(),
             )
+        } else if let Some(class) =
+            slow::SlowClass::choose(&config_value, |f| files.get(f).is_some())
+        {
+            let path = dir.join(class.file());
+            let err = |msg: String| Error::Tokenizer {
+                path: path.clone(),
+                msg,
+            };
+            // A charsmap that lies can make the `tokenizers` crate panic while it normalizes
+            // the added tokens: an error naming the file.
+            let converted = guarded_call(
+                "(raised inside the `tokenizers` library while building the tokenizer from this \
+                 file)",
+                || slow::convert(class, &config_value, |f| files.get(f).map(<[u8]>::to_vec)),
+            )
+            .map_err(&err)?
+            .map_err(&err)?;
+            let value: serde_json::Value =
+                serde_json::from_str(&converted.json).map_err(|e| err(e.to_string()))?;
+            let growth = Growth::of_json(&value).map_err(&err)?;
+            pad_default = class.pad();
+            (converted.tokenizer, path, growth)
         } else {
             return Err(Error::Tokenizer {
                 path: dir.to_path_buf(),
@@ -188,7 +221,7 @@ impl TextTokenizer {
         let pad_token = config
             .pad_token
             .as_ref()
-            .map_or("[PAD]", TokenSpec::content);
+            .map_or(pad_default, TokenSpec::content);
         let pad_id = inner
             .token_to_id(pad_token)
             .ok_or_else(|| Error::Tokenizer {
@@ -459,7 +492,10 @@ pub fn quiet_panic(info: &std::panic::PanicHookInfo) -> bool {
     const GUARDED: &[&str] = &[
         "/onig",
         "/tokenizers-",
+        "/spm_precompiled-",
         "/parquet-",
+        "/zstd",
+        "/brotli",
         "/snap-",
         "/lz4_flex-",
         "/zlib-rs-",
@@ -472,32 +508,25 @@ pub fn quiet_panic(info: &std::panic::PanicHookInfo) -> bool {
             .is_some_and(|l| GUARDED.iter().any(|g| l.file().contains(g)))
 }
 
-/// Why a folder (or a Hub repository) has no tokenizer clsnorm can build, naming the
-/// slow-tokenizer files it does hold (`has`), which `transformers` converts and clsnorm cannot
-/// yet.
+/// Why a folder (or a Hub repository) has no tokenizer clsnorm can build.
 pub fn missing_tokenizer(has: impl Fn(&str) -> bool) -> String {
-    let slow: &[(&str, &str)] = &[
-        (
-            "spm.model",
-            "a SentencePiece model, as DeBERTa-v2/v3 repos ship",
-        ),
-        (
-            "sentencepiece.bpe.model",
-            "a SentencePiece model, as XLM-RoBERTa repos ship",
-        ),
-        (
-            "vocab.json",
-            "a byte-level BPE vocabulary (with merges.txt), as RoBERTa repos ship",
-        ),
-    ];
-    match slow.iter().find(|(f, _)| has(f)) {
-        Some((file, what)) => format!(
-            "no tokenizer.json or vocab.txt; the folder holds {file} ({what}), which clsnorm \
-             cannot convert yet: save the tokenizer once with transformers \
-             (`AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)` writes tokenizer.json)"
-        ),
-        None => "no tokenizer found: expected tokenizer.json or vocab.txt".into(),
+    if has("vocab.json") && !has("merges.txt") {
+        return "no tokenizer.json or vocab.txt, and vocab.json without the merges.txt a \
+                byte-level BPE needs"
+            .into();
     }
+    "no tokenizer found: expected tokenizer.json, vocab.txt (WordPiece), spm.model or \
+     sentencepiece.bpe.model (SentencePiece), or vocab.json with merges.txt (byte-level BPE)"
+        .into()
+}
+
+/// Whether a folder (or a Hub repository) holds files clsnorm builds a tokenizer from.
+pub fn has_tokenizer(has: impl Fn(&str) -> bool) -> bool {
+    has("tokenizer.json")
+        || has("vocab.txt")
+        || has("spm.model")
+        || has("sentencepiece.bpe.model")
+        || (has("vocab.json") && has("merges.txt"))
 }
 
 /// HF `BertTokenizerFast` assembled from a WordPiece vocabulary.

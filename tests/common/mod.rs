@@ -423,3 +423,27 @@ pub fn fake_sbatch(dir: &Path) -> String {
         std::env::var("PATH").unwrap_or_default()
     )
 }
+
+/// A DeBERTa-v3-layout model folder (formula weights, vocabulary of the fixture's 600 pieces)
+/// whose only tokenizer files are `spm.model` and `tokenizer_config.json`.
+pub fn deberta_v3_spm_dir(root: &Path) -> PathBuf {
+    let dir = root.join("deberta-v3-spm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fx = family_fixture("deberta-v2");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.join("small/config.json")).unwrap()).unwrap();
+    config["vocab_size"] = 600.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let w = formula_weights(&dir);
+    clsnorm::encoder::weights::write_safetensors(&dir.join("model.safetensors"), &w).unwrap();
+    for f in ["spm.model", "tokenizer_config.json"] {
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/spm/deberta-v3-unigram")
+                .join(f),
+            dir.join(f),
+        )
+        .unwrap();
+    }
+    dir
+}
