@@ -53,26 +53,8 @@ fn peak_mib(o: &Output) -> u64 {
 
 /// A custom-file fine-tune of two updates on `train` (also the dev file).
 fn finetune<'a>(s: &'a Setup, train: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "finetune",
-        "--model",
-        p(&s.model),
-        "--train-file",
-        p(train),
-        "--dev-file",
-        p(train),
-        "--output",
-        p(out),
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--max-len",
-        "16",
-        "--threads",
-        "1",
-        "--quiet",
-    ];
+    let mut v = common::finetune_custom(&s.model, train, out);
+    v.extend_from_slice(&["--max-steps", "2", "--batch-size", "4"]);
     v.extend_from_slice(extra);
     v
 }

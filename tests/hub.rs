@@ -893,6 +893,56 @@ fn weak_spots_of_the_hub_client() {
     }
 }
 
+/// What is cheap is checked before a model is downloaded: the data files and columns before
+/// any request, the config and tokenizer before the weights.
+#[test]
+fn cheap_checks_come_before_the_weights_are_downloaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut repos = model_repos(root);
+    let broken = root.join("broken-src");
+    std::fs::create_dir_all(&broken).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(root.join("bert-src").join(f), broken.join(f)).unwrap();
+    }
+    std::fs::write(broken.join("tokenizer.json"), b"{\"model\": 3}").unwrap();
+    repos.push(HubRepo::from_dir("models", "org/broken", 0xb7, &broken));
+    let server = HubServer::start(repos);
+    let hf = Hf::new(root, &server.endpoint);
+    let data = write_custom(root);
+    let run = root.join("run");
+    let missing = root.join("missing.csv");
+    let out = hf.run(&common::finetune_custom(
+        Path::new("org/tiny-bert"),
+        &missing,
+        &run,
+    ));
+    common::fails(&out, "missing.csv");
+    let mut args = common::finetune_custom(Path::new("org/tiny-bert"), &data, &run);
+    args.extend(["--text-col", "review"]);
+    common::fails(&hf.run(&args), "review");
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+
+    common::fails(
+        &hf.run(&common::finetune_custom(
+            Path::new("org/broken"),
+            &data,
+            &run,
+        )),
+        "tokenizer.json",
+    );
+    let asked = server.requests();
+    assert!(
+        asked.iter().any(|p| p.ends_with("/tokenizer.json")),
+        "{asked:?}"
+    );
+    assert!(
+        !asked.iter().any(|p| p.contains("model.safetensors")),
+        "{asked:?}"
+    );
+    assert!(!run.exists());
+}
+
 #[test]
 fn fetch_fills_the_cache_for_offline_runs_and_sweep_slurm_fetches_before_submitting() {
     let tmp = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use clsnorm::classifier::{BiasInit, ClassifierInit, ClsSource, HeadConfig};
 use clsnorm::data::read::{dataset_from_rows, infer_classes, read_rows, RawFile};
-use clsnorm::data::{glue_task, read_dataset, Format, LabelSpace, ReadOptions, TaskSpec};
+use clsnorm::data::{glue_task, read_dataset, Dataset, Format, LabelSpace, ReadOptions, TaskSpec};
 use clsnorm::device::set_threads;
 use clsnorm::hub::{HubEnv, HubSource, Located, RepoRef, GLUE_DATASET};
 use clsnorm::train::optim::AdamWConfig;
@@ -351,29 +351,24 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
         task,
         task_dir,
         train_rows,
+        data,
         head,
         config,
         model_dir,
         output,
         sources,
     } = job_parts;
-    let opts = ReadOptions {
-        // A resumed run reads its data as it did at the start.
-        skip_bad_rows: recorded.map_or(a.data.skip_bad_rows, |r| r.1),
-        require_label: true,
+    let (train, dev) = match data {
+        Some(data) => data,
+        None => {
+            let opts = ReadOptions {
+                // A resumed run reads its data as it did at the start.
+                skip_bad_rows: recorded.map_or(a.data.skip_bad_rows, |r| r.1),
+                require_label: true,
+            };
+            read_splits(&task, task_dir.as_deref(), train_rows, opts)?
+        }
     };
-    let (train_path, dev_paths) = task.paths(task_dir.as_deref());
-    let train = match train_rows {
-        Some(raw) => dataset_from_rows(raw, &task, opts)?,
-        None => read_dataset(&train_path, &task, opts)?,
-    };
-    if dev_paths.is_empty() {
-        bail!("task {} has no dev file: give --dev-file", task.name);
-    }
-    let dev = dev_paths
-        .iter()
-        .map(|(n, p)| Ok((n.clone(), read_dataset(p, &task, opts)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     tracing::info!(device = ?device, threads, output = %output.display(), "fine-tuning {} on {}", model_dir.display(), task.name);
     let stop = interrupt_flag()?;
     let summary = finetune(Finetune {
@@ -457,11 +452,35 @@ fn on_signal(first: &mut Option<std::time::Instant>, now: std::time::Instant) ->
     }
 }
 
+/// The training split and the dev splits of `task`, read and checked.
+fn read_splits(
+    task: &TaskSpec,
+    task_dir: Option<&Path>,
+    train_rows: Option<RawFile>,
+    opts: ReadOptions,
+) -> anyhow::Result<(Dataset, Vec<(String, Dataset)>)> {
+    let (train_path, dev_paths) = task.paths(task_dir);
+    let train = match train_rows {
+        Some(raw) => dataset_from_rows(raw, task, opts)?,
+        None => read_dataset(&train_path, task, opts)?,
+    };
+    if dev_paths.is_empty() {
+        bail!("task {} has no dev file: give --dev-file", task.name);
+    }
+    let dev = dev_paths
+        .iter()
+        .map(|(n, p)| Ok((n.clone(), read_dataset(p, task, opts)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((train, dev))
+}
+
 /// What a run is made of, from its options or from the config.json of the run it resumes.
 struct JobParts {
     task: TaskSpec,
     task_dir: Option<PathBuf>,
     train_rows: Option<RawFile>,
+    /// The splits, when already read (a new run reads them before it fetches the model).
+    data: Option<(Dataset, Vec<(String, Dataset)>)>,
     head: HeadConfig,
     config: TrainConfig,
     model_dir: PathBuf,
@@ -476,26 +495,14 @@ fn from_args(a: &FinetuneArgs, registry: &Registry) -> anyhow::Result<JobParts> 
         rows: train_rows,
         source: data_source,
     } = resolve_task(&a.data)?;
-    let Located {
-        dir: model,
-        source: model_source,
-    } = a.rt.model()?;
-    let dropout = match a.dropout {
-        Some(p) => p,
-        None => registry.families.read_config(&model)?.classifier_dropout(),
-    };
-    if !(0.0..1.0).contains(&dropout) {
-        bail!("--dropout must be in [0, 1), got {dropout}");
+    // What is cheap to check comes first (options, then the data files and their columns), so
+    // that a typo is found before a model of gigabytes is downloaded.
+    if let Some(p) = a.dropout {
+        if !(0.0..1.0).contains(&p) {
+            bail!("--dropout must be in [0, 1), got {p}");
+        }
     }
     let norm = a.norm.config(&registry.normalizers)?;
-    let head = HeadConfig {
-        labels: task.labels.clone(),
-        cls_source: a.cls_source,
-        norm,
-        dropout,
-        bias_init: a.head_bias_init,
-        classifier_init: a.classifier_init,
-    };
     let config = TrainConfig {
         lr: a.lr,
         adam: AdamWConfig {
@@ -529,13 +536,38 @@ fn from_args(a: &FinetuneArgs, registry: &Registry) -> anyhow::Result<JobParts> 
         tf32: a.rt.precision.tf32,
     };
     config.validate()?;
+    let opts = ReadOptions {
+        skip_bad_rows: a.data.skip_bad_rows,
+        require_label: true,
+    };
+    let data = read_splits(&task, task_dir.as_deref(), train_rows, opts)?;
+    let Located {
+        dir: model,
+        source: model_source,
+    } = a.rt.model()?;
+    let dropout = match a.dropout {
+        Some(p) => p,
+        None => registry.families.read_config(&model)?.classifier_dropout(),
+    };
+    if !(0.0..1.0).contains(&dropout) {
+        bail!("--dropout must be in [0, 1), got {dropout}");
+    }
+    let head = HeadConfig {
+        labels: task.labels.clone(),
+        cls_source: a.cls_source,
+        norm,
+        dropout,
+        bias_init: a.head_bias_init,
+        classifier_init: a.classifier_init,
+    };
     let output = a.output.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!("{}-{}-seed{}", task.name, head.norm.name(), a.seed))
     });
     Ok(JobParts {
         task,
         task_dir,
-        train_rows,
+        train_rows: None,
+        data: Some(data),
         head,
         config,
         model_dir: model,
@@ -582,6 +614,7 @@ fn from_run_dir(run_dir: &Path, allow_pickle: bool) -> anyhow::Result<(JobParts,
             task,
             task_dir: None,
             train_rows: None,
+            data: None,
             head: rc.head,
             config: rc.train,
             model_dir,

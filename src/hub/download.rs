@@ -109,17 +109,42 @@ pub fn model(env: &HubEnv, cache: &Path, repo: &RepoRef, allow_pickle: bool) -> 
             ),
         ));
     };
-    let files: Vec<String> = std::iter::once("config.json")
+    let small: Vec<String> = std::iter::once("config.json")
         .chain(TOKENIZER_FILES.iter().copied().filter(|t| l.has(t)))
-        .chain(std::iter::once(weights))
         .map(String::from)
         .collect();
-    let snap = f.fetch_all(&files)?;
+    let snap = f.fetch_all(&small)?;
+    check_before_weights(&snap)?;
+    f.fetch_all(&[weights.to_string()])?;
     if weights == SAFETENSORS_INDEX_FILE {
         let shards = cache::index_shards(&snap.join(SAFETENSORS_INDEX_FILE))?;
         f.fetch_all(&shards)?;
     }
     Ok(f.located(snap))
+}
+
+/// The config and tokenizer of a partly fetched model, checked before its weights (gigabytes)
+/// are downloaded: a tokenizer clsnorm cannot build, or a config of a built-in family that
+/// does not read, ends the fetch there. (A `model_type` of no built-in family is left to the
+/// run's own families.)
+fn check_before_weights(snap: &Path) -> Result<()> {
+    let families = crate::encoder::Families::builtin();
+    let config: Option<serde_json::Value> = crate::fsread::read_regular(
+        &snap.join("config.json"),
+        1 << 20,
+        crate::fsread::Links::Follow,
+    )
+    .ok()
+    .and_then(|b| serde_json::from_slice(&b).ok());
+    let known = match config.as_ref().and_then(|c| c.get("model_type")) {
+        Some(serde_json::Value::String(t)) => families.model_types().contains(&t.as_str()),
+        _ => true,
+    };
+    if known {
+        families.read_config(snap)?;
+    }
+    crate::tokenize::TextTokenizer::load(snap, 512)?;
+    Ok(())
 }
 
 /// Downloads the files of dataset `repo` that `pick` chooses from its listing into `cache`.

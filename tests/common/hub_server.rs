@@ -305,6 +305,27 @@ fn play(conn: &mut TcpStream, h: &mut Hostile, target: &str) -> std::io::Result<
     }
 }
 
+/// Plays the hostile answer registered under `key`, if any, without holding the state's lock
+/// while it plays (it may take a minute); `true` when it answered.
+fn play_hostile(
+    conn: &mut TcpStream,
+    state: &Mutex<State>,
+    key: &str,
+    target: &str,
+) -> std::io::Result<bool> {
+    let Some(mut h) = state.lock().unwrap().faults.hostile.get(key).cloned() else {
+        return Ok(false);
+    };
+    let answered = play(conn, &mut h, target)?;
+    state
+        .lock()
+        .unwrap()
+        .faults
+        .hostile
+        .insert(key.to_string(), h);
+    Ok(answered)
+}
+
 fn serve(
     mut conn: TcpStream,
     state: &Arc<Mutex<State>>,
@@ -354,16 +375,11 @@ fn serve(
         let Some((file, bytes)) = found else {
             return not_found(&mut conn);
         };
-        let key = format!("storage:{file}");
-        if let Some(mut h) = st.faults.hostile.get(&key).cloned() {
-            drop(st);
-            let answered = play(&mut conn, &mut h, &target)?;
-            st = state.lock().unwrap();
-            st.faults.hostile.insert(key, h);
-            if answered {
-                return Ok(());
-            }
+        drop(st);
+        if play_hostile(&mut conn, state, &format!("storage:{file}"), &target)? {
+            return Ok(());
         }
+        let mut st = state.lock().unwrap();
         return send_file(&mut conn, &mut st, &file, bytes, range.as_deref(), vec![]);
     }
     let (kind, rest) = if let Some(r) = path.strip_prefix("/api/models/") {
@@ -390,16 +406,16 @@ fn serve(
         };
         (id.to_string(), rev.to_string(), Some(file.to_string()))
     };
-    let key = file.clone().unwrap_or_else(|| LISTING.to_string());
-    if let Some(mut h) = st.faults.hostile.get(&key).cloned() {
-        drop(st);
-        let answered = play(&mut conn, &mut h, &target)?;
-        st = state.lock().unwrap();
-        st.faults.hostile.insert(key, h);
-        if answered {
-            return Ok(());
-        }
+    drop(st);
+    if play_hostile(
+        &mut conn,
+        state,
+        file.as_deref().unwrap_or(LISTING),
+        &target,
+    )? {
+        return Ok(());
     }
+    let mut st = state.lock().unwrap();
     let Some(ri) = st
         .repos
         .iter()
