@@ -555,6 +555,22 @@ mod tests {
     }
 
     #[test]
+    fn the_token_goes_to_the_endpoints_origin_only() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let ep = u("https://huggingface.co");
+        assert!(same_origin(&u("https://huggingface.co/api/models/x"), &ep));
+        assert!(same_origin(&u("https://huggingface.co:443/x"), &ep));
+        for other in [
+            "https://cdn-lfs.huggingface.co/x",
+            "http://huggingface.co/x",
+            "https://huggingface.co:8443/x",
+            "https://huggingface.co.evil.example/x",
+        ] {
+            assert!(!same_origin(&u(other), &ep), "{other}");
+        }
+    }
+
+    #[test]
     fn limits_from_the_environment() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |k: &str| {
