@@ -764,3 +764,69 @@ fn a_replayed_batch_order_is_the_same_run_and_bad_orders_are_refused() {
         "epoch 0 covers 12 of the 96 training examples",
     );
 }
+
+/// `--schedule` through the binary: each logged update's learning rate is the schedule's (whose
+/// values are transformers', `train::schedule`), the choice is recorded for `--resume`, and a
+/// name clsnorm does not know is refused.
+#[test]
+fn schedules_set_each_updates_learning_rate_and_are_recorded() {
+    use clsnorm::train::schedule::{Schedule, ScheduleKind};
+    let s = common::setup();
+    for (name, kind) in [
+        ("linear", ScheduleKind::Linear),
+        ("cosine", ScheduleKind::Cosine),
+        ("constant", ScheduleKind::Constant),
+    ] {
+        let out = s.root.join(format!("run-{name}"));
+        common::ok(&common::clsnorm(&[
+            "finetune",
+            "--model",
+            common::p(&s.model),
+            "--task",
+            "sst2",
+            "--data-dir",
+            common::p(&s.data),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--max-len",
+            "16",
+            "--lr",
+            "1e-3",
+            "--warmup-steps",
+            "2",
+            "--schedule",
+            name,
+            "--threads",
+            "1",
+            "--quiet",
+            "--output",
+            common::p(&out),
+        ]));
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["train"]["schedule"], name, "{config}");
+        let sched = Schedule {
+            kind,
+            lr: 1e-3,
+            warmup_steps: 2,
+            total_steps: 8,
+        };
+        let lines = std::fs::read_to_string(out.join(clsnorm::rundir::LOSS_FILE)).unwrap();
+        let mut seen = 0;
+        for l in lines.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let step = v["step"].as_u64().unwrap() as usize;
+            let lr = v["lr"].as_f64().unwrap();
+            assert!(
+                (lr - sched.lr_at(step - 1)).abs() <= 1e-15,
+                "{name} step {step}: {lr}"
+            );
+            seen += 1;
+        }
+        assert!(seen >= 2, "{name}: {lines}");
+    }
+    let o = common::clsnorm(&["finetune", "--schedule", "exponential"]);
+    common::fails(&o, "possible values: linear, cosine, constant");
+}

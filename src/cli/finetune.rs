@@ -9,6 +9,7 @@ use clsnorm::data::{glue_task, read_dataset, Dataset, Format, LabelSpace, ReadOp
 use clsnorm::device::set_threads;
 use clsnorm::hub::{HubEnv, HubSource, Located, RepoRef, GLUE_DATASET};
 use clsnorm::train::optim::AdamWConfig;
+use clsnorm::train::schedule::ScheduleKind;
 use clsnorm::train::{finetune, Finetune, Rounding, RunConfig, Sources, TrainConfig};
 use clsnorm::Registry;
 
@@ -50,6 +51,10 @@ pub struct FinetuneArgs {
     /// Warmup updates (overrides --warmup-ratio).
     #[arg(long)]
     pub warmup_steps: Option<usize>,
+    /// What follows the warmup, as transformers' get_*_schedule_with_warmup: linear decay to 0
+    /// (the IsoBN protocol's), cosine (half a cycle, to 0) or constant.
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Linear)]
+    pub schedule: ScheduleKind,
     /// Clip the global gradient norm (off by default, as in the IsoBN protocol).
     #[arg(long)]
     pub max_grad_norm: Option<f64>,
@@ -512,6 +517,7 @@ fn from_args(a: &FinetuneArgs, registry: &Registry) -> anyhow::Result<JobParts> 
             weight_decay: a.weight_decay,
         },
         warmup_ratio: a.warmup_ratio,
+        schedule: a.schedule,
         warmup_steps: a.warmup_steps,
         max_grad_norm: a.max_grad_norm,
         epochs: a.epochs,

@@ -26,6 +26,9 @@ pub struct TrainConfig {
     pub adam: AdamWConfig,
     /// Fraction of all updates used for linear warmup (ignored when `warmup_steps` is set).
     pub warmup_ratio: f64,
+    /// What follows the warmup (linear decay in runs from before this option).
+    #[serde(default)]
+    pub schedule: schedule::ScheduleKind,
     pub warmup_steps: Option<usize>,
     /// Clip the global gradient norm to this value (none by default).
     pub max_grad_norm: Option<f64>,
@@ -134,6 +137,7 @@ impl TrainConfig {
             weight_decay: 0.0,
         },
         warmup_ratio: 0.06,
+        schedule: schedule::ScheduleKind::Linear,
         warmup_steps: None,
         max_grad_norm: None,
         epochs: 3,

@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use super::checkpoint::{self, CheckpointMeta, TrainState};
 use super::optim::AdamW;
-use super::schedule::LinearSchedule;
+use super::schedule::Schedule;
 use super::{
     epoch_batches, grad_trace, step_seed, FileInfo, Finetune, RunConfig, Tokenized, BUILD,
 };
@@ -42,7 +42,7 @@ pub struct Trainer<'a> {
     order: Option<crate::batch::BatchOrder>,
     dev: Vec<(String, Tokenized)>,
     opt: AdamW,
-    sched: LinearSchedule,
+    sched: Schedule,
     steps_per_epoch: usize,
     epochs: usize,
     /// Position, running sums and best epoch: what a checkpoint saves.
@@ -166,7 +166,8 @@ impl<'a> Trainer<'a> {
             Some(f) => Some(f.load(train.encs.len(), cfg.batch_size, steps_per_epoch, epochs)?),
             None => None,
         };
-        let sched = LinearSchedule {
+        let sched = Schedule {
+            kind: cfg.schedule,
             lr: cfg.lr,
             warmup_steps: cfg.warmup(total_steps),
             total_steps,
