@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{self, CheckpointMeta, TrainState};
 use super::optim::AdamW;
@@ -13,9 +13,9 @@ use super::{
     epoch_batches, grad_trace, step_seed, FileInfo, Finetune, RunConfig, Tokenized, BUILD,
 };
 use crate::atomic;
-use crate::batch::{Batch, InputLimits};
+use crate::batch::{Batch, BatchOrder, InputLimits};
 use crate::classifier::{label_prior, BiasInit, Classifier};
-use crate::encoder::Encoder;
+use crate::encoder::{Encoder, Execution};
 use crate::error::{Error, Result};
 use crate::eval;
 use crate::precision::{GradScaler, Precision};
@@ -39,7 +39,7 @@ pub struct Trainer<'a> {
     train: Tokenized,
     lengths: Vec<usize>,
     /// Batches replayed from `--batch-order`, instead of drawn.
-    order: Option<crate::batch::BatchOrder>,
+    order: Option<BatchOrder>,
     dev: Vec<(String, Tokenized)>,
     opt: AdamW,
     sched: Schedule,
@@ -76,51 +76,19 @@ impl<'a> Trainer<'a> {
         } else {
             None
         };
-        // Model, tokenizer, optimizer, state: fresh from the model directory, or all from the
-        // last checkpoint (the model directory may have changed or moved since the run started).
-        let resume_from = job
-            .resume
-            .then(|| checkpoint::locate(&layout.last()))
-            .flatten();
-        let (mut model, tok_files, mut state, opt_state) = match &resume_from {
-            Some(dir) => load_last(&job, dir, &layout)?,
-            None => {
-                if job.resume {
-                    tracing::warn!(
-                        "no complete checkpoint in {}: starting from scratch",
-                        layout.last().display()
-                    );
-                }
-                let (model, tok_files) = build_fresh(&job, recorded.as_ref())?;
-                (model, tok_files, TrainState::default(), None)
-            }
-        };
-        model.encoder.precision = cfg.precision;
-        let execution = model.encoder.set_unpadded(!cfg.padded);
-        cfg.precision.warn_if_emulated(job.device);
-        if cfg.tf32 {
-            crate::precision::set_tf32(true)?;
-        }
-        if cfg.precision == Precision::Fp16 && state.grad_scaler.is_none() {
-            state.grad_scaler = Some(GradScaler::default());
-        }
+        let Loaded {
+            mut model,
+            tok_files,
+            mut state,
+            opt_state,
+            resumed,
+        } = load(&job, &layout, recorded.as_ref())?;
+        let execution = set_precision(&mut model, &mut state, &cfg, job.device)?;
         let tok = TextTokenizer::from_files(&tok_files, cfg.max_len)?;
         let limits = model.encoder.limits();
         limits.check_tokenizer(&tok, job.task.text_pair.is_some())?;
-        let t0 = Instant::now();
-        let train = Tokenized::new(&tok, &job.train)?;
-        let dev: Vec<(String, Tokenized)> = job
-            .dev
-            .iter()
-            .map(|(n, d)| Ok((n.clone(), Tokenized::new(&tok, d)?)))
-            .collect::<Result<_>>()?;
-        tracing::info!(
-            train = train.encs.len(),
-            dev = dev.iter().map(|d| d.1.encs.len()).sum::<usize>(),
-            secs = format!("{:.1}", t0.elapsed().as_secs_f64()),
-            "tokenized"
-        );
-        if resume_from.is_none() && model.normalizer().needs_fit() {
+        let (train, dev) = tokenize(&job, &tok)?;
+        if !resumed && model.normalizer().needs_fit() {
             // The cache of a run that started (config.json written) is reused; one left by a
             // start that never got that far is fitted again.
             let cache = layout.normalizer_cache();
@@ -147,41 +115,31 @@ impl<'a> Trainer<'a> {
             atomic::write_json(&layout.config(), &config)?;
             run_dir.commit();
         }
-        // Records written after the checkpoint are dropped: the resumed run writes them again.
-        let records = records::retain(&layout.metrics(), |r: &EpochRecord| r.epoch <= state.epoch)?;
-        records::retain(&layout.loss(), |r: &LossRecord| r.step <= state.global_step)?;
-        if cfg.trace_grads {
-            records::retain(&layout.grads(), |r: &GradRecord| {
-                r.step <= state.global_step
-            })?;
-        }
+        let records = keep_records_up_to(&layout, &state, cfg.trace_grads)?;
         let mut opt = AdamW::new(cfg.adam, model.trainable());
         if let Some(t) = &opt_state {
             opt.load_state(t, state.global_step as i64)?;
         }
-
-        let (steps_per_epoch, total_steps) = cfg.steps(train.encs.len())?;
-        let epochs = total_steps.div_ceil(steps_per_epoch);
-        let order = match &cfg.batch_order {
-            Some(f) => Some(f.load(train.encs.len(), cfg.batch_size, steps_per_epoch, epochs)?),
-            None => None,
-        };
-        let sched = Schedule {
-            kind: cfg.schedule,
-            lr: cfg.lr,
-            warmup_steps: cfg.warmup(total_steps),
-            total_steps,
-        };
+        let Plan {
+            steps_per_epoch,
+            epochs,
+            order,
+            sched,
+        } = plan(&cfg, train.encs.len())?;
         tracing::info!(
             examples = train.encs.len(),
             steps_per_epoch,
-            total_steps,
+            total_steps = sched.total_steps,
             warmup = sched.warmup_steps,
             epochs,
             "training {}",
             job.task.name
         );
-        let bar = super::progress_bar(job.progress, total_steps as u64, state.global_step as u64);
+        let bar = super::progress_bar(
+            job.progress,
+            sched.total_steps as u64,
+            state.global_step as u64,
+        );
         Ok(Trainer {
             lengths: train.encs.iter().map(Encoded::len).collect(),
             order,
@@ -565,12 +523,123 @@ fn check_same_data(job: &Finetune, rc: &RunConfig, config_path: &Path) -> Result
     Ok(())
 }
 
-type Loaded = (
-    Classifier,
-    TokenizerFiles,
-    TrainState,
-    Option<Vec<(String, Tensor)>>,
-);
+/// What a run starts from: the model, its tokenizer's files, the training state and the
+/// optimizer's (none for a fresh start), and whether they came from a checkpoint.
+struct Loaded {
+    model: Classifier,
+    tok_files: TokenizerFiles,
+    state: TrainState,
+    opt_state: Option<Vec<(String, Tensor)>>,
+    resumed: bool,
+}
+
+/// Model, tokenizer, optimizer and state: fresh from the model directory, or all from the
+/// last checkpoint when resuming (the model directory may have changed or moved since).
+fn load(job: &Finetune, layout: &Layout, recorded: Option<&RunConfig>) -> Result<Loaded> {
+    let last = job
+        .resume
+        .then(|| checkpoint::locate(&layout.last()))
+        .flatten();
+    if let Some(dir) = &last {
+        return load_last(job, dir, layout);
+    }
+    if job.resume {
+        tracing::warn!(
+            "no complete checkpoint in {}: starting from scratch",
+            layout.last().display()
+        );
+    }
+    let (model, tok_files) = build_fresh(job, recorded)?;
+    Ok(Loaded {
+        model,
+        tok_files,
+        state: TrainState::default(),
+        opt_state: None,
+        resumed: false,
+    })
+}
+
+/// The run's precision, TF32 and execution on the model and state; returns the execution.
+fn set_precision(
+    model: &mut Classifier,
+    state: &mut TrainState,
+    cfg: &super::TrainConfig,
+    device: Device,
+) -> Result<Execution> {
+    model.encoder.precision = cfg.precision;
+    let execution = model.encoder.set_unpadded(!cfg.padded);
+    cfg.precision.warn_if_emulated(device);
+    if cfg.tf32 {
+        crate::precision::set_tf32(true)?;
+    }
+    if cfg.precision == Precision::Fp16 && state.grad_scaler.is_none() {
+        state.grad_scaler = Some(GradScaler::default());
+    }
+    Ok(execution)
+}
+
+/// The training and dev splits, tokenized.
+fn tokenize(job: &Finetune, tok: &TextTokenizer) -> Result<(Tokenized, Vec<(String, Tokenized)>)> {
+    let t0 = Instant::now();
+    let train = Tokenized::new(tok, &job.train)?;
+    let dev: Vec<(String, Tokenized)> = job
+        .dev
+        .iter()
+        .map(|(n, d)| Ok((n.clone(), Tokenized::new(tok, d)?)))
+        .collect::<Result<_>>()?;
+    tracing::info!(
+        train = train.encs.len(),
+        dev = dev.iter().map(|d| d.1.encs.len()).sum::<usize>(),
+        secs = format!("{:.1}", t0.elapsed().as_secs_f64()),
+        "tokenized"
+    );
+    Ok((train, dev))
+}
+
+/// Drops the records written after the checkpoint `state` is at (a resumed run writes them
+/// again); returns the epochs' records kept.
+fn keep_records_up_to(
+    layout: &Layout,
+    state: &TrainState,
+    trace_grads: bool,
+) -> Result<Vec<EpochRecord>> {
+    let kept = records::retain(&layout.metrics(), |r: &EpochRecord| r.epoch <= state.epoch)?;
+    records::retain(&layout.loss(), |r: &LossRecord| r.step <= state.global_step)?;
+    if trace_grads {
+        records::retain(&layout.grads(), |r: &GradRecord| {
+            r.step <= state.global_step
+        })?;
+    }
+    Ok(kept)
+}
+
+/// How the run's updates are laid out: per epoch, in all, in which batches, at which rates.
+struct Plan {
+    steps_per_epoch: usize,
+    epochs: usize,
+    order: Option<BatchOrder>,
+    sched: Schedule,
+}
+
+fn plan(cfg: &super::TrainConfig, examples: usize) -> Result<Plan> {
+    let (steps_per_epoch, total_steps) = cfg.steps(examples)?;
+    let epochs = total_steps.div_ceil(steps_per_epoch);
+    let order = match &cfg.batch_order {
+        Some(f) => Some(f.load(examples, cfg.batch_size, steps_per_epoch, epochs)?),
+        None => None,
+    };
+    Ok(Plan {
+        steps_per_epoch,
+        epochs,
+        order,
+        sched: Schedule {
+            kind: cfg.schedule,
+            lr: cfg.lr,
+            warmup_steps: cfg.warmup(total_steps),
+            total_steps,
+        },
+    })
+}
 
 /// Model, tokenizer, training state and optimizer state of the checkpoint `dir`.
 fn load_last(job: &Finetune, dir: &Path, layout: &Layout) -> Result<Loaded> {
@@ -600,7 +669,13 @@ fn load_last(job: &Finetune, dir: &Path, layout: &Layout) -> Result<Loaded> {
         "resuming from {}",
         dir.display()
     );
-    Ok((model, TokenizerFiles::read(dir)?, meta.state, Some(opt)))
+    Ok(Loaded {
+        model,
+        tok_files: TokenizerFiles::read(dir)?,
+        state: meta.state,
+        opt_state: Some(opt),
+        resumed: true,
+    })
 }
 
 /// The pre-trained encoder with a new head (seeded), and the model directory's tokenizer.
