@@ -685,28 +685,18 @@ fn a_replayed_batch_order_is_the_same_run_and_bad_orders_are_refused() {
     let bad = |name: &str, body: String, want: &str| {
         let f = s.root.join(name);
         std::fs::write(&f, body).unwrap();
-        let out = common::clsnorm(&[
-            "finetune",
-            "--model",
-            common::p(&s.model),
-            "--task",
-            "sst2",
-            "--data-dir",
-            common::p(&s.data),
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            "--max-len",
-            "16",
-            "--threads",
-            "1",
-            "--quiet",
-            "--batch-order",
-            common::p(&f),
-            "--output",
-            common::p(&s.root.join(format!("out-{name}"))),
-        ]);
+        let out = common::clsnorm(
+            &[
+                &sst2_two_epochs(&s.model, &s.data, "8")[..],
+                &[
+                    "--batch-order",
+                    common::p(&f),
+                    "--output",
+                    common::p(&s.root.join(format!("out-{name}"))),
+                ],
+            ]
+            .concat(),
+        );
         common::fails(&out, want);
     };
     let lines: Vec<&str> = text.lines().collect();
@@ -778,32 +768,22 @@ fn schedules_set_each_updates_learning_rate_and_are_recorded() {
         ("constant", ScheduleKind::Constant),
     ] {
         let out = s.root.join(format!("run-{name}"));
-        common::ok(&common::clsnorm(&[
-            "finetune",
-            "--model",
-            common::p(&s.model),
-            "--task",
-            "sst2",
-            "--data-dir",
-            common::p(&s.data),
-            "--epochs",
-            "2",
-            "--batch-size",
-            "4",
-            "--max-len",
-            "16",
-            "--lr",
-            "1e-3",
-            "--warmup-steps",
-            "2",
-            "--schedule",
-            name,
-            "--threads",
-            "1",
-            "--quiet",
-            "--output",
-            common::p(&out),
-        ]));
+        common::ok(&common::clsnorm(
+            &[
+                &sst2_two_epochs(&s.model, &s.data, "4")[..],
+                &[
+                    "--lr",
+                    "1e-3",
+                    "--warmup-steps",
+                    "2",
+                    "--schedule",
+                    name,
+                    "--output",
+                    common::p(&out),
+                ],
+            ]
+            .concat(),
+        ));
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
         assert_eq!(config["train"]["schedule"], name, "{config}");
@@ -829,4 +809,26 @@ fn schedules_set_each_updates_learning_rate_and_are_recorded() {
     }
     let o = common::clsnorm(&["finetune", "--schedule", "exponential"]);
     common::fails(&o, "possible values: linear, cosine, constant");
+}
+
+/// `finetune` of the toy SST-2 for 2 epochs at `batch` with the tiny model, one thread, quiet.
+fn sst2_two_epochs<'a>(model: &'a Path, data: &'a Path, batch: &'a str) -> Vec<&'a str> {
+    vec![
+        "finetune",
+        "--model",
+        common::p(model),
+        "--task",
+        "sst2",
+        "--data-dir",
+        common::p(data),
+        "--epochs",
+        "2",
+        "--batch-size",
+        batch,
+        "--max-len",
+        "16",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
 }
