@@ -172,25 +172,7 @@ pub fn compute(x: &Tensor, cosine_sample: usize, seed: u64) -> (EmbeddingStats, 
     let total_var: f64 = var.iter().sum();
     let sq_var: f64 = var.iter().map(|v| v * v).sum();
 
-    // Correlation from the covariance; zero-variance dimensions get zero correlation.
-    let inv: Vec<f64> = std
-        .iter()
-        .map(|s| if *s > 0.0 { 1.0 / s } else { 0.0 })
-        .collect();
-    let inv_t = Tensor::from_slice(&inv);
-    let corr_t = &cov * inv_t.unsqueeze(1) * inv_t.unsqueeze(0);
-    let corr = vec64(&corr_t);
-    let live: Vec<usize> = (0..d as usize).filter(|&j| std[j] > 0.0).collect();
-    let mut abs_sum = 0.0;
-    let mut pairs = 0usize;
-    for &j in &live {
-        for &k in &live {
-            if j != k {
-                abs_sum += corr[j * d as usize + k].abs();
-                pairs += 1;
-            }
-        }
-    }
+    let (corr, mean_abs_corr) = correlation(&cov, &std);
     let (evals, evecs) = cov.linalg_eigh("L");
     let mut eigenvalues = vec64(&evals);
     eigenvalues.reverse();
@@ -203,40 +185,8 @@ pub fn compute(x: &Tensor, cosine_sample: usize, seed: u64) -> (EmbeddingStats, 
         }
     };
 
-    // Isotropy over the eigenvectors of XᵀX (uncentred, as Mu & Viswanath), with log-sum-exp.
-    let (_, u) = x.tr().matmul(&x).linalg_eigh("L");
-    let log_z = x.matmul(&u).logsumexp([0], false);
-    let log_z = vec64(&log_z);
-    let lo = log_z.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = log_z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let isotropy = if log_z.is_empty() {
-        0.0
-    } else {
-        (lo - hi).exp()
-    };
-
-    // Pairwise cosine over a seeded subset.
-    let m = (cosine_sample as i64).min(n);
-    let sample = if m < n {
-        use rand::seq::index::sample;
-        use rand::SeedableRng;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let idx: Vec<i64> = sample(&mut rng, n as usize, m as usize)
-            .into_iter()
-            .map(|i| i as i64)
-            .collect();
-        x.index_select(0, &Tensor::from_slice(&idx))
-    } else {
-        x.shallow_clone()
-    };
-    let unit = &sample / sample.norm_scalaropt_dim(2, [1], true).clamp_min(1e-300);
-    let sims = unit.matmul(&unit.tr());
-    let total = sims.sum(Kind::Double).double_value(&[]) - sims.trace().double_value(&[]);
-    let mean_pairwise_cosine = if m > 1 {
-        total / (m * (m - 1)) as f64
-    } else {
-        0.0
-    };
+    let isotropy = isotropy(&x);
+    let (mean_pairwise_cosine, m) = mean_pairwise_cosine(&x, cosine_sample, seed);
 
     let top1pct = ((d as f64) / 100.0).ceil().max(1.0) as usize;
     let stats = EmbeddingStats {
@@ -267,16 +217,12 @@ pub fn compute(x: &Tensor, cosine_sample: usize, seed: u64) -> (EmbeddingStats, 
         } else {
             0.0
         },
-        mean_abs_corr: if pairs > 0 {
-            abs_sum / pairs as f64
-        } else {
-            0.0
-        },
+        mean_abs_corr,
         pc1_explained: explained(1),
         pc5_explained: explained(5),
         isotropy,
         mean_pairwise_cosine,
-        cosine_sample: m as usize,
+        cosine_sample: m,
     };
     (
         stats,
@@ -288,6 +234,76 @@ pub fn compute(x: &Tensor, cosine_sample: usize, seed: u64) -> (EmbeddingStats, 
             pc1,
         },
     )
+}
+
+/// The correlation matrix from the covariance (zero-variance dimensions get zero
+/// correlation), row-major, and the mean |correlation| over pairs of distinct live dimensions.
+fn correlation(cov: &Tensor, std: &[f64]) -> (Vec<f64>, f64) {
+    let d = std.len();
+    let inv: Vec<f64> = std
+        .iter()
+        .map(|s| if *s > 0.0 { 1.0 / s } else { 0.0 })
+        .collect();
+    let inv_t = Tensor::from_slice(&inv);
+    let corr = vec64(&(cov * inv_t.unsqueeze(1) * inv_t.unsqueeze(0)));
+    let live: Vec<usize> = (0..d).filter(|&j| std[j] > 0.0).collect();
+    let (mut abs_sum, mut pairs) = (0.0, 0usize);
+    for &j in &live {
+        for &k in &live {
+            if j != k {
+                abs_sum += corr[j * d + k].abs();
+                pairs += 1;
+            }
+        }
+    }
+    let mean_abs = if pairs > 0 {
+        abs_sum / pairs as f64
+    } else {
+        0.0
+    };
+    (corr, mean_abs)
+}
+
+/// Isotropy over the eigenvectors of XᵀX (uncentred, as Mu & Viswanath): min over max of the
+/// partition function, with log-sum-exp.
+fn isotropy(x: &Tensor) -> f64 {
+    let (_, u) = x.tr().matmul(x).linalg_eigh("L");
+    let log_z = vec64(&x.matmul(&u).logsumexp([0], false));
+    let lo = log_z.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = log_z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if log_z.is_empty() {
+        0.0
+    } else {
+        (lo - hi).exp()
+    }
+}
+
+/// The mean cosine of distinct pairs over a seeded subset of at most `sample` rows, and the
+/// subset's size.
+fn mean_pairwise_cosine(x: &Tensor, sample: usize, seed: u64) -> (f64, usize) {
+    let n = x.size()[0];
+    let m = (sample as i64).min(n);
+    let rows = if m < n {
+        use rand::seq::index::sample;
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let idx: Vec<i64> = sample(&mut rng, n as usize, m as usize)
+            .into_iter()
+            .map(|i| i as i64)
+            .collect();
+        x.index_select(0, &Tensor::from_slice(&idx))
+    } else {
+        x.shallow_clone()
+    };
+    let unit = &rows / rows.norm_scalaropt_dim(2, [1], true).clamp_min(1e-300);
+    let sims = unit.matmul(&unit.tr());
+    let total = sims.sum(Kind::Double).double_value(&[]) - sims.trace().double_value(&[]);
+    let mean = if m > 1 {
+        total / (m * (m - 1)) as f64
+    } else {
+        0.0
+    };
+    (mean, m as usize)
 }
 
 /// A summary of one tensor of a normalizer's saved state (running mean, std, covariance, step
