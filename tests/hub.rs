@@ -510,6 +510,21 @@ fn control_characters_in_the_endpoint_or_token_are_refused() {
         );
         assert!(!all.contains("hf_secret"), "{all}");
     }
+    // Timeouts and retries that are not numbers in range: refused naming the variable.
+    for (var, value) in [
+        ("HF_HUB_DOWNLOAD_TIMEOUT", "NaN"),
+        ("HF_HUB_DOWNLOAD_TIMEOUT", "0"),
+        ("HF_HUB_ETAG_TIMEOUT", "1e300"),
+        ("HF_HUB_ETAG_TIMEOUT", "-5"),
+        ("CLSNORM_HUB_RETRIES", "99999999999999999999"),
+        ("CLSNORM_HUB_RETRIES", "1\n2"),
+    ] {
+        let hf = Hf {
+            env: vec![(var.to_string(), value.to_string())],
+            ..Hf::new(tmp.path(), &dead_endpoint())
+        };
+        common::fails(&hf.run(&embed), var);
+    }
     assert!(
         !tmp.path().join("hf").join("hub").exists(),
         "nothing cached"

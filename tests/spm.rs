@@ -203,3 +203,47 @@ fn hostile_sentencepiece_files_are_refused() {
         common::fails(&o, "spm.model");
     }
 }
+
+/// A RoBERTa folder whose vocab.json or merges.txt is not what RobertaTokenizer reads: an error
+/// naming the file and the line.
+#[test]
+fn hostile_vocab_and_merges_files_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures().join("roberta-vocab-merges");
+    let cases: [(&str, &str, &[u8], &str); 4] = [
+        (
+            "list",
+            "vocab.json",
+            b"[1, 2]",
+            "vocab.json is not a JSON object of ids",
+        ),
+        (
+            "float",
+            "vocab.json",
+            b"{\"<s>\": 0.5}",
+            "maps a token to something not an id",
+        ),
+        (
+            "three",
+            "merges.txt",
+            b"#version: 0.2\na b c\n",
+            "merges.txt:2: expected two tokens",
+        ),
+        (
+            "binary",
+            "merges.txt",
+            b"#v\n\xff\xfe\n",
+            "merges.txt is not UTF-8",
+        ),
+    ];
+    for (name, file, bytes, want) in cases {
+        let dir = common::family_model_dir(&tmp.path().join(name), "roberta", "small");
+        std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+        for f in ["vocab.json", "merges.txt", "tokenizer_config.json"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        std::fs::write(dir.join(file), bytes).unwrap();
+        let o = common::clsnorm(&["embed", "--model", common::p(&dir), "a text"]);
+        common::fails(&o, want);
+    }
+}

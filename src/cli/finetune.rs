@@ -355,7 +355,6 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
     let JobParts {
         task,
         task_dir,
-        train_rows,
         data,
         head,
         config,
@@ -371,7 +370,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
                 skip_bad_rows: recorded.map_or(a.data.skip_bad_rows, |r| r.1),
                 require_label: true,
             };
-            read_splits(&task, task_dir.as_deref(), train_rows, opts)?
+            read_splits(&task, task_dir.as_deref(), None, opts)?
         }
     };
     tracing::info!(device = ?device, threads, output = %output.display(), "fine-tuning {} on {}", model_dir.display(), task.name);
@@ -483,7 +482,6 @@ fn read_splits(
 struct JobParts {
     task: TaskSpec,
     task_dir: Option<PathBuf>,
-    train_rows: Option<RawFile>,
     /// The splits, when already read (a new run reads them before it fetches the model).
     data: Option<(Dataset, Vec<(String, Dataset)>)>,
     head: HeadConfig,
@@ -572,7 +570,6 @@ fn from_args(a: &FinetuneArgs, registry: &Registry) -> anyhow::Result<JobParts> 
     Ok(JobParts {
         task,
         task_dir,
-        train_rows: None,
         data: Some(data),
         head,
         config,
@@ -619,7 +616,6 @@ fn from_run_dir(run_dir: &Path, allow_pickle: bool) -> anyhow::Result<(JobParts,
         JobParts {
             task,
             task_dir: None,
-            train_rows: None,
             data: None,
             head: rc.head,
             config: rc.train,

@@ -488,7 +488,7 @@ fn origin(u: &Url) -> String {
 }
 
 /// `url` without its query (signed storage addresses carry credentials there).
-pub fn redacted(url: &str) -> String {
+fn redacted(url: &str) -> String {
     url.split(['?', '#']).next().unwrap_or_default().to_string()
 }
 
