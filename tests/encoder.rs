@@ -652,9 +652,14 @@ fn a_model_is_loaded_in_little_more_than_its_own_size_of_memory() {
         .unwrap()
         .len() as f64;
     // The peak clsnorm reports at `-v` (VmHWM): a child's getrusage peak would include this
-    // test process's own, which exec passes on.
+    // test process's own, which exec passes on. glibc's mmap threshold is fixed: by default it
+    // rises when a large block is freed, so later 16 MiB chunks land in the heap of whichever
+    // thread frees them and stay there, and the peak wandered by 50 MB from run to run (1.26x
+    // to 1.51x, CI failed at 1.51x); fixed, big blocks go back when freed and the peak repeats
+    // to 1 MB. This test measures clsnorm's copies, not that slack.
     let peak = |model: &std::path::Path| -> f64 {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_clsnorm"))
+            .env("MALLOC_MMAP_THRESHOLD_", "1048576")
             .args([
                 "-v",
                 "embed",
@@ -676,14 +681,17 @@ fn a_model_is_loaded_in_little_more_than_its_own_size_of_memory() {
         mib.unwrap_or_else(|| panic!("no peak in the log:\n{log}")) * (1 << 20) as f64
     };
     let extra = peak(&big_dir) - peak(&tiny_dir);
-    // Measured 1.29x (the model, two 16 MiB read buffers, the allocator's slack); with
-    // `/usr/bin/time` on a model of this size, 3.45x before loading read piecewise and 1.68x
-    // before the initialisation was drawn in place (docs/performance.md).
+    // The model once, plus what one read chunk (16 MiB) costs: the read buffer, the tensor made
+    // from it and the finiteness check's temporaries: measured 1.25x here (file + 53 MB). A copy
+    // of the file or of the loaded tensors would be 2x; before loading read piecewise it was
+    // 3.45x, before the initialisation was drawn in place 1.68x (docs/performance.md).
+    let bound = file + 64.0 * (1 << 20) as f64;
     assert!(
-        extra < 1.5 * file,
-        "loading a {:.0} MB model took {:.0} MB more than a tiny one",
+        extra < bound,
+        "loading a {:.0} MB model took {:.0} MB more than a tiny one (at most {:.0})",
         file / 1e6,
-        extra / 1e6
+        extra / 1e6,
+        bound / 1e6
     );
 }
 
