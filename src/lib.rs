@@ -16,6 +16,7 @@ pub mod encoder;
 pub mod error;
 pub mod eval;
 pub mod excerpt;
+pub mod export;
 pub mod fsread;
 pub mod hub;
 pub mod metrics;

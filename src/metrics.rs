@@ -13,6 +13,9 @@ pub enum Metric {
     F1,
     /// Matthews correlation coefficient (multi-class form).
     Mcc,
+    /// Unweighted mean of every class's F1 (sklearn's `average="macro"`), for more than two
+    /// classes.
+    MacroF1,
     Pearson,
     Spearman,
     /// Mean of accuracy and F1 (MRPC/QQP model selection, as HF `run_glue`).
@@ -30,6 +33,7 @@ impl Metric {
             Metric::Accuracy => "accuracy",
             Metric::F1 => "f1",
             Metric::Mcc => "mcc",
+            Metric::MacroF1 => "f1_macro",
             Metric::Pearson => "pearson",
             Metric::Spearman => "spearman",
             Metric::AccF1 => "acc_and_f1",
@@ -70,6 +74,33 @@ pub fn f1(pred: &[usize], gold: &[usize]) -> f64 {
     } else {
         2.0 * tp / (2.0 * tp + fp + fne)
     }
+}
+
+/// Macro F1: the mean over the classes seen in gold or predictions of each class's F1 (0 for
+/// a class with no true positives), as sklearn's `f1_score(average="macro")` over those
+/// labels.
+pub fn macro_f1(pred: &[usize], gold: &[usize]) -> f64 {
+    let classes: std::collections::BTreeSet<usize> = pred.iter().chain(gold).copied().collect();
+    if classes.is_empty() {
+        return 0.0;
+    }
+    let f1_of = |c: usize| {
+        let (mut tp, mut fp, mut fne) = (0.0, 0.0, 0.0);
+        for (&p, &g) in pred.iter().zip(gold) {
+            match (p == c, g == c) {
+                (true, true) => tp += 1.0,
+                (true, false) => fp += 1.0,
+                (false, true) => fne += 1.0,
+                _ => {}
+            }
+        }
+        if tp == 0.0 {
+            0.0
+        } else {
+            2.0 * tp / (2.0 * tp + fp + fne)
+        }
+    };
+    classes.iter().map(|&c| f1_of(c)).sum::<f64>() / classes.len() as f64
 }
 
 /// Matthews correlation, in the multi-class form of Gorodkin (2004) that sklearn uses; equal to
@@ -162,6 +193,7 @@ pub fn compute(metrics: &[Metric], outputs: &Outputs) -> BTreeMap<String, f64> {
             (Metric::Accuracy, Outputs::Classes { pred, gold }) => accuracy(pred, gold),
             (Metric::F1, Outputs::Classes { pred, gold }) => f1(pred, gold),
             (Metric::Mcc, Outputs::Classes { pred, gold }) => mcc(pred, gold),
+            (Metric::MacroF1, Outputs::Classes { pred, gold }) => macro_f1(pred, gold),
             (Metric::AccF1, Outputs::Classes { pred, gold }) => {
                 (accuracy(pred, gold) + f1(pred, gold)) / 2.0
             }
@@ -184,6 +216,17 @@ mod tests {
 
     fn close(a: f64, b: f64) {
         assert!((a - b).abs() < 1e-12, "{a} != {b}");
+    }
+
+    #[test]
+    fn macro_f1_by_hand() {
+        // Class 0: tp 2 fp 1 fn 0 -> 4/5; class 1: tp 1 fp 1 fn 1 -> 1/2; class 2: tp 0 -> 0
+        // (sklearn's f1_score(gold, pred, average="macro") = 0.43333).
+        let gold = [0, 0, 1, 1, 2];
+        let pred = [0, 0, 1, 0, 1];
+        close(macro_f1(&pred, &gold), (0.8 + 0.5 + 0.0) / 3.0);
+        close(macro_f1(&gold, &gold), 1.0);
+        close(macro_f1(&[], &[]), 0.0);
     }
 
     #[test]

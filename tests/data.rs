@@ -5,7 +5,9 @@ mod common;
 use std::path::Path;
 
 use clsnorm::data::read::{infer_classes, read_rows};
-use clsnorm::data::{glue_task, read_dataset, Format, Label, LabelSpace, ReadOptions, TaskSpec};
+use clsnorm::data::{
+    glue_task, read_dataset, read_split, Format, Label, LabelSpace, ReadOptions, TaskSpec,
+};
 use clsnorm::Error;
 
 use common::{write_file as write, SKIP, STRICT};
@@ -153,12 +155,12 @@ fn shared_glue_files_read_with_their_official_sizes() {
         let spec = glue_task(task).unwrap();
         let (t, d) = spec.paths(Some(&dir.join(task)));
         assert_eq!(
-            read_dataset(&t, &spec, STRICT).unwrap().examples.len(),
+            read_split(&t, &spec, STRICT).unwrap().examples.len(),
             train,
             "{task} train"
         );
         assert_eq!(
-            read_dataset(&d[0].1, &spec, STRICT).unwrap().examples.len(),
+            read_split(&d[0].1, &spec, STRICT).unwrap().examples.len(),
             dev,
             "{task} dev"
         );

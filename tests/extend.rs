@@ -7,7 +7,7 @@ use std::path::Path;
 
 use clsnorm::batch::InputLimits;
 use clsnorm::classifier::{ClsSource, HeadConfig};
-use clsnorm::data::{glue_task, read_dataset, ReadOptions};
+use clsnorm::data::{glue_task, read_split, ReadOptions};
 use clsnorm::encoder::{EncoderConfig, EncoderModel, EncoderOutput, Family};
 use clsnorm::normalize::{NormConfig, NormOptions, Normalizer, OptionMap};
 use clsnorm::train::{checkpoint, finetune, Finetune, TrainConfig};
@@ -256,10 +256,10 @@ fn a_new_normalizer_and_model_family_fine_tune_and_reload() {
             bias_init: Default::default(),
             classifier_init: Default::default(),
         },
-        train: read_dataset(&train, &task, opts).unwrap(),
+        train: read_split(&train, &task, opts).unwrap(),
         dev: dev
             .iter()
-            .map(|(n, p)| (n.clone(), read_dataset(p, &task, opts).unwrap()))
+            .map(|(n, p)| (n.clone(), read_split(p, &task, opts).unwrap()))
             .collect(),
         task,
         config: TrainConfig {
@@ -296,7 +296,7 @@ fn a_new_normalizer_and_model_family_fine_tune_and_reload() {
     let ck = out.join("best");
     let (m, meta) = checkpoint::load_model(&ck, Device::Cpu, &registry()).unwrap();
     let tok = clsnorm::tokenize::TextTokenizer::load(&ck, meta.max_len).unwrap();
-    let ds = read_dataset(&dev[0].1, &meta.task, opts).unwrap();
+    let ds = read_split(&dev[0].1, &meta.task, opts).unwrap();
     let t = clsnorm::train::Tokenized::new(&tok, &ds).unwrap();
     let metrics =
         clsnorm::eval::evaluate(&m, &t.encs, &t.labels, &meta.task.metrics, 16, tok.pad_id())

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use clsnorm::batch::Batch;
 use clsnorm::classifier::{ClsSource, HeadConfig};
-use clsnorm::data::{glue_task, read_dataset, ReadOptions};
+use clsnorm::data::{glue_task, read_split, ReadOptions};
 use clsnorm::encoder::{weights, Encoder, Families};
 use clsnorm::tokenize::{Encoded, TextTokenizer};
 use clsnorm::train::{finetune, Finetune, TrainConfig};
@@ -157,10 +157,10 @@ fn run(model: &Path, data: &Path, out: &Path, stop_after: Option<usize>, resume:
             bias_init: Default::default(),
             classifier_init: Default::default(),
         },
-        train: read_dataset(&train, &task, opts).unwrap(),
+        train: read_split(&train, &task, opts).unwrap(),
         dev: dev
             .iter()
-            .map(|(n, p)| (n.clone(), read_dataset(p, &task, opts).unwrap()))
+            .map(|(n, p)| (n.clone(), read_split(p, &task, opts).unwrap()))
             .collect(),
         task,
         config: TrainConfig {

@@ -7,81 +7,29 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::hub_server::{dead_endpoint, Hostile, HubRepo, HubServer, LISTING};
+use common::hub_server::{dead_endpoint, Hf, Hostile, HubRepo, HubServer, LISTING};
 use common::Col;
 
-/// The test's own Hugging Face environment: HF_HOME under `root`, the stand-in's address.
-struct Hf {
-    home: PathBuf,
-    endpoint: String,
-    token: Option<String>,
-    offline: bool,
-    /// More environment (timeouts, retries).
-    env: Vec<(String, String)>,
-}
-
-impl Hf {
-    fn new(root: &Path, endpoint: &str) -> Hf {
-        Hf {
-            home: root.join("hf"),
-            endpoint: endpoint.to_string(),
-            token: None,
-            offline: false,
-            env: Vec::new(),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_clsnorm"));
-        c.args(args)
-            .env("HF_HOME", &self.home)
-            .env("HF_ENDPOINT", &self.endpoint)
-            .env("RUST_LOG", "warn")
-            .env_remove("HF_HUB_CACHE")
-            .env_remove("HF_TOKEN")
-            .env_remove("HF_TOKEN_PATH")
-            .env_remove("HF_HUB_OFFLINE")
-            .env_remove("HF_HUB_DOWNLOAD_TIMEOUT")
-            .env_remove("HF_HUB_ETAG_TIMEOUT")
-            .env_remove("CLSNORM_HUB_RETRIES")
-            .env_remove("GLUE_DIR");
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
-        if let Some(t) = &self.token {
-            c.env("HF_TOKEN", t);
-        }
-        if self.offline {
-            c.env("HF_HUB_OFFLINE", "1");
-        }
-        c.output().unwrap()
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.home.join("hub")
-    }
-
-    /// One short epoch of GLUE RTE (no data folder: from the Hub) with `model`, into `out`.
-    fn finetune_rte(&self, model: &str, out: &Path) -> Output {
-        self.run(&[
-            "finetune",
-            "--model",
-            model,
-            "--task",
-            "RTE",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--max-len",
-            "32",
-            "--threads",
-            "1",
-            "--quiet",
-            "--output",
-            common::p(out),
-        ])
-    }
+/// One short epoch of GLUE RTE (no data folder: from the Hub) with `model`, into `out`.
+fn finetune_rte(hf: &Hf, model: &str, out: &Path) -> Output {
+    hf.run(&[
+        "finetune",
+        "--model",
+        model,
+        "--task",
+        "RTE",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--max-len",
+        "32",
+        "--threads",
+        "1",
+        "--quiet",
+        "--output",
+        common::p(out),
+    ])
 }
 
 fn words(i: usize, n: usize) -> String {
@@ -178,7 +126,7 @@ fn models_and_glue_come_from_the_hub_into_the_shared_cache_and_then_work_offline
 
     for (id, commit) in &commits[..2] {
         let run = root.join(format!("run-{}", id.replace('/', "-")));
-        common::ok(&hf.finetune_rte(id, &run));
+        common::ok(&finetune_rte(&hf, id, &run));
         // The run names exactly what it read.
         let c = config_json(&run);
         assert_eq!(c["model_source"]["repo"], id.as_str());
@@ -245,7 +193,7 @@ fn models_and_glue_come_from_the_hub_into_the_shared_cache_and_then_work_offline
         ..Hf::new(root, "")
     };
     let run = root.join("run-offline");
-    common::ok(&offline.finetune_rte("org/tiny-bert", &run));
+    common::ok(&finetune_rte(&offline, "org/tiny-bert", &run));
     common::ok(&offline.run(&[
         "evaluate",
         "--checkpoint",
@@ -987,7 +935,7 @@ fn fetch_fills_the_cache_for_offline_runs_and_sweep_slurm_fetches_before_submitt
         offline: true,
         ..Hf::new(root, "")
     };
-    common::ok(&offline.finetune_rte("org/tiny-bert", &root.join("run")));
+    common::ok(&finetune_rte(&offline, "org/tiny-bert", &root.join("run")));
 
     // A sweep of Hub models, offline from the cache: the report names repo and commit.
     let local = root.join("local.toml");

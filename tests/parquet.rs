@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use clsnorm::data::task::locate_glue;
-use clsnorm::data::{glue_task, read_dataset, Label, ReadOptions};
+use clsnorm::data::{glue_task, read_dataset, read_split, Label, ReadOptions};
 use common::{clsnorm, fails, ok, p, write_parquet, Col};
 
 const STRICT: ReadOptions = ReadOptions {
@@ -161,15 +161,14 @@ fn the_hubs_glue_gives_the_examples_and_label_ids_of_the_tsv_files() {
                 .map(|d| d.1)
                 .zip(pdev.into_iter().map(|d| d.1)),
         ) {
-            let a = read_dataset(&c, &classic, STRICT).unwrap();
-            let b = read_dataset(&p, &parquet, STRICT).unwrap();
-            assert_eq!(a.examples.len(), b.examples.len(), "{}", p.display());
+            let a = read_split(&c, &classic, STRICT).unwrap();
+            let b = read_split(&p, &parquet, STRICT).unwrap();
+            assert_eq!(a.examples.len(), b.examples.len(), "{p:?}");
             for (x, y) in a.examples.iter().zip(&b.examples) {
                 assert_eq!(
                     (&x.text, &x.text_pair, &x.label),
                     (&y.text, &y.text_pair, &y.label),
-                    "{}",
-                    p.display()
+                    "{p:?}"
                 );
             }
         }
@@ -295,7 +294,7 @@ fn labels_are_mapped_by_name_and_unlabelled_rows_are_refused() {
     let (parquet, pdir) = locate_glue(&spec, &tmp.path().join("glue")).unwrap();
     let (train, dev) = parquet.paths(Some(&pdir));
     assert_eq!(dev.len(), 2);
-    let ds = read_dataset(&train, &parquet, STRICT).unwrap();
+    let ds = read_split(&train, &parquet, STRICT).unwrap();
     // Classic order: contradiction 0, entailment 1, neutral 2.
     let ids: Vec<Option<Label>> = ds.examples.iter().map(|e| e.label).collect();
     assert_eq!(

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use clsnorm::batch::Batch;
 use clsnorm::classifier::{ClsSource, HeadConfig};
-use clsnorm::data::{glue_task, read_dataset};
+use clsnorm::data::{glue_task, read_split};
 use clsnorm::encoder::{BertConfig, Encoder};
 use clsnorm::precision::{GradScaler, Precision};
 use clsnorm::tokenize::TextTokenizer;
@@ -120,10 +120,10 @@ fn job<'a>(t: &'a Toy, out: &'a Path, cfg: TrainConfig) -> Finetune<'a> {
             bias_init: Default::default(),
             classifier_init: Default::default(),
         },
-        train: read_dataset(&train, &task, common::STRICT).unwrap(),
+        train: read_split(&train, &task, common::STRICT).unwrap(),
         dev: dev
             .iter()
-            .map(|(n, p)| (n.clone(), read_dataset(p, &task, common::STRICT).unwrap()))
+            .map(|(n, p)| (n.clone(), read_split(p, &task, common::STRICT).unwrap()))
             .collect(),
         task,
         config: cfg,
@@ -217,7 +217,7 @@ fn an_fp16_overflow_skips_the_update_and_halves_the_loss_scale() {
         scale: 1e30,
         ..GradScaler::default()
     });
-    tr.step(&batches[0], batches.len()).unwrap();
+    tr.step(&batches[0..1], batches.len()).unwrap();
     let s = tr.state.grad_scaler.unwrap();
     assert_eq!((s.scale, s.skipped, s.growth_tracker), (5e29, 1, 0));
     assert_eq!((tr.state.global_step, tr.state.loss_count), (1, 0));
@@ -230,8 +230,8 @@ fn an_fp16_overflow_skips_the_update_and_halves_the_loss_scale() {
     // skipped one (as Hugging Face's Trainer), so the first taken update has warm-up's lr 0
     // and the second moves the weights.
     tr.state.grad_scaler = Some(GradScaler { scale: 1024.0, ..s });
-    tr.step(&batches[1], batches.len()).unwrap();
-    tr.step(&batches[2], batches.len()).unwrap();
+    tr.step(&batches[1..2], batches.len()).unwrap();
+    tr.step(&batches[2..3], batches.len()).unwrap();
     let s = tr.state.grad_scaler.unwrap();
     assert_eq!((s.scale, s.skipped, s.growth_tracker), (1024.0, 1, 2));
     assert_eq!((tr.state.global_step, tr.state.loss_count), (3, 2));

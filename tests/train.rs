@@ -4,7 +4,7 @@ mod common;
 use std::path::Path;
 
 use clsnorm::classifier::{ClsSource, HeadConfig};
-use clsnorm::data::{glue_task, read_dataset, ReadOptions};
+use clsnorm::data::{glue_task, read_dataset, read_split, ReadOptions};
 use clsnorm::normalize::{NormConfig, Normalizers};
 use clsnorm::precision::Precision;
 use clsnorm::train::{
@@ -71,10 +71,10 @@ fn run(
             bias_init: Default::default(),
             classifier_init: Default::default(),
         },
-        train: read_dataset(&train, &task, opts).unwrap(),
+        train: read_split(&train, &task, opts).unwrap(),
         dev: dev
             .iter()
-            .map(|(n, p)| (n.clone(), read_dataset(p, &task, opts).unwrap()))
+            .map(|(n, p)| (n.clone(), read_split(p, &task, opts).unwrap()))
             .collect(),
         task,
         config: cfg,
@@ -513,6 +513,7 @@ fn labelled(labels: &[clsnorm::data::Label]) -> clsnorm::data::Dataset {
             .collect(),
         skipped: 0,
         sha256: String::new(),
+        shards: Vec::new(),
     }
 }
 
@@ -549,6 +550,7 @@ fn prior_bias_init_starts_the_head_at_the_label_prior() {
         examples: Vec::new(),
         skipped: 0,
         sha256: String::new(),
+        shards: Vec::new(),
     };
     let err = label_prior(&LabelSpace::Regression, &empty)
         .unwrap_err()
@@ -809,6 +811,82 @@ fn schedules_set_each_updates_learning_rate_and_are_recorded() {
     }
     let o = common::clsnorm(&["finetune", "--schedule", "exponential"]);
     common::fails(&o, "possible values: linear, cosine, constant");
+}
+
+/// `--grad-accum` and `--layer-decay` through the binary: recorded for `--resume`, the updates
+/// counted (an update every K batches, one for the epoch's rest), hostile values refused before
+/// anything is written.
+#[test]
+fn accumulation_and_layer_decay_are_recorded_and_checked() {
+    let s = common::setup();
+    let out = s.root.join("run-accum");
+    common::ok(&common::clsnorm(
+        &[
+            &sst2_two_epochs(&s.model, &s.data, "4")[..],
+            &[
+                "--grad-accum",
+                "3",
+                "--layer-decay",
+                "0.8",
+                "--save-every",
+                "1",
+                "--output",
+                common::p(&out),
+            ],
+        ]
+        .concat(),
+    ));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["train"]["grad_accum"], 3, "{config}");
+    assert_eq!(config["train"]["layer_decay"], 0.8, "{config}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    // 16 examples in batches of 4 make 4 batches an epoch: updates of 3 and 1, twice.
+    assert_eq!(summary["global_steps"], 4, "{summary}");
+    common::ok(&common::clsnorm(&[
+        "finetune",
+        "--resume",
+        common::p(&out),
+        "--quiet",
+    ]));
+    for (flag, value, want) in [
+        (
+            "--grad-accum",
+            "0",
+            "--grad-accum must be between 1 and 4096",
+        ),
+        (
+            "--grad-accum",
+            "1000000000",
+            "--grad-accum must be between 1 and 4096",
+        ),
+        ("--layer-decay", "NaN", "--layer-decay must be in (0, 1]"),
+        ("--layer-decay", "2", "--layer-decay must be in (0, 1]"),
+        ("--layer-decay", "0", "--layer-decay must be in (0, 1]"),
+    ] {
+        let bad = s.root.join("bad");
+        let o = common::clsnorm(
+            &[
+                &sst2_two_epochs(&s.model, &s.data, "4")[..],
+                &[flag, value, "--output", common::p(&bad)],
+            ]
+            .concat(),
+        );
+        common::fails(&o, want);
+        assert!(
+            !bad.exists(),
+            "{flag} {value}: a refused run wrote its folder"
+        );
+    }
+    let o = common::clsnorm(
+        &[
+            &sst2_two_epochs(&s.model, &s.data, "4")[..],
+            &["--grad-accum", "2", "--trace-grads"],
+        ]
+        .concat(),
+    );
+    common::fails(&o, "use one or the other");
 }
 
 /// `finetune` of the toy SST-2 for 2 epochs at `batch` with the tiny model, one thread, quiet.

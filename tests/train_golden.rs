@@ -162,6 +162,54 @@ fn training_equals_pytorch_for_both_classifier_inits() {
     }
 }
 
+/// `--layer-decay 0.7`: PyTorch with one parameter group per depth (embeddings 0, layer `i`
+/// at `i + 1`, pooler and head at `L + 1`), each at `lr * 0.7^(L + 1 - depth)`, one schedule.
+#[test]
+fn layer_decay_equals_pytorch_param_groups() {
+    let d = run("layer_decay", &["--layer-decay", "0.7"]);
+    eprintln!(
+        "layer_decay: loss diff {:.2e}, parameter diff {:.2e} ({})",
+        d.loss, d.param, d.worst
+    );
+    assert!(d.loss <= LOSS_TOL, "loss differs by {}", d.loss);
+    assert!(d.param <= PARAM_TOL, "{} differs by {}", d.worst, d.param);
+    // Without the decay the same run is another one.
+    let d = run("layer_decay", &[]);
+    assert!(
+        d.param > 10.0 * PARAM_TOL,
+        "no decay not caught: {}",
+        d.param
+    );
+}
+
+/// `--grad-accum 2` with batches of 8 is PyTorch's one batch of 16 (the `hf` scenario):
+/// the micro-batches' losses weighted by their share of the update, gradients added.
+#[test]
+fn gradient_accumulation_equals_the_large_batch() {
+    let d = run("hf", &["--batch-size", "8", "--grad-accum", "2"]);
+    eprintln!(
+        "accumulation: loss diff {:.2e}, parameter diff {:.2e} ({})",
+        d.loss, d.param, d.worst
+    );
+    assert!(d.loss <= LOSS_TOL, "loss differs by {}", d.loss);
+    assert!(d.param <= PARAM_TOL, "{} differs by {}", d.worst, d.param);
+    // Ragged groups (5 + 5 + 5 + 1 examples in one update) weigh each example alike too.
+    let d = run("hf", &["--batch-size", "5", "--grad-accum", "4"]);
+    assert!(
+        d.loss <= LOSS_TOL && d.param <= PARAM_TOL,
+        "ragged: {} {}",
+        d.loss,
+        d.param
+    );
+    // Batches of 8 without accumulation are twice the updates: caught.
+    let d = run("hf", &["--batch-size", "8"]);
+    assert!(
+        d.param > 10.0 * PARAM_TOL,
+        "eight updates of 8 pass as four of 16: {}",
+        d.param
+    );
+}
+
 #[test]
 fn a_perturbed_schedule_optimizer_or_gradient_is_caught() {
     for (what, extra) in [

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use clsnorm::batch::Batch;
 use clsnorm::classifier::{ClsSource, HeadConfig};
-use clsnorm::data::{glue_task, read_dataset, ReadOptions};
+use clsnorm::data::{glue_task, read_split, ReadOptions};
 use clsnorm::encoder::{layers, Encoder, Execution};
 use clsnorm::normalize::Normalizers;
 use clsnorm::tokenize::{Encoded, TextTokenizer};
@@ -243,10 +243,10 @@ fn train_run(model: &Path, data: &Path, out: &Path, norm: &str, cls: ClsSource, 
             bias_init: Default::default(),
             classifier_init: Default::default(),
         },
-        train: read_dataset(&train, &task, opts).unwrap(),
+        train: read_split(&train, &task, opts).unwrap(),
         dev: dev
             .iter()
-            .map(|(n, p)| (n.clone(), read_dataset(p, &task, opts).unwrap()))
+            .map(|(n, p)| (n.clone(), read_split(p, &task, opts).unwrap()))
             .collect(),
         task,
         config: TrainConfig {

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use clsnorm::analyze::{self, plots, EmbeddingStats};
 use clsnorm::classifier::{Classifier, ClsSource};
-use clsnorm::data::{read_dataset, ReadOptions};
+use clsnorm::data::{read_split, ReadOptions};
 use clsnorm::device::set_threads;
 use clsnorm::encoder::Encoder;
 use clsnorm::precision::Precision;
@@ -354,9 +354,9 @@ fn embed_split(a: &AnalyzeArgs, registry: &Registry) -> anyhow::Result<Embedded>
     let enc = analysed.encoder();
     enc.limits()
         .check_tokenizer(&tok, task.text_pair.is_some())?;
-    let (train_path, dev_paths) = task.paths(task_dir.as_deref());
-    let path = match a.split {
-        Split::Train => train_path,
+    let (train_paths, dev_paths) = task.paths(task_dir.as_deref());
+    let paths = match a.split {
+        Split::Train => train_paths,
         Split::Dev => match dev_paths.first() {
             Some((_, p)) => p.clone(),
             None => bail!("task {} has no dev file", task.name),
@@ -366,7 +366,7 @@ fn embed_split(a: &AnalyzeArgs, registry: &Registry) -> anyhow::Result<Embedded>
         skip_bad_rows: a.data.skip_bad_rows,
         require_label: false,
     };
-    let ds = read_dataset(&path, &task, opts)?;
+    let ds = read_split(&paths, &task, opts)?;
     let t0 = std::time::Instant::now();
     let encs = tok.encode_dataset(&ds)?;
     let (pooler, cls) = embed_all(enc, &encs, a.batch_size, tok.pad_id(), a.quiet)?;
@@ -376,7 +376,7 @@ fn embed_split(a: &AnalyzeArgs, registry: &Registry) -> anyhow::Result<Embedded>
         model_dir,
         analysed,
         task,
-        path,
+        path: ds.path.clone(),
         examples: ds.examples.len(),
         embed_secs: t0.elapsed().as_secs_f64(),
         pooler,

@@ -178,13 +178,29 @@ pub struct CheckpointArgs {
 #[derive(Debug, Args)]
 pub struct DataArgs {
     /// GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI; any case), or a name
-    /// for a custom task given with --train-file.
+    /// for a custom task given with --train-file or --dataset.
     #[arg(long)]
     pub task: Option<String>,
+    /// A Hub dataset by name, as `datasets.load_dataset(NAME, CONFIG, revision=REVISION)`
+    /// reads it: its Parquet, CSV or JSON Lines files, else the Hub's Parquet conversion
+    /// (README, "Datasets").
+    #[arg(
+        long,
+        value_name = "ORG/NAME[:CONFIG][@REVISION]",
+        conflicts_with_all = ["train_file", "dev_file", "format", "no_header"]
+    )]
+    pub dataset: Option<String>,
+    /// The split of --dataset to train on.
+    #[arg(long, default_value = "train", requires = "dataset")]
+    pub train_split: String,
+    /// The split of --dataset to evaluate on (default: validation, else test, which must then
+    /// be labelled).
+    #[arg(long, requires = "dataset")]
+    pub dev_split: Option<String>,
     /// Directory holding GLUE's TASK/{train,dev}.tsv.
     #[arg(long, env = "GLUE_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Custom training file (.tsv, .csv or .jsonl).
+    /// Custom training file (.tsv, .csv, .jsonl or .parquet).
     #[arg(long)]
     pub train_file: Option<PathBuf>,
     /// Custom dev file, same format as the training file.
@@ -193,15 +209,16 @@ pub struct DataArgs {
     /// Format of custom files (default: from the extension).
     #[arg(long, value_parser = ["tsv", "csv", "jsonl", "parquet"])]
     pub format: Option<String>,
-    /// Column (name, or 0-based index with --no-header) of the text.
-    #[arg(long, default_value = "text")]
-    pub text_col: String,
-    /// Column of the second text of a pair.
+    /// Column (name, or 0-based index with --no-header) of the text [default: text; of a
+    /// --dataset, inferred].
+    #[arg(long)]
+    pub text_col: Option<String>,
+    /// Column of the second text of a pair [of a --dataset, inferred].
     #[arg(long)]
     pub text_pair_col: Option<String>,
-    /// Column of the label.
-    #[arg(long, default_value = "label")]
-    pub label_col: String,
+    /// Column of the label [default: label].
+    #[arg(long)]
+    pub label_col: Option<String>,
     /// Custom files have no header row.
     #[arg(long)]
     pub no_header: bool,

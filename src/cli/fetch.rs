@@ -1,4 +1,4 @@
-//! `clsnorm fetch`: models and GLUE tasks into the Hugging Face cache ahead of the runs that
+//! `clsnorm fetch`: models, GLUE tasks and Hub datasets into the Hugging Face cache ahead of the runs that
 //! read them, e.g. on a cluster's login node for compute nodes without internet (which then
 //! run with `HF_HUB_OFFLINE=1`); `sweep --slurm` does the same for its plan before it submits.
 use std::collections::BTreeSet;
@@ -17,7 +17,11 @@ pub struct FetchArgs {
     /// A GLUE task to fetch from the Hub's nyu-mll/glue (train and dev splits).
     #[arg(long)]
     pub task: Vec<String>,
-    /// A sweep file: every model and GLUE task its runs read.
+    /// A Hub dataset to fetch, as `--dataset` takes it (ORG/NAME[:CONFIG][@REVISION]): every
+    /// split of the config.
+    #[arg(long)]
+    pub dataset: Vec<String>,
+    /// A sweep file: every model, GLUE task and Hub dataset its runs read.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Fetch pytorch_model.bin where a repo has no safetensors.
@@ -31,6 +35,8 @@ pub struct FetchArgs {
 pub struct Needs {
     pub models: BTreeSet<(Option<PathBuf>, bool)>,
     pub tasks: BTreeSet<String>,
+    /// Hub datasets (`--dataset`).
+    pub datasets: BTreeSet<String>,
 }
 
 impl Needs {
@@ -51,7 +57,9 @@ impl Needs {
             needs
                 .models
                 .insert((value("--model").map(PathBuf::from), has("--allow-pickle")));
-            if !glue_dir && !has("--data-dir") && !has("--train-file") {
+            if let Some(d) = value("--dataset") {
+                needs.datasets.insert(d);
+            } else if !glue_dir && !has("--data-dir") && !has("--train-file") {
                 if let Some(task) = clsnorm::data::glue_task(&run.task) {
                     needs.tasks.insert(task.name);
                 }
@@ -81,9 +89,11 @@ pub fn run(a: FetchArgs) -> anyhow::Result<()> {
         let of_plan = Needs::of_plan(&plan);
         needs.models.extend(of_plan.models);
         needs.tasks.extend(of_plan.tasks);
+        needs.datasets.extend(of_plan.datasets);
     }
-    if needs.models.is_empty() && needs.tasks.is_empty() {
-        bail!("nothing to fetch: give --model, --task or --config");
+    needs.datasets.extend(a.dataset.iter().cloned());
+    if needs.models.is_empty() && needs.tasks.is_empty() && needs.datasets.is_empty() {
+        bail!("nothing to fetch: give --model, --task, --dataset or --config");
     }
     for line in fetch(&needs)? {
         super::print_stdout(&line)?;
@@ -110,6 +120,10 @@ pub fn fetch(needs: &Needs) -> anyhow::Result<Vec<String>> {
     for task in &needs.tasks {
         let found = super::finetune::glue_from_hub(task, "main")?;
         lines.push(describe(format!("GLUE {task}"), &found));
+    }
+    for d in &needs.datasets {
+        let found = super::hub_data::fetch(d)?;
+        lines.push(describe(format!("dataset {d}"), &found));
     }
     Ok(lines)
 }

@@ -4,13 +4,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use clsnorm::classifier::{BiasInit, ClassifierInit, ClsSource, HeadConfig};
-use clsnorm::data::read::{dataset_from_rows, infer_classes, read_rows, RawFile};
-use clsnorm::data::{glue_task, read_dataset, Dataset, Format, LabelSpace, ReadOptions, TaskSpec};
+use clsnorm::data::read::{infer_classes, read_rows, split_from_rows, RawFile};
+use clsnorm::data::{glue_task, read_split, Dataset, Format, ReadOptions, TaskSpec};
 use clsnorm::device::set_threads;
 use clsnorm::hub::{HubEnv, HubSource, Located, RepoRef, GLUE_DATASET};
 use clsnorm::train::optim::AdamWConfig;
 use clsnorm::train::schedule::ScheduleKind;
-use clsnorm::train::{finetune, Finetune, Rounding, RunConfig, Sources, TrainConfig};
+use clsnorm::train::{finetune, FileInfo, Finetune, Rounding, RunConfig, Sources, TrainConfig};
 use clsnorm::Registry;
 
 use super::{DataArgs, NormArgs, RuntimeArgs};
@@ -32,6 +32,10 @@ pub struct FinetuneArgs {
     pub max_steps: Option<usize>,
     #[arg(long, default_value_t = DEFAULTS.batch_size)]
     pub batch_size: usize,
+    /// Batches per update (gradient accumulation): an update sees K x --batch-size examples,
+    /// computed K batches at a time, as one batch of them all (README, "Training recipes").
+    #[arg(long, value_name = "K", default_value_t = DEFAULTS.grad_accum)]
+    pub grad_accum: usize,
     #[arg(long, default_value_t = DEFAULTS.eval_batch_size)]
     pub eval_batch_size: usize,
     /// Peak learning rate.
@@ -55,6 +59,11 @@ pub struct FinetuneArgs {
     /// (the IsoBN protocol's), cosine (half a cycle, to 0) or constant.
     #[arg(long, value_enum, default_value_t = ScheduleKind::Linear)]
     pub schedule: ScheduleKind,
+    /// Layer-wise learning-rate decay, as ELECTRA's and DeBERTa's recipes: each encoder layer
+    /// trains at the rate of the one above times D, the embeddings lowest; pooler, normalizer
+    /// and classifier at the full rate. In (0, 1]; off by default.
+    #[arg(long, value_name = "D")]
+    pub layer_decay: Option<f64>,
     /// Clip the global gradient norm (off by default, as in the IsoBN protocol).
     #[arg(long)]
     pub max_grad_norm: Option<f64>,
@@ -100,7 +109,7 @@ pub struct FinetuneArgs {
     pub output: Option<PathBuf>,
     /// Continue the run in this directory from its last complete checkpoint; every other
     /// setting comes from the run's config.json.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["task", "train_file", "output"])]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["task", "train_file", "dataset", "output"])]
     pub resume: Option<PathBuf>,
     /// Also checkpoint every N updates (always at the end of each epoch).
     #[arg(long)]
@@ -209,16 +218,16 @@ pub fn glue_from_hub(task: &str, revision: &str) -> anyhow::Result<Located> {
 }
 
 /// Most classes a custom classification task may have (each is a row of the head).
-const MAX_CLASSES: usize = 10_000;
+pub const MAX_CLASSES: usize = 10_000;
 
 /// A task ready to read.
 pub struct ResolvedTask {
     pub spec: TaskSpec,
     /// The directory the spec's relative file names are under (GLUE tasks).
     pub dir: Option<PathBuf>,
-    /// Custom classification data: the training file's rows (read once: its classes come
+    /// Custom classification data: the training files' rows (read once: its classes come
     /// from them).
-    pub rows: Option<RawFile>,
+    pub rows: Option<Vec<RawFile>>,
     /// The Hub dataset the files are a snapshot of (GLUE read from `nyu-mll/glue`).
     pub source: Option<HubSource>,
 }
@@ -229,6 +238,9 @@ pub fn resolve_task(args: &DataArgs) -> anyhow::Result<ResolvedTask> {
         skip_bad_rows: args.skip_bad_rows,
         require_label: true,
     };
+    if let Some(dataset) = &args.dataset {
+        return super::hub_data::resolve(args, dataset);
+    }
     if let Some(train) = &args.train_file {
         let name = args.task.clone().unwrap_or_else(|| "custom".into());
         let format = format_of(args, train)?;
@@ -236,9 +248,9 @@ pub fn resolve_task(args: &DataArgs) -> anyhow::Result<ResolvedTask> {
             &name,
             format,
             !args.no_header,
-            &args.text_col,
+            args.text_col.as_deref().unwrap_or("text"),
             args.text_pair_col.as_deref(),
-            &args.label_col,
+            args.label_col.as_deref().unwrap_or("label"),
             args.regression,
             &train.to_string_lossy(),
             args.dev_file
@@ -258,14 +270,14 @@ pub fn resolve_task(args: &DataArgs) -> anyhow::Result<ResolvedTask> {
                     "{}: found {} distinct labels in column {}; clsnorm classifies into at most {MAX_CLASSES} classes (is --label-col the label? use --regression for scores)",
                     train.display(),
                     classes.len(),
-                    clsnorm::excerpt::quoted(&args.label_col)
+                    clsnorm::excerpt::quoted(args.label_col.as_deref().unwrap_or("label"))
                 );
             }
-            spec.labels = LabelSpace::Classes(classes);
+            spec.set_classes(classes);
             return Ok(ResolvedTask {
                 spec,
                 dir: None,
-                rows: Some(raw),
+                rows: Some(vec![raw]),
                 source: None,
             });
         }
@@ -460,20 +472,20 @@ fn on_signal(first: &mut Option<std::time::Instant>, now: std::time::Instant) ->
 fn read_splits(
     task: &TaskSpec,
     task_dir: Option<&Path>,
-    train_rows: Option<RawFile>,
+    train_rows: Option<Vec<RawFile>>,
     opts: ReadOptions,
 ) -> anyhow::Result<(Dataset, Vec<(String, Dataset)>)> {
-    let (train_path, dev_paths) = task.paths(task_dir);
+    let (train_paths, dev_paths) = task.paths(task_dir);
     let train = match train_rows {
-        Some(raw) => dataset_from_rows(raw, task, opts)?,
-        None => read_dataset(&train_path, task, opts)?,
+        Some(raw) => split_from_rows(raw, task, opts)?,
+        None => read_split(&train_paths, task, opts)?,
     };
     if dev_paths.is_empty() {
         bail!("task {} has no dev file: give --dev-file", task.name);
     }
     let dev = dev_paths
         .iter()
-        .map(|(n, p)| Ok((n.clone(), read_dataset(p, task, opts)?)))
+        .map(|(n, p)| Ok((n.clone(), read_split(p, task, opts)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok((train, dev))
 }
@@ -516,6 +528,8 @@ fn from_args(a: &FinetuneArgs, registry: &Registry) -> anyhow::Result<JobParts> 
         },
         warmup_ratio: a.warmup_ratio,
         schedule: a.schedule,
+        grad_accum: a.grad_accum,
+        layer_decay: a.layer_decay,
         warmup_steps: a.warmup_steps,
         max_grad_norm: a.max_grad_norm,
         epochs: a.epochs,
@@ -604,11 +618,11 @@ fn resume_threads(given: Option<usize>, recorded: Option<usize>) -> Option<usize
 fn from_run_dir(run_dir: &Path, allow_pickle: bool) -> anyhow::Result<(JobParts, usize, bool)> {
     let rc = RunConfig::read(run_dir).context("--resume")?;
     let mut task = rc.task.clone();
-    task.train_file = rc.train_file.path.to_string_lossy().into_owned();
+    task.train_file = rc.train_file.task_files();
     task.dev_files = rc
         .dev_files
         .iter()
-        .map(|(n, i)| (n.clone(), i.path.to_string_lossy().into_owned()))
+        .map(|(n, i)| (n.clone(), i.task_files()))
         .collect();
     let model_dir = resumed_model(&rc, allow_pickle)?;
     resumed_data(&rc, &mut task)?;
@@ -634,7 +648,7 @@ fn from_run_dir(run_dir: &Path, allow_pickle: bool) -> anyhow::Result<(JobParts,
 /// cache, a cleaned one) the same files of the same commit of its Hub dataset.
 fn resumed_data(rc: &RunConfig, task: &mut TaskSpec) -> anyhow::Result<()> {
     let recorded = std::iter::once(&rc.train_file).chain(rc.dev_files.iter().map(|(_, i)| i));
-    if recorded.clone().all(|i| i.path.exists()) {
+    if recorded.clone().all(|i| i.files().all(Path::exists)) {
         return Ok(());
     }
     let Some(src) = &rc.sources.data_source else {
@@ -648,21 +662,37 @@ fn resumed_data(rc: &RunConfig, task: &mut TaskSpec) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
-    let found = glue_from_hub(&task.name, &src.commit).with_context(|| {
-        format!(
-            "--resume: the run's data in {} is gone, and {}@{} could not be fetched again",
-            old.display(),
-            src.repo,
-            src.commit
-        )
-    })?;
+    // The same files of the same commit: their paths inside the snapshot.
+    let inside: Vec<String> = recorded
+        .flat_map(FileInfo::files)
+        .filter_map(|p| p.strip_prefix(old).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let repo = RepoRef::dataset(&src.repo, &src.commit)?;
+    let pick = |_: &[&str]| -> Result<Vec<String>, String> { Ok(inside.clone()) };
+    let complete = |snap: &Path| -> Option<Vec<String>> {
+        inside
+            .iter()
+            .all(|f| snap.join(f).exists())
+            .then(|| inside.clone())
+    };
+    let what = format!("the data of the run ({}@{})", src.repo, src.commit);
+    let found = clsnorm::hub::dataset(&HubEnv::from_process()?, &repo, &pick, &complete, &what)
+        .with_context(|| {
+            format!(
+                "--resume: the run's data in {} is gone, and {}@{} could not be fetched again",
+                old.display(),
+                src.repo,
+                src.commit
+            )
+        })?;
     let moved = |p: &str| match Path::new(p).strip_prefix(old) {
         Ok(rel) => found.dir.join(rel).to_string_lossy().into_owned(),
         Err(_) => p.to_string(),
     };
-    task.train_file = moved(&task.train_file);
+    task.train_file = task.train_file.map(moved);
     for (_, f) in &mut task.dev_files {
-        *f = moved(f);
+        *f = f.map(moved);
     }
     Ok(())
 }

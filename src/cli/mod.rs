@@ -3,8 +3,10 @@ mod analyze;
 mod args;
 mod compare;
 mod embed;
+mod export;
 mod fetch;
 mod finetune;
+mod hub_data;
 mod predict;
 mod sweep;
 
@@ -33,7 +35,7 @@ pub struct Cli {
 pub enum Command {
     /// Tokenize a sentence (or pair) and print its [CLS] state and pooler output as JSON.
     Embed(embed::EmbedArgs),
-    /// Download models and GLUE tasks from the Hugging Face Hub into its local cache, ahead of
+    /// Download models, GLUE tasks and datasets from the Hugging Face Hub into its local cache, ahead of
     /// runs on machines without internet (which then set HF_HUB_OFFLINE=1).
     Fetch(fetch::FetchArgs),
     /// Fine-tune encoder and classifier jointly on a GLUE task or custom data.
@@ -42,6 +44,9 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Recompute dev metrics from a fine-tuned checkpoint.
     Evaluate(predict::EvaluateArgs),
+    /// Write a checkpoint as a folder transformers loads as a sequence classifier (with its
+    /// normalizer), with a model card.
+    Export(export::ExportArgs),
     /// Statistics and pictures of the [CLS] embeddings of a model on a dataset.
     Analyze(Box<analyze::AnalyzeArgs>),
     /// Overlay the gradient traces of runs trained with --trace-grads (e.g. none vs isobn).
@@ -77,7 +82,9 @@ pub fn passive_openmp(cli: &Cli) {
         Command::Evaluate(a) => a.ck.threads,
         // Its runs are processes of their own, which inherit the variable.
         Command::Sweep(_) => None,
-        Command::CompareGrads(_) | Command::Report(_) | Command::Fetch(_) => return,
+        Command::CompareGrads(_) | Command::Report(_) | Command::Fetch(_) | Command::Export(_) => {
+            return
+        }
     };
     if threads == Some(1) || std::env::var_os(VAR).is_some() {
         return;
@@ -125,6 +132,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         }
         Command::Predict(a) => predict::predict(a),
         Command::Evaluate(a) => predict::evaluate(a),
+        Command::Export(a) => export::run(a),
         Command::Analyze(a) => analyze::run(*a),
         Command::CompareGrads(a) => compare::run(a),
         Command::Sweep(a) => sweep::sweep(a),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use clsnorm::data::{read_dataset, Format, LabelSpace, ReadOptions};
+use clsnorm::data::{read_dataset, read_split, Format, LabelSpace, ReadOptions};
 use clsnorm::device::set_threads;
 use clsnorm::tokenize::TextTokenizer;
 use clsnorm::train::{checkpoint, Tokenized};
@@ -168,8 +168,8 @@ pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
         (None, None) if is_glue => Some(super::finetune::glue_from_hub(&task.name, "main")?.dir),
         _ => None,
     };
-    let files: Vec<(String, PathBuf)> = match (&a.file, a.data_dir.as_ref().or(hub.as_ref())) {
-        (Some(f), _) => vec![("file".into(), f.clone())],
+    let files: Vec<(String, Vec<PathBuf>)> = match (&a.file, a.data_dir.as_ref().or(hub.as_ref())) {
+        (Some(f), _) => vec![("file".into(), vec![f.clone()])],
         (None, _) if !is_glue => task.paths(None).1,
         (None, Some(d)) => {
             // The layout found there (classic TSV or the Hub's parquet), whichever the
@@ -187,8 +187,8 @@ pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
         require_label: true,
     };
     let mut report = serde_json::Map::new();
-    for (name, path) in files {
-        let ds = read_dataset(&path, task, opts)?;
+    for (name, paths) in files {
+        let ds = read_split(&paths, task, opts)?;
         let t = Tokenized::new(&tok, &ds)?;
         let mut metrics = task.metrics.clone();
         if !metrics.contains(&task.primary) {
@@ -202,10 +202,11 @@ pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
             a.ck.batch_size,
             tok.pad_id(),
         )?;
-        report.insert(
-            name,
-            json!({"file": path, "examples": ds.examples.len(), "metrics": m}),
-        );
+        let mut entry = json!({"file": ds.path, "examples": ds.examples.len(), "metrics": m});
+        if !ds.shards.is_empty() {
+            entry["more_files"] = json!(ds.shards.iter().map(|(p, _)| p).collect::<Vec<_>>());
+        }
+        report.insert(name, entry);
     }
     super::print_stdout(&serde_json::to_string_pretty(&report)?)
 }

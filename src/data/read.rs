@@ -755,6 +755,75 @@ fn read_parquet(bytes: Vec<u8>, spec: &TaskSpec, rows: &mut Rows) -> Result<()> 
     Ok(())
 }
 
+/// What a column of a data file holds, as far as choosing columns needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnKind {
+    Text,
+    Integer,
+    Real,
+    Boolean,
+    /// Anything else (a struct such as an image or audio record, a list, bytes), named.
+    Other(String),
+}
+
+/// A column of a parquet file: its name, kind, and the class names `datasets` recorded for it
+/// (a `ClassLabel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub kind: ColumnKind,
+    pub class_names: Option<Vec<String>>,
+}
+
+/// The top-level columns of parquet file `path`, from its footer alone.
+pub fn parquet_columns(path: &Path) -> Result<Vec<ColumnInfo>> {
+    use parquet::basic::{ConvertedType, LogicalType, Type as Physical};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let bad = |msg: String| Error::File {
+        path: path.to_path_buf(),
+        msg: format!("not a parquet file that clsnorm can read: {msg}"),
+    };
+    let (file, _) = crate::fsread::open_regular(
+        path,
+        crate::fsread::MAX_DATA_BYTES,
+        crate::fsread::Links::Follow,
+    )?;
+    crate::tokenize::guarded_call("(raised inside the `parquet` reader by this file)", || {
+        let reader = SerializedFileReader::new(file).map_err(|e| bad(e.to_string()))?;
+        let meta = reader.metadata().file_metadata();
+        let kv = meta.key_value_metadata();
+        Ok(meta
+            .schema()
+            .get_fields()
+            .iter()
+            .map(|f| {
+                let kind = if f.is_group() {
+                    ColumnKind::Other("struct or list".into())
+                } else {
+                    let info = f.get_basic_info();
+                    let text = matches!(info.logical_type_ref(), Some(LogicalType::String))
+                        || info.converted_type() == ConvertedType::UTF8;
+                    match f.get_physical_type() {
+                        Physical::BYTE_ARRAY if text => ColumnKind::Text,
+                        Physical::BYTE_ARRAY | Physical::FIXED_LEN_BYTE_ARRAY => {
+                            ColumnKind::Other("binary value".into())
+                        }
+                        Physical::INT32 | Physical::INT64 | Physical::INT96 => ColumnKind::Integer,
+                        Physical::FLOAT | Physical::DOUBLE => ColumnKind::Real,
+                        Physical::BOOLEAN => ColumnKind::Boolean,
+                    }
+                };
+                ColumnInfo {
+                    name: f.name().to_string(),
+                    class_names: hub_class_names(kv, f.name()),
+                    kind,
+                }
+            })
+            .collect())
+    })
+    .map_err(bad)?
+}
+
 /// The rows of one file, read once, and the sha256 of exactly the bytes they were parsed from.
 #[derive(Debug, Clone)]
 pub struct RawFile {
@@ -834,27 +903,45 @@ pub fn read_rows(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<RawF
 /// Two spellings of one number (`1` and `1.0`, as a JSON or pandas float column writes them)
 /// would silently become two classes; they are an error naming both lines.
 pub fn infer_classes(path: &Path, rows: &[RawRow]) -> Result<Vec<String>> {
-    let mut first: HashMap<&str, usize> = HashMap::new();
+    classes_of(rows.iter().map(|r| (path, r)))
+}
+
+/// The class names of the files of one split, as [`infer_classes`] finds them in one.
+pub fn infer_classes_of(files: &[RawFile]) -> Result<Vec<String>> {
+    classes_of(
+        files
+            .iter()
+            .flat_map(|f| f.rows.iter().map(|r| (f.path.as_path(), r))),
+    )
+}
+
+fn classes_of<'a>(rows: impl Iterator<Item = (&'a Path, &'a RawRow)>) -> Result<Vec<String>> {
+    let mut first: HashMap<&str, (&Path, usize)> = HashMap::new();
     let mut by_value: Vec<(f64, &str)> = Vec::new();
-    for r in rows {
+    for (path, r) in rows {
         let Some(label) = r.label.as_deref() else {
             continue;
         };
         if first.contains_key(label) {
             continue;
         }
-        first.insert(label, r.line);
+        first.insert(label, (path, r.line));
         if let Some(v) = label.trim().parse::<f64>().ok().filter(|v| v.is_finite()) {
             if let Some((_, other)) = by_value.iter().find(|(w, _)| *w == v) {
+                let (other_path, other_line) = first[other];
+                let at = if other_path == path {
+                    format!("line {other_line}")
+                } else {
+                    format!("{}:{other_line}", other_path.display())
+                };
                 return Err(Error::Data {
                     path: path.to_path_buf(),
                     line: r.line,
                     msg: format!(
-                        "label {} is the number of label {} (line {}); write each class one \
-                         way, or they are two classes",
+                        "label {} is the number of label {} ({at}); write each class one way, \
+                         or they are two classes",
                         crate::excerpt::quoted(label),
                         crate::excerpt::quoted(other),
-                        first[other]
                     ),
                 });
             }
@@ -872,6 +959,81 @@ pub fn infer_classes(path: &Path, rows: &[RawRow]) -> Result<Vec<String>> {
 /// Reads a file into labelled (or, for prediction, possibly unlabelled) examples.
 pub fn read_dataset(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<Dataset> {
     dataset_from_rows(read_rows(path, spec, opts)?, spec, opts)
+}
+
+/// Most files one split is read from (the Hub's largest text datasets keep a split in a few
+/// hundred shards).
+pub const MAX_SHARDS: usize = 1000;
+
+/// Reads the files of one split in order as one dataset: one file as [`read_dataset`] reads
+/// it; the shards of a sharded split each so, appended, with at most [`MAX_ROWS`] rows in all.
+pub fn read_split(paths: &[PathBuf], spec: &TaskSpec, opts: ReadOptions) -> Result<Dataset> {
+    split_from_rows(read_split_rows(paths, spec, opts)?, spec, opts)
+}
+
+/// The rows of each file of one split (see [`read_split`]).
+pub fn read_split_rows(
+    paths: &[PathBuf],
+    spec: &TaskSpec,
+    opts: ReadOptions,
+) -> Result<Vec<RawFile>> {
+    let Some(first) = paths.first() else {
+        return Err(Error::Invalid(format!(
+            "task {}: a split with no files",
+            spec.name
+        )));
+    };
+    if paths.len() > MAX_SHARDS {
+        return Err(Error::File {
+            path: first.clone(),
+            msg: format!(
+                "is the first of {} files of one split; clsnorm reads at most {MAX_SHARDS}",
+                paths.len()
+            ),
+        });
+    }
+    let mut rows = 0;
+    let mut files = Vec::with_capacity(paths.len());
+    for path in paths {
+        let raw = read_rows(path, spec, opts)?;
+        rows += raw.rows.len();
+        if rows > MAX_ROWS {
+            return Err(Error::File {
+                path: path.clone(),
+                msg: format!(
+                    "brings the split beyond {MAX_ROWS} rows, the most clsnorm holds in memory"
+                ),
+            });
+        }
+        files.push(raw);
+    }
+    Ok(files)
+}
+
+/// One split's examples from its files' rows (see [`read_split_rows`]).
+pub fn split_from_rows(files: Vec<RawFile>, spec: &TaskSpec, opts: ReadOptions) -> Result<Dataset> {
+    let several = files.len() > 1;
+    let mut all: Option<Dataset> = None;
+    let mut hashes = String::new();
+    for raw in files {
+        let ds = dataset_from_rows(raw, spec, opts)?;
+        hashes.push_str(&ds.sha256);
+        hashes.push('\n');
+        match &mut all {
+            None => all = Some(ds),
+            Some(all) => {
+                all.shards.push((ds.path, all.examples.len()));
+                all.examples.extend(ds.examples);
+                all.skipped += ds.skipped;
+            }
+        }
+    }
+    let mut all =
+        all.ok_or_else(|| Error::Invalid(format!("task {}: a split with no files", spec.name)))?;
+    if several {
+        all.sha256 = crate::fsread::sha256_hex(hashes.as_bytes());
+    }
+    Ok(all)
 }
 
 /// Interprets the labels of rows already read (see [`read_rows`]).
@@ -944,5 +1106,6 @@ pub fn dataset_from_rows(raw: RawFile, spec: &TaskSpec, opts: ReadOptions) -> Re
         examples,
         skipped,
         sha256: raw.sha256,
+        shards: Vec::new(),
     })
 }

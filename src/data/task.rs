@@ -60,6 +60,64 @@ impl LabelSpace {
     }
 }
 
+/// The files of one split, read in order as one: a file, or the shards of a split that a Hub
+/// dataset keeps in several (`train-00000-of-00003.parquet`, ...). Written as a string when it
+/// is one file (as runs recorded it before shards), else as a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "FilesRepr", into = "FilesRepr")]
+pub struct Files(Vec<String>);
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum FilesRepr {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<FilesRepr> for Files {
+    fn from(r: FilesRepr) -> Files {
+        match r {
+            FilesRepr::One(f) => Files(vec![f]),
+            FilesRepr::Many(v) => Files(v),
+        }
+    }
+}
+
+impl From<Files> for FilesRepr {
+    fn from(f: Files) -> FilesRepr {
+        match <[String; 1]>::try_from(f.0) {
+            Ok([one]) => FilesRepr::One(one),
+            Err(v) => FilesRepr::Many(v),
+        }
+    }
+}
+
+impl Files {
+    /// One file.
+    pub fn one(f: impl Into<String>) -> Files {
+        Files(vec![f.into()])
+    }
+
+    /// The shards of a split, in the order they are read.
+    pub fn shards(v: Vec<String>) -> Files {
+        Files(v)
+    }
+
+    pub fn list(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The first file (the only one, unless the split is sharded).
+    pub fn first(&self) -> Option<&str> {
+        self.0.first().map(String::as_str)
+    }
+
+    /// Each file mapped through `f`.
+    pub fn map(&self, f: impl Fn(&str) -> String) -> Files {
+        Files(self.0.iter().map(|s| f(s)).collect())
+    }
+}
+
 /// Everything clsnorm needs to know about a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
@@ -74,10 +132,11 @@ pub struct TaskSpec {
     pub metrics: Vec<Metric>,
     /// The metric that selects the best epoch.
     pub primary: Metric,
-    /// Train file, relative to the task directory (GLUE) or as given (custom).
-    pub train_file: String,
-    /// Dev splits: (split name, file).
-    pub dev_files: Vec<(String, String)>,
+    /// Train file(s), relative to the task directory (GLUE, Hub datasets) or as given
+    /// (custom).
+    pub train_file: Files,
+    /// Dev splits: (split name, file(s)).
+    pub dev_files: Vec<(String, Files)>,
     /// Another source's names of the classes and the task's names they stand for (the Hub's
     /// GLUE calls SST-2's class `0` `negative`): labels are mapped by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -258,11 +317,11 @@ pub fn glue_task(name: &str) -> Option<TaskSpec> {
         },
         metrics: g.metrics.to_vec(),
         primary: g.primary,
-        train_file: "train.tsv".into(),
+        train_file: Files::one("train.tsv"),
         dev_files: g
             .dev
             .iter()
-            .map(|(s, f)| (s.to_string(), f.to_string()))
+            .map(|(s, f)| (s.to_string(), Files::one(*f)))
             .collect(),
         label_aliases: Vec::new(),
         label_ids: None,
@@ -432,7 +491,11 @@ pub fn locate_glue(
         ..base
     };
     let classic = data_dir.join(&base.name);
-    if classic.join(&base.train_file).exists() {
+    if base
+        .train_file
+        .first()
+        .is_some_and(|f| classic.join(f).exists())
+    {
         return Ok((base, classic));
     }
     let Some(hub) = HUB_GLUE.iter().find(|h| h.task == base.name) else {
@@ -445,7 +508,7 @@ pub fn locate_glue(
     }
     let mut dev_files = Vec::new();
     for (name, split) in hub.dev {
-        dev_files.push((name.to_string(), split_file(&dir, split)?));
+        dev_files.push((name.to_string(), Files::one(split_file(&dir, split)?)));
     }
     let hub_spec = TaskSpec {
         format: Format::Parquet,
@@ -453,7 +516,7 @@ pub fn locate_glue(
         text: Column::Name(hub.text.into()),
         text_pair: hub.text_pair.map(|c| Column::Name(c.into())),
         label: Column::Name("label".into()),
-        train_file: split_file(&dir, "train")?,
+        train_file: Files::one(split_file(&dir, "train")?),
         dev_files,
         label_aliases: hub
             .classes
@@ -467,6 +530,9 @@ pub fn locate_glue(
     };
     Ok((hub_spec, dir))
 }
+
+/// The files of one split, full paths, in the order they are read.
+pub type SplitPaths = Vec<std::path::PathBuf>;
 
 impl TaskSpec {
     /// A spec for a custom file: named (or, without header, 0-based numeric) columns; the
@@ -518,24 +584,75 @@ impl TaskSpec {
             labels,
             metrics,
             primary,
-            train_file: train_file.to_string(),
+            train_file: Files::one(train_file),
             dev_files: dev_file
-                .map(|d| vec![("dev".to_string(), d.to_string())])
+                .map(|d| vec![("dev".to_string(), Files::one(d))])
                 .unwrap_or_default(),
             label_aliases: Vec::new(),
             label_ids: None,
         })
     }
 
-    /// Full paths of the train file and dev files, under `dir` for GLUE tasks (relative file
-    /// names) or as given (custom tasks with absolute or working-directory paths).
-    pub fn paths(
-        &self,
-        dir: Option<&std::path::Path>,
-    ) -> (std::path::PathBuf, Vec<(String, std::path::PathBuf)>) {
-        let full = |f: &str| match dir {
-            Some(d) => d.join(f),
-            None => std::path::PathBuf::from(f),
+    /// A Hub dataset's task: its columns, its labels (for classes found in the data, filled
+    /// in by the caller, see [`TaskSpec::set_classes`]), and the files of its splits, inside
+    /// the dataset's snapshot.
+    #[allow(clippy::too_many_arguments)]
+    pub fn hub_dataset(
+        name: &str,
+        format: Format,
+        columns: &super::hub_dataset::Columns,
+        labels: LabelSpace,
+        label_ids: Option<Vec<String>>,
+        train: Files,
+        dev: Vec<(String, Files)>,
+    ) -> TaskSpec {
+        let mut spec = TaskSpec {
+            name: name.to_string(),
+            format,
+            header: true,
+            text: Column::Name(columns.text.clone()),
+            text_pair: columns.text_pair.clone().map(Column::Name),
+            label: Column::Name(columns.label.clone()),
+            labels: LabelSpace::Regression,
+            metrics: vec![Metric::Pearson, Metric::Spearman],
+            primary: Metric::Pearson,
+            train_file: train,
+            dev_files: dev,
+            label_aliases: Vec::new(),
+            label_ids,
+        };
+        if let LabelSpace::Classes(c) = labels {
+            spec.set_classes(c);
+        }
+        spec
+    }
+
+    /// Makes the task a classification into `classes`, with the metrics that fit their number:
+    /// accuracy, F1 of class 1 and MCC for two; accuracy, macro F1 and MCC for more.
+    pub fn set_classes(&mut self, classes: Vec<String>) {
+        let f1 = if classes.len() > 2 {
+            Metric::MacroF1
+        } else {
+            Metric::F1
+        };
+        self.metrics = vec![Metric::Accuracy, f1, Metric::Mcc];
+        self.primary = Metric::Accuracy;
+        self.labels = LabelSpace::Classes(classes);
+    }
+
+    /// Full paths of the train file(s) and dev files, under `dir` for GLUE tasks and Hub
+    /// datasets (relative file names) or as given (custom tasks with absolute or
+    /// working-directory paths).
+    pub fn paths(&self, dir: Option<&std::path::Path>) -> (SplitPaths, Vec<(String, SplitPaths)>) {
+        let full = |files: &Files| -> SplitPaths {
+            files
+                .list()
+                .iter()
+                .map(|f| match dir {
+                    Some(d) => d.join(f),
+                    None => std::path::PathBuf::from(f),
+                })
+                .collect()
         };
         (
             full(&self.train_file),

@@ -180,6 +180,42 @@ pub fn find_model(cache: &Path, repo: &RepoRef, allow_pickle: bool) -> Result<Op
     Ok(Some(located(&r, dir, commit)))
 }
 
+/// The files of a cached snapshot, as paths inside it (`data/train-0.parquet`), as its
+/// listing named them: at most 10,000, at most 16 folders deep, hidden names left out.
+pub fn snapshot_files(snap: &Path) -> Vec<String> {
+    const MAX: usize = 10_000;
+    let mut out = Vec::new();
+    let mut todo = vec![(snap.to_path_buf(), String::new(), 0)];
+    while let Some((dir, prefix, depth)) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if name.starts_with('.') || out.len() >= MAX {
+                continue;
+            }
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let path = e.path();
+            if path.is_dir() {
+                if depth < 16 {
+                    todo.push((path, rel, depth + 1));
+                }
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Dataset `repo`'s snapshot in `cache` when `complete` finds in it every file needed (it
 /// returns them, as paths inside the snapshot), verified.
 pub fn find_dataset(
@@ -213,6 +249,7 @@ fn located(repo: &RepoRef, dir: PathBuf, commit: String) -> Located {
             repo: repo.id.clone(),
             revision: repo.revision.clone(),
             commit,
+            config: None,
         }),
     }
 }

@@ -16,6 +16,9 @@ use serde::Deserialize;
 use super::cache::{self, TOKENIZER_FILES};
 use super::http::{Client, Failure};
 use super::{is_commit, is_repo_file, HubEnv, HubSource, Located, RepoKind, RepoRef};
+use crate::data::hub_dataset::{
+    converted_layout, repo_layout, DatasetId, Layout, CONVERTED, MAX_CARD_BYTES,
+};
 use crate::error::{Error, Result};
 
 /// Largest repository listing read (the Hub's are kilobytes).
@@ -170,7 +173,89 @@ pub fn dataset(
     Ok(f.located(snap))
 }
 
+/// Dataset `id` by its name: the layout of its config (from the card's `configs:` or its file
+/// names, else from the Hub's Parquet conversion when the repository holds no data files
+/// clsnorm reads), and the files of it that `pick` chooses, downloaded into `cache`.
+pub fn dataset_by_id(
+    env: &HubEnv,
+    cache: &Path,
+    id: &DatasetId,
+    pick: &super::PickSplits<'_>,
+) -> Result<(Located, Layout)> {
+    let what = format!("dataset {id}");
+    let repo = RepoRef::dataset(&id.repo, &id.revision)?;
+    let f = Fetch::open(env, cache, &repo)?;
+    let names: Vec<&str> = f.names();
+    let layout = if id.revision == CONVERTED {
+        Some(converted_layout(&names, id.config.as_deref()).map_err(|m| f.error(None, &m))?)
+    } else {
+        let card = f.card()?;
+        repo_layout(&names, card.as_deref(), id.config.as_deref()).map_err(|m| f.error(None, &m))?
+    };
+    let Some(layout) = layout else {
+        tracing::info!(
+            "{what}: no data files clsnorm reads in the repository; reading the Hub's Parquet \
+             conversion ({CONVERTED})"
+        );
+        let converted = RepoRef::dataset(&id.repo, CONVERTED)?;
+        return converted_fetch(env, cache, &converted, id, pick);
+    };
+    let files = pick(&layout).map_err(|m| f.error(None, &format!("{m} ({what})")))?;
+    let snap = f.fetch_all(&files)?;
+    Ok((f.located(snap), layout))
+}
+
+fn converted_fetch(
+    env: &HubEnv,
+    cache: &Path,
+    converted: &RepoRef,
+    id: &DatasetId,
+    pick: &super::PickSplits<'_>,
+) -> Result<(Located, Layout)> {
+    let f = Fetch::open(env, cache, converted).map_err(|e| {
+        Error::Invalid(format!(
+            "dataset {id}: its repository holds no data files clsnorm reads (Parquet, CSV, TSV, \
+             JSON Lines; a dataset made by a script, or of images or audio), and its Parquet \
+             conversion could not be read: {e}"
+        ))
+    })?;
+    let layout =
+        converted_layout(&f.names(), id.config.as_deref()).map_err(|m| f.error(None, &m))?;
+    let files = pick(&layout).map_err(|m| f.error(None, &format!("{m} (dataset {id})")))?;
+    let snap = f.fetch_all(&files)?;
+    Ok((f.located(snap), layout))
+}
+
 impl<'a> Fetch<'a> {
+    fn names(&self) -> Vec<&str> {
+        self.listing
+            .siblings
+            .iter()
+            .map(|s| s.rfilename.as_str())
+            .collect()
+    }
+
+    /// The dataset card (`README.md`), fetched first when the repository has one: its YAML
+    /// header says which files make which config.
+    fn card(&self) -> Result<Option<String>> {
+        const CARD: &str = "README.md";
+        let Some(sib) = self.listing.siblings.iter().find(|s| s.rfilename == CARD) else {
+            return Ok(None);
+        };
+        let size = sib.lfs.as_ref().map(|l| l.size).or(sib.size).unwrap_or(0);
+        if size > MAX_CARD_BYTES {
+            return Err(self.error(
+                Some(CARD),
+                &format!(
+                    "is listed at {size} bytes; a dataset card is read up to {MAX_CARD_BYTES}"
+                ),
+            ));
+        }
+        self.fetch(CARD)?;
+        let path = self.snapshot().join(CARD);
+        crate::fsread::read_text(&path, MAX_CARD_BYTES).map(Some)
+    }
+
     /// The client for `repo` and its listing at the revision asked for.
     fn open(env: &'a HubEnv, cache: &Path, repo: &'a RepoRef) -> Result<Fetch<'a>> {
         let client = Client::new(&env.endpoint, env.token(), env.limits)
@@ -243,6 +328,7 @@ impl<'a> Fetch<'a> {
                 repo: self.repo.id.clone(),
                 revision: self.repo.revision.clone(),
                 commit: self.listing.sha.clone(),
+                config: None,
             }),
         }
     }

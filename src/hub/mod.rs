@@ -110,6 +110,9 @@ pub struct HubSource {
     pub revision: String,
     /// The commit that revision resolved to: the snapshot the files were read from.
     pub commit: String,
+    /// The dataset's config (`NAME:CONFIG`), when one was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 impl HubSource {
@@ -364,4 +367,87 @@ pub fn dataset(
         )));
     }
     download::dataset(env, cache, repo, pick, what)
+}
+
+/// Chooses the files to fetch from a Hub dataset's layout (those of the splits a run reads),
+/// or says why the layout lacks what is needed.
+pub type PickSplits<'a> =
+    dyn Fn(&crate::data::hub_dataset::Layout) -> std::result::Result<Vec<String>, String> + 'a;
+
+/// Hub dataset `id` by name: the layout of its config and the files `pick` chooses from it
+/// (paths inside the snapshot returned), downloaded into the cache, or with HF_HUB_OFFLINE
+/// read from the cache alone (the repository's snapshot, else that of its Parquet
+/// conversion).
+pub fn dataset_by_id(
+    env: &HubEnv,
+    id: &crate::data::hub_dataset::DatasetId,
+    pick: &PickSplits<'_>,
+) -> Result<(Located, crate::data::hub_dataset::Layout, Vec<String>)> {
+    use crate::data::hub_dataset::{converted_layout, repo_layout, CONVERTED, MAX_CARD_BYTES};
+    let what = format!("dataset {id}");
+    let cache = env.cache_or_err(&what)?;
+    if !env.offline {
+        let (found, layout) = download::dataset_by_id(env, cache, id, pick)?;
+        let files = pick(&layout).map_err(Error::Invalid)?;
+        return Ok((found, layout, files));
+    }
+    // Offline: the snapshot's own files, as the listing would name them.
+    let mut last = None;
+    for revision in [id.revision.as_str(), CONVERTED] {
+        let repo = RepoRef::dataset(&id.repo, revision)?;
+        let chosen = std::cell::RefCell::new(None);
+        let complete = |snap: &Path| -> Option<Vec<String>> {
+            let names = cache::snapshot_files(snap);
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let layout = if revision == CONVERTED {
+                converted_layout(&refs, id.config.as_deref())
+            } else {
+                let card = names
+                    .iter()
+                    .any(|n| n == "README.md")
+                    .then(|| crate::fsread::read_text(&snap.join("README.md"), MAX_CARD_BYTES))
+                    .transpose()
+                    .map_err(|e| e.to_string());
+                card.and_then(|c| repo_layout(&refs, c.as_deref(), id.config.as_deref()))
+                    .and_then(|l| l.ok_or_else(|| "no data files".to_string()))
+            };
+            let picked = layout.and_then(|l| Ok((pick(&l)?, l)));
+            match picked {
+                Ok((files, l)) if files.iter().all(|f| snap.join(f).exists()) => {
+                    *chosen.borrow_mut() = Some(l);
+                    Some(files)
+                }
+                Ok(_) => None,
+                Err(msg) => {
+                    *chosen.borrow_mut() = None;
+                    tracing::debug!("{what}: the cached {revision} snapshot: {msg}");
+                    None
+                }
+            }
+        };
+        match cache::find_dataset(cache, &repo, &complete) {
+            Ok(Some(found)) => {
+                if let Some(layout) = chosen.into_inner() {
+                    let files = pick(&layout).map_err(Error::Invalid)?;
+                    return Ok((found, layout, files));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => last = Some(e),
+        }
+        if id.revision == CONVERTED {
+            break;
+        }
+    }
+    if let Some(e) = last {
+        return Err(e);
+    }
+    Err(Error::Invalid(format!(
+        "{what}: not in the Hugging Face cache ({}) with the files this run reads, and \
+         HF_HUB_OFFLINE is set: fetch it where the Hub is reachable (`clsnorm fetch --dataset \
+         {id}`, with the same HF_HOME or HF_HUB_CACHE)",
+        RepoRef::dataset(&id.repo, &id.revision)?
+            .folder(cache)
+            .display()
+    )))
 }

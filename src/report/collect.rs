@@ -74,6 +74,7 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
         wall_secs: None,
         builds: Vec::new(),
         model: None,
+        data: None,
         cls_grad_median: None,
         global_grad_median: None,
         from_records: None,
@@ -98,13 +99,19 @@ pub fn read_run(sweep_dir: &Path, run: &PlannedRun) -> Result<RunResult> {
         res.metric = Some(s.primary_metric.clone());
         res.wall_secs = Some(s.wall_secs);
         res.builds = s.builds;
-        res.model =
-            crate::train::RunConfig::read(&dir)
-                .ok()
-                .map(|rc| match rc.sources.model_source {
-                    Some(src) => format!("{}@{}", src.repo, src.commit),
-                    None => rc.model.display().to_string(),
-                });
+        if let Ok(rc) = crate::train::RunConfig::read(&dir) {
+            res.model = Some(match &rc.sources.model_source {
+                Some(src) => format!("{}@{}", src.repo, src.commit),
+                None => rc.model.display().to_string(),
+            });
+            res.data = Some(match &rc.sources.data_source {
+                Some(src) => match &src.config {
+                    Some(c) => format!("{}:{c}@{}", src.repo, src.commit),
+                    None => format!("{}@{}", src.repo, src.commit),
+                },
+                None => rc.train_file.path.display().to_string(),
+            });
+        }
         res.cls_grad_median = median_of(&res.cls_grad);
         res.global_grad_median = median_of(&res.global_grad);
     }

@@ -42,6 +42,10 @@ pub struct RunResult {
     /// runs; absent in records made before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The data the run trained on: `REPO:CONFIG@COMMIT` for a Hub dataset, `REPO@COMMIT` for
+    /// GLUE from the Hub, else its training file (finished runs; absent in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
     /// Median over updates of the [CLS] and of the global gradient norm (finished, traced
     /// runs), kept so that a report rebuilt from these records still has the gradient scale.
     #[serde(default)]

@@ -145,19 +145,19 @@ impl Report {
         )
     }
 
-    /// The models the finished runs fine-tuned (Hub repo and commit, or folder).
-    fn models_line(&self) -> String {
+    /// What the finished runs read, by `of` (a model or data source), after `label`.
+    fn sources_line(&self, label: &str, of: impl Fn(&RunResult) -> Option<String>) -> String {
         let done: Vec<&RunResult> = self
             .runs
             .iter()
-            .filter(|r| r.status == RunStatus::Done && r.model.is_some())
+            .filter(|r| r.status == RunStatus::Done && of(r).is_some())
             .collect();
-        let parts: Vec<String> = groups(&done, |r| r.model.clone())
+        let parts: Vec<String> = groups(&done, |r| of(r))
             .iter()
-            .filter_map(|(model, runs)| {
+            .filter_map(|(source, runs)| {
                 Some(format!(
                     "`{}` ({} run{})",
-                    model.as_ref()?,
+                    source.as_ref()?,
                     runs.len(),
                     if runs.len() == 1 { "" } else { "s" }
                 ))
@@ -166,10 +166,7 @@ impl Report {
         if parts.is_empty() {
             return String::new();
         }
-        format!(
-            "Models fine-tuned (Hub repo@commit, or folder): {}.\n",
-            parts.join("; ")
-        )
+        format!("{label}: {}.\n", parts.join("; "))
     }
 
     /// Which finished runs were taken from records, and what they lack.
@@ -360,7 +357,15 @@ impl Report {
             run_secs / 3600.0
         );
         md.push_str(&self.builds_line());
-        md.push_str(&self.models_line());
+        md.push_str(
+            &self.sources_line("Models fine-tuned (Hub repo@commit, or folder)", |r| {
+                r.model.clone()
+            }),
+        );
+        md.push_str(&self.sources_line(
+            "Data (Hub dataset[:config]@commit, or training file)",
+            |r| r.data.clone(),
+        ));
         md.push_str(&self.records_line());
         if !self.invocations.is_empty() {
             md.push_str("\n`clsnorm sweep` invocations (shard, parallel jobs, runs executed, wall time):\n\n");

@@ -55,6 +55,11 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The run folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn new(dir: &Path) -> Self {
         Layout {
             dir: dir.to_path_buf(),

@@ -26,6 +26,7 @@ pub enum OutputKind {
     Analysis,
     Report,
     Compare,
+    Export,
 }
 
 impl OutputKind {
@@ -36,6 +37,7 @@ impl OutputKind {
             OutputKind::Analysis => ".clsnorm-analysis",
             OutputKind::Report => ".clsnorm-report",
             OutputKind::Compare => ".clsnorm-compare",
+            OutputKind::Export => ".clsnorm-export",
         }
     }
 
@@ -46,6 +48,7 @@ impl OutputKind {
             OutputKind::Analysis => "analysis.json",
             OutputKind::Report => "results.json",
             OutputKind::Compare => "compare.json",
+            OutputKind::Export => crate::export::RECORD_FILE,
         }
     }
 
@@ -55,6 +58,7 @@ impl OutputKind {
             OutputKind::Analysis => "analysis",
             OutputKind::Report => "report",
             OutputKind::Compare => "gradient comparison",
+            OutputKind::Export => "export",
         }
     }
 }
@@ -136,6 +140,7 @@ fn not_ours(dir: &Path, kind: OutputKind, why: &str) -> Error {
             OutputKind::Sweep => "a sweep",
             OutputKind::Report => "a report",
             OutputKind::Compare => "a gradient comparison",
+            OutputKind::Export => "an export",
         }
     ))
 }

@@ -35,7 +35,13 @@ pub struct SweepConfig {
     /// Model directory, or a list of them.
     #[serde(default = "default_model")]
     pub model: toml::Value,
+    /// GLUE tasks (or the names of custom data given in `args`).
+    #[serde(default)]
     pub tasks: Vec<String>,
+    /// Hub datasets (`ORG/NAME[:CONFIG][@REVISION]`, as `--dataset` takes them), one or a
+    /// list; each is a task of the sweep beside `tasks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<toml::Value>,
     pub seeds: Vec<u64>,
     /// Normalizers (default: `none` only).
     #[serde(default)]
@@ -50,7 +56,9 @@ fn default_model() -> toml::Value {
 }
 
 /// Options that the sweep sets itself.
-const RESERVED: &[&str] = &["task", "seed", "norm", "output", "resume", "model", "quiet"];
+const RESERVED: &[&str] = &[
+    "task", "dataset", "seed", "norm", "output", "resume", "model", "quiet",
+];
 
 /// One run of a sweep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -280,8 +288,9 @@ impl SweepConfig {
                 ));
             }
         }
-        if self.tasks.is_empty() {
-            return Err("`tasks` is empty".into());
+        let datasets = self.datasets()?;
+        if self.tasks.is_empty() && datasets.is_empty() {
+            return Err("`tasks` is empty, and no `dataset` is given".into());
         }
         if self.seeds.is_empty() {
             return Err("`seeds` is empty".into());
@@ -325,6 +334,24 @@ impl SweepConfig {
         Ok(())
     }
 
+    /// The Hub datasets, each with the task name its runs have (`NAME` or `NAME-CONFIG`).
+    fn datasets(&self) -> std::result::Result<Vec<(String, String)>, String> {
+        let Some(v) = &self.dataset else {
+            return Ok(Vec::new());
+        };
+        alternatives("dataset", v)?
+            .iter()
+            .map(|v| match v {
+                toml::Value::String(s) => {
+                    let id: crate::data::hub_dataset::DatasetId =
+                        s.parse().map_err(|e| format!("`dataset`: {e}"))?;
+                    Ok((s.clone(), id.task_name()))
+                }
+                _ => Err("`dataset`: expected ORG/NAME[:CONFIG][@REVISION]".into()),
+            })
+            .collect()
+    }
+
     /// The models, one or a list.
     fn models(&self) -> std::result::Result<Vec<String>, String> {
         alternatives("model", &self.model)?
@@ -360,7 +387,9 @@ impl SweepConfig {
             n.checked_add(alternatives_product(entry.options.values())?)
         });
         let total = [
-            Some(self.tasks.len()),
+            self.tasks
+                .len()
+                .checked_add(self.datasets().map_or(0, |d| d.len())),
             Some(models.len()),
             alternatives_product(self.args.values()),
             norm_variants,
@@ -387,13 +416,22 @@ impl SweepConfig {
     ) -> std::result::Result<Vec<PlannedRun>, String> {
         // GLUE names in their canonical spelling (`sst2` -> `SST-2`), so names and tables agree
         // whatever the file says; other names are custom tasks and stay as written.
-        let tasks: Vec<String> = self
+        // Each task with the words that give its data: `--task NAME`, or `--dataset ID --task
+        // NAME` for a Hub dataset.
+        let mut tasks: Vec<(String, Vec<String>)> = self
             .tasks
             .iter()
             .map(|t| crate::data::task::glue_task(t).map_or_else(|| t.clone(), |s| s.name))
+            .map(|t| (t.clone(), vec!["--task".to_string(), t]))
             .collect();
+        for (id, name) in self.datasets()? {
+            tasks.push((
+                name.clone(),
+                vec!["--dataset".into(), id, "--task".into(), name],
+            ));
+        }
         let mut runs = Vec::new();
-        for task in &tasks {
+        for (task, data_words) in &tasks {
             for model in models {
                 for combo in cross(arg_choices) {
                     let hp = hyperparameter_tags(models.len() > 1, model, arg_choices, &combo);
@@ -405,16 +443,14 @@ impl SweepConfig {
                             .join("_");
                         for &seed in &self.seeds {
                             let name = format!("{}_{variant}_s{seed}", sanitize(task));
-                            let mut args = vec![
-                                "--model".to_string(),
-                                model.clone(),
-                                "--task".into(),
-                                task.clone(),
+                            let mut args = vec!["--model".to_string(), model.clone()];
+                            args.extend(data_words.iter().cloned());
+                            args.extend([
                                 "--seed".into(),
                                 seed.to_string(),
                                 "--norm".into(),
                                 v.norm.clone(),
-                            ];
+                            ]);
                             args.extend(v.flags.iter().cloned());
                             args.extend(arg_flags.iter().cloned());
                             runs.push(PlannedRun {

@@ -138,6 +138,15 @@ pub struct TextTokenizer {
 }
 
 impl TextTokenizer {
+    /// The tokenizer as a `tokenizer.json`, without clsnorm's truncation: what transformers
+    /// loads to tokenize as clsnorm does.
+    pub fn to_json(&self) -> Result<String> {
+        self.whole.to_string(true).map_err(|e| Error::Tokenizer {
+            path: self.path.clone(),
+            msg: format!("cannot be written as tokenizer.json: {e}"),
+        })
+    }
+
     /// Loads the tokenizer of a model directory: `tokenizer.json` when present, else a BERT
     /// WordPiece tokenizer built from `vocab.txt` with the casing of `tokenizer_config.json`.
     pub fn load(dir: &Path, max_len: usize) -> Result<Self> {
@@ -355,10 +364,10 @@ impl TextTokenizer {
     /// Tokenizes every example of a dataset (in parallel); an example the
     /// tokenizer fails on is named by its file and line.
     pub fn encode_dataset(&self, ds: &Dataset) -> Result<Vec<Encoded>> {
-        for e in &ds.examples {
+        for (i, e) in ds.examples.iter().enumerate() {
             for t in std::iter::once(&e.text).chain(&e.text_pair) {
                 self.check_growth(t).map_err(|msg| Error::Data {
-                    path: ds.path.clone(),
+                    path: ds.file_of(i).to_path_buf(),
                     line: e.line,
                     msg: format!("{msg} (tokenizer: {})", self.path.display()),
                 })?;
@@ -385,11 +394,11 @@ impl TextTokenizer {
 
     /// The first example of `ds` that the tokenizer fails on, as an error naming its line.
     fn first_failure(&self, ds: &Dataset) -> Option<Error> {
-        ds.examples.iter().find_map(|e| {
+        ds.examples.iter().enumerate().find_map(|(i, e)| {
             self.encode(&e.text, e.text_pair.as_deref())
                 .err()
                 .map(|err| Error::Data {
-                    path: ds.path.clone(),
+                    path: ds.file_of(i).to_path_buf(),
                     line: e.line,
                     msg: format!("the tokenizer failed on this example: {err}"),
                 })

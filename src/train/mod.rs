@@ -1,6 +1,7 @@
 //! Fine-tuning: the training loop, per-epoch evaluation, best/last checkpoints and exact resume.
 pub mod checkpoint;
 pub mod grad_trace;
+pub mod layer_decay;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
@@ -29,6 +30,12 @@ pub struct TrainConfig {
     /// What follows the warmup (linear decay in runs from before this option).
     #[serde(default)]
     pub schedule: schedule::ScheduleKind,
+    /// Micro-batches of `batch_size` per update (`--grad-accum`; 1 in runs from before it).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub grad_accum: usize,
+    /// Layer-wise learning-rate decay (see [`layer_decay`]); none in runs from before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_decay: Option<f64>,
     pub warmup_steps: Option<usize>,
     /// Clip the global gradient norm to this value (none by default).
     pub max_grad_norm: Option<f64>,
@@ -138,6 +145,8 @@ impl TrainConfig {
         },
         warmup_ratio: 0.06,
         schedule: schedule::ScheduleKind::Linear,
+        grad_accum: 1,
+        layer_decay: None,
         warmup_steps: None,
         max_grad_norm: None,
         epochs: 3,
@@ -184,6 +193,35 @@ impl TrainConfig {
                 }
             }
         }
+        if !(1..=limits::MAX_GRAD_ACCUM).contains(&self.grad_accum) {
+            return bad(format!(
+                "--grad-accum must be between 1 and {}, got {}",
+                limits::MAX_GRAD_ACCUM,
+                self.grad_accum
+            ));
+        }
+        if self.grad_accum > 1 && self.trace_grads {
+            return bad(
+                "--trace-grads records the [CLS] gradients of one batch per update; with \
+                 --grad-accum an update has several: use one or the other"
+                    .into(),
+            );
+        }
+        if self.grad_accum > 1 && self.batch_order.is_some() {
+            return bad(
+                "--batch-order replays another pipeline's batches one per update; with \
+                 --grad-accum give the large batches with --batch-size instead"
+                    .into(),
+            );
+        }
+        if let Some(d) = self.layer_decay {
+            if !(d > 0.0 && d <= 1.0) {
+                return bad(format!(
+                    "--layer-decay must be in (0, 1] (each layer's rate is the one above's \
+                     times it; 1 is no decay), got {d}"
+                ));
+            }
+        }
         if self.epochs == 0 && self.max_steps.is_none() {
             return bad("--epochs must be at least 1 (or give --max-steps)".into());
         }
@@ -218,13 +256,15 @@ impl TrainConfig {
         })
     }
 
-    /// Updates per epoch and in all, for `n` training examples.
+    /// Updates per epoch and in all, for `n` training examples: an update every
+    /// `grad_accum` batches, and one for the epoch's last few (as HF's Trainer).
     pub fn steps(&self, n: usize) -> Result<(usize, usize)> {
-        let steps_per_epoch = if self.drop_last {
+        let batches = if self.drop_last {
             n / self.batch_size
         } else {
             n.div_ceil(self.batch_size)
         };
+        let steps_per_epoch = batches.div_ceil(self.grad_accum.max(1));
         if steps_per_epoch == 0 {
             return Err(Error::Invalid(format!(
                 "{n} training examples make no full batch of {} (--drop-last)",
@@ -246,6 +286,14 @@ impl TrainConfig {
     }
 }
 
+fn one() -> usize {
+    1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
 /// Upper bounds of the numeric options (far beyond any real use; they keep arithmetic on
 /// counts from overflowing and allocations from being absurd).
 pub mod limits {
@@ -253,27 +301,52 @@ pub mod limits {
     pub const MAX_BATCH: usize = 1 << 16;
     pub const MAX_LEN: usize = 1 << 16;
     pub const MAX_THREADS: usize = 1024;
+    pub const MAX_GRAD_ACCUM: usize = 4096;
 }
 
-/// Provenance of an input file.
+/// Provenance of an input split: its file (the first, of a sharded split), the hash of what
+/// was parsed, and its rows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileInfo {
     pub path: PathBuf,
     pub sha256: String,
     pub rows: usize,
     pub skipped: usize,
+    /// Of a sharded split, the files after the first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_files: Vec<PathBuf>,
 }
 
 impl FileInfo {
-    /// The record of a dataset: its absolute path (a resume from another working directory
-    /// finds it) and the hash of the bytes that were parsed.
+    /// The record of a dataset: its absolute paths (a resume from another working directory
+    /// finds them) and the hash of the bytes that were parsed.
     pub fn of(ds: &Dataset) -> Result<Self> {
+        let absolute = |p: &Path| std::path::absolute(p).map_err(|e| Error::io(p, e));
         Ok(FileInfo {
-            path: std::path::absolute(&ds.path).map_err(|e| Error::io(&ds.path, e))?,
+            path: absolute(&ds.path)?,
             sha256: ds.sha256.clone(),
             rows: ds.examples.len(),
             skipped: ds.skipped,
+            more_files: ds
+                .shards
+                .iter()
+                .map(|(p, _)| absolute(p))
+                .collect::<Result<_>>()?,
         })
+    }
+
+    /// Every file of the split, in the order read.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.path.as_path()).chain(self.more_files.iter().map(PathBuf::as_path))
+    }
+
+    /// The split's files as a task names them.
+    pub fn task_files(&self) -> crate::data::Files {
+        crate::data::Files::shards(
+            self.files()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
+        )
     }
 }
 
@@ -345,9 +418,10 @@ impl Tokenized {
         let labels = ds
             .examples
             .iter()
-            .map(|e| {
+            .enumerate()
+            .map(|(i, e)| {
                 e.label.ok_or_else(|| Error::Data {
-                    path: ds.path.clone(),
+                    path: ds.file_of(i).to_path_buf(),
                     line: e.line,
                     msg: "missing label".into(),
                 })
@@ -433,8 +507,10 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
     let mut t = Trainer::start(job)?;
     while !t.done() {
         let batches = t.begin_epoch();
+        let per_update = t.grad_accum();
         while t.state.batch < batches.len() && !t.done() {
-            t.step(&batches[t.state.batch], batches.len())?;
+            let end = (t.state.batch + per_update).min(batches.len());
+            t.step(&batches[t.state.batch..end], batches.len())?;
             let stop = t.stop_requested();
             if (stop || t.save_due()) && t.state.batch < batches.len() {
                 t.save_mid_epoch()?;

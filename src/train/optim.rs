@@ -25,6 +25,8 @@ struct Param {
     m: Tensor,
     v: Tensor,
     weight_decay: f64,
+    /// The factor of the learning rate this parameter trains at (`--layer-decay`; 1 else).
+    lr_scale: f64,
 }
 
 /// AdamW over named parameters.
@@ -130,6 +132,7 @@ impl AdamW {
             .into_iter()
             .map(|(name, var)| Param {
                 weight_decay: if decays(&name) { cfg.weight_decay } else { 0.0 },
+                lr_scale: 1.0,
                 m: var.zeros_like().detach(),
                 v: var.zeros_like().detach(),
                 name,
@@ -217,6 +220,27 @@ impl AdamW {
             })
             .collect();
         extra_grads
+    }
+
+    /// Back-propagates `loss` and adds its gradients to those of the last [`AdamW::backward`]
+    /// (`--grad-accum`: the micro-batches of one update).
+    pub fn accumulate(&mut self, loss: &Tensor) {
+        let inputs: Vec<&Tensor> = self.params.iter().map(|p| &p.var).collect();
+        let grads = Tensor::run_backward(&[loss], &inputs, false, false);
+        tch::no_grad(|| {
+            for (slot, g) in self.grads.iter_mut().zip(grads) {
+                if !g.defined() {
+                    continue;
+                }
+                if slot.defined() {
+                    // A gradient of `backward` is the parameter's own dense tensor, or its view
+                    // of the flat buffer: added in place either way.
+                    let _ = slot.g_add_(&g);
+                } else {
+                    *slot = g.contiguous().copy();
+                }
+            }
+        });
     }
 
     fn defined_grads(&self) -> impl Iterator<Item = (&Param, &Tensor)> {
@@ -308,6 +332,19 @@ impl AdamW {
 
     /// One update with learning rate `lr` from the gradients of the last
     /// [`AdamW::backward`].
+    /// Sets each parameter's learning-rate factor (a parameter group's own rate, as torch's
+    /// param groups with one schedule): `scale` of its name.
+    pub fn set_lr_scales(&mut self, scale: &[f64]) {
+        for (p, &s) in self.params.iter_mut().zip(scale) {
+            p.lr_scale = s;
+        }
+    }
+
+    /// The parameters' names, in the optimizer's order.
+    pub fn names(&self) -> impl Iterator<Item = &str> + Clone {
+        self.params.iter().map(|p| p.name.as_str())
+    }
+
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
@@ -325,7 +362,7 @@ impl AdamW {
         if fused {
             let spans: Vec<Span> = self
                 .defined_grads()
-                .flat_map(|(p, g)| Span::split(p, g, 1.0 - lr * p.weight_decay))
+                .flat_map(|(p, g)| Span::split(p, g, lr * p.lr_scale, p.weight_decay))
                 .collect();
             fused_update(&spans, c.to_f32(), &self.pool);
             return;
@@ -334,12 +371,16 @@ impl AdamW {
         tch::no_grad(|| {
             if let Some(f) = self.flat.as_ref().filter(|f| f.grad.defined()) {
                 for p in self.params.iter_mut().filter(|p| p.weight_decay != 0.0) {
-                    let _ = p.var.g_mul_scalar_(1.0 - lr * p.weight_decay);
+                    let _ = p.var.g_mul_scalar_(1.0 - lr * p.lr_scale * p.weight_decay);
                 }
                 let s = adam_step(&f.m, &f.v, &f.grad, scratch, c);
                 let steps = f.views(&s, &self.params);
                 for (p, s) in self.params.iter_mut().zip(steps) {
-                    let _ = p.var.g_sub_(&s);
+                    if p.lr_scale == 1.0 {
+                        let _ = p.var.g_sub_(&s);
+                    } else {
+                        let _ = p.var.g_sub_(&(s * p.lr_scale));
+                    }
                 }
                 return;
             }
@@ -348,13 +389,17 @@ impl AdamW {
                     continue;
                 }
                 if p.weight_decay != 0.0 {
-                    let _ = p.var.g_mul_scalar_(1.0 - lr * p.weight_decay);
+                    let _ = p.var.g_mul_scalar_(1.0 - lr * p.lr_scale * p.weight_decay);
                 }
                 let s = scratch
                     .narrow(0, 0, p.var.numel() as i64)
                     .view(p.var.size().as_slice());
                 let s = adam_step(&p.m, &p.v, g, &s, c);
-                let _ = p.var.g_sub_(&s);
+                if p.lr_scale == 1.0 {
+                    let _ = p.var.g_sub_(&s);
+                } else {
+                    let _ = p.var.g_sub_(&(s * p.lr_scale));
+                }
             }
         });
     }
@@ -484,8 +529,10 @@ struct Span {
     m: *mut f32,
     v: *mut f32,
     len: usize,
-    /// `1 - lr * weight_decay`.
+    /// `1 - lr * weight_decay`, with the parameter's own rate.
     decay: f32,
+    /// The parameter's factor of the learning rate.
+    lr_scale: f32,
 }
 
 // SAFETY: a span's pointers address memory owned by tensors that outlive the scoped threads of
@@ -497,7 +544,9 @@ impl Span {
     /// Pieces small enough to share out evenly between threads.
     const PIECE: usize = 1 << 16;
 
-    fn split(p: &Param, g: &Tensor, decay: f64) -> Vec<Span> {
+    /// Spans of parameter `p` with gradient `g`, trained at rate `lr` (its own) with weight
+    /// decay `wd`.
+    fn split(p: &Param, g: &Tensor, lr: f64, wd: f64) -> Vec<Span> {
         let n = p.var.numel();
         (0..n)
             .step_by(Self::PIECE)
@@ -508,7 +557,8 @@ impl Span {
                 m: unsafe { (p.m.data_ptr() as *mut f32).add(off) },
                 v: unsafe { (p.v.data_ptr() as *mut f32).add(off) },
                 len: Self::PIECE.min(n - off),
-                decay: decay as f32,
+                decay: (1.0 - lr * wd) as f32,
+                lr_scale: p.lr_scale as f32,
             })
             .collect()
     }
@@ -544,7 +594,7 @@ fn fused_update(spans: &[Span], c: Coeffs<f32>, pool: &UpdatePool) {
                     std::slice::from_raw_parts_mut(s.v, s.len),
                 )
             };
-            adamw_kernel(p, g, m, v, s.decay, &c);
+            adamw_kernel(p, g, m, v, s.decay, c.step_size * s.lr_scale, &c);
         }
     };
     match &pool.pool {
@@ -564,13 +614,14 @@ fn adamw_kernel(
     m: &mut [f32],
     v: &mut [f32],
     decay: f32,
+    step_size: f32,
     c: &Coeffs<f32>,
 ) {
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
         *m += c.one_minus_b1 * (g - *m);
         *v = *v * c.b2 + g * (g * c.one_minus_b2);
         let denom = v.sqrt() / c.bc2_sqrt + c.eps;
-        *p = *p * decay - c.step_size * (*m / denom);
+        *p = *p * decay - step_size * (*m / denom);
     }
 }
 
@@ -726,6 +777,7 @@ mod tests {
             let param = Param {
                 name: "w".into(),
                 weight_decay: 0.01,
+                lr_scale: 1.0,
                 m: p.zeros_like(),
                 v: p.zeros_like(),
                 var: p.copy(),
@@ -738,7 +790,7 @@ mod tests {
                 eps: 1e-6,
                 step_size: 0.01,
             };
-            fused_update(&Span::split(&param, &g, 0.999), c.to_f32(), pool);
+            fused_update(&Span::split(&param, &g, 0.1, 0.01), c.to_f32(), pool);
             (p, param.var)
         };
         let (p0, a) = run(&UpdatePool::new(4));

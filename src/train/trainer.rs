@@ -117,6 +117,10 @@ impl<'a> Trainer<'a> {
         }
         let records = keep_records_up_to(&layout, &state, cfg.trace_grads)?;
         let mut opt = AdamW::new(cfg.adam, model.trainable());
+        if let Some(d) = cfg.layer_decay {
+            let scales = super::layer_decay::scales(opt.names(), d);
+            opt.set_lr_scales(&scales);
+        }
         if let Some(t) = &opt_state {
             opt.load_state(t, state.global_step as i64)?;
         }
@@ -172,6 +176,11 @@ impl<'a> Trainer<'a> {
         self.state.global_step >= self.sched.total_steps || self.state.epoch >= self.epochs
     }
 
+    /// Batches per update.
+    pub fn grad_accum(&self) -> usize {
+        self.job.config.grad_accum.max(1)
+    }
+
     /// Updates per epoch.
     pub fn steps_per_epoch(&self) -> usize {
         self.steps_per_epoch
@@ -206,38 +215,58 @@ impl<'a> Trainer<'a> {
         batches
     }
 
-    /// One update on the examples `idx`: forward, backward, gradient trace, finiteness check,
-    /// clipping, AdamW step, and the loss record every 10 updates and at the epoch's last batch
-    /// (of `epoch_len`).
-    pub fn step(&mut self, idx: &[usize], epoch_len: usize) -> Result<()> {
+    /// One update on the micro-batches `group` (one, unless `--grad-accum`): forward and
+    /// backward of each, its mean loss weighted by its share of the update's examples so that
+    /// the gradients add up to the whole group's mean loss (as one batch of them all); then
+    /// gradient trace, finiteness check, clipping, AdamW step, and the loss record every 10
+    /// updates and at the epoch's last batch (of `epoch_len`).
+    pub fn step(&mut self, group: &[Vec<usize>], epoch_len: usize) -> Result<()> {
         let cfg = &self.job.config;
         let (device, model, opt) = (self.job.device, &self.model, &mut self.opt);
         let step_start = Instant::now();
-        let refs: Vec<&Encoded> = idx.iter().map(|&i| &self.train.encs[i]).collect();
-        let batch = Batch::collate(&refs, self.pad, &self.limits, device)?;
-        let labels = self.train.label_tensor(idx, device);
+        let examples: usize = group.iter().map(Vec::len).sum();
         tch::manual_seed(step_seed(cfg.seed, self.state.global_step));
-        let out = model.forward(&batch, true);
-        let loss = model.loss(&out.logits, &labels);
-        let extra: &[&Tensor] = if cfg.trace_grads {
-            &[&out.cls, &out.normalized]
-        } else {
-            &[]
-        };
-        // fp16: the loss is scaled so that small gradients survive fp16's range, and the
-        // gradients unscaled before anything reads them (torch.amp.GradScaler's order).
         let scaler = self.state.grad_scaler;
-        let traced = match scaler {
-            Some(sc) => {
-                let traced = opt.backward(&(&loss * sc.scale), extra);
-                opt.scale_grads(1.0 / sc.scale);
-                traced
-                    .into_iter()
-                    .map(|g| if g.defined() { g / sc.scale } else { g })
-                    .collect()
+        let mut loss = Tensor::from(0f32).to_device(device);
+        let mut traced = Vec::new();
+        let mut n_tokens = 0;
+        for (m, idx) in group.iter().enumerate() {
+            let refs: Vec<&Encoded> = idx.iter().map(|&i| &self.train.encs[i]).collect();
+            let batch = Batch::collate(&refs, self.pad, &self.limits, device)?;
+            n_tokens += batch.n_tokens;
+            let labels = self.train.label_tensor(idx, device);
+            let out = model.forward(&batch, true);
+            let part = model.loss(&out.logits, &labels);
+            let part = if group.len() == 1 {
+                part
+            } else {
+                part * (idx.len() as f64 / examples as f64)
+            };
+            let extra: &[&Tensor] = if cfg.trace_grads {
+                &[&out.cls, &out.normalized]
+            } else {
+                &[]
+            };
+            // fp16: the loss is scaled so that small gradients survive fp16's range, and the
+            // gradients unscaled before anything reads them (torch.amp.GradScaler's order).
+            let scaled = match scaler {
+                Some(sc) => &part * sc.scale,
+                None => part.shallow_clone(),
+            };
+            if m == 0 {
+                traced = opt.backward(&scaled, extra);
+            } else {
+                opt.accumulate(&scaled);
             }
-            None => opt.backward(&loss, extra),
-        };
+            loss += part.detach();
+        }
+        if let Some(sc) = scaler {
+            opt.scale_grads(1.0 / sc.scale);
+            traced = traced
+                .into_iter()
+                .map(|g| if g.defined() { g / sc.scale } else { g })
+                .collect();
+        }
         // One global gradient norm per update serves the trace, the finiteness check and
         // clipping.
         let grad_norm = opt.grad_norm();
@@ -299,9 +328,9 @@ impl<'a> Trainer<'a> {
         }
         let state = &mut self.state;
         state.global_step += 1;
-        state.batch += 1;
-        state.epoch_tokens += batch.n_tokens;
-        self.window_clock.1 += batch.n_tokens;
+        state.batch += group.len();
+        state.epoch_tokens += n_tokens;
+        self.window_clock.1 += n_tokens;
         state.epoch_train_secs += step_start.elapsed().as_secs_f64();
         if state.global_step.is_multiple_of(10) || state.batch == epoch_len {
             self.close_loss_window(lr)?;
@@ -494,6 +523,12 @@ impl<'a> Trainer<'a> {
             builds: state.builds.clone(),
         };
         atomic::write_json(&self.layout.summary(), &summary)?;
+        if !interrupted {
+            // A convenience beside the records: a run that cannot write it is still complete.
+            if let Err(e) = crate::export::card::write_run_card(self.layout.dir()) {
+                tracing::warn!("the run's model card (README.md) was not written: {e}");
+            }
+        }
         Ok(summary)
     }
 }

@@ -6,6 +6,8 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use sha2::Digest;
@@ -44,6 +46,9 @@ pub struct HubRepo {
     pub files: Vec<HubFile>,
     /// Served only to requests carrying this token.
     pub token: Option<String>,
+    /// The branch it is listed under besides its commit (`main`; the Hub keeps a dataset's
+    /// Parquet conversion under `refs/convert/parquet`).
+    pub branch: String,
 }
 
 impl HubRepo {
@@ -81,6 +86,7 @@ impl HubRepo {
             commit: format!("{:02x}", commit_seed).repeat(20),
             files,
             token: None,
+            branch: "main".into(),
         }
     }
 }
@@ -416,11 +422,11 @@ fn serve(
         return Ok(());
     }
     let mut st = state.lock().unwrap();
-    let Some(ri) = st
-        .repos
-        .iter()
-        .position(|r| r.kind == repo_kind && r.id == id && (rev == "main" || rev == r.commit))
-    else {
+    let Some(ri) = st.repos.iter().position(|r| {
+        r.kind == repo_kind
+            && r.id == id
+            && (rev.replace("%2F", "/") == r.branch || rev == r.commit)
+    }) else {
         return not_found(&mut conn);
     };
     if let Some(t) = &st.repos[ri].token {
@@ -559,4 +565,61 @@ fn send_file(
         return conn.shutdown(std::net::Shutdown::Both);
     }
     respond(conn, code, &headers, body)
+}
+
+/// The test's own Hugging Face environment: HF_HOME under `root`, the stand-in's address.
+pub struct Hf {
+    pub home: PathBuf,
+    pub endpoint: String,
+    pub token: Option<String>,
+    pub offline: bool,
+    /// More environment (timeouts, retries).
+    pub env: Vec<(String, String)>,
+}
+
+impl Hf {
+    pub fn new(root: &Path, endpoint: &str) -> Hf {
+        Hf {
+            home: root.join("hf"),
+            endpoint: endpoint.to_string(),
+            token: None,
+            offline: false,
+            env: Vec::new(),
+        }
+    }
+
+    /// clsnorm with `args` in this environment, to run or spawn.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_clsnorm"));
+        c.args(args)
+            .env("HF_HOME", &self.home)
+            .env("HF_ENDPOINT", &self.endpoint)
+            .env("RUST_LOG", "warn")
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_TOKEN_PATH")
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_HUB_DOWNLOAD_TIMEOUT")
+            .env_remove("HF_HUB_ETAG_TIMEOUT")
+            .env_remove("CLSNORM_HUB_RETRIES")
+            .env_remove("GLUE_DIR");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        if let Some(t) = &self.token {
+            c.env("HF_TOKEN", t);
+        }
+        if self.offline {
+            c.env("HF_HUB_OFFLINE", "1");
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.home.join("hub")
+    }
 }
