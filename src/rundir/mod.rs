@@ -19,6 +19,7 @@
 //!   left as `NAME.old` between its two renames) are recovered or removed under the lock.
 pub mod owner;
 pub mod records;
+pub mod tensorboard;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::eval;
 use crate::precision::{GradScaler, Precision};
 use crate::rundir::records::{self, ClsGeometry, EpochRecord, GradRecord, LossRecord, Summary};
+use crate::rundir::tensorboard::EventWriter;
 use crate::rundir::{Layout, RunDir};
 use crate::tokenize::{Encoded, TextTokenizer, TokenizerFiles};
 
@@ -57,6 +58,54 @@ pub struct Trainer<'a> {
     started: Instant,
     elapsed_before: f64,
     bar: indicatif::ProgressBar,
+    /// The run's TensorBoard curves: opened at the first value (after the run's folder holds
+    /// its config), closed for good if writing fails (the records stay the run's truth).
+    tensorboard: Board,
+}
+
+/// The state of a run's TensorBoard event file.
+enum Board {
+    NotYet,
+    Open(EventWriter),
+    Off,
+}
+
+impl Board {
+    /// Writes `values` at update `step`; a failure is a warning, and the curves stop.
+    fn scalars(&mut self, dir: &Path, step: usize, values: &[(String, f64)]) {
+        if let Board::NotYet = self {
+            *self = match EventWriter::create(dir) {
+                Ok(w) => Board::Open(w),
+                Err(e) => {
+                    tracing::warn!("no TensorBoard curves for this run: {e}");
+                    Board::Off
+                }
+            };
+        }
+        if let Board::Open(w) = self {
+            if let Err(e) = w.scalars(step, values) {
+                tracing::warn!("TensorBoard curves stopped: {e}");
+                *self = Board::Off;
+            }
+        }
+    }
+}
+
+/// The numbers of a JSON value (an object of numbers, nested), as `PREFIX/KEY` pairs.
+fn numbers(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, f64)>) {
+    match v {
+        serde_json::Value::Number(n) => {
+            if let Some(x) = n.as_f64() {
+                out.push((prefix.to_string(), x));
+            }
+        }
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                numbers(&format!("{prefix}/{k}"), v, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 impl<'a> Trainer<'a> {
@@ -168,6 +217,7 @@ impl<'a> Trainer<'a> {
             state,
             records,
             bar,
+            tensorboard: Board::NotYet,
         })
     }
 
@@ -274,6 +324,15 @@ impl<'a> Trainer<'a> {
             let step = self.state.global_step + 1;
             let rec = grad_trace::record(step, &loss, cls_grad, normalized_grad, &grad_norm, opt)?;
             records::append(&self.layout.grads(), &rec)?;
+            self.tensorboard.scalars(
+                self.layout.dir(),
+                step,
+                &[
+                    ("grad/cls".into(), rec.cls_grad_norm),
+                    ("grad/normalized".into(), rec.normalized_grad_norm),
+                    ("grad/global".into(), rec.global_grad_norm),
+                ],
+            );
         }
         // As Hugging Face's Trainer, the schedule does not advance on updates the loss scaler
         // skipped.
@@ -353,6 +412,11 @@ impl<'a> Trainer<'a> {
                 lr,
             };
             records::append(&self.layout.loss(), &rec)?;
+            self.tensorboard.scalars(
+                self.layout.dir(),
+                rec.step,
+                &[("train/loss".into(), rec.loss), ("train/lr".into(), rec.lr)],
+            );
         }
         self.window_updates = 0;
         self.window_loss = Tensor::zeros([], (Kind::Float, self.job.device));
@@ -456,6 +520,21 @@ impl<'a> Trainer<'a> {
         // below, a resumed run drops the record (its epoch is not in the checkpoint) and
         // writes it again; written after, it could be lost for good.
         records::append(&self.layout.metrics(), &record)?;
+        let mut curves = vec![("train/epoch_loss".to_string(), record.train_loss)];
+        for (split, m) in &record.dev {
+            for (k, v) in m {
+                curves.push((format!("dev/{split}/{k}"), *v));
+            }
+        }
+        if let Some(g) = &record.cls_geometry {
+            numbers(
+                "cls",
+                &serde_json::to_value(g).unwrap_or_default(),
+                &mut curves,
+            );
+        }
+        self.tensorboard
+            .scalars(self.layout.dir(), record.global_step, &curves);
         if improved {
             state.best_metric = Some(primary);
             state.best_epoch = Some(finished_epoch);
