@@ -177,6 +177,16 @@ fn resume_with_length_grouping_equals_uninterrupted_run() {
 }
 
 #[test]
+fn resume_with_evaluations_inside_epochs_equals_uninterrupted_run() {
+    // Evaluations at updates 5, 10, ... also choose `best`; an interruption between them and
+    // at update 13 resumes to the same records, weights and best checkpoint.
+    resume_equals_uninterrupted(TrainConfig {
+        eval_every: Some(5),
+        ..config()
+    });
+}
+
+#[test]
 fn length_grouped_batches_cover_every_example_once_with_less_padding() {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -887,6 +897,94 @@ fn accumulation_and_layer_decay_are_recorded_and_checked() {
         .concat(),
     );
     common::fails(&o, "use one or the other");
+}
+
+/// `--eval-every` and `--patience` through the binary: with a learning rate too small to change
+/// anything the dev metric never improves on the first evaluation, so the run stops after
+/// `--patience` more; the best evaluation's checkpoint is `best`, and a resume is a no-op.
+#[test]
+fn evaluations_inside_epochs_choose_the_best_and_patience_stops_early() {
+    let s = common::setup();
+    let out = s.root.join("run-patience");
+    let mut six_epochs = sst2_two_epochs(&s.model, &s.data, "4");
+    let at = six_epochs.iter().position(|a| *a == "--epochs").unwrap();
+    six_epochs[at + 1] = "6";
+    let args = |out: &Path| -> Vec<String> {
+        [
+            &six_epochs[..],
+            &[
+                "--lr",
+                "1e-20",
+                "--eval-every",
+                "2",
+                "--patience",
+                "3",
+                "--output",
+                common::p(out),
+            ],
+        ]
+        .concat()
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let words = args(&out);
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    common::ok(&common::clsnorm(&refs));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    // 4 updates an epoch: evaluations at 2 (inside, best), 4 (end), 6 (inside), 8 (end): three
+    // without improvement.
+    assert_eq!(summary["stopped_early"], true, "{summary}");
+    assert_eq!(summary["global_steps"], 8, "{summary}");
+    assert_eq!(summary["best_step"], 2, "{summary}");
+    assert_eq!(summary["interrupted"], false, "{summary}");
+    let steps = |file: &str| -> Vec<u64> {
+        std::fs::read_to_string(out.join(file))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["global_step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(steps("evals.jsonl"), [2, 6]);
+    assert_eq!(steps("metrics.jsonl"), [4, 8]);
+    let best = clsnorm::train::checkpoint::read_meta(&out.join("best")).unwrap();
+    assert_eq!(best.state.global_step, 2);
+    common::ok(&common::clsnorm(&[
+        "finetune",
+        "--resume",
+        common::p(&out),
+        "--quiet",
+    ]));
+    assert_eq!(
+        steps("metrics.jsonl"),
+        [4, 8],
+        "a stopped run stays stopped"
+    );
+    for (extra, want) in [
+        (
+            &["--eval-every", "0"][..],
+            "--eval-every must be between 1 and",
+        ),
+        (&["--patience", "0"][..], "--patience must be between 1 and"),
+        (&["--patience", "9"][..], "could never stop early"),
+    ] {
+        let bad = s.root.join("bad");
+        let o = common::clsnorm(
+            &[
+                &sst2_two_epochs(&s.model, &s.data, "4")[..],
+                extra,
+                &["--output", common::p(&bad)],
+            ]
+            .concat(),
+        );
+        common::fails(&o, want);
+        assert!(!bad.exists(), "{extra:?}: a refused run left its folder");
+    }
 }
 
 /// `finetune` of the toy SST-2 for 2 epochs at `batch` with the tiny model, one thread, quiet.

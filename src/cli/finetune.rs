@@ -59,6 +59,13 @@ pub struct FinetuneArgs {
     /// (the IsoBN protocol's), cosine (half a cycle, to 0) or constant.
     #[arg(long, value_enum, default_value_t = ScheduleKind::Linear)]
     pub schedule: ScheduleKind,
+    /// Also evaluate on dev every N updates (every epoch's end evaluates anyway); the best
+    /// checkpoint is the best evaluation's. Records in RUN/evals.jsonl.
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<usize>,
+    /// Early stopping: stop after P evaluations in a row without a better primary metric.
+    #[arg(long, value_name = "P")]
+    pub patience: Option<usize>,
     /// Layer-wise learning-rate decay, as ELECTRA's and DeBERTa's recipes: each encoder layer
     /// trains at the rate of the one above times D, the embeddings lowest; pooler, normalizer
     /// and classifier at the full rate. In (0, 1]; off by default.
@@ -529,6 +536,8 @@ fn from_args(a: &FinetuneArgs, registry: &Registry) -> anyhow::Result<JobParts> 
         warmup_ratio: a.warmup_ratio,
         schedule: a.schedule,
         grad_accum: a.grad_accum,
+        eval_every: a.eval_every,
+        patience: a.patience,
         layer_decay: a.layer_decay,
         warmup_steps: a.warmup_steps,
         max_grad_norm: a.max_grad_norm,

@@ -82,6 +82,11 @@ impl Layout {
     pub fn grads(&self) -> PathBuf {
         self.dir.join("grads.jsonl")
     }
+    /// Evaluations inside epochs (`--eval-every`), in `metrics.jsonl`'s format.
+    pub fn evals(&self) -> PathBuf {
+        self.dir.join("evals.jsonl")
+    }
+
     /// The [`records::Summary`].
     pub fn summary(&self) -> PathBuf {
         self.dir.join("summary.json")

@@ -80,6 +80,12 @@ pub struct Summary {
     pub task: String,
     pub primary_metric: String,
     pub best_epoch: Option<usize>,
+    /// The update after which the best evaluation was made (see `--eval-every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_step: Option<usize>,
+    /// Stopped by `--patience`: that many evaluations without improvement.
+    #[serde(default)]
+    pub stopped_early: bool,
     pub best_primary: Option<f64>,
     pub best_dev: Vec<(String, std::collections::BTreeMap<String, f64>)>,
     pub final_dev: Vec<(String, std::collections::BTreeMap<String, f64>)>,

@@ -60,6 +60,16 @@ pub struct TrainState {
     /// Best primary dev metric so far and its epoch (1-based).
     pub best_metric: Option<f64>,
     pub best_epoch: Option<usize>,
+    /// The update after which the best evaluation was made (absent in runs from before
+    /// `--eval-every`, whose evaluations all end an epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_step: Option<usize>,
+    /// Evaluations since the best one (`--patience`).
+    #[serde(default)]
+    pub evals_since_best: usize,
+    /// The run stopped early: `--patience` evaluations without improvement.
+    #[serde(default)]
+    pub stopped_early: bool,
     /// Wall-clock seconds spent in the run before this checkpoint.
     pub elapsed_secs: f64,
 }

@@ -33,6 +33,12 @@ pub struct TrainConfig {
     /// Micro-batches of `batch_size` per update (`--grad-accum`; 1 in runs from before it).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub grad_accum: usize,
+    /// Also evaluate every this many updates (`--eval-every`; evaluations end every epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<usize>,
+    /// Stop after this many evaluations without a better primary metric (`--patience`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
     /// Layer-wise learning-rate decay (see [`layer_decay`]); none in runs from before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_decay: Option<f64>,
@@ -146,6 +152,8 @@ impl TrainConfig {
         warmup_ratio: 0.06,
         schedule: schedule::ScheduleKind::Linear,
         grad_accum: 1,
+        eval_every: None,
+        patience: None,
         layer_decay: None,
         warmup_steps: None,
         max_grad_norm: None,
@@ -179,6 +187,8 @@ impl TrainConfig {
             ("--max-steps", self.max_steps),
             ("--warmup-steps", self.warmup_steps),
             ("--save-every", self.save_every),
+            ("--eval-every", self.eval_every),
+            ("--patience", self.patience),
             ("--max-len", Some(self.max_len)),
         ] {
             let (min, max) = match flag {
@@ -511,6 +521,12 @@ pub fn finetune(job: Finetune) -> Result<Summary> {
         while t.state.batch < batches.len() && !t.done() {
             let end = (t.state.batch + per_update).min(batches.len());
             t.step(&batches[t.state.batch..end], batches.len())?;
+            if t.eval_due(batches.len()) {
+                t.evaluate_mid_epoch()?;
+                if t.stopped_early() {
+                    return t.finish(false);
+                }
+            }
             let stop = t.stop_requested();
             if (stop || t.save_due()) && t.state.batch < batches.len() {
                 t.save_mid_epoch()?;

@@ -137,6 +137,13 @@ impl<'a> Trainer<'a> {
         let limits = model.encoder.limits();
         limits.check_tokenizer(&tok, job.task.text_pair.is_some())?;
         let (train, dev) = tokenize(&job, &tok)?;
+        // Before the run's config is written: a plan that cannot work leaves no run behind.
+        let Plan {
+            steps_per_epoch,
+            epochs,
+            order,
+            sched,
+        } = plan(&cfg, train.encs.len())?;
         if !resumed && model.normalizer().needs_fit() {
             // The cache of a run that started (config.json written) is reused; one left by a
             // start that never got that far is fitted again.
@@ -173,12 +180,6 @@ impl<'a> Trainer<'a> {
         if let Some(t) = &opt_state {
             opt.load_state(t, state.global_step as i64)?;
         }
-        let Plan {
-            steps_per_epoch,
-            epochs,
-            order,
-            sched,
-        } = plan(&cfg, train.encs.len())?;
         tracing::info!(
             examples = train.encs.len(),
             steps_per_epoch,
@@ -223,7 +224,9 @@ impl<'a> Trainer<'a> {
 
     /// Whether training is over: every update done.
     pub fn done(&self) -> bool {
-        self.state.global_step >= self.sched.total_steps || self.state.epoch >= self.epochs
+        self.state.global_step >= self.sched.total_steps
+            || self.state.epoch >= self.epochs
+            || self.state.stopped_early
     }
 
     /// Batches per update.
@@ -473,10 +476,25 @@ impl<'a> Trainer<'a> {
         checkpoint::save(dir, &self.model, &meta, opt.as_deref(), &self.tok_files)
     }
 
-    /// End of an epoch: evaluate on the dev sets, append the epoch's record, save `best` if
-    /// the primary metric improved, and `last`.
-    pub fn end_epoch(&mut self) -> Result<()> {
-        self.state.loss_sum += self.window_loss.double_value(&[]);
+    /// Whether `--eval-every` asks for an evaluation after this update, inside the epoch (the
+    /// epoch's end evaluates anyway).
+    pub fn eval_due(&self, epoch_len: usize) -> bool {
+        self.job
+            .config
+            .eval_every
+            .is_some_and(|n| self.state.global_step.is_multiple_of(n))
+            && self.state.batch < epoch_len
+    }
+
+    /// Whether `--patience` evaluations in a row found no better primary metric.
+    pub fn stopped_early(&self) -> bool {
+        self.state.stopped_early
+    }
+
+    /// Evaluates on the dev sets: the record of this moment (the epoch's training loss so
+    /// far, without closing it).
+    fn evaluation(&self) -> Result<EpochRecord> {
+        let state = &self.state;
         let eval_start = Instant::now();
         let (dev, cls_geometry) = self.dev_metrics()?;
         let task = &self.job.task;
@@ -484,11 +502,11 @@ impl<'a> Trainer<'a> {
             .first()
             .and_then(|(_, m)| m.get(task.primary.name()).copied())
             .unwrap_or(f64::NAN);
-        let state = &mut self.state;
-        let record = EpochRecord {
+        let pending = self.window_loss.double_value(&[]);
+        Ok(EpochRecord {
             epoch: state.epoch + 1,
             global_step: state.global_step,
-            train_loss: state.loss_sum / state.loss_count.max(1) as f64,
+            train_loss: (state.loss_sum + pending) / state.loss_count.max(1) as f64,
             dev,
             primary,
             lr: self.sched.lr_at(state.global_step.saturating_sub(1)),
@@ -496,30 +514,12 @@ impl<'a> Trainer<'a> {
             eval_secs: eval_start.elapsed().as_secs_f64(),
             train_tokens_per_sec: state.epoch_tokens as f64 / state.epoch_train_secs.max(1e-9),
             cls_geometry,
-        };
-        self.bar.suspend(|| {
-            tracing::info!(
-                "epoch {} step {}: train loss {:.4}, dev {} {:.4} ({:.0} tok/s)",
-                record.epoch,
-                record.global_step,
-                record.train_loss,
-                task.primary.name(),
-                primary,
-                record.train_tokens_per_sec
-            )
-        });
-        let improved = state.best_metric.is_none_or(|b| primary > b);
-        let finished_epoch = state.epoch + 1;
-        state.epoch += 1;
-        state.batch = 0;
-        state.loss_sum = 0.0;
-        state.loss_count = 0;
-        state.epoch_tokens = 0;
-        state.epoch_train_secs = 0.0;
-        // The epoch's record goes first: if the process dies before the `last` checkpoint
-        // below, a resumed run drops the record (its epoch is not in the checkpoint) and
-        // writes it again; written after, it could be lost for good.
-        records::append(&self.layout.metrics(), &record)?;
+        })
+    }
+
+    /// After an evaluation's record is written: its curves, `best` saved if the primary metric
+    /// improved, and the count of evaluations without improvement.
+    fn note_evaluation(&mut self, record: &EpochRecord) -> Result<()> {
         let mut curves = vec![("train/epoch_loss".to_string(), record.train_loss)];
         for (split, m) in &record.dev {
             for (k, v) in m {
@@ -535,11 +535,84 @@ impl<'a> Trainer<'a> {
         }
         self.tensorboard
             .scalars(self.layout.dir(), record.global_step, &curves);
-        if improved {
-            state.best_metric = Some(primary);
-            state.best_epoch = Some(finished_epoch);
+        let state = &mut self.state;
+        if state.best_metric.is_none_or(|b| record.primary > b) {
+            state.best_metric = Some(record.primary);
+            state.best_epoch = Some(record.epoch);
+            state.best_step = Some(record.global_step);
+            state.evals_since_best = 0;
             self.save(&self.layout.best(), false)?;
+        } else {
+            state.evals_since_best += 1;
+            if self
+                .job
+                .config
+                .patience
+                .is_some_and(|p| state.evals_since_best >= p)
+            {
+                state.stopped_early = true;
+                let since = state.evals_since_best;
+                self.bar.suspend(|| {
+                    tracing::info!(
+                        "stopping early: {since} evaluations without a better {} (--patience)",
+                        self.job.task.primary.name()
+                    )
+                });
+            }
         }
+        Ok(())
+    }
+
+    /// An evaluation inside an epoch (`--eval-every`): its record in `evals.jsonl`, `best` if
+    /// it improved; an early stop saves `last` here.
+    pub fn evaluate_mid_epoch(&mut self) -> Result<()> {
+        let record = self.evaluation()?;
+        self.bar.suspend(|| {
+            tracing::info!(
+                "step {}: dev {} {:.4}",
+                record.global_step,
+                self.job.task.primary.name(),
+                record.primary
+            )
+        });
+        records::append(&self.layout.evals(), &record)?;
+        self.note_evaluation(&record)?;
+        if self.state.stopped_early {
+            self.save_mid_epoch()?;
+        }
+        self.records.push(record);
+        Ok(())
+    }
+
+    /// End of an epoch: evaluate on the dev sets, append the epoch's record, save `best` if
+    /// the primary metric improved, and `last`.
+    pub fn end_epoch(&mut self) -> Result<()> {
+        self.state.loss_sum += self.window_loss.double_value(&[]);
+        self.window_loss = Tensor::zeros([], (Kind::Float, self.job.device));
+        let record = self.evaluation()?;
+        self.bar.suspend(|| {
+            tracing::info!(
+                "epoch {} step {}: train loss {:.4}, dev {} {:.4} ({:.0} tok/s)",
+                record.epoch,
+                record.global_step,
+                record.train_loss,
+                self.job.task.primary.name(),
+                record.primary,
+                record.train_tokens_per_sec
+            )
+        });
+        let state = &mut self.state;
+        state.epoch += 1;
+        state.batch = 0;
+        state.loss_sum = 0.0;
+        state.loss_count = 0;
+        state.epoch_tokens = 0;
+        state.epoch_train_secs = 0.0;
+        // The epoch's record goes first: if the process dies before the `last` checkpoint
+        // below, a resumed run drops the record (its epoch is not in the checkpoint) and
+        // writes it again; written after, it could be lost for good.
+        records::append(&self.layout.metrics(), &record)?;
+        self.note_evaluation(&record)?;
         self.save(&self.layout.last(), true)?;
         self.records.push(record);
         Ok(())
@@ -578,7 +651,10 @@ impl<'a> Trainer<'a> {
         let best_dev = self
             .records
             .iter()
-            .rfind(|r| Some(r.epoch) == state.best_epoch)
+            .rfind(|r| match state.best_step {
+                Some(step) => r.global_step == step,
+                None => Some(r.epoch) == state.best_epoch,
+            })
             .map(|r| r.dev.clone())
             .unwrap_or_default();
         let final_dev = self
@@ -590,6 +666,8 @@ impl<'a> Trainer<'a> {
             task: self.job.task.name.clone(),
             primary_metric: self.job.task.primary.name().into(),
             best_epoch: state.best_epoch,
+            best_step: state.best_step,
+            stopped_early: state.stopped_early,
             best_primary: state.best_metric,
             best_dev,
             final_dev,
@@ -717,7 +795,13 @@ fn keep_records_up_to(
     state: &TrainState,
     trace_grads: bool,
 ) -> Result<Vec<EpochRecord>> {
-    let kept = records::retain(&layout.metrics(), |r: &EpochRecord| r.epoch <= state.epoch)?;
+    let mut kept = records::retain(&layout.metrics(), |r: &EpochRecord| r.epoch <= state.epoch)?;
+    if layout.evals().exists() {
+        kept.extend(records::retain(&layout.evals(), |r: &EpochRecord| {
+            r.global_step <= state.global_step
+        })?);
+        kept.sort_by_key(|r| (r.global_step, r.epoch));
+    }
     records::retain(&layout.loss(), |r: &LossRecord| r.step <= state.global_step)?;
     if trace_grads {
         records::retain(&layout.grads(), |r: &GradRecord| {
@@ -738,6 +822,20 @@ struct Plan {
 fn plan(cfg: &super::TrainConfig, examples: usize) -> Result<Plan> {
     let (steps_per_epoch, total_steps) = cfg.steps(examples)?;
     let epochs = total_steps.div_ceil(steps_per_epoch);
+    if let Some(p) = cfg.patience {
+        // At most one evaluation per epoch end and one per --eval-every updates.
+        let evaluations = epochs + cfg.eval_every.map_or(0, |n| total_steps / n);
+        if p >= evaluations {
+            return Err(Error::Invalid(format!(
+                "--patience {p}: the run makes at most {evaluations} evaluations ({epochs} \
+                 epoch ends{}), so it could never stop early; give a smaller --patience or \
+                 evaluate more often with --eval-every",
+                cfg.eval_every
+                    .map(|n| format!(" and one every {n} of its {total_steps} updates"))
+                    .unwrap_or_default()
+            )));
+        }
+    }
     let order = match &cfg.batch_order {
         Some(f) => Some(f.load(examples, cfg.batch_size, steps_per_epoch, epochs)?),
         None => None,
