@@ -28,7 +28,7 @@ pub enum BiasInit {
     /// Zero, as Hugging Face and the papers.
     #[default]
     Zero,
-    /// The training labels' prior ([`label_prior`]): the head starts by predicting their mean
+    /// The training labels' prior: the head starts by predicting their mean
     /// score or class shares, so it needs no offset from the normalized vector (which
     /// batch-centring normalizers remove).
     Prior,

@@ -21,6 +21,7 @@ pub mod fsread;
 pub mod hub;
 pub mod metrics;
 pub mod normalize;
+pub mod npy;
 mod plot;
 pub mod precision;
 pub mod registry;

@@ -18,7 +18,7 @@ pub enum Precision {
     Fp32,
     /// Autocast to bfloat16 (same range as fp32: no loss scaling needed).
     Bf16,
-    /// Autocast to float16, with dynamic loss scaling during training ([`GradScaler`]).
+    /// Autocast to float16, with dynamic loss scaling during training (as torch.amp.GradScaler).
     Fp16,
 }
 

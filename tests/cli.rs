@@ -714,3 +714,67 @@ fn the_default_model_is_found_from_anywhere() {
         );
     }
 }
+
+/// Every command's help reads as text: no rustdoc link syntax from doc comments, and
+/// finetune's options grouped under headings in the order a run is set up.
+#[test]
+fn help_is_plain_text_and_finetune_is_grouped() {
+    for cmd in [
+        "finetune",
+        "sweep",
+        "analyze",
+        "embed",
+        "predict",
+        "evaluate",
+        "export",
+        "fetch",
+        "report",
+        "compare-grads",
+    ] {
+        let help = ok(&clsnorm(&[cmd, "--help"]));
+        assert!(
+            !help.contains("[`") && !help.contains("`]"),
+            "{cmd}: {help}"
+        );
+    }
+    let help = ok(&clsnorm(&["finetune", "--help"]));
+    let at = |h: &str| {
+        help.find(&format!("\n{h}:\n"))
+            .unwrap_or_else(|| panic!("no heading {h}: {help}"))
+    };
+    let order = [
+        "Model",
+        "Data",
+        "Training",
+        "Evaluation",
+        "Normalizer and head",
+        "Output",
+    ]
+    .map(at);
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    // Each option under its own heading.
+    for (opt, heading) in [
+        ("--grad-accum", "Training"),
+        ("--patience", "Evaluation"),
+        ("--norm-opt", "Normalizer and head"),
+        ("--resume", "Output"),
+        ("--data-dir", "Data"),
+        ("--precision", "Model"),
+    ] {
+        let pos = help.find(&format!("  {opt} ")).unwrap();
+        let before = order
+            .iter()
+            .zip([
+                "Model",
+                "Data",
+                "Training",
+                "Evaluation",
+                "Normalizer and head",
+                "Output",
+            ])
+            .rfind(|(p, _)| **p < pos)
+            .unwrap()
+            .1;
+        assert_eq!(before, heading, "{opt}");
+    }
+}

@@ -20,136 +20,142 @@ const DEFAULTS: TrainConfig = TrainConfig::DEFAULT;
 
 #[derive(Debug, Args)]
 pub struct FinetuneArgs {
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Model")]
     pub rt: RuntimeArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Data")]
     pub data: DataArgs,
     /// Training epochs.
-    #[arg(long, default_value_t = DEFAULTS.epochs)]
+    #[arg(long, default_value_t = DEFAULTS.epochs, help_heading = "Training")]
     pub epochs: usize,
     /// Stop after this many updates.
-    #[arg(long)]
+    #[arg(long, help_heading = "Training")]
     pub max_steps: Option<usize>,
-    #[arg(long, default_value_t = DEFAULTS.batch_size)]
+    #[arg(long, default_value_t = DEFAULTS.batch_size, help_heading = "Training")]
     pub batch_size: usize,
     /// Batches per update (gradient accumulation): an update sees K x --batch-size examples,
     /// computed K batches at a time, as one batch of them all (README, "Training recipes").
-    #[arg(long, value_name = "K", default_value_t = DEFAULTS.grad_accum)]
+    #[arg(long, value_name = "K", default_value_t = DEFAULTS.grad_accum, help_heading = "Training")]
     pub grad_accum: usize,
-    #[arg(long, default_value_t = DEFAULTS.eval_batch_size)]
+    #[arg(long, default_value_t = DEFAULTS.eval_batch_size, help_heading = "Training")]
     pub eval_batch_size: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = DEFAULTS.lr)]
+    #[arg(long, default_value_t = DEFAULTS.lr, help_heading = "Training")]
     pub lr: f64,
-    #[arg(long, default_value_t = DEFAULTS.adam.weight_decay)]
+    #[arg(long, default_value_t = DEFAULTS.adam.weight_decay, help_heading = "Training")]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = DEFAULTS.adam.eps)]
+    #[arg(long, default_value_t = DEFAULTS.adam.eps, help_heading = "Training")]
     pub adam_eps: f64,
-    #[arg(long, default_value_t = DEFAULTS.adam.beta1)]
+    #[arg(long, default_value_t = DEFAULTS.adam.beta1, help_heading = "Training")]
     pub adam_beta1: f64,
-    #[arg(long, default_value_t = DEFAULTS.adam.beta2)]
+    #[arg(long, default_value_t = DEFAULTS.adam.beta2, help_heading = "Training")]
     pub adam_beta2: f64,
     /// Fraction of updates for linear warmup.
-    #[arg(long, default_value_t = DEFAULTS.warmup_ratio)]
+    #[arg(long, default_value_t = DEFAULTS.warmup_ratio, help_heading = "Training")]
     pub warmup_ratio: f64,
     /// Warmup updates (overrides --warmup-ratio).
-    #[arg(long)]
+    #[arg(long, help_heading = "Training")]
     pub warmup_steps: Option<usize>,
+    /// Rounding of warmup updates from --warmup-ratio: ceil (Hugging Face Trainer) or floor
+    /// (the IsoBN code's int()).
+    #[arg(long, value_enum, default_value_t = Rounding::Ceil, help_heading = "Training")]
+    pub warmup_rounding: Rounding,
     /// What follows the warmup, as transformers' get_*_schedule_with_warmup: linear decay to 0
     /// (the IsoBN protocol's), cosine (half a cycle, to 0) or constant.
-    #[arg(long, value_enum, default_value_t = ScheduleKind::Linear)]
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Linear, help_heading = "Training")]
     pub schedule: ScheduleKind,
-    /// Also evaluate on dev every N updates (every epoch's end evaluates anyway); the best
-    /// checkpoint is the best evaluation's. Records in RUN/evals.jsonl.
-    #[arg(long, value_name = "N")]
-    pub eval_every: Option<usize>,
-    /// Early stopping: stop after P evaluations in a row without a better primary metric.
-    #[arg(long, value_name = "P")]
-    pub patience: Option<usize>,
     /// Layer-wise learning-rate decay, as ELECTRA's and DeBERTa's recipes: each encoder layer
     /// trains at the rate of the one above times D, the embeddings lowest; pooler, normalizer
     /// and classifier at the full rate. In (0, 1]; off by default.
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", help_heading = "Training")]
     pub layer_decay: Option<f64>,
     /// Clip the global gradient norm (off by default, as in the IsoBN protocol).
-    #[arg(long)]
+    #[arg(long, help_heading = "Training")]
     pub max_grad_norm: Option<f64>,
     /// Dropout before the classifier (default: the model's hidden_dropout_prob).
-    #[arg(long)]
+    #[arg(long, help_heading = "Training")]
     pub dropout: Option<f64>,
     /// Maximum tokens per example (longest-first truncation).
-    #[arg(long, default_value_t = DEFAULTS.max_len)]
+    #[arg(long, default_value_t = DEFAULTS.max_len, help_heading = "Training")]
     pub max_len: usize,
-    #[arg(long, default_value_t = DEFAULTS.seed)]
+    #[arg(long, default_value_t = DEFAULTS.seed, help_heading = "Training")]
     pub seed: u64,
+    /// Skip the last partial batch of every epoch (as the IsoBN code's DataLoader).
+    #[arg(long, help_heading = "Training")]
+    pub drop_last: bool,
+    /// Batch examples of similar length together (shuffled mega-batches of 50 batches, sorted
+    /// within): less padding per batch, every example still once per epoch.
+    #[arg(long, help_heading = "Training")]
+    pub group_by_length: bool,
+    /// Compute padded batches as they are, padding included, instead of the real tokens only
+    /// (the default on CPU for BERT, RoBERTa/XLM-R and ELECTRA; equal to rounding, slower).
+    #[arg(long, help_heading = "Training")]
+    pub padded: bool,
+    /// Replay another pipeline's batches: a JSON-lines file, one batch a line,
+    /// `{"epoch": E, "batch": [example indices]}` (bench/reference writes PyTorch's).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "group_by_length",
+        help_heading = "Training"
+    )]
+    pub batch_order: Option<PathBuf>,
+    /// Skip updates whose loss or gradients are not finite (counted and logged) instead of
+    /// stopping at the first.
+    #[arg(long, help_heading = "Training")]
+    pub skip_nonfinite: bool,
+    /// Also evaluate on dev every N updates (every epoch's end evaluates anyway); the best
+    /// checkpoint is the best evaluation's. Records in RUN/evals.jsonl.
+    #[arg(long, value_name = "N", help_heading = "Evaluation")]
+    pub eval_every: Option<usize>,
+    /// Early stopping: stop after P evaluations in a row without a better primary metric.
+    #[arg(long, value_name = "P", help_heading = "Evaluation")]
+    pub patience: Option<usize>,
+    #[command(flatten, next_help_heading = "Normalizer and head")]
+    pub norm: NormArgs,
     /// Vector fed to the head.
-    #[arg(long, value_enum, default_value_t = ClsSource::Pooler)]
+    #[arg(long, value_enum, default_value_t = ClsSource::Pooler, help_heading = "Normalizer and head")]
     pub cls_source: ClsSource,
     /// How the head's output bias starts: zero (as Hugging Face), or the training labels'
     /// prior (mean score; log class shares), which batch-centring normalizers need on
     /// regression tasks (docs/results.md, STS-B).
-    #[arg(long, value_enum, default_value_t = BiasInit::Zero)]
+    #[arg(long, value_enum, default_value_t = BiasInit::Zero, help_heading = "Normalizer and head")]
     pub head_bias_init: BiasInit,
     /// How the classifier's weights start: hf (N(0, initializer_range), zero bias, as Hugging
     /// Face) or torch (nn.Linear's default uniform, as the IsoBN code).
-    #[arg(long, value_enum, default_value_t = ClassifierInit::Hf)]
+    #[arg(long, value_enum, default_value_t = ClassifierInit::Hf, help_heading = "Normalizer and head")]
     pub classifier_init: ClassifierInit,
-    /// Rounding of warmup updates from --warmup-ratio: ceil (Hugging Face Trainer) or floor
-    /// (the IsoBN code's int()).
-    #[arg(long, value_enum, default_value_t = Rounding::Ceil)]
-    pub warmup_rounding: Rounding,
-    /// Skip the last partial batch of every epoch (as the IsoBN code's DataLoader).
-    #[arg(long)]
-    pub drop_last: bool,
-    /// Compute padded batches as they are, padding included, instead of the real tokens only
-    /// (the default on CPU for BERT, RoBERTa/XLM-R and ELECTRA; equal to rounding, slower).
-    #[arg(long)]
-    pub padded: bool,
-    /// Replay another pipeline's batches: a JSON-lines file, one batch a line,
-    /// `{"epoch": E, "batch": [example indices]}` (bench/reference writes PyTorch's).
-    #[arg(long, value_name = "FILE", conflicts_with = "group_by_length")]
-    pub batch_order: Option<PathBuf>,
-    #[command(flatten)]
-    pub norm: NormArgs,
     /// Run directory (default: runs/TASK-NORM-seedSEED).
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub output: Option<PathBuf>,
     /// Continue the run in this directory from its last complete checkpoint; every other
     /// setting comes from the run's config.json.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["task", "train_file", "dataset", "output"])]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["task", "train_file", "dataset", "output"], help_heading = "Output")]
     pub resume: Option<PathBuf>,
     /// Also checkpoint every N updates (always at the end of each epoch).
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub save_every: Option<usize>,
     /// Record gradient norms of every update in RUN/grads.jsonl.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub trace_grads: bool,
-    /// Skip updates whose loss or gradients are not finite (counted and logged) instead of
-    /// stopping at the first.
-    #[arg(long)]
-    pub skip_nonfinite: bool,
-    /// Batch examples of similar length together (shuffled mega-batches of 50 batches, sorted
-    /// within): less padding per batch, every example still once per epoch.
-    #[arg(long)]
-    pub group_by_length: bool,
     /// No progress bar.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub quiet: bool,
 }
 
 fn format_of(args: &DataArgs, path: &Path) -> anyhow::Result<Format> {
-    match args.format.as_deref() {
-        Some("tsv") => Ok(Format::Tsv),
-        Some("csv") => Ok(Format::Csv),
-        Some("jsonl") => Ok(Format::Jsonl),
-        Some("parquet") => Ok(Format::Parquet),
-        _ => Format::from_path(path).with_context(|| {
+    file_format(args.format.as_deref(), path)
+}
+
+/// The `--format` given, else the format of `path`'s extension.
+pub fn file_format(given: Option<&str>, path: &Path) -> anyhow::Result<Format> {
+    given
+        .map_or_else(|| Format::from_path(path), Format::from_name)
+        .with_context(|| {
             format!(
                 "cannot tell the format of {} from its extension: pass --format tsv|csv|jsonl|parquet",
                 path.display()
             )
-        }),
-    }
+        })
 }
 
 /// GLUE task `task` from the Hub's `nyu-mll/glue`: its parquet files from the local Hugging

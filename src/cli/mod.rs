@@ -8,6 +8,7 @@ mod fetch;
 mod finetune;
 mod hub_data;
 mod predict;
+mod stream;
 mod sweep;
 
 use clap::{Parser, Subcommand};

@@ -1,10 +1,9 @@
 //! `clsnorm predict` and `clsnorm evaluate`: use a fine-tuned checkpoint.
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use clsnorm::data::{read_dataset, read_split, Format, LabelSpace, ReadOptions};
+use clsnorm::data::{read_split, Format, LabelSpace, ReadOptions};
 use clsnorm::device::set_threads;
 use clsnorm::tokenize::TextTokenizer;
 use clsnorm::train::{checkpoint, Tokenized};
@@ -27,6 +26,11 @@ pub struct PredictArgs {
     /// earlier prediction from a user's file of the same form).
     #[arg(long, requires = "output")]
     pub overwrite: bool,
+    /// Examples read, tokenized and computed at a time (sorted by length within): memory
+    /// stays bounded whatever the file's length, and each window's lines are written and
+    /// flushed before the next is read.
+    #[arg(long, default_value_t = 8192, value_parser = super::parse_batch_size)]
+    pub window: usize,
 }
 
 #[derive(Debug, Args)]
@@ -72,11 +76,42 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         skip_bad_rows: a.ck.skip_bad_rows,
         require_label: false,
     };
-    let ds = read_dataset(&a.input, &task, opts)?;
-    let encs = tok.encode_dataset(&ds)?;
-    let logits = clsnorm::eval::logits(&model, &encs, a.ck.batch_size, tok.pad_id())?;
+    let mut out = super::stream::JsonLines::open(a.output.as_deref(), &a.input, a.overwrite)?;
+    let bar = super::stream::spinner();
+    let mut written = 0usize;
+    // A window at a time: read, tokenize, compute (sorted by length inside), and write in
+    // input order; each window's lines are complete and flushed before the next is read.
+    let skipped = clsnorm::data::read::stream_rows(&a.input, &task, opts, a.window, |rows| {
+        let raw = clsnorm::data::read::RawFile {
+            path: a.input.clone(),
+            rows,
+            skipped: 0,
+            sha256: String::new(),
+        };
+        let ds = clsnorm::data::read::dataset_from_rows(raw, &task, opts)?;
+        let encs = tok.encode_dataset(&ds)?;
+        let logits = clsnorm::eval::logits(&model, &encs, a.ck.batch_size, tok.pad_id())
+            .map_err(super::stream::invalid)?;
+        let text =
+            prediction_lines(&meta.task.labels, &ds, &logits).map_err(super::stream::invalid)?;
+        out.write_window(&text)?;
+        written += ds.examples.len();
+        bar.set_position(written as u64);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    tracing::info!(examples = written, skipped, "predicted");
+    Ok(())
+}
+
+/// One JSON line per example: its class and every class's probability, or its score.
+fn prediction_lines(
+    labels: &LabelSpace,
+    ds: &clsnorm::data::Dataset,
+    logits: &tch::Tensor,
+) -> anyhow::Result<String> {
     let mut text = String::new();
-    match &meta.task.labels {
+    match labels {
         LabelSpace::Classes(classes) => {
             let probs: Vec<Vec<f32>> = Vec::try_from(logits.softmax(-1, tch::Kind::Float))?;
             for (e, p) in ds.examples.iter().zip(&probs) {
@@ -105,59 +140,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
             }
         }
     }
-    match &a.output {
-        Some(p) => {
-            check_prediction_output(p, &a.input, a.overwrite)?;
-            clsnorm::atomic::write_bytes(p, text.as_bytes())?
-        }
-        None => {
-            let mut out = std::io::stdout().lock();
-            if let Err(e) = out.write_all(text.as_bytes()) {
-                if e.kind() != std::io::ErrorKind::BrokenPipe {
-                    return Err(e.into());
-                }
-            }
-        }
-    }
-    tracing::info!(
-        examples = ds.examples.len(),
-        skipped = ds.skipped,
-        "predicted"
-    );
-    Ok(())
-}
-
-/// `--output` may name a new file or an empty one; an existing file with content only with
-/// `--overwrite` (the user's decision: its form says nothing of who wrote it), never the input
-/// itself, and never inside a run's checkpoint folder.
-fn check_prediction_output(
-    path: &std::path::Path,
-    input: &std::path::Path,
-    overwrite: bool,
-) -> anyhow::Result<()> {
-    clsnorm::rundir::owner::check_placement(path, clsnorm::rundir::owner::Placement::Output)?;
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(());
-    };
-    if !meta.is_file() {
-        bail!(
-            "{} exists and is not a file; choose another --output",
-            path.display()
-        );
-    }
-    if std::fs::metadata(input).is_ok_and(|m| {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino()) == (meta.dev(), meta.ino())
-    }) {
-        bail!("--output {} is the --input file", path.display());
-    }
-    if meta.len() > 0 && !overwrite {
-        bail!(
-            "{} exists; pass --overwrite to replace it, or choose another --output",
-            path.display()
-        );
-    }
-    Ok(())
+    Ok(text)
 }
 
 pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {

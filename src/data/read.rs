@@ -897,6 +897,131 @@ pub fn read_rows(path: &Path, spec: &TaskSpec, opts: ReadOptions) -> Result<RawF
     })
 }
 
+/// Reads `path` a window of at most `window` rows at a time, in file order, handing each
+/// window to `sink` (with the rows' own line numbers); returns the rows `--skip-bad-rows`
+/// skipped. TSV and JSON Lines files are read a window of lines at a time, so memory does not
+/// grow with the file and a file of any number of lines streams through; CSV (whose quoted
+/// fields may span lines) and Parquet (columnar) are read whole, as [`read_rows`] reads them,
+/// and handed on in windows.
+pub fn stream_rows(
+    path: &Path,
+    spec: &TaskSpec,
+    opts: ReadOptions,
+    window: usize,
+    mut sink: impl FnMut(Vec<RawRow>) -> Result<()>,
+) -> Result<usize> {
+    use std::io::{BufRead, Read};
+    let window = window.max(1);
+    if matches!(spec.format, Format::Csv | Format::Parquet) {
+        let raw = read_rows(path, spec, opts)?;
+        let mut rows = raw.rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            sink(rows.by_ref().take(window).collect())?;
+        }
+        return Ok(raw.skipped);
+    }
+    let (f, _) = crate::fsread::open_regular(
+        path,
+        crate::fsread::MAX_DATA_BYTES,
+        crate::fsread::Links::Follow,
+    )?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, f);
+    let mut line_no = 0usize;
+    // One line, at most MAX_LINE_BYTES, without reading a longer one into memory.
+    let mut next_line = |buf: &mut Vec<u8>, line_no: &mut usize| -> Result<bool> {
+        let start = buf.len();
+        let n = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', buf)
+            .map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        *line_no += 1;
+        if buf.len() - start > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
+            return Err(Error::Data {
+                path: path.to_path_buf(),
+                line: *line_no,
+                msg: format!(
+                    "the line is longer than {} MiB (at most {} MiB of text per field); is this \
+                     a data file with one row per line?",
+                    MAX_LINE_BYTES >> 20,
+                    MAX_TEXT_BYTES >> 20
+                ),
+            });
+        }
+        if buf.last() != Some(&b'\n') {
+            buf.push(b'\n');
+        }
+        Ok(true)
+    };
+    // A TSV header goes before every window's lines, so each parses as the whole file would.
+    let mut header = Vec::new();
+    if spec.format == Format::Tsv && spec.header && !next_line(&mut header, &mut line_no)? {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            line: 1,
+            msg: "the file is empty".into(),
+        });
+    }
+    let lead = usize::from(!header.is_empty());
+    let mut skipped = 0;
+    let mut any = false;
+    loop {
+        let first = line_no + 1;
+        let mut chunk = header.clone();
+        let mut lines = 0;
+        while lines < window && next_line(&mut chunk, &mut line_no)? {
+            lines += 1;
+        }
+        if lines == 0 {
+            break;
+        }
+        // Lines of the chunk are numbered from 1 (the header, if any): back to the file's.
+        let to_file = |l: usize| l + first - 1 - lead;
+        let mut rows = Rows {
+            path,
+            opts,
+            rows: Vec::new(),
+            bad: Vec::new(),
+        };
+        let parsed = match spec.format {
+            Format::Tsv => read_tsv(&chunk, spec, &mut rows),
+            _ => read_jsonl(&chunk, spec, &mut rows),
+        };
+        match parsed {
+            Err(Error::Data { path, line, msg }) => {
+                return Err(Error::Data {
+                    path,
+                    line: if line > lead { to_file(line) } else { line },
+                    msg,
+                })
+            }
+            other => other?,
+        }
+        for b in rows.bad.iter().take(5) {
+            tracing::warn!("{}:{}: skipped: {}", path.display(), to_file(b.line), b.msg);
+        }
+        skipped += rows.bad.len();
+        let mut window_rows = rows.rows;
+        for r in &mut window_rows {
+            r.line = to_file(r.line);
+        }
+        any |= !window_rows.is_empty();
+        if !window_rows.is_empty() {
+            sink(window_rows)?;
+        }
+    }
+    if !any {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            line: 1,
+            msg: "no usable rows".into(),
+        });
+    }
+    Ok(skipped)
+}
+
 /// The class names of a custom classification file: its distinct labels, numerically sorted
 /// when all are integers, else lexicographically.
 ///

@@ -28,6 +28,17 @@ pub enum Format {
 }
 
 impl Format {
+    /// Format from its name (`tsv`, `csv`, `jsonl`, `parquet`).
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name {
+            "tsv" => Some(Format::Tsv),
+            "csv" => Some(Format::Csv),
+            "jsonl" => Some(Format::Jsonl),
+            "parquet" => Some(Format::Parquet),
+            _ => None,
+        }
+    }
+
     /// Format from a file extension (`.tsv`, `.csv`, `.jsonl`/`.json`).
     pub fn from_path(path: &std::path::Path) -> Option<Format> {
         match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {

@@ -108,6 +108,48 @@ fn numbers(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, f64)>) {
     }
 }
 
+/// Fits a normalizer's frozen statistics on the training set, once per run: the cache of a run
+/// that started (config.json written) is reused; one left by a start that never got that far
+/// is fitted again.
+fn fit_if_needed(
+    job: &Finetune<'_>,
+    model: &Classifier,
+    train: &Tokenized,
+    pad: i64,
+    layout: &Layout,
+    run_dir: &mut RunDir,
+) -> Result<()> {
+    if !model.normalizer().needs_fit() {
+        return Ok(());
+    }
+    let cache = layout.normalizer_cache();
+    let reuse = job.resume && cache.is_file();
+    fit_normalizer(model, train, job.config.eval_batch_size, pad, &cache, reuse)?;
+    if !reuse {
+        run_dir.created(cache);
+    }
+    Ok(())
+}
+
+/// AdamW over the trainable parameters, with layer-wise rates if asked, and a resumed run's
+/// moments.
+fn optimizer(
+    cfg: &super::TrainConfig,
+    model: &Classifier,
+    saved: Option<&[(String, Tensor)]>,
+    step: usize,
+) -> Result<AdamW> {
+    let mut opt = AdamW::new(cfg.adam, model.trainable());
+    if let Some(d) = cfg.layer_decay {
+        let scales = super::layer_decay::scales(opt.names(), d);
+        opt.set_lr_scales(&scales);
+    }
+    if let Some(t) = saved {
+        opt.load_state(t, step as i64)?;
+    }
+    Ok(opt)
+}
+
 impl<'a> Trainer<'a> {
     /// Locks the run directory, checks a resumed run's data, loads or builds the model,
     /// tokenizes, fits frozen normalizer statistics, writes `config.json` of a new run and
@@ -144,22 +186,8 @@ impl<'a> Trainer<'a> {
             order,
             sched,
         } = plan(&cfg, train.encs.len())?;
-        if !resumed && model.normalizer().needs_fit() {
-            // The cache of a run that started (config.json written) is reused; one left by a
-            // start that never got that far is fitted again.
-            let cache = layout.normalizer_cache();
-            let reuse = job.resume && cache.is_file();
-            fit_normalizer(
-                &model,
-                &train,
-                cfg.eval_batch_size,
-                tok.pad_id(),
-                &cache,
-                reuse,
-            )?;
-            if !reuse {
-                run_dir.created(cache);
-            }
+        if !resumed {
+            fit_if_needed(&job, &model, &train, tok.pad_id(), &layout, &mut run_dir)?;
         }
         note_build(&mut state);
         if recorded.is_none() {
@@ -172,14 +200,7 @@ impl<'a> Trainer<'a> {
             run_dir.commit();
         }
         let records = keep_records_up_to(&layout, &state, cfg.trace_grads)?;
-        let mut opt = AdamW::new(cfg.adam, model.trainable());
-        if let Some(d) = cfg.layer_decay {
-            let scales = super::layer_decay::scales(opt.names(), d);
-            opt.set_lr_scales(&scales);
-        }
-        if let Some(t) = &opt_state {
-            opt.load_state(t, state.global_step as i64)?;
-        }
+        let opt = optimizer(&cfg, &model, opt_state.as_deref(), state.global_step)?;
         tracing::info!(
             examples = train.encs.len(),
             steps_per_epoch,
