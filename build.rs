@@ -15,10 +15,12 @@ fn main() {
     compile_shim();
 }
 
-/// Compiles `csrc/autocast.cpp` (autocast per device type and dtype, TF32) against the
+/// Compiles `csrc/autocast.cpp` (autocast per device type and dtype, TF32) and
+/// `csrc/cpu_cache.cpp` (the caching CPU allocator) against the
 /// libtorch headers that tch builds with.
 fn compile_shim() {
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    println!("cargo:rerun-if-changed=csrc/cpu_cache.cpp");
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
         panic!("LIBTORCH is not set: run scripts/setup.sh (.cargo/config.toml points it at deps/)");
     };
@@ -34,6 +36,7 @@ fn compile_shim() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .file("csrc/autocast.cpp")
+        .file("csrc/cpu_cache.cpp")
         .compile("clsnorm_shim");
 }
 

@@ -88,6 +88,54 @@ pub fn set_threads(threads: Option<usize>) -> Result<usize> {
     Ok(n)
 }
 
+extern "C" {
+    fn clsnorm_cpu_cache_install() -> i32;
+    fn clsnorm_cpu_cache_stats(
+        maps: *mut u64,
+        reuses: *mut u64,
+        unmaps: *mut u64,
+        peak_live: *mut u64,
+        peak_mapped: *mut u64,
+    ) -> i32;
+}
+
+/// Makes clsnorm's caching allocator (`csrc/cpu_cache.cpp`) libtorch's CPU allocator for
+/// tensors of 64 KiB and more: each its own mapping, kept for the next tensor of its size, and
+/// the kept ones released when the mapped total would pass the largest total ever in use. The
+/// resident set then follows what libtorch holds at its peak, whatever the history of shapes,
+/// and repeating shapes fault no pages. Returns whether it is installed.
+pub fn install_cpu_cache() -> bool {
+    // SAFETY: a plain C function of the shim that catches every C++ exception.
+    unsafe { clsnorm_cpu_cache_install() == 0 }
+}
+
+/// What the caching allocator did: fresh mappings, reuses, releases, and the largest bytes in
+/// use and mapped at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuCacheStats {
+    pub maps: u64,
+    pub reuses: u64,
+    pub unmaps: u64,
+    pub peak_live: u64,
+    pub peak_mapped: u64,
+}
+
+/// The caching allocator's counters, if it is installed.
+pub fn cpu_cache_stats() -> Option<CpuCacheStats> {
+    let mut s = CpuCacheStats::default();
+    // SAFETY: as above; the pointers are to fields of a live local.
+    let rc = unsafe {
+        clsnorm_cpu_cache_stats(
+            &mut s.maps,
+            &mut s.reuses,
+            &mut s.unmaps,
+            &mut s.peak_live,
+            &mut s.peak_mapped,
+        )
+    };
+    (rc == 0).then_some(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

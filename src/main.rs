@@ -8,6 +8,12 @@ fn main() -> std::process::ExitCode {
     let args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     cli::passive_openmp(&args);
     cli::init_logging(args.verbose);
+    // CLSNORM_CPU_ALLOCATOR=system keeps libtorch's own (glibc's), for comparison.
+    if std::env::var_os("CLSNORM_CPU_ALLOCATOR").is_none_or(|v| v != "system")
+        && !clsnorm::device::install_cpu_cache()
+    {
+        tracing::warn!("the caching CPU allocator could not be installed; using libtorch's");
+    }
     // A panic inside the tokenizer (a hostile tokenizer.json) is caught and reported as an
     // error naming the file and line; printing it as well would read as a crash.
     let default_hook = std::panic::take_hook();
@@ -18,7 +24,8 @@ fn main() -> std::process::ExitCode {
     }));
     let result = cli::run(args, &matches);
     if let Some(kib) = peak_resident_kib() {
-        tracing::debug!(peak_resident_mib = kib / 1024, "exiting");
+        let cache = clsnorm::device::cpu_cache_stats();
+        tracing::debug!(peak_resident_mib = kib / 1024, ?cache, "exiting");
     }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
