@@ -41,7 +41,8 @@ pub struct EmbedFileArgs {
     /// Where to write: a `.npy` file (a float32 matrix [rows, hidden] that `numpy.load` reads;
     /// a run stopped early leaves the rows before it) or JSON lines (`{"line": N, "cls":
     /// [...]}`, or "pooler_output"), by default to standard output. A new or empty file; an
-    /// existing one only with --overwrite.
+    /// existing one only with --overwrite. Rows --skip-bad-rows skips have no vector (the
+    /// JSON lines name their line; the log counts them).
     #[arg(long, requires = "input")]
     pub output: Option<PathBuf>,
     /// Replace the --output file if it exists.
