@@ -17,6 +17,6 @@ for _ in $(seq 60); do
     sleep 1
 done
 mkdir -p "$(dirname "$out")"
-chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,1300 \
+chromium --headless --no-sandbox --disable-gpu --disable-webgl --disable-3d-apis --hide-scrollbars --window-size=1600,1300 \
     --virtual-time-budget=30000 --screenshot="$out" \
-    "http://127.0.0.1:$port/?darkMode=false#timeseries&tagFilter=${TAGS:-dev%7Ctrain%2F}"
+    "http://127.0.0.1:$port/?darkMode=false&tagFilter=${TAGS:-dev%7Ctrain%2F}#timeseries"
