@@ -4,11 +4,12 @@
 // the resident set with the input; and every fresh mapping is paid again in page faults.
 // Here a tensor of at least kMinBytes gets a block of its own mapping, rounded to one of eight
 // size classes per doubling; a freed block is kept for the next tensor of that size (or up to a
-// quarter smaller), and the blocks kept are released as soon as the mapped total would exceed
-// the largest total ever in use (plus an eighth). So the resident set follows what libtorch
-// holds at its peak, not the history of shapes, and a loop of repeating shapes faults no page
-// after its first round. Smaller tensors go to libtorch's default allocator, which glibc's bins
-// serve well. Every entry point catches C++ exceptions: none may unwind into Rust.
+// quarter smaller), and the blocks kept are released, smallest first, as soon as the mapped
+// total would exceed the largest total ever in use (plus an eighth). So the resident set
+// follows what libtorch holds at its peak, not the history of shapes, and a loop of repeating
+// shapes faults no page after its first round. Smaller tensors go to libtorch's default
+// allocator, which glibc's bins serve well. Every entry point catches C++ exceptions: none may
+// unwind into Rust.
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
@@ -82,15 +83,16 @@ class CachingCpuAllocator final : public c10::Allocator {
         return p;
       }
       // A new block: first let go of kept blocks that would lift the mapped total past the
-      // largest total in use (the biggest first: they free the most with one call).
+      // largest total in use, the smallest first: shapes grow within a pass (batches sorted by
+      // length, longer sequences), so the larger kept blocks are the ones the next sizes fit.
       size_t peak = std::max(stats_.peak_live, stats_.live + want);
       size_t limit = peak + peak / 8;
       while (!free_.empty() && stats_.live + want + stats_.cached > limit) {
-        auto last = std::prev(free_.end());
-        victims.emplace_back(last->second, last->first);
-        stats_.cached -= last->first;
+        auto smallest = free_.begin();
+        victims.emplace_back(smallest->second, smallest->first);
+        stats_.cached -= smallest->first;
         stats_.unmaps++;
-        free_.erase(last);
+        free_.erase(smallest);
       }
     }
     for (auto& v : victims) {
