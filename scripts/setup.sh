@@ -42,13 +42,20 @@ else
   echo "setup: installing libtorch $TORCH_VERSION ($variant) into $lt"
   rm -rf "$lt" "$lt.partial"
   mkdir -p deps
-  if [[ $variant == cpu ]]; then
-    # libtorch_cpu only needs these two CUDA runtime libraries to load; no GPU libraries.
-    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --target "$lt.partial" \
-      "torch==$TORCH_VERSION" nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
-  else
-    "$PY" -m pip install --quiet --disable-pip-version-check --target "$lt.partial" "torch==$TORCH_VERSION"
-  fi
+  # A download that arrives corrupted (pip's hash check says so) is tried once more, fresh.
+  for attempt in 1 2; do
+    rm -rf "$lt.partial"
+    cache=(); [[ $attempt == 2 ]] && cache=(--no-cache-dir)
+    if [[ $variant == cpu ]]; then
+      # libtorch_cpu only needs these two CUDA runtime libraries to load; no GPU libraries.
+      "$PY" -m pip install --quiet --disable-pip-version-check "${cache[@]}" --no-deps --target "$lt.partial" \
+        "torch==$TORCH_VERSION" nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85 && break
+    else
+      "$PY" -m pip install --quiet --disable-pip-version-check "${cache[@]}" --target "$lt.partial" "torch==$TORCH_VERSION" && break
+    fi
+    [[ $attempt == 2 ]] && { echo "setup.sh: installing torch $TORCH_VERSION failed twice" >&2; exit 1; }
+    echo "setup: the torch download failed; trying once more without pip's cache" >&2
+  done
   echo "$variant" > "$lt.partial/.variant"
   mv "$lt.partial" "$lt"
   got=$(installed_version)
