@@ -157,7 +157,8 @@ def clsnorm_epoch(a, task, variant, precision):
     dev = rec["dev"][0][1]
     return {
         "wall_secs": wall, "train_secs": rec["train_secs"], "eval_secs": rec["eval_secs"],
-        "tokens_per_sec": rec["train_tokens_per_sec"], "dev": dev, "peak_rss_mib": rss, "command": " ".join(cmd),
+        "tokens_per_sec": rec["train_tokens_per_sec"], "dev": dev, "peak_rss_mib": rss,
+        "phase_secs": rec.get("train_phase_secs"), "command": " ".join(cmd),
     }
 
 
@@ -172,7 +173,8 @@ def reference_epoch(a, task, precision):
     return {
         "wall_secs": wall, "train_secs": r["train_secs"], "eval_secs": r["eval_secs"],
         "tokens_per_sec": r["train_tokens"] / r["train_secs"], "dev": r["dev"], "peak_rss_mib": rss,
-        "dev_tokens": r["dev_tokens"], "train_tokens": r["train_tokens"], "command": " ".join(cmd),
+        "dev_tokens": r["dev_tokens"], "train_tokens": r["train_tokens"], "phase_secs": r.get("train_phase_secs"),
+        "command": " ".join(cmd),
     }
 
 
@@ -192,6 +194,30 @@ def epoch_section(a, results):
                 print(f"| {task} | {precision} | {side} | {r['wall_secs']:.1f} | {r['train_secs']:.1f} | {r['tokens_per_sec']:.0f} | "
                       f"{r['eval_secs']:.1f} | {acc:.4f} | {rss} | {r['wall_secs'] / ref['wall_secs']:.2f} |",
                       flush=True)
+            phase_table(task, precision, rows)
+
+
+PHASES = ["collate", "forward", "backward", "optimizer"]
+
+
+def phase_table(task, precision, rows):
+    """Training seconds by phase (each side's own timers around the same four phases), and each
+    phase's ratio to the reference's."""
+    ref = rows["reference"].get("phase_secs")
+    if not ref:
+        return
+    print(f"\n{task} {precision}, training seconds by phase (ratio to the reference's):\n")
+    print("| side | " + " | ".join(PHASES) + " | rest |")
+    print("|---|" + "---|" * (len(PHASES) + 1))
+    for side, r in rows.items():
+        ph = r.get("phase_secs")
+        if not ph:
+            continue
+        rest = r["train_secs"] - sum(ph[k] for k in PHASES)
+        ref_rest = rows["reference"]["train_secs"] - sum(ref[k] for k in PHASES)
+        cells = [f"{ph[k]:.1f} ({ph[k] / max(ref[k], 1e-9):.2f})" for k in PHASES]
+        cells.append(f"{rest:.1f} ({rest / max(ref_rest, 1e-9):.2f})")
+        print(f"| {side} | " + " | ".join(cells) + " |", flush=True)
 
 
 def main():

@@ -542,6 +542,44 @@ fn cpu_training_attention_matches_sdpa() {
     let dropped = attention(&q, &k, &v, Some(&mask), 0.5, true);
     assert!(common::max_abs_diff(&dropped, &want) > 1e-3);
     assert!(bool::try_from(dropped.isfinite().all()).unwrap());
+    // A query row that may attend to no key (ModernBERT's local window over padding) gets
+    // zeros, as from the fused kernel, and the other rows what SDPA gives them.
+    let local = Tensor::ones([2, 1, 7, 7], (Kind::Bool, Device::Cpu));
+    let _ = local.get(1).get(0).get(3).fill_(0);
+    let want =
+        Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&local), 0.0, false, None, false);
+    let got = attention(&q, &k, &v, Some(&local), 1e-12, true);
+    assert!(bool::try_from(got.isfinite().all()).unwrap());
+    assert_eq!(
+        got.get(1).narrow(1, 3, 1).abs().max().double_value(&[]),
+        0.0
+    );
+    let d = common::max_abs_diff(&got, &want);
+    assert!(d < 1e-5, "explicit attention differs from SDPA by {d}");
+    // Gradients too, with either mask: finite, and SDPA's.
+    let w = Tensor::randn([2, 4, 7, 8], opts);
+    for m in [&mask, &local] {
+        let grads = |explicit: bool| {
+            let (q, k, v) = (
+                q.copy().set_requires_grad(true),
+                k.copy().set_requires_grad(true),
+                v.copy().set_requires_grad(true),
+            );
+            let out = if explicit {
+                attention(&q, &k, &v, Some(m), 1e-12, true)
+            } else {
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, false)
+            };
+            Tensor::run_backward(&[(out * &w).sum(Kind::Float)], &[&q, &k, &v], false, false)
+        };
+        for (g, want) in grads(true).iter().zip(grads(false)) {
+            let d = common::max_abs_diff(g, &want);
+            assert!(
+                d < 1e-5,
+                "explicit attention's gradient differs from SDPA's by {d}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -86,7 +86,12 @@ fn outcome(out: &Path) -> (Vec<serde_json::Value>, String) {
         .lines()
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            for k in ["train_secs", "eval_secs", "train_tokens_per_sec"] {
+            for k in [
+                "train_secs",
+                "eval_secs",
+                "train_tokens_per_sec",
+                "train_phase_secs",
+            ] {
                 v.as_object_mut().unwrap().remove(k);
             }
             v

@@ -133,11 +133,16 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
     def backward_and_step(self, loss, opt):
+        self.backward(loss)
+        self.step(opt)
+
+    def backward(self, loss):
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self, opt):
         if self.scaler is None:
-            loss.backward()
             opt.step()
         else:
-            self.scaler.scale(loss).backward()
             self.scaler.step(opt)
             self.scaler.update()
 
@@ -285,6 +290,15 @@ def finetune_mode(a):
         all_preds.append(preds)
         return dev_metrics(dev_labels, preds)
 
+    # Seconds by phase, as clsnorm's metrics.jsonl `train_phase_secs` (on a GPU, kernels land
+    # in the phase that waits for them).
+    phase_secs = {"collate": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+
+    def lap(phase, since):
+        now = time.perf_counter()
+        phase_secs[phase] += now - since
+        return now
+
     per_epoch = []
     epoch_losses = []
     eval_secs = 0.0
@@ -300,15 +314,22 @@ def finetune_mode(a):
             idx = order[b * a.batch_size:(b + 1) * a.batch_size]
             if order_out:
                 order_out.write(json.dumps({"epoch": epoch, "batch": idx}) + "\n")
+            t_phase = time.perf_counter()
             x, tt, m = collate(ids, types, idx, tok.pad_token_id)
             tokens += int(m.sum())
             padded += m.numel()
             x, tt, m = x.to(device), tt.to(device), m.to(device)
+            y = label_t[idx].to(device)
+            t_phase = lap("collate", t_phase)
             with prec.autocast():
-                loss = loss_fn(model(x, tt, m), label_t[idx].to(device))
-            prec.backward_and_step(loss, opt)
+                loss = loss_fn(model(x, tt, m), y)
+            t_phase = lap("forward", t_phase)
+            prec.backward(loss)
+            t_phase = lap("backward", t_phase)
+            prec.step(opt)
             sched.step()
             opt.zero_grad(set_to_none=True)
+            lap("optimizer", t_phase)
             loss_sum += loss.item()
             epoch_loss += loss.item()
             done += 1
@@ -333,7 +354,7 @@ def finetune_mode(a):
     print(json.dumps({
         "side": "reference", "task": a.task, "epochs": a.epochs, "seed": a.seed,
         "threads": a.threads, "device": a.device, "setup_secs": t_setup, "train_secs": train_secs,
-        "train_tokens": tokens, "train_padded_tokens": padded,
+        "train_tokens": tokens, "train_padded_tokens": padded, "train_phase_secs": phase_secs,
         "train_loss": loss_sum / max(steps_run, 1), "steps": steps_run,
         "eval_secs": eval_secs, "dev_tokens": dev_tokens,
         "dev": final,

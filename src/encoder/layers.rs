@@ -224,22 +224,38 @@ pub fn attention(
         return Tensor::scaled_dot_product_attention(q, k, v, mask, p, false, None, false);
     }
     let d = q.size().last().copied().unwrap_or(1);
-    let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (d as f64).sqrt());
-    let scores = match mask {
-        Some(m) if m.kind() == Kind::Bool => {
-            scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY)
+    // The scale on the queries (`[.., seq, dim]`) rather than on the scores (`[.., seq,
+    // seq]`), and the mask added rather than filled in: the backward pass then has no
+    // elementwise pass over the scores but the softmax's and the dropout's.
+    let scores = (q * (1.0 / (d as f64).sqrt())).matmul(&k.transpose(-2, -1));
+    let probs = match mask {
+        Some(m) if m.kind() == Kind::Bool && !every_row_attends(m) => {
+            // A query that may attend to no key (a padding position outside every real
+            // token's local window, ModernBERT) gets NaN from the softmax; the fused kernel
+            // gives it zeros, and so does this path, or the NaN would reach real tokens through
+            // that padding row's values. The fill (not an addition) keeps the NaN of the
+            // softmax's backward out of the scores' gradient.
+            let blocked = m.logical_not();
+            scores
+                .masked_fill(&blocked, f64::NEG_INFINITY)
+                .softmax(-1, Kind::Float)
+                .nan_to_num(0.0, None, None)
         }
-        Some(m) => scores + m,
-        None => scores,
+        Some(m) if m.kind() == Kind::Bool => {
+            let additive = Tensor::zeros(m.size(), (scores.kind(), m.device()))
+                .masked_fill(&m.logical_not(), f64::NEG_INFINITY);
+            (scores + additive).softmax(-1, Kind::Float)
+        }
+        Some(m) => (scores + m).softmax(-1, Kind::Float),
+        None => scores.softmax(-1, Kind::Float),
     };
-    // A query that may attend to no key (a padding position outside every real token's local
-    // window, ModernBERT) gets NaN from the softmax; the fused kernel gives it zeros, and so
-    // does this path, or the NaN would reach real tokens through that padding row's values.
-    let probs = scores
-        .softmax(-1, Kind::Float)
-        .nan_to_num(0.0, None, None)
-        .to_kind(v.kind());
-    dropout(&probs, p, true).matmul(v)
+    dropout(&probs.to_kind(v.kind()), p, true).matmul(v)
+}
+
+/// Whether every query row of the boolean `mask` (`[.., queries, keys]`, broadcast) may attend
+/// to at least one key.
+fn every_row_attends(mask: &Tensor) -> bool {
+    mask.any_dim(-1, false).all().int64_value(&[]) != 0
 }
 
 /// [`dropout`] as a method, for chains of layer calls.

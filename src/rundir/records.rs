@@ -31,6 +31,30 @@ pub struct EpochRecord {
     /// normalizer (absent in runs from before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cls_geometry: Option<ClsGeometry>,
+    /// Where `train_secs` went (absent in runs from before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_phase_secs: Option<PhaseSecs>,
+}
+
+/// Seconds of training by phase: `collate` (batches built from the tokenized examples),
+/// `forward` (encoder, normalizer, head and loss), `backward`, `optimizer` (gradient norm,
+/// finiteness check, clipping and the AdamW update). On a GPU, kernels run asynchronously:
+/// their time lands in the phase that waits for them (`optimizer`'s finiteness check).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSecs {
+    pub collate: f64,
+    pub forward: f64,
+    pub backward: f64,
+    pub optimizer: f64,
+}
+
+impl std::ops::AddAssign for PhaseSecs {
+    fn add_assign(&mut self, o: PhaseSecs) {
+        self.collate += o.collate;
+        self.forward += o.forward;
+        self.backward += o.backward;
+        self.optimizer += o.optimizer;
+    }
 }
 
 /// The [CLS] vectors' geometry before (`raw`) and after (`normalized`) the normalizer.

@@ -57,6 +57,9 @@ pub struct TrainState {
     /// Non-pad tokens and seconds of training in the current epoch so far.
     pub epoch_tokens: usize,
     pub epoch_train_secs: f64,
+    /// `epoch_train_secs` by phase.
+    #[serde(default)]
+    pub epoch_phase_secs: crate::rundir::records::PhaseSecs,
     /// Best primary dev metric so far and its epoch (1-based).
     pub best_metric: Option<f64>,
     pub best_epoch: Option<usize>,

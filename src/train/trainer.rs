@@ -19,7 +19,9 @@ use crate::encoder::{Encoder, Execution};
 use crate::error::{Error, Result};
 use crate::eval;
 use crate::precision::{GradScaler, Precision};
-use crate::rundir::records::{self, ClsGeometry, EpochRecord, GradRecord, LossRecord, Summary};
+use crate::rundir::records::{
+    self, ClsGeometry, EpochRecord, GradRecord, LossRecord, PhaseSecs, Summary,
+};
 use crate::rundir::tensorboard::EventWriter;
 use crate::rundir::{Layout, RunDir};
 use crate::tokenize::{Encoded, TextTokenizer, TokenizerFiles};
@@ -92,6 +94,28 @@ impl Board {
 }
 
 /// The numbers of a JSON value (an object of numbers, nested), as `PREFIX/KEY` pairs.
+/// Times the phases of one update: each `lap` adds the time since the previous one to a
+/// phase.
+struct PhaseClock {
+    last: Instant,
+    secs: PhaseSecs,
+}
+
+impl PhaseClock {
+    fn new() -> Self {
+        PhaseClock {
+            last: Instant::now(),
+            secs: PhaseSecs::default(),
+        }
+    }
+
+    fn lap(&mut self, phase: impl FnOnce(&mut PhaseSecs) -> &mut f64) {
+        let now = Instant::now();
+        *phase(&mut self.secs) += (now - self.last).as_secs_f64();
+        self.last = now;
+    }
+}
+
 fn numbers(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, f64)>) {
     match v {
         serde_json::Value::Number(n) => {
@@ -304,11 +328,13 @@ impl<'a> Trainer<'a> {
         let mut loss = Tensor::from(0f32).to_device(device);
         let mut traced = Vec::new();
         let mut n_tokens = 0;
+        let mut phases = PhaseClock::new();
         for (m, idx) in group.iter().enumerate() {
             let refs: Vec<&Encoded> = idx.iter().map(|&i| &self.train.encs[i]).collect();
             let batch = Batch::collate(&refs, self.pad, &self.limits, device)?;
             n_tokens += batch.n_tokens;
             let labels = self.train.label_tensor(idx, device);
+            phases.lap(|p| &mut p.collate);
             let out = model.forward(&batch, true);
             let part = model.loss(&out.logits, &labels);
             let part = if group.len() == 1 {
@@ -327,12 +353,14 @@ impl<'a> Trainer<'a> {
                 Some(sc) => &part * sc.scale,
                 None => part.shallow_clone(),
             };
+            phases.lap(|p| &mut p.forward);
             if m == 0 {
                 traced = opt.backward(&scaled, extra);
             } else {
                 opt.accumulate(&scaled);
             }
             loss += part.detach();
+            phases.lap(|p| &mut p.backward);
         }
         if let Some(sc) = scaler {
             opt.scale_grads(1.0 / sc.scale);
@@ -409,7 +437,9 @@ impl<'a> Trainer<'a> {
                 self.layout.last().display()
             )));
         }
+        phases.lap(|p| &mut p.optimizer);
         let state = &mut self.state;
+        state.epoch_phase_secs += phases.secs;
         state.global_step += 1;
         state.batch += group.len();
         state.epoch_tokens += n_tokens;
@@ -535,6 +565,7 @@ impl<'a> Trainer<'a> {
             eval_secs: eval_start.elapsed().as_secs_f64(),
             train_tokens_per_sec: state.epoch_tokens as f64 / state.epoch_train_secs.max(1e-9),
             cls_geometry,
+            train_phase_secs: Some(state.epoch_phase_secs),
         })
     }
 
@@ -629,6 +660,7 @@ impl<'a> Trainer<'a> {
         state.loss_count = 0;
         state.epoch_tokens = 0;
         state.epoch_train_secs = 0.0;
+        state.epoch_phase_secs = Default::default();
         // The epoch's record goes first: if the process dies before the `last` checkpoint
         // below, a resumed run drops the record (its epoch is not in the checkpoint) and
         // writes it again; written after, it could be lost for good.
