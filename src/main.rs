@@ -6,7 +6,7 @@ use clap::{CommandFactory, FromArgMatches};
 fn main() -> std::process::ExitCode {
     let matches = cli::Cli::command().get_matches();
     let args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    cli::passive_openmp(&args);
+    cli::openmp_wait_policy(&args);
     cli::init_logging(args.verbose);
     // CLSNORM_CPU_ALLOCATOR=system keeps libtorch's own (glibc's), for comparison.
     if std::env::var_os("CLSNORM_CPU_ALLOCATOR").is_none_or(|v| v != "system")

@@ -778,3 +778,61 @@ fn help_is_plain_text_and_finetune_is_grouped() {
         assert_eq!(before, heading, "{opt}");
     }
 }
+
+/// The OpenMP wait policy a `clsnorm finetune` process ends up with (after the re-execution
+/// that may set it), read from its environment while it runs.
+fn openmp_policy_of(extra_env: &[(&str, &str)]) -> Option<String> {
+    let s = common::setup();
+    let out = s.root.join("run");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.max(2).to_string();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_clsnorm"));
+    cmd.args(toy_finetune(&s.model, &s.data, &["--output", p(&out)]))
+        .args(["--threads", &threads, "--epochs", "3"])
+        .env_remove("OMP_WAIT_POLICY")
+        .env_remove("GOMP_SPINCOUNT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let environ = format!("/proc/{}/environ", child.id());
+    let mut policy = None;
+    // The first process reads the machine's load for ~20 ms, then re-executes itself (same
+    // pid) or goes on; the run lasts much longer than that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Ok(bytes) = std::fs::read(&environ) {
+            policy = bytes
+                .split(|&b| b == 0)
+                .filter_map(|kv| std::str::from_utf8(kv).ok())
+                .find_map(|kv| kv.strip_prefix("OMP_WAIT_POLICY=").map(str::to_string));
+        }
+        if policy.is_some() {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    policy
+}
+
+/// With another process busy on the machine, a run on every core gets sleeping OpenMP threads
+/// (spinning ones would take time slices from the thread with work); a policy the user set is
+/// kept.
+#[test]
+fn a_busy_machine_gets_sleeping_openmp_threads() {
+    let mut busy = std::process::Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let chosen = openmp_policy_of(&[]);
+    let kept = openmp_policy_of(&[("OMP_WAIT_POLICY", "ACTIVE")]);
+    let _ = busy.kill();
+    let _ = busy.wait();
+    assert_eq!(chosen.as_deref(), Some("PASSIVE"));
+    assert_eq!(kept.as_deref(), Some("ACTIVE"));
+}

@@ -344,6 +344,43 @@ fn an_embedding_stopped_at_a_line_leaves_a_matrix_of_the_windows_before_it() {
     common::fails(&embed(&s.model, &["a text", "--window", "0"]), "--window");
 }
 
+/// A run that fails before its first row leaves no file it created (neither an empty JSON
+/// lines file nor a 0-row matrix); a file that was there before stays.
+#[test]
+fn a_run_that_writes_no_row_leaves_no_file_behind() {
+    let t = trained();
+    let input = jsonl(&t.root, "bad-early.jsonl", 30, Some(3));
+    let preds = t.root.join("early.jsonl");
+    let o = predict(&t.best, &input, &["--output", common::p(&preds)]);
+    common::fails(&o, "bad-early.jsonl:3");
+    assert!(!preds.exists(), "predict left {}", preds.display());
+    for name in ["early.npy", "early-lines.jsonl"] {
+        let out = t.root.join(name);
+        let args = [
+            "--input",
+            common::p(&input),
+            "--text-col",
+            "sentence",
+            "--output",
+            common::p(&out),
+        ];
+        common::fails(&embed(&t._setup.model, &args), "bad-early.jsonl:3");
+        assert!(!out.exists(), "embed left {}", out.display());
+        // An empty file of the user's may be written into, and is kept when nothing is.
+        std::fs::write(&out, "").unwrap();
+        common::fails(&embed(&t._setup.model, &args), "bad-early.jsonl:3");
+        assert!(out.exists(), "embed removed the user's {}", out.display());
+    }
+    // The window that fails is the first, but rows before it in an earlier window stay.
+    let o = predict(
+        &t.best,
+        &input,
+        &["--window", "2", "--output", common::p(&preds)],
+    );
+    common::fails(&o, "bad-early.jsonl:3");
+    assert_eq!(std::fs::read_to_string(&preds).unwrap().lines().count(), 2);
+}
+
 #[test]
 fn the_caching_allocator_changes_no_output() {
     let t = trained();

@@ -89,26 +89,9 @@ fn embed_all(
     } else {
         indicatif::ProgressBar::new(encs.len() as u64)
     };
-    let out = clsnorm::batch::infer(
-        encs,
-        batch_size,
-        pad,
-        &enc.limits(),
-        enc.vs.device(),
-        |b| {
-            let out = enc.forward_first_token(b, false);
-            vec![
-                out.pooler_output.to_device(tch::Device::Cpu),
-                out.cls.to_device(tch::Device::Cpu),
-            ]
-        },
-        |n| bar.inc(n as u64),
-    )?;
+    let (pooled, cls) = enc.first_token_vectors(encs, batch_size, pad, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
-    match <[Tensor; 2]>::try_from(out) {
-        Ok([pooled, cls]) => Ok((pooled, cls)),
-        Err(_) => bail!("no examples to analyse"),
-    }
+    Ok((pooled, cls))
 }
 
 /// What is analysed: a fine-tuned checkpoint (encoder, normalizer and head) or a model's

@@ -141,17 +141,18 @@ fn embed_file(a: &EmbedFileArgs, enc: &Encoder, tok: &TextTokenizer) -> anyhow::
         skip_bad_rows: a.skip_bad_rows,
         require_label: false,
     };
-    let mut sink = match &a.output {
+    let (mut sink, created) = match &a.output {
         Some(p) if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) => {
-            let f = super::stream::create_output(p, input, a.overwrite)?;
+            let (f, created) = super::stream::create_output(p, input, a.overwrite)?;
             let cols = usize::try_from(enc.config.hidden_size())?;
-            Sink::Npy(clsnorm::npy::NpyWriter::new(p, f, cols)?)
+            let writer = clsnorm::npy::NpyWriter::new(p, f, cols);
+            let writer = created.keep_or_remove(writer, 0)?;
+            (Sink::Npy(writer), created)
         }
-        p => Sink::Lines(super::stream::JsonLines::open(
-            p.as_deref(),
-            input,
-            a.overwrite,
-        )?),
+        p => {
+            let (out, created) = super::stream::JsonLines::open(p.as_deref(), input, a.overwrite)?;
+            (Sink::Lines(out), created)
+        }
     };
     let key = match a.cls_source {
         ClsSource::Pooler => "pooler_output",
@@ -159,7 +160,7 @@ fn embed_file(a: &EmbedFileArgs, enc: &Encoder, tok: &TextTokenizer) -> anyhow::
     };
     let bar = super::stream::spinner();
     let mut written = 0usize;
-    let skipped = clsnorm::data::read::stream_rows(input, &task, opts, a.window, |mut rows| {
+    let result = clsnorm::data::read::stream_rows(input, &task, opts, a.window, |mut rows| {
         rows.iter_mut().for_each(|r| r.label = None);
         let lines: Vec<usize> = rows.iter().map(|r| r.line).collect();
         let encs = encode_rows(tok, input, &task, rows)?;
@@ -181,8 +182,9 @@ fn embed_file(a: &EmbedFileArgs, enc: &Encoder, tok: &TextTokenizer) -> anyhow::
         written += lines.len();
         bar.set_position(written as u64);
         Ok(())
-    })?;
+    });
     bar.finish_and_clear();
+    let skipped = created.keep_or_remove(result, written)?;
     tracing::info!(examples = written, skipped, "embedded");
     Ok(())
 }
@@ -211,26 +213,11 @@ fn window_vectors(
     pad: i64,
     source: ClsSource,
 ) -> clsnorm::Result<tch::Tensor> {
-    let out = clsnorm::batch::infer(
-        encs,
-        batch_size,
-        pad,
-        &enc.limits(),
-        enc.vs.device(),
-        |b| {
-            let out = enc.forward_first_token(b, false);
-            let v = match source {
-                ClsSource::Pooler => out.pooler_output,
-                ClsSource::Hidden => out.cls,
-            };
-            vec![v.to_kind(tch::Kind::Float).to_device(tch::Device::Cpu)]
-        },
-        |_| {},
-    )?;
-    let v = out
-        .into_iter()
-        .next()
-        .ok_or_else(|| clsnorm::Error::Invalid("no rows to embed".into()))?;
+    let (pooled, cls) = enc.first_token_vectors(encs, batch_size, pad, |_| {})?;
+    let v = match source {
+        ClsSource::Pooler => pooled,
+        ClsSource::Hidden => cls,
+    };
     clsnorm::precision::check_finite(&v, "the [CLS] vectors", enc.precision)?;
     Ok(v)
 }

@@ -58,15 +58,19 @@ pub enum Command {
     Report(sweep::ReportArgs),
 }
 
-/// libtorch's OpenMP threads spin at every barrier by default: on a machine where another
-/// process uses a core, the spinning takes that core's time slices from the thread that has
-/// work, and a 2-thread MiniLM step beside one busy process took 1.5x as long as a 1-thread
-/// step (10x was seen on a loaded machine). With `OMP_WAIT_POLICY=PASSIVE` the same step costs
-/// what the lost core is worth, for about 3% on an idle machine (docs/performance.md).
-/// libgomp reads the variable once, when it is loaded, before `main`; so a command that will
-/// run libtorch on more than one thread re-executes itself once with the variable set
-/// (same pid, arguments and streams). A value the user set is kept.
-pub fn passive_openmp(cli: &Cli) {
+/// libtorch's OpenMP threads wait for the next parallel region between regions: libgomp's
+/// default spins a few milliseconds first, which answers the hundreds of regions of a training
+/// step at once (an RTE update on 2 threads took 10% longer with sleeping threads, measured
+/// 2026-12-07: docs/performance.md). But on a machine where another process occupies a core,
+/// the spinning takes that core's time slices from the thread that has work: a 2-thread MiniLM
+/// step beside one busy process took 1.5x as long as a 1-thread step (10x was seen on a loaded
+/// machine), and with `OMP_WAIT_POLICY=PASSIVE` it costs what the lost core is worth. So a
+/// command that will run libtorch on more than one thread looks, when it starts, whether the
+/// machine has a core free for each of its threads ([`cores_free_for`]); when it has not, the
+/// command re-executes itself once with `OMP_WAIT_POLICY=PASSIVE` (libgomp reads the variable
+/// once, when it is loaded, before `main`; same pid, arguments and streams). A value the user
+/// set (`OMP_WAIT_POLICY` or `GOMP_SPINCOUNT`) is kept.
+pub fn openmp_wait_policy(cli: &Cli) {
     use std::os::unix::process::CommandExt;
     const VAR: &str = "OMP_WAIT_POLICY";
     let threads = match &cli.command {
@@ -87,7 +91,15 @@ pub fn passive_openmp(cli: &Cli) {
             return
         }
     };
-    if threads == Some(1) || std::env::var_os(VAR).is_some() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = threads.unwrap_or(cores);
+    if threads <= 1
+        || std::env::var_os(VAR).is_some()
+        || std::env::var_os("GOMP_SPINCOUNT").is_some()
+    {
+        return;
+    }
+    if cores_free_for(threads, cores) {
         return;
     }
     let Ok(exe) = std::env::current_exe() else {
@@ -101,6 +113,40 @@ pub fn passive_openmp(cli: &Cli) {
     // Returns only if the exec failed; then this process simply continues.
     let e = cmd.args(args).env(VAR, "PASSIVE").exec();
     eprintln!("note: could not re-execute with {VAR}=PASSIVE ({e}); continuing");
+}
+
+/// Whether `threads` threads find a core each among the `cores` this process may use, beside
+/// the tasks running on the machine now: the fewest runnable tasks other than this one in
+/// three looks 10 ms apart (`/proc/loadavg`; a busy process is runnable at every look, a
+/// passing one not). Unknown (no `/proc`): not free.
+fn cores_free_for(threads: usize, cores: usize) -> bool {
+    let mut others = usize::MAX;
+    for look in 0..3 {
+        if look > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let Some(runnable) = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .as_deref()
+            .and_then(runnable_tasks)
+        else {
+            return false;
+        };
+        // The count includes this process, which is running as it reads.
+        others = others.min(runnable.saturating_sub(1));
+    }
+    others.saturating_add(threads) <= cores
+}
+
+/// The runnable tasks of a `/proc/loadavg` line (`0.52 0.58 0.59 3/245 12345`: the `3`).
+fn runnable_tasks(loadavg: &str) -> Option<usize> {
+    loadavg
+        .split_whitespace()
+        .nth(3)?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
 }
 
 pub fn init_logging(verbose: u8) {
@@ -148,5 +194,18 @@ pub fn print_stdout(text: &str) -> anyhow::Result<()> {
     match writeln!(out, "{text}").and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runnable_tasks_are_read_from_loadavg() {
+        assert_eq!(
+            super::runnable_tasks("0.52 0.58 0.59 3/245 12345\n"),
+            Some(3)
+        );
+        assert_eq!(super::runnable_tasks("0.52 0.58 0.59"), None);
+        assert_eq!(super::runnable_tasks("0.52 0.58 0.59 x/245 1"), None);
     }
 }

@@ -76,12 +76,13 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         skip_bad_rows: a.ck.skip_bad_rows,
         require_label: false,
     };
-    let mut out = super::stream::JsonLines::open(a.output.as_deref(), &a.input, a.overwrite)?;
+    let (mut out, created) =
+        super::stream::JsonLines::open(a.output.as_deref(), &a.input, a.overwrite)?;
     let bar = super::stream::spinner();
     let mut written = 0usize;
     // A window at a time: read, tokenize, compute (sorted by length inside), and write in
     // input order; each window's lines are complete and flushed before the next is read.
-    let skipped = clsnorm::data::read::stream_rows(&a.input, &task, opts, a.window, |rows| {
+    let result = clsnorm::data::read::stream_rows(&a.input, &task, opts, a.window, |rows| {
         let raw = clsnorm::data::read::RawFile {
             path: a.input.clone(),
             rows,
@@ -98,8 +99,9 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         written += ds.examples.len();
         bar.set_position(written as u64);
         Ok(())
-    })?;
+    });
     bar.finish_and_clear();
+    let skipped = created.keep_or_remove(result, written)?;
     tracing::info!(examples = written, skipped, "predicted");
     Ok(())
 }

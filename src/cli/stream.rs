@@ -1,7 +1,7 @@
 //! What `predict` and `embed --input` share: an output that may be replaced only when the user
 //! says so, windows written and flushed as they complete, and a spinner with lines/s.
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
@@ -33,10 +33,43 @@ pub fn check_output(path: &Path, input: &Path, overwrite: bool) -> anyhow::Resul
     Ok(())
 }
 
-/// The checked `--output` file, created (or truncated, when allowed) for writing.
-pub fn create_output(path: &Path, input: &Path, overwrite: bool) -> anyhow::Result<std::fs::File> {
+/// The checked `--output` file, created (or truncated, when allowed) for writing, and whether
+/// this process created it.
+pub fn create_output(
+    path: &Path,
+    input: &Path,
+    overwrite: bool,
+) -> anyhow::Result<(std::fs::File, Created)> {
     check_output(path, input, overwrite)?;
-    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
+    let context = || format!("creating {}", path.display());
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(f) => Ok((f, Created(Some(path.to_path_buf())))),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let f = std::fs::File::create(path).with_context(context)?;
+            Ok((f, Created(None)))
+        }
+        Err(e) => Err(e).with_context(context),
+    }
+}
+
+/// The output file this process created, if it did: removed again when the command fails
+/// before writing a row into it, so that a failed start leaves no empty (or 0-row) file behind.
+/// A file that was there before is left as it is.
+#[derive(Debug, Default)]
+pub struct Created(Option<PathBuf>);
+
+impl Created {
+    /// `result`, after removing the created file if `result` is an error and `rows` is 0.
+    pub fn keep_or_remove<T>(&self, result: clsnorm::Result<T>, rows: usize) -> anyhow::Result<T> {
+        if let (Err(_), 0, Some(p)) = (&result, rows, &self.0) {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(result?)
+    }
 }
 
 /// Lines of JSON, to a file or to standard output (where a closed pipe ends the output
@@ -47,16 +80,27 @@ pub struct JsonLines {
 }
 
 impl JsonLines {
-    pub fn open(output: Option<&Path>, input: &Path, overwrite: bool) -> anyhow::Result<Self> {
+    pub fn open(
+        output: Option<&Path>,
+        input: &Path,
+        overwrite: bool,
+    ) -> anyhow::Result<(Self, Created)> {
         Ok(match output {
-            Some(p) => JsonLines {
-                out: Box::new(std::io::BufWriter::new(create_output(p, input, overwrite)?)),
-                to_stdout: false,
-            },
-            None => JsonLines {
-                out: Box::new(std::io::stdout().lock()),
-                to_stdout: true,
-            },
+            Some(p) => {
+                let (f, created) = create_output(p, input, overwrite)?;
+                let out = JsonLines {
+                    out: Box::new(std::io::BufWriter::new(f)),
+                    to_stdout: false,
+                };
+                (out, created)
+            }
+            None => {
+                let out = JsonLines {
+                    out: Box::new(std::io::stdout().lock()),
+                    to_stdout: true,
+                };
+                (out, Created::default())
+            }
         })
     }
 

@@ -300,6 +300,37 @@ impl Encoder {
         self.run(batch, train, true)
     }
 
+    /// The pooler outputs and raw first-token states of `encs` (`[n, hidden]` each, fp32, on
+    /// the CPU, in input order), inferred `batch_size` at a time ([`crate::batch::infer`]) with
+    /// the last layer on the first token only; `progress` is told each batch's size.
+    pub fn first_token_vectors(
+        &self,
+        encs: &[crate::tokenize::Encoded],
+        batch_size: usize,
+        pad: i64,
+        progress: impl FnMut(usize),
+    ) -> Result<(Tensor, Tensor)> {
+        let out = crate::batch::infer(
+            encs,
+            batch_size,
+            pad,
+            &self.limits(),
+            self.vs.device(),
+            |b| {
+                let out = self.forward_first_token(b, false);
+                vec![
+                    out.pooler_output.to_device(Device::Cpu),
+                    out.cls.to_device(Device::Cpu),
+                ]
+            },
+            progress,
+        )?;
+        match <[Tensor; 2]>::try_from(out) {
+            Ok([pooled, cls]) => Ok((pooled, cls)),
+            Err(_) => Err(Error::Invalid("no examples to embed".into())),
+        }
+    }
+
     fn run(&self, batch: &Batch, train: bool, first_only: bool) -> EncoderOutput {
         let out = self.precision.autocast(self.vs.device(), || {
             let (ids, types, mask) = (
