@@ -803,7 +803,7 @@ fn openmp_policy_of(extra_env: &[(&str, &str)]) -> Option<String> {
     // pid) or goes on; the run lasts much longer than that.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(10));
         if let Ok(bytes) = std::fs::read(&environ) {
             policy = bytes
                 .split(|&b| b == 0)
