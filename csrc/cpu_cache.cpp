@@ -7,9 +7,13 @@
 // quarter smaller), and the blocks kept are released, smallest first, as soon as the mapped
 // total would exceed the largest total ever in use (plus an eighth). So the resident set
 // follows what libtorch holds at its peak, not the history of shapes, and a loop of repeating
-// shapes faults no page after its first round. Smaller tensors go to libtorch's default
-// allocator, which glibc's bins serve well. Every entry point catches C++ exceptions: none may
-// unwind into Rust.
+// shapes faults no page after its first round.
+// A block's data starts at one of 64 offsets (multiples of 64 bytes) into its first page, the
+// next one for each new block: when every operand began on a page boundary, element i of each
+// fell in the same L1 set, and AdamW's loop over four of them (weights, gradient, moments) ran
+// 3x slower in most processes on AMD EPYCs (docs/performance.md, "2026-12-07 (evening)").
+// Smaller tensors go to libtorch's default allocator, which glibc's bins serve well. Every
+// entry point catches C++ exceptions: none may unwind into Rust.
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
@@ -25,6 +29,9 @@ namespace {
 
 constexpr size_t kMinBytes = size_t(1) << 16;
 constexpr size_t kPage = 4096;
+// Data offsets into a block's first page: kColours multiples of kAlign (libtorch's alignment).
+constexpr size_t kAlign = 64;
+constexpr size_t kColours = kPage / kAlign;
 
 // Rounds up to a page, then to one of eight classes per power of two (at most 1/8 wasted).
 size_t size_class(size_t n) {
@@ -33,6 +40,13 @@ size_t size_class(size_t n) {
   size_t step = top / 8 > kPage ? top / 8 : kPage;
   return (b + step - 1) / step * step;
 }
+
+// A mapping of `size` bytes at `base`, whose tensor data starts `offset` bytes in.
+struct Block {
+  void* base;
+  size_t size;
+  size_t offset;
+};
 
 struct Stats {
   uint64_t maps = 0, reuses = 0, unmaps = 0;
@@ -47,7 +61,7 @@ class CachingCpuAllocator final : public c10::Allocator {
     if (n < kMinBytes) {
       return fallback_->allocate(n);
     }
-    void* p = take(size_class(n));
+    void* p = take(size_class(n + kPage - kAlign));
     return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
   }
 
@@ -67,20 +81,19 @@ class CachingCpuAllocator final : public c10::Allocator {
   static void release(void* p);
 
  private:
+  // The data pointer of a block of `want` mapped bytes: a kept one of that size (or up to a
+  // quarter larger) with its offset, or a new mapping at the next offset.
   void* take(size_t want) {
-    std::vector<std::pair<void*, size_t>> victims;
-    void* p = nullptr;
+    std::vector<Block> victims;
     {
       std::lock_guard<std::mutex> g(mu_);
       auto it = free_.lower_bound(want);
       if (it != free_.end() && it->first <= want + want / 4) {
-        p = it->second;
-        size_t size = it->first;
+        Block b = it->second;
         free_.erase(it);
-        stats_.cached -= size;
-        note_live(p, size);
+        stats_.cached -= b.size;
         stats_.reuses++;
-        return p;
+        return note_live(b);
       }
       // A new block: first let go of kept blocks that would lift the mapped total past the
       // largest total in use, the smallest first: shapes grow within a pass (batches sorted by
@@ -89,31 +102,34 @@ class CachingCpuAllocator final : public c10::Allocator {
       size_t limit = peak + peak / 8;
       while (!free_.empty() && stats_.live + want + stats_.cached > limit) {
         auto smallest = free_.begin();
-        victims.emplace_back(smallest->second, smallest->first);
+        victims.push_back(smallest->second);
         stats_.cached -= smallest->first;
         stats_.unmaps++;
         free_.erase(smallest);
       }
     }
     for (auto& v : victims) {
-      munmap(v.first, v.second);
+      munmap(v.base, v.size);
     }
-    p = mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
+    void* base = mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
       C10_THROW_ERROR(OutOfMemoryError,
                       "clsnorm's CPU allocator could not map " + std::to_string(want) + " bytes");
     }
     std::lock_guard<std::mutex> g(mu_);
+    // Consecutive blocks 37 colours apart (coprime with 64: all 64 before one repeats).
+    size_t offset = (stats_.maps * 37 % kColours) * kAlign;
     stats_.maps++;
-    note_live(p, want);
-    return p;
+    return note_live(Block{base, want, offset});
   }
 
-  void note_live(void* p, size_t size) {
-    live_[p] = size;
-    stats_.live += size;
+  void* note_live(Block b) {
+    void* data = static_cast<char*>(b.base) + b.offset;
+    live_[data] = b;
+    stats_.live += b.size;
     stats_.peak_live = std::max(stats_.peak_live, stats_.live);
     stats_.peak_mapped = std::max(stats_.peak_mapped, stats_.live + stats_.cached);
+    return data;
   }
 
   void give_back(void* p) {
@@ -127,17 +143,17 @@ class CachingCpuAllocator final : public c10::Allocator {
       }
       return;
     }
-    size_t size = it->second;
+    Block b = it->second;
     live_.erase(it);
-    stats_.live -= size;
-    free_.emplace(size, p);
-    stats_.cached += size;
+    stats_.live -= b.size;
+    free_.emplace(b.size, b);
+    stats_.cached += b.size;
   }
 
   c10::Allocator* fallback_;
   std::mutex mu_;
-  std::unordered_map<void*, size_t> live_;
-  std::multimap<size_t, void*> free_;
+  std::unordered_map<void*, Block> live_;  // by data pointer
+  std::multimap<size_t, Block> free_;      // by mapped size
   Stats stats_;
 };
 

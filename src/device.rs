@@ -103,7 +103,9 @@ extern "C" {
 /// tensors of 64 KiB and more: each its own mapping, kept for the next tensor of its size, and
 /// the kept ones released when the mapped total would pass the largest total ever in use. The
 /// resident set then follows what libtorch holds at its peak, whatever the history of shapes,
-/// and repeating shapes fault no pages. Returns whether it is installed.
+/// and repeating shapes fault no pages. Blocks start at different 64-byte offsets into their
+/// first page, so that element-wise loops over several large tensors do not find all their
+/// operands in one cache set. Returns whether it is installed.
 pub fn install_cpu_cache() -> bool {
     // SAFETY: a plain C function of the shim that catches every C++ exception.
     unsafe { clsnorm_cpu_cache_install() == 0 }
