@@ -30,7 +30,6 @@ fn blocks_are_reused_and_the_mapped_total_follows_the_peak_in_use() {
         }
     };
     round(0);
-    let first = stats();
     // Large tensors do not all start on a page boundary: element i of operands that did sat in
     // the same L1 set, and AdamW's loop over four of them ran 3x slower in most processes.
     let live: Vec<Tensor> = (1..=8i64)
