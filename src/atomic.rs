@@ -23,19 +23,39 @@ const WRITE_CHUNK: usize = 1 << 20;
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename).
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_with(path, |w| w.write_all(bytes))
+}
+
+/// Writes what `fill` writes to `path` atomically (temp file, fsync, rename), in calls of at
+/// most [`WRITE_CHUNK`] bytes whatever the sizes `fill` writes.
+pub fn write_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
     let tmp = temp_sibling(path);
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        for chunk in bytes.chunks(WRITE_CHUNK) {
-            f.write_all(chunk)?;
-        }
-        f.sync_all()?;
+        let mut f = Chunked(std::fs::File::create(&tmp)?);
+        fill(&mut f)?;
+        f.0.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// A file whose `write` calls take at most [`WRITE_CHUNK`] bytes.
+struct Chunked(std::fs::File);
+
+impl Write for Chunked {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(&buf[..buf.len().min(WRITE_CHUNK)])
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// Writes pretty-printed JSON atomically.
